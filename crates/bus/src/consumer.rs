@@ -1,0 +1,166 @@
+//! Reading the bus by manual partition assignment.
+//!
+//! cardlink readers decide themselves which partitions they read and from where (a cursor, the
+//! beginning of a compacted topic, the live end). There is no consumer-group membership, so no
+//! rebalancing pauses the hot path and no offsets are committed by the client; positions that
+//! must survive are stored by the services that own them.
+//!
+//! Memory is bounded: librdkafka pre-fetches at most `PREFETCH_MAX_KBYTES` per consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::BusConfig;
+use crate::error::BusError;
+use crate::headers::RecordHeaders;
+use crate::topics::{Catalogue, Topic};
+
+/// Bound of librdkafka's pre-fetch queue per consumer, in KiB.
+pub const PREFETCH_MAX_KBYTES: u32 = 16 * 1024;
+/// How long metadata and watermark queries may take.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where to start reading a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record still retained.
+    Beginning,
+    /// Only records written from now on.
+    End,
+    /// This offset (the next record to read).
+    Offset(i64),
+}
+
+impl StartAt {
+    fn to_kafka(self) -> Offset {
+        match self {
+            Self::Beginning => Offset::Beginning,
+            Self::End => Offset::End,
+            Self::Offset(o) => Offset::Offset(o),
+        }
+    }
+}
+
+/// One record read from the bus, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub topic: Topic,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: RecordHeaders,
+    /// Broker or producer timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A reader of assigned partitions.
+pub struct Consumer {
+    inner: Arc<StreamConsumer>,
+    catalogue: Arc<Catalogue>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer for `purpose` (shows in the client id, e.g. `consent-view`).
+    pub fn new(config: &BusConfig, purpose: &str) -> Result<Self, BusError> {
+        config.validate()?;
+        let mut cfg = config.client_config(purpose);
+        // librdkafka wants a group id even for manual assignment; with auto-commit and offset
+        // storing off, the group is never joined and nothing is committed.
+        cfg.set("group.id", format!("{}-{purpose}", config.client_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "error")
+            .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string())
+            .set("fetch.wait.max.ms", "10");
+        let inner: StreamConsumer = cfg.create().map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
+        Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(Catalogue::new(config)) })
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// The number of partitions of `topic` on the cluster.
+    pub async fn partition_count(&self, topic: Topic) -> Result<i32, BusError> {
+        let name = self.catalogue.name(topic).to_owned();
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let metadata = inner
+                .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                .map_err(|source| BusError::kafka("fetch metadata", source, METADATA_TIMEOUT, &name))?;
+            let found = metadata.topics().iter().find(|t| t.name() == name);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+                _ => Err(BusError::UnknownTopic(name)),
+            }
+        })
+        .await
+    }
+
+    /// Replaces the assignment: read exactly these partitions from these positions.
+    pub fn assign(&self, positions: &[(Topic, i32, StartAt)]) -> Result<(), BusError> {
+        let mut list = TopicPartitionList::with_capacity(positions.len());
+        for &(topic, partition, start) in positions {
+            list.add_partition_offset(self.catalogue.name(topic), partition, start.to_kafka())
+                .map_err(|source| BusError::Kafka { operation: "assign", source })?;
+        }
+        self.inner.assign(&list).map_err(|source| BusError::Kafka { operation: "assign", source })
+    }
+
+    /// Assigns every partition of `topic`, each from `start`.
+    pub async fn assign_all(&self, topic: Topic, start: StartAt) -> Result<i32, BusError> {
+        let partitions = self.partition_count(topic).await?;
+        let positions: Vec<_> = (0..partitions).map(|p| (topic, p, start)).collect();
+        self.assign(&positions)?;
+        Ok(partitions)
+    }
+
+    /// The next record of the assigned partitions. Waits while there is none.
+    pub async fn recv(&self) -> Result<Record, BusError> {
+        let message = self.inner.recv().await.map_err(|source| BusError::Kafka { operation: "consume", source })?;
+        let topic_name = message.topic();
+        let topic = self
+            .catalogue
+            .topic_named(topic_name)
+            .ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
+        Ok(Record {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: RecordHeaders::from_kafka(message.headers()),
+            timestamp_ms: message.timestamp().to_millis(),
+        })
+    }
+
+    /// The (low, high) watermarks of a partition: the oldest retained offset and the offset the
+    /// next record will get.
+    pub async fn watermarks(&self, topic: Topic, partition: i32) -> Result<(i64, i64), BusError> {
+        let name = self.catalogue.name(topic).to_owned();
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner
+                .fetch_watermarks(&name, partition, METADATA_TIMEOUT)
+                .map_err(|source| BusError::kafka("fetch watermarks", source, METADATA_TIMEOUT, &name))
+        })
+        .await
+    }
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BusError::Task(e.to_string()))?
+}

@@ -1,0 +1,110 @@
+//! A Kafka-compatible broker in this process, for development and tests.
+//!
+//! It is [tansu](https://crates.io/crates/tansu) with in-memory storage: it speaks the real
+//! Kafka protocol, so everything else in cardlink talks to it through rdkafka exactly as it
+//! would to Apache Kafka. Records live only as long as the process. Production builds leave
+//! this module out (`--no-default-features`) and point `bootstrap_servers` at a real cluster.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use tansu_broker::NODE_ID;
+use tansu_broker::broker::Broker;
+use tansu_broker::coordinator::group::administrator::Controller;
+use tansu_storage::StorageContainer;
+use tokio::task::JoinHandle;
+
+use crate::error::BusError;
+
+/// How long [`EmbeddedBroker::start`] waits for the broker to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running in-process broker. Dropping it stops it.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker on 127.0.0.1 and an ephemeral port.
+    pub async fn start_ephemeral() -> Result<Self, BusError> {
+        // Ask the OS for a free port, then hand it to the broker. Another process could take
+        // it in between; the start then fails clearly rather than silently.
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BusError::Embedded(format!("no free local port: {e}")))?
+            .port();
+        Self::start(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+    }
+
+    /// Starts a broker listening on `addr` and waits until it accepts connections.
+    pub async fn start(addr: SocketAddr) -> Result<Self, BusError> {
+        let embedded = |what: &str, e: &dyn std::fmt::Display| BusError::Embedded(format!("{what}: {e}"));
+        let listener = url::Url::parse(&format!("tcp://{addr}")).map_err(|e| embedded("listener address", &e))?;
+        let storage = url::Url::parse("memory://tansu/").map_err(|e| embedded("storage address", &e))?;
+        let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+            .node_id(NODE_ID)
+            .cluster_id("cardlink-dev")
+            .incarnation_id(uuid::Uuid::new_v4())
+            .advertised_listener(listener.clone())
+            .listener(listener)
+            .storage(storage)
+            .silent(true)
+            .build()
+            .await
+            .map_err(|e| embedded("build", &e))?;
+
+        // `serve`, unlike tansu's `main`, installs no signal handlers: shutdown stays ours.
+        let task = tokio::spawn(async move {
+            if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        });
+        let running = Self { addr, task };
+        running.wait_until_accepting().await?;
+        tracing::info!(%addr, "embedded Kafka-compatible broker (tansu) started");
+        Ok(running)
+    }
+
+    async fn wait_until_accepting(&self) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if self.task.is_finished() {
+                return Err(BusError::Embedded(format!("broker on {} exited during start (port in use?)", self.addr)));
+            }
+            let addr = self.addr;
+            let connected = tokio::task::spawn_blocking(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+                .await
+                .unwrap_or(false);
+            if connected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BusError::Embedded(format!("broker on {} not accepting after {START_TIMEOUT:?}", self.addr)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `bootstrap.servers` value for clients of this broker.
+    pub fn bootstrap_servers(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops the broker: its listener and every connection close. Its records are gone.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,179 @@
+//! The topic catalogue: every topic cardlink uses, named once, with its partitions and its
+//! retention or compaction.
+//!
+//! | topic                     | holds                                   | kept                 |
+//! |---------------------------|-----------------------------------------|----------------------|
+//! | `<prefix>.transactions.v1`| card transactions, keyed by account     | `event_retention`    |
+//! | `<prefix>.statements.v1`  | statements, keyed by account            | `event_retention`    |
+//! | `<prefix>.registry.v1`    | issuers, aggregators, connections       | compacted (latest)   |
+//! | `<prefix>.consents.v1`    | consents, keyed by consent id           | compacted (latest)   |
+//! | `<prefix>.audit.v1`       | who did what to which data, and when    | `audit_retention`    |
+//!
+//! Event topics have `event_partitions` partitions; the compacted topics have few (they are
+//! read whole by every replica at start) and the audit topic a handful.
+
+use std::time::Duration;
+
+use cardlink_events::RecordType;
+
+use crate::config::BusConfig;
+
+/// A topic of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    Transactions,
+    Statements,
+    Registry,
+    Consents,
+    Audit,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 5] = [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Transactions => "transactions.v1",
+            Self::Statements => "statements.v1",
+            Self::Registry => "registry.v1",
+            Self::Consents => "consents.v1",
+            Self::Audit => "audit.v1",
+        }
+    }
+
+    /// The topic that carries events of `record`.
+    pub fn for_record(record: RecordType) -> Topic {
+        match record {
+            RecordType::CardTransaction => Self::Transactions,
+            RecordType::Statement => Self::Statements,
+        }
+    }
+}
+
+/// How a topic drops old records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Records older than this are deleted.
+    Delete(Duration),
+    /// Only the latest record per key is kept, forever.
+    Compact,
+}
+
+/// Everything needed to create one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub topic: Topic,
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub cleanup: Cleanup,
+    pub max_message_bytes: usize,
+}
+
+impl TopicSpec {
+    /// Kafka topic configuration entries.
+    pub fn configs(&self) -> Vec<(&'static str, String)> {
+        let mut configs = vec![("max.message.bytes", self.max_message_bytes.to_string())];
+        match self.cleanup {
+            Cleanup::Delete(retention) => {
+                configs.push(("cleanup.policy", "delete".to_owned()));
+                configs.push(("retention.ms", retention.as_millis().to_string()));
+            }
+            Cleanup::Compact => {
+                configs.push(("cleanup.policy", "compact".to_owned()));
+                configs.push(("retention.ms", "-1".to_owned()));
+            }
+        }
+        configs
+    }
+}
+
+/// Partitions of the compacted registry and consent topics.
+const COMPACTED_PARTITIONS: i32 = 3;
+/// Partitions of the audit topic.
+const AUDIT_PARTITIONS: i32 = 3;
+
+/// The topics of one installation.
+#[derive(Clone, Debug)]
+pub struct Catalogue {
+    specs: Vec<TopicSpec>,
+}
+
+impl Catalogue {
+    pub fn new(config: &BusConfig) -> Self {
+        let specs = Topic::ALL
+            .into_iter()
+            .map(|topic| {
+                let (partitions, cleanup) = match topic {
+                    Topic::Transactions | Topic::Statements => {
+                        (config.event_partitions, Cleanup::Delete(config.event_retention))
+                    }
+                    Topic::Registry | Topic::Consents => (COMPACTED_PARTITIONS, Cleanup::Compact),
+                    Topic::Audit => (AUDIT_PARTITIONS, Cleanup::Delete(config.audit_retention)),
+                };
+                TopicSpec {
+                    topic,
+                    name: format!("{}.{}", config.topic_prefix, topic.suffix()),
+                    partitions,
+                    replication_factor: config.replication_factor,
+                    cleanup,
+                    max_message_bytes: config.max_message_bytes,
+                }
+            })
+            .collect();
+        Self { specs }
+    }
+
+    pub fn spec(&self, topic: Topic) -> &TopicSpec {
+        // `new` builds one spec per Topic::ALL entry, in that order.
+        &self.specs[Topic::ALL.iter().position(|t| *t == topic).unwrap_or_default()]
+    }
+
+    pub fn name(&self, topic: Topic) -> &str {
+        &self.spec(topic).name
+    }
+
+    /// The catalogue topic with this Kafka name, if any.
+    pub fn topic_named(&self, name: &str) -> Option<Topic> {
+        self.specs.iter().find(|s| s.name == name).map(|s| s.topic)
+    }
+
+    pub fn specs(&self) -> &[TopicSpec] {
+        &self.specs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_version() {
+        let cfg = BusConfig { topic_prefix: "acme".into(), ..BusConfig::default() };
+        let cat = Catalogue::new(&cfg);
+        assert_eq!(cat.name(Topic::Transactions), "acme.transactions.v1");
+        assert_eq!(cat.topic_named("acme.consents.v1"), Some(Topic::Consents));
+        assert_eq!(cat.topic_named("cardlink.consents.v1"), None);
+        for topic in Topic::ALL {
+            assert_eq!(cat.spec(topic).topic, topic);
+        }
+    }
+
+    #[test]
+    fn registry_and_consents_are_compacted_and_events_expire() {
+        let cat = Catalogue::new(&BusConfig::default());
+        for topic in [Topic::Registry, Topic::Consents] {
+            assert!(cat.spec(topic).configs().contains(&("cleanup.policy", "compact".to_owned())));
+        }
+        let events = cat.spec(Topic::Transactions);
+        assert_eq!(events.partitions, 8);
+        assert!(events.configs().contains(&("retention.ms", (30u64 * 24 * 3600 * 1000).to_string())));
+    }
+
+    #[test]
+    fn every_record_type_has_a_topic() {
+        for record in RecordType::ALL {
+            assert!(matches!(Topic::for_record(record), Topic::Transactions | Topic::Statements));
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The bus against a real Kafka-protocol broker (embedded tansu, one per test).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cardlink_bus::admin::TopicState;
+use cardlink_bus::{BusError, OutboundRecord, RecordHeaders, StartAt, Topic, provision};
+use cardlink_events::{Event, RecordType, Schemas, decode, samples};
+use cardlink_testkit::TestBus;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn provisioning_creates_every_topic_once() {
+    let bus = TestBus::start_unprovisioned().await.unwrap();
+    let first = provision(bus.config()).await.unwrap();
+    assert_eq!(first.topics.len(), Topic::ALL.len());
+    assert!(first.topics.iter().all(|(_, _, s)| *s == TopicState::Created), "{first:?}");
+
+    let second = provision(bus.config()).await.unwrap();
+    assert!(second.topics.iter().all(|(_, _, s)| *s == TopicState::Existed), "{second:?}");
+
+    let consumer = bus.consumer("check").unwrap();
+    assert_eq!(consumer.partition_count(Topic::Transactions).await.unwrap(), bus.config().event_partitions);
+    assert_eq!(consumer.partition_count(Topic::Consents).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn published_events_come_back_decoded_with_headers() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let tx = Event::Transaction(samples::foreign_installment_transaction("iss-a", "acct-1"));
+    let st = Event::Statement(samples::statement("iss-a", "acct-1"));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let d_tx = producer.publish(&tx, Some(traceparent)).await.unwrap();
+    let d_st = producer.publish(&st, None).await.unwrap();
+    assert_eq!(d_tx.topic, Topic::Transactions);
+    assert_eq!(d_st.topic, Topic::Statements);
+
+    let got_tx = bus.read(Topic::Transactions, 1, WITHIN).await.unwrap().remove(0);
+    assert_eq!((got_tx.partition, got_tx.offset), (d_tx.partition, d_tx.offset));
+    assert_eq!(decode(&got_tx.payload).unwrap(), tx);
+    assert_eq!(got_tx.key.as_deref(), Some(&b"iss-a/acct-1"[..]));
+    assert_eq!(
+        got_tx.headers,
+        RecordHeaders {
+            event_type: Some("cardlink.v1.CardTransaction".into()),
+            schema_fingerprint: Some(Schemas::get().latest(RecordType::CardTransaction).fingerprint),
+            traceparent: Some(traceparent.into()),
+        }
+    );
+
+    let got_st = bus.read(Topic::Statements, 1, WITHIN).await.unwrap().remove(0);
+    assert_eq!(decode(&got_st.payload).unwrap(), st);
+    assert_eq!(got_st.headers.traceparent, None);
+}
+
+#[tokio::test]
+async fn one_accounts_events_stay_in_order() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let accounts = ["acct-1", "acct-2", "acct-3", "acct-4", "acct-5", "acct-6"];
+    // Publish concurrently across accounts, in sequence within each account.
+    let tasks: Vec<_> = accounts
+        .iter()
+        .map(|account| {
+            let producer = producer.clone();
+            let account = account.to_string();
+            tokio::spawn(async move {
+                for n in 0..40u32 {
+                    let event = Event::Transaction(samples::transaction("iss-a", &account, n));
+                    producer.publish(&event, None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let records = bus.read(Topic::Transactions, accounts.len() * 40, WITHIN).await.unwrap();
+    let mut seen: HashMap<String, (i32, Vec<String>)> = HashMap::new();
+    for record in records {
+        let Event::Transaction(tx) = decode(&record.payload).unwrap() else { panic!("not a transaction") };
+        let entry = seen.entry(tx.account_ref.clone()).or_insert((record.partition, Vec::new()));
+        assert_eq!(entry.0, record.partition, "{} spread over partitions", tx.account_ref);
+        entry.1.push(tx.issuer_transaction_id);
+    }
+    let partitions: std::collections::HashSet<i32> = seen.values().map(|(p, _)| *p).collect();
+    assert!(partitions.len() > 1, "six accounts all landed on one partition; keying is not spreading load");
+    for account in accounts {
+        let expected: Vec<String> = (0..40).map(|n| format!("tx-{n}")).collect();
+        assert_eq!(seen[account].1, expected, "order of {account}");
+    }
+}
+
+#[tokio::test]
+async fn consumer_starts_at_the_offset_it_is_given() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let mut offsets = Vec::new();
+    for n in 0..10 {
+        let d = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
+        offsets.push(d);
+    }
+    let partition = offsets[0].partition;
+    assert!(offsets.iter().all(|d| d.partition == partition));
+
+    let consumer = bus.consumer("resume").unwrap();
+    let (low, high) = consumer.watermarks(Topic::Transactions, partition).await.unwrap();
+    assert_eq!(high - low, 10);
+    consumer.assign(&[(Topic::Transactions, partition, StartAt::Offset(offsets[6].offset))]).unwrap();
+    for expected in &offsets[6..] {
+        let record = tokio::time::timeout(WITHIN, consumer.recv()).await.unwrap().unwrap();
+        assert_eq!(record.offset, expected.offset);
+    }
+}
+
+#[tokio::test]
+async fn oversized_record_is_refused_and_its_neighbours_go_through() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let max = bus.config().max_message_bytes;
+    let big = vec![0u8; max + 1];
+    let headers = RecordHeaders::default();
+    let before = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 1)), None).await;
+    let oversized =
+        producer.send(OutboundRecord { topic: Topic::Transactions, key: b"iss-a/acct-1", payload: &big, headers: &headers }).await;
+    let after = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 2)), None).await;
+
+    assert!(matches!(oversized, Err(BusError::MessageTooLarge { size, max: m }) if size == max + 1 && m == max));
+    assert!(before.is_ok() && after.is_ok());
+    let records = bus.read(Topic::Transactions, 2, WITHIN).await.unwrap();
+    assert!(records.iter().all(|r| r.payload.len() < 1000));
+}
+
+#[tokio::test]
+async fn producing_to_a_missing_topic_fails_instead_of_hanging() {
+    let bus = TestBus::start_unprovisioned().await.unwrap();
+    let producer = bus.producer_with_timeout(Duration::from_secs(2)).unwrap();
+    let event = Event::Transaction(samples::transaction("iss-a", "acct-1", 1));
+    // The outer timeout only guards the test against a hang; the assertion is on the error.
+    let result = tokio::time::timeout(WITHIN, producer.publish(&event, None)).await.expect("publish hung");
+    match result {
+        Err(e @ (BusError::UnknownTopic(_) | BusError::DeliveryTimeout(_))) => {
+            assert!(e.to_string().contains("transactions") || matches!(e, BusError::DeliveryTimeout(_)), "{e}");
+        }
+        other => panic!("expected a missing-topic or timeout error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn producing_after_the_broker_stopped_fails_with_timeout() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer_with_timeout(Duration::from_secs(2)).unwrap();
+    producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 1)), None).await.unwrap();
+    let _config = bus.stop_broker().await;
+
+    let event = Event::Transaction(samples::transaction("iss-a", "acct-1", 2));
+    let result = tokio::time::timeout(WITHIN, producer.publish(&event, None)).await.expect("publish hung");
+    let err = result.expect_err("publish to a stopped broker succeeded");
+    assert!(err.is_retriable(), "{err:?} should be retriable");
+}
