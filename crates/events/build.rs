@@ -25,9 +25,8 @@ fn main() {
             let Some(version) = name.strip_prefix('v').and_then(|n| n.strip_suffix(".avsc")) else {
                 continue;
             };
-            let version: u32 = version
-                .parse()
-                .unwrap_or_else(|_| panic!("schemas/{record}/{name}: expected v<N>.avsc"));
+            let version: u32 =
+                version.parse().unwrap_or_else(|_| panic!("schemas/{record}/{name}: expected v<N>.avsc"));
             let path = fs::canonicalize(file.path()).expect("schema path");
             entries.push((record.clone(), version, path));
         }

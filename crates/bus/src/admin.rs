@@ -26,7 +26,10 @@ pub enum TopicState {
     Created,
     Existed,
     /// The topic exists with a partition count other than the catalogue's. Left alone.
-    PartitionMismatch { expected: i32, actual: i32 },
+    PartitionMismatch {
+        expected: i32,
+        actual: i32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +56,8 @@ pub async fn provision(config: &BusConfig) -> Result<ProvisionReport, BusError> 
             configs.iter().fold(topic, |t, (k, v)| t.set(k, v))
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(PROVISION_TIMEOUT)).request_timeout(Some(PROVISION_TIMEOUT));
+    let options =
+        AdminOptions::new().operation_timeout(Some(PROVISION_TIMEOUT)).request_timeout(Some(PROVISION_TIMEOUT));
     let results = admin
         .create_topics(&new_topics, &options)
         .await

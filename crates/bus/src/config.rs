@@ -83,12 +83,18 @@ impl BusConfig {
     pub fn validate(&self) -> Result<(), BusError> {
         let bad = |key: &str, reason: String| Err(BusError::Config { key: key.to_owned(), reason });
         if self.bootstrap_servers.split(',').any(|s| s.trim().is_empty() || !s.contains(':')) {
-            return bad("bootstrap_servers", format!("{:?} is not a comma-separated host:port list", self.bootstrap_servers));
+            return bad(
+                "bootstrap_servers",
+                format!("{:?} is not a comma-separated host:port list", self.bootstrap_servers),
+            );
         }
         if self.topic_prefix.is_empty()
             || !self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return bad("topic_prefix", format!("{:?} must be non-empty ASCII letters, digits, '.', '_' or '-'", self.topic_prefix));
+            return bad(
+                "topic_prefix",
+                format!("{:?} must be non-empty ASCII letters, digits, '.', '_' or '-'", self.topic_prefix),
+            );
         }
         if !(1..=16).contains(&self.replication_factor) {
             return bad("replication_factor", format!("{} is not between 1 and 16", self.replication_factor));
@@ -144,7 +150,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut BusConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut BusConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("bootstrap_servers", Box::new(|c| c.bootstrap_servers = "localhost".into())),
             ("bootstrap_servers", Box::new(|c| c.bootstrap_servers = "a:1,,b:2".into())),
             ("topic_prefix", Box::new(|c| c.topic_prefix = "card link".into())),
@@ -152,9 +159,12 @@ mod tests {
             ("event_partitions", Box::new(|c| c.event_partitions = 0)),
             ("delivery_timeout", Box::new(|c| c.delivery_timeout = Duration::ZERO)),
             ("max_message_bytes", Box::new(|c| c.max_message_bytes = 10)),
-            ("librdkafka.acks", Box::new(|c| {
-                c.librdkafka.insert("acks".into(), "1".into());
-            })),
+            (
+                "librdkafka.acks",
+                Box::new(|c| {
+                    c.librdkafka.insert("acks".into(), "1".into());
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut cfg = BusConfig::default();

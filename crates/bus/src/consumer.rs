@@ -84,7 +84,8 @@ impl Consumer {
             .set("auto.offset.reset", "error")
             .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string())
             .set("fetch.wait.max.ms", "10");
-        let inner: StreamConsumer = cfg.create().map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
+        let inner: StreamConsumer =
+            cfg.create().map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
         Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(Catalogue::new(config)) })
     }
 
@@ -131,10 +132,8 @@ impl Consumer {
     pub async fn recv(&self) -> Result<Record, BusError> {
         let message = self.inner.recv().await.map_err(|source| BusError::Kafka { operation: "consume", source })?;
         let topic_name = message.topic();
-        let topic = self
-            .catalogue
-            .topic_named(topic_name)
-            .ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
+        let topic =
+            self.catalogue.topic_named(topic_name).ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
         Ok(Record {
             topic,
             partition: message.partition(),

@@ -74,14 +74,19 @@ impl EmbeddedBroker {
                 return Err(BusError::Embedded(format!("broker on {} exited during start (port in use?)", self.addr)));
             }
             let addr = self.addr;
-            let connected = tokio::task::spawn_blocking(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
-                .await
-                .unwrap_or(false);
+            let connected = tokio::task::spawn_blocking(move || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
             if connected {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(BusError::Embedded(format!("broker on {} not accepting after {START_TIMEOUT:?}", self.addr)));
+                return Err(BusError::Embedded(format!(
+                    "broker on {} not accepting after {START_TIMEOUT:?}",
+                    self.addr
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

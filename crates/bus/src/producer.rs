@@ -74,7 +74,8 @@ impl Producer {
             .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string())
             .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
             .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
-        let inner: FutureProducer = cfg.create().map_err(|source| BusError::Kafka { operation: "create producer", source })?;
+        let inner: FutureProducer =
+            cfg.create().map_err(|source| BusError::Kafka { operation: "create producer", source })?;
         Ok(Self {
             inner,
             catalogue: Arc::new(Catalogue::new(config)),
@@ -93,12 +94,12 @@ impl Producer {
             return Err(BusError::MessageTooLarge { size: record.payload.len(), max: self.max_message_bytes });
         }
         let topic_name = self.catalogue.name(record.topic);
-        let kafka_record = FutureRecord::to(topic_name)
-            .key(record.key)
-            .payload(record.payload)
-            .headers(record.headers.to_kafka());
+        let kafka_record =
+            FutureRecord::to(topic_name).key(record.key).payload(record.payload).headers(record.headers.to_kafka());
         match self.inner.send(kafka_record, ENQUEUE_WAIT).await {
-            Ok(delivery) => Ok(Delivered { topic: record.topic, partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => {
+                Ok(Delivered { topic: record.topic, partition: delivery.partition, offset: delivery.offset })
+            }
             Err((source, _message)) => Err(BusError::kafka("produce", source, self.delivery_timeout, topic_name)),
         }
     }

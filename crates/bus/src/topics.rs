@@ -29,7 +29,8 @@ pub enum Topic {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit];
+    pub const ALL: [Topic; 5] =
+        [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit];
 
     fn suffix(self) -> &'static str {
         match self {

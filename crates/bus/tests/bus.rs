@@ -124,8 +124,9 @@ async fn oversized_record_is_refused_and_its_neighbours_go_through() {
     let big = vec![0u8; max + 1];
     let headers = RecordHeaders::default();
     let before = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 1)), None).await;
-    let oversized =
-        producer.send(OutboundRecord { topic: Topic::Transactions, key: b"iss-a/acct-1", payload: &big, headers: &headers }).await;
+    let oversized = producer
+        .send(OutboundRecord { topic: Topic::Transactions, key: b"iss-a/acct-1", payload: &big, headers: &headers })
+        .await;
     let after = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 2)), None).await;
 
     assert!(matches!(oversized, Err(BusError::MessageTooLarge { size, max: m }) if size == max + 1 && m == max));

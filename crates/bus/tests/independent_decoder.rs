@@ -53,7 +53,8 @@ async fn fastavro_decodes_what_the_bus_wrote() {
     producer.publish(&Event::Statement(st.clone()), None).await.unwrap();
 
     let within = Duration::from_secs(30);
-    let mut values: Vec<Vec<u8>> = bus.read(Topic::Transactions, 1, within).await.unwrap().into_iter().map(|r| r.payload).collect();
+    let mut values: Vec<Vec<u8>> =
+        bus.read(Topic::Transactions, 1, within).await.unwrap().into_iter().map(|r| r.payload).collect();
     values.extend(bus.read(Topic::Statements, 1, within).await.unwrap().into_iter().map(|r| r.payload));
 
     let decoded = decode_with_fastavro(&values);

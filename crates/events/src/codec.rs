@@ -19,6 +19,9 @@ pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 pub const HEADER_LEN: usize = 10;
 
 /// An event as the bus carries it.
+// Transactions are by far the most common event; boxing them to shrink the enum would cost an
+// allocation per event on the hot path for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Transaction(CardTransaction),

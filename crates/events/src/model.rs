@@ -153,7 +153,12 @@ pub struct PaymentPlan {
 
 impl PaymentPlan {
     pub fn lump_sum() -> Self {
-        Self { method: PaymentMethod::LumpSum, installment_count: None, installment_number: None, installment_fee: None }
+        Self {
+            method: PaymentMethod::LumpSum,
+            installment_count: None,
+            installment_number: None,
+            installment_fee: None,
+        }
     }
 }
 

@@ -169,11 +169,8 @@ impl Schemas {
         let mut versions = Vec::with_capacity(SCHEMA_FILES.len());
         for &(folder, version, source) in SCHEMA_FILES {
             let record = RecordType::from_folder(folder).ok_or(SchemaError::UnknownFolder(folder))?;
-            let schema = Schema::parse_str(source).map_err(|e| SchemaError::Parse {
-                folder,
-                version,
-                reason: e.to_string(),
-            })?;
+            let schema =
+                Schema::parse_str(source).map_err(|e| SchemaError::Parse { folder, version, reason: e.to_string() })?;
             let fingerprint = Fingerprint::of(&schema);
             versions.push(SchemaVersion { record, version, schema, fingerprint, source });
         }
@@ -215,8 +212,10 @@ impl Schemas {
 /// The evolution rule between two consecutive versions of a record: full compatibility, so
 /// each reads what the other wrote and producers and consumers upgrade in any order.
 pub fn check_evolution(old: &Schema, new: &Schema) -> Result<(), String> {
-    SchemaCompatibility::can_read(old, new).map_err(|e| format!("the new version cannot read records of the old: {e}"))?;
-    SchemaCompatibility::can_read(new, old).map_err(|e| format!("the old version cannot read records of the new: {e}"))?;
+    SchemaCompatibility::can_read(old, new)
+        .map_err(|e| format!("the new version cannot read records of the old: {e}"))?;
+    SchemaCompatibility::can_read(new, old)
+        .map_err(|e| format!("the old version cannot read records of the new: {e}"))?;
     Ok(())
 }
 
@@ -253,7 +252,9 @@ mod tests {
         // apache-avro's checker ignores enum defaults, so an older reader is taken not to read a
         // new symbol. schemas/README.md states the consequence: no new symbols within a version line.
         let e = |symbols: &str| {
-            record(&format!(r#"{{"name":"e","type":{{"type":"enum","name":"E","symbols":[{symbols}],"default":"A"}}}}"#))
+            record(&format!(
+                r#"{{"name":"e","type":{{"type":"enum","name":"E","symbols":[{symbols}],"default":"A"}}}}"#
+            ))
         };
         assert!(check_evolution(&e(r#""A","B""#), &e(r#""A","B","C""#)).is_err());
         assert_eq!(check_evolution(&e(r#""A","B""#), &e(r#""A","B""#)), Ok(()));
@@ -270,7 +271,10 @@ mod tests {
     #[test]
     fn canonical_form_drops_logical_types_to_plain_primitives() {
         let schema = record(r#"{"name":"d","type":{"type":"int","logicalType":"date"}}"#);
-        assert_eq!(canonical_form(&schema), r#"{"name":"cardlink.v1.R","type":"record","fields":[{"name":"d","type":"int"}]}"#);
+        assert_eq!(
+            canonical_form(&schema),
+            r#"{"name":"cardlink.v1.R","type":"record","fields":[{"name":"d","type":"int"}]}"#
+        );
     }
 
     #[test]

@@ -52,7 +52,11 @@ fn committed_versions_never_change() {
             None => missing.push(format!("{} v{} {}", key.0, key.1, v.fingerprint)),
         }
     }
-    assert!(missing.is_empty(), "new schema versions: add these lines to schemas/fingerprints.lock:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "new schema versions: add these lines to schemas/fingerprints.lock:\n{}",
+        missing.join("\n")
+    );
     assert_eq!(pinned.len(), schemas.versions().len(), "fingerprints.lock names a schema file that no longer exists");
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): sets up what the tests need on a fresh machine, then runs
+# format, lint, the production (no embedded broker) build check, and every test.
+#
+# Tests start their own embedded Kafka-compatible broker (tansu, compiled from crates.io) on
+# ephemeral ports; nothing else needs to be running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Keep build artefacts outside the clone so a fresh clone on the same machine rebuilds
+# incrementally (the first build from empty takes several minutes on 2 cores).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cardlink/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Python with fastavro: the independent Avro decoder the tests compare against.
+venv="$HOME/.cache/cardlink/venv"
+if ! "$venv/bin/python" -c 'import fastavro' 2>/dev/null; then
+  echo "==> setting up $venv (tools/requirements.txt)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/requirements.txt
+fi
+export CARDLINK_PYTHON="$venv/bin/python"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> production build check (no embedded broker)"
+cargo check -p cardlink --no-default-features --locked
+
+echo "==> cargo test"
+cargo test --workspace --locked
