@@ -4,6 +4,8 @@
 //! here are what cardlink's own services and CLIs use. Conversions between these messages and
 //! the domain types of `cardlink-events` live with the services that need them.
 
+pub mod convert;
+
 /// Package `cardlink.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]
 pub mod v1 {

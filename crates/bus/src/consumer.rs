@@ -145,6 +145,41 @@ impl Consumer {
         })
     }
 
+    /// For each partition of `topic`, the offset of the first record at or after `timestamp_ms`
+    /// (the end offset where there is none).
+    pub async fn offsets_for_time(&self, topic: Topic, timestamp_ms: i64) -> Result<Vec<(i32, i64)>, BusError> {
+        let partitions = self.partition_count(topic).await?;
+        let name = self.catalogue.name(topic).to_owned();
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut query = TopicPartitionList::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                query
+                    .add_partition_offset(&name, p, Offset::Offset(timestamp_ms))
+                    .map_err(|source| BusError::Kafka { operation: "offsets for time", source })?;
+            }
+            let found = inner
+                .offsets_for_times(query, METADATA_TIMEOUT)
+                .map_err(|source| BusError::kafka("offsets for time", source, METADATA_TIMEOUT, &name))?;
+            let mut out = Vec::with_capacity(partitions as usize);
+            for element in found.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(o) => o,
+                    // No record at or after the time: start at the end.
+                    _ => {
+                        inner
+                            .fetch_watermarks(&name, element.partition(), METADATA_TIMEOUT)
+                            .map_err(|source| BusError::kafka("fetch watermarks", source, METADATA_TIMEOUT, &name))?
+                            .1
+                    }
+                };
+                out.push((element.partition(), offset));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The (low, high) watermarks of a partition: the oldest retained offset and the offset the
     /// next record will get.
     pub async fn watermarks(&self, topic: Topic, partition: i32) -> Result<(i64, i64), BusError> {

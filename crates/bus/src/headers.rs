@@ -10,6 +10,8 @@ pub const EVENT_TYPE: &str = "cardlink-event-type";
 /// The writer schema's fingerprint, 16 lowercase hex digits (the same 8 bytes as in the value's
 /// single-object header).
 pub const SCHEMA_FINGERPRINT: &str = "cardlink-schema-fingerprint";
+/// The event's id (UUID text), so readers can de-duplicate without decoding the value.
+pub const EVENT_ID: &str = "cardlink-event-id";
 /// W3C Trace Context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -17,6 +19,7 @@ pub const TRACEPARENT: &str = "traceparent";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeaders {
     pub event_type: Option<String>,
+    pub event_id: Option<String>,
     pub schema_fingerprint: Option<Fingerprint>,
     pub traceparent: Option<String>,
 }
@@ -24,9 +27,12 @@ pub struct RecordHeaders {
 impl RecordHeaders {
     pub(crate) fn to_kafka(&self) -> rdkafka::message::OwnedHeaders {
         use rdkafka::message::{Header, OwnedHeaders};
-        let mut headers = OwnedHeaders::new_with_capacity(3);
+        let mut headers = OwnedHeaders::new_with_capacity(4);
         if let Some(event_type) = &self.event_type {
             headers = headers.insert(Header { key: EVENT_TYPE, value: Some(event_type.as_bytes()) });
+        }
+        if let Some(event_id) = &self.event_id {
+            headers = headers.insert(Header { key: EVENT_ID, value: Some(event_id.as_bytes()) });
         }
         if let Some(fp) = &self.schema_fingerprint {
             headers = headers.insert(Header { key: SCHEMA_FINGERPRINT, value: Some(fp.to_hex().as_bytes()) });
@@ -44,6 +50,7 @@ impl RecordHeaders {
             let Some(text) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else { continue };
             match header.key {
                 EVENT_TYPE => out.event_type = Some(text.to_owned()),
+                EVENT_ID => out.event_id = Some(text.to_owned()),
                 SCHEMA_FINGERPRINT => out.schema_fingerprint = Fingerprint::from_hex(text),
                 TRACEPARENT => out.traceparent = Some(text.to_owned()),
                 _ => {}
@@ -61,6 +68,7 @@ mod tests {
     fn headers_round_trip_through_kafka_form() {
         let headers = RecordHeaders {
             event_type: Some("cardlink.v1.Statement".into()),
+            event_id: Some("5f0c6f4e-8d52-4a43-9d0e-0d2c6f7a1b11".into()),
             schema_fingerprint: Some(Fingerprint([1, 2, 3, 4, 5, 6, 7, 8])),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cardlink_events::{Event, codec};
+use cardlink_events::{AuditEvent, Event, RecordType, codec};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::BusConfig;
@@ -107,15 +107,32 @@ impl Producer {
     /// Encodes `event` (Avro single-object) and publishes it on its topic, keyed by account.
     pub async fn publish(&self, event: &Event, traceparent: Option<&str>) -> Result<Delivered, BusError> {
         let encoded = codec::encode(event)?;
+        let key = event.partition_key();
+        self.send_encoded(&encoded, key.as_bytes(), &event.event_id().to_string(), traceparent).await
+    }
+
+    /// Publishes an audit event on the audit topic, keyed by issuer (else actor).
+    pub async fn publish_audit(&self, event: &AuditEvent) -> Result<Delivered, BusError> {
+        let encoded = codec::encode_record(RecordType::AuditEvent, event)?;
+        self.send_encoded(&encoded, event.partition_key().as_bytes(), &event.event_id.to_string(), None).await
+    }
+
+    async fn send_encoded(
+        &self,
+        encoded: &codec::Encoded,
+        key: &[u8],
+        event_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Delivered, BusError> {
         let headers = RecordHeaders {
             event_type: Some(encoded.record_type.full_name().to_owned()),
+            event_id: Some(event_id.to_owned()),
             schema_fingerprint: Some(encoded.fingerprint),
             traceparent: traceparent.map(str::to_owned),
         };
-        let key = event.partition_key();
         self.send(OutboundRecord {
             topic: Topic::for_record(encoded.record_type),
-            key: key.as_bytes(),
+            key,
             payload: &encoded.bytes,
             headers: &headers,
         })

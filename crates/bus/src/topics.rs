@@ -47,6 +47,7 @@ impl Topic {
         match record {
             RecordType::CardTransaction => Self::Transactions,
             RecordType::Statement => Self::Statements,
+            RecordType::AuditEvent => Self::Audit,
         }
     }
 }
@@ -174,7 +175,7 @@ mod tests {
     #[test]
     fn every_record_type_has_a_topic() {
         for record in RecordType::ALL {
-            assert!(matches!(Topic::for_record(record), Topic::Transactions | Topic::Statements));
+            assert!(matches!(Topic::for_record(record), Topic::Transactions | Topic::Statements | Topic::Audit));
         }
     }
 }

@@ -45,6 +45,7 @@ async fn published_events_come_back_decoded_with_headers() {
         got_tx.headers,
         RecordHeaders {
             event_type: Some("cardlink.v1.CardTransaction".into()),
+            event_id: Some(tx.event_id().to_string()),
             schema_fingerprint: Some(Schemas::get().latest(RecordType::CardTransaction).fingerprint),
             traceparent: Some(traceparent.into()),
         }
@@ -161,4 +162,37 @@ async fn producing_after_the_broker_stopped_fails_with_timeout() {
     let result = tokio::time::timeout(WITHIN, producer.publish(&event, None)).await.expect("publish hung");
     let err = result.expect_err("publish to a stopped broker succeeded");
     assert!(err.is_retriable(), "{err:?} should be retriable");
+}
+
+#[tokio::test]
+async fn offsets_for_time_skip_older_records() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let first = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 1)), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 2)), None).await.unwrap();
+
+    let consumer = bus.consumer("time").unwrap();
+    let offsets = consumer.offsets_for_time(Topic::Transactions, cut).await.unwrap();
+    assert_eq!(offsets.len() as i32, bus.config().event_partitions);
+    let (_, offset) = offsets.iter().find(|(p, _)| *p == first.partition).copied().unwrap();
+    assert_eq!(offset, second.offset, "first record at {}, second at {}", first.offset, second.offset);
+}
+
+#[tokio::test]
+async fn audit_events_land_on_the_audit_topic() {
+    use cardlink_events::{ActorType, AuditEvent, AuditOutcome, decode_record};
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let mut audit = AuditEvent::now(ActorType::Issuer, "iss-b", "ingest.publish", "issuer/iss-a", AuditOutcome::Denied);
+    audit.issuer_id = Some("iss-a".into());
+    let delivered = producer.publish_audit(&audit).await.unwrap();
+    assert_eq!(delivered.topic, Topic::Audit);
+    let record = bus.read(Topic::Audit, 1, WITHIN).await.unwrap().remove(0);
+    assert_eq!(record.key.as_deref(), Some(&b"iss-a"[..]));
+    let back: AuditEvent = decode_record(&record.payload, RecordType::AuditEvent).unwrap();
+    assert_eq!(back.actor_id, "iss-b");
+    assert_eq!(back.outcome, AuditOutcome::Denied);
 }

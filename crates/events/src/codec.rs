@@ -95,19 +95,24 @@ pub enum CodecError {
     Body { record: RecordType, version: u32, reason: String },
     #[error("{record:?} body has {extra} trailing bytes after the record")]
     TrailingBytes { record: RecordType, extra: usize },
+    #[error("expected {expected}, found a {found:?} record")]
+    UnexpectedRecord { expected: &'static str, found: RecordType },
     #[error("{record:?} does not fit its schema: {reason}")]
     Encode { record: RecordType, reason: String },
 }
 
 /// Encodes `event` with the latest schema of its record type.
 pub fn encode(event: &Event) -> Result<Encoded, CodecError> {
-    let record = event.record_type();
-    let version = Schemas::get().latest(record);
-    let value = match event {
-        Event::Transaction(t) => apache_avro::to_value(t),
-        Event::Statement(s) => apache_avro::to_value(s),
+    match event {
+        Event::Transaction(t) => encode_record(RecordType::CardTransaction, t),
+        Event::Statement(s) => encode_record(RecordType::Statement, s),
     }
-    .map_err(|e| encode_error(record, e))?;
+}
+
+/// Encodes any record whose Rust type matches the latest schema of `record`.
+pub fn encode_record<T: serde::Serialize>(record: RecordType, data: &T) -> Result<Encoded, CodecError> {
+    let version = Schemas::get().latest(record);
+    let value = apache_avro::to_value(data).map_err(|e| encode_error(record, e))?;
     encode_value(version, value)
 }
 
@@ -141,8 +146,27 @@ pub fn peek_fingerprint(bytes: &[u8]) -> Result<Fingerprint, CodecError> {
     Ok(Fingerprint(fp))
 }
 
-/// Decodes a value written by any committed version into the latest shape.
+/// Decodes a transaction or statement written by any committed version into the latest shape.
 pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
+    let (record, version, value) = decode_value(bytes)?;
+    let event = match record {
+        RecordType::CardTransaction => apache_avro::from_value(&value).map(Event::Transaction),
+        RecordType::Statement => apache_avro::from_value(&value).map(Event::Statement),
+        other => return Err(CodecError::UnexpectedRecord { expected: "a transaction or statement", found: other }),
+    };
+    event.map_err(|e| CodecError::Body { record, version, reason: e.to_string() })
+}
+
+/// Decodes a value that must be a `record`, into its Rust type.
+pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], record: RecordType) -> Result<T, CodecError> {
+    let (found, version, value) = decode_value(bytes)?;
+    if found != record {
+        return Err(CodecError::UnexpectedRecord { expected: record.full_name(), found });
+    }
+    apache_avro::from_value(&value).map_err(|e| CodecError::Body { record, version, reason: e.to_string() })
+}
+
+fn decode_value(bytes: &[u8]) -> Result<(RecordType, u32, Value), CodecError> {
     let schemas = Schemas::get();
     let fingerprint = peek_fingerprint(bytes)?;
     let writer = schemas.by_fingerprint(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
@@ -157,11 +181,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
     if !body.is_empty() {
         return Err(CodecError::TrailingBytes { record, extra: body.len() });
     }
-    let event = match record {
-        RecordType::CardTransaction => apache_avro::from_value(&value).map(Event::Transaction),
-        RecordType::Statement => apache_avro::from_value(&value).map(Event::Statement),
-    };
-    event.map_err(|e| body_error(e.to_string()))
+    Ok((record, writer.version, value))
 }
 
 #[cfg(test)]

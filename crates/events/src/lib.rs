@@ -11,6 +11,6 @@ pub mod model;
 pub mod samples;
 pub mod schema;
 
-pub use codec::{CodecError, Encoded, Event, decode, encode};
+pub use codec::{CodecError, Encoded, Event, decode, decode_record, encode, encode_record};
 pub use model::*;
 pub use schema::{Fingerprint, RecordType, Schemas};

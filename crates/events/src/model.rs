@@ -342,3 +342,71 @@ mod avro_date_opt {
         Option::<i32>::deserialize(d)?.map(super::avro_date::from_days).transpose()
     }
 }
+
+/// Who acted, in an audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActorType {
+    Issuer,
+    Aggregator,
+    Member,
+    Operator,
+    System,
+    Anonymous,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuditOutcome {
+    Allowed,
+    Denied,
+    Succeeded,
+    Failed,
+}
+
+/// One decision or change, for the audit topic (APPI record of provision to third parties).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_id: EventId,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub occurred_at: DateTime<Utc>,
+    pub actor_type: ActorType,
+    pub actor_id: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: AuditOutcome,
+    pub reason: Option<String>,
+    pub issuer_id: Option<String>,
+    pub aggregator_id: Option<String>,
+    pub member_ref: Option<String>,
+    pub consent_id: Option<String>,
+    pub data_items: Vec<String>,
+    pub trace_id: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event stamped now, with a fresh id and no optional details.
+    pub fn now(actor_type: ActorType, actor_id: &str, action: &str, resource: &str, outcome: AuditOutcome) -> Self {
+        Self {
+            event_id: EventId::random(),
+            occurred_at: Utc::now(),
+            actor_type,
+            actor_id: actor_id.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome,
+            reason: None,
+            issuer_id: None,
+            aggregator_id: None,
+            member_ref: None,
+            consent_id: None,
+            data_items: Vec::new(),
+            trace_id: None,
+        }
+    }
+
+    /// The Kafka key: the issuer's, so one issuer's audit trail stays in order.
+    pub fn partition_key(&self) -> &str {
+        self.issuer_id.as_deref().unwrap_or(&self.actor_id)
+    }
+}

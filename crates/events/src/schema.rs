@@ -24,16 +24,18 @@ pub const MAX_DECODE_ALLOCATION: usize = 8 * 1024 * 1024;
 pub enum RecordType {
     CardTransaction,
     Statement,
+    AuditEvent,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 2] = [RecordType::CardTransaction, RecordType::Statement];
+    pub const ALL: [RecordType; 3] = [RecordType::CardTransaction, RecordType::Statement, RecordType::AuditEvent];
 
     /// The folder under `schemas/`.
     pub fn folder(self) -> &'static str {
         match self {
             Self::CardTransaction => "card_transaction",
             Self::Statement => "statement",
+            Self::AuditEvent => "audit_event",
         }
     }
 
@@ -42,6 +44,7 @@ impl RecordType {
         match self {
             Self::CardTransaction => "cardlink.v1.CardTransaction",
             Self::Statement => "cardlink.v1.Statement",
+            Self::AuditEvent => "cardlink.v1.AuditEvent",
         }
     }
 

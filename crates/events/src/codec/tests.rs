@@ -128,3 +128,25 @@ proptest! {
         let _ = decode(&with_header);
     }
 }
+
+#[test]
+fn audit_events_round_trip_and_are_not_taken_for_card_events() {
+    let mut audit = crate::AuditEvent::now(
+        crate::ActorType::Issuer,
+        "iss-b",
+        "ingest.publish",
+        "issuer/iss-a",
+        crate::AuditOutcome::Denied,
+    );
+    audit.reason = Some("ISSUER_MISMATCH".into());
+    audit.data_items = vec!["transactions".into()];
+    let bytes = encode_record(RecordType::AuditEvent, &audit).expect("encodes").bytes;
+    let back: crate::AuditEvent = decode_record(&bytes, RecordType::AuditEvent).expect("decodes");
+    // Avro keeps microseconds.
+    assert_eq!(back.occurred_at.timestamp_micros(), audit.occurred_at.timestamp_micros());
+    assert_eq!(back.reason, audit.reason);
+    assert_eq!(back.data_items, audit.data_items);
+    assert!(matches!(decode(&bytes), Err(CodecError::UnexpectedRecord { found: RecordType::AuditEvent, .. })));
+    let tx_bytes = encode(&every_sample()[0]).expect("encodes").bytes;
+    assert!(decode_record::<crate::AuditEvent>(&tx_bytes, RecordType::AuditEvent).is_err());
+}
