@@ -5,6 +5,7 @@
 //! the domain types of `cardlink-events` live with the services that need them.
 
 pub mod convert;
+pub mod status;
 
 /// Package `cardlink.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]

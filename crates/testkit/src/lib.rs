@@ -6,9 +6,19 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
 use cardlink_bus::embedded::EmbeddedBroker;
 use cardlink_bus::{BusConfig, Consumer, Producer, Record, StartAt, Topic};
+use cardlink_ingest::auth::StaticIssuerKeys;
+use cardlink_ingest::server::{IngestConfig, RunningIngest};
+use tonic::transport::Channel;
+
+/// Issuers known to test ingest services, with their keys (synthetic, tests only).
+pub const TEST_ISSUERS: [(&str, &str); 2] =
+    [("iss-a", "test-key-iss-a-0123456789"), ("iss-b", "test-key-iss-b-0123456789")];
 
 /// Event partitions in tests: enough to show per-key ordering across partitions, few enough to
 /// keep start-up fast.
@@ -74,6 +84,18 @@ impl TestBus {
         Ok(records)
     }
 
+    /// Starts an ingest service on an ephemeral port that knows [`TEST_ISSUERS`], and waits
+    /// until it is ready.
+    pub async fn start_ingest(&self, config: IngestConfig) -> anyhow::Result<RunningIngest> {
+        let keys = StaticIssuerKeys::new(TEST_ISSUERS.iter().map(|(id, key)| format!("{id}={key}")))?;
+        let config = IngestConfig { listen: ([127, 0, 0, 1], 0).into(), ..config };
+        let mut running = cardlink_ingest::server::start(&self.config, config, Arc::new(keys)).await?;
+        tokio::time::timeout(Duration::from_secs(30), running.ready())
+            .await
+            .context("ingest service not ready within 30 s")?;
+        Ok(running)
+    }
+
     /// Stops the broker (its records are gone).
     pub async fn stop_broker(self) -> BusConfig {
         self.broker.stop().await;
@@ -87,4 +109,17 @@ fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
+}
+
+/// A gRPC client of an ingest service.
+pub async fn ingest_client(running: &RunningIngest) -> anyhow::Result<IssuerIngestClient<Channel>> {
+    Ok(IssuerIngestClient::connect(format!("http://{}", running.addr())).await?)
+}
+
+/// A request carrying `key` as its bearer credential.
+pub fn authorized<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {key}").parse().expect("ASCII credential");
+    request.metadata_mut().insert("authorization", value);
+    request
 }

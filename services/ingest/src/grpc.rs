@@ -1,0 +1,123 @@
+//! The gRPC face of the ingest service: authenticate, translate, delegate, translate back.
+
+use std::sync::Arc;
+
+use cardlink_api::status::status;
+use cardlink_api::v1;
+use cardlink_api::v1::issuer_ingest_server::IssuerIngest;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::auth::{AuthError, Authenticator, IssuerIdentity, bearer};
+use crate::service::{Batch, BatchResult, Ingest, IngestError, Outcome};
+
+/// Responses buffered per PublishStream before the server waits for the client to read.
+pub const STREAM_RESPONSE_BUFFER: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct IngestGrpc {
+    ingest: Ingest,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl IngestGrpc {
+    pub fn new(ingest: Ingest, auth: Arc<dyn Authenticator>) -> Self {
+        Self { ingest, auth }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<IssuerIdentity, Status> {
+        let header = request.metadata().get("authorization").map(|v| v.to_str().map_err(|_| AuthError::Malformed));
+        let header = header.transpose().map_err(auth_status)?;
+        let credential = bearer(header).map_err(auth_status)?;
+        self.auth.authenticate(credential).map_err(auth_status)
+    }
+}
+
+fn auth_status(e: AuthError) -> Status {
+    status(Code::Unauthenticated, e.reason(), e.to_string())
+}
+
+fn ingest_status(e: IngestError) -> Status {
+    let code = match &e {
+        IngestError::PermissionDenied { .. } => Code::PermissionDenied,
+        IngestError::TooManyRecords { .. } => Code::InvalidArgument,
+        IngestError::NotReady => Code::Unavailable,
+    };
+    status(code, e.reason(), e.to_string())
+}
+
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn batch(request: v1::PublishRequest, traceparent: Option<String>) -> Batch {
+    Batch { issuer_id: request.issuer_id, batch_id: request.batch_id, records: request.records, traceparent }
+}
+
+fn response(result: BatchResult) -> v1::PublishResponse {
+    let mut out = v1::PublishResponse { batch_id: result.batch_id, ..Default::default() };
+    for r in result.results {
+        let mut rr = v1::RecordResult { index: r.index as u32, event_id: r.event_id, ..Default::default() };
+        match r.outcome {
+            Outcome::Accepted => {
+                rr.outcome = v1::RecordOutcome::Accepted as i32;
+                out.accepted += 1;
+            }
+            Outcome::Duplicate => {
+                rr.outcome = v1::RecordOutcome::Duplicate as i32;
+                out.duplicates += 1;
+            }
+            Outcome::Rejected(rejection) => {
+                rr.outcome = v1::RecordOutcome::Rejected as i32;
+                rr.reason = rejection.reason.as_str().to_owned();
+                rr.field = rejection.field;
+                rr.message = rejection.message;
+                out.rejected += 1;
+            }
+        }
+        out.results.push(rr);
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl IssuerIngest for IngestGrpc {
+    async fn publish(&self, request: Request<v1::PublishRequest>) -> Result<Response<v1::PublishResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let tp = traceparent(&request);
+        let result = self.ingest.publish(&caller, batch(request.into_inner(), tp)).await.map_err(ingest_status)?;
+        Ok(Response::new(response(result)))
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<v1::PublishResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<v1::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let caller = self.caller(&request)?;
+        let tp = traceparent(&request);
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_RESPONSE_BUFFER);
+        let ingest = self.ingest.clone();
+        tokio::spawn(async move {
+            // Batches are processed one after another so a stream keeps the issuer's order; the
+            // bounded channel makes a client that stops reading stop this task too.
+            while let Some(next) = incoming.next().await {
+                let reply = match next {
+                    Ok(request) => {
+                        ingest.publish(&caller, batch(request, tp.clone())).await.map(response).map_err(ingest_status)
+                    }
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,23 @@
+//! The ingest gateway: how issuers put card events on the bus.
+//!
+//! An issuer calls `IssuerIngest.Publish` (or streams batches) with its credential. Each record
+//! is checked on its own — PAN guard, validation ([`validate`]), de-duplication ([`dedup`]) — and
+//! the good ones are published to Kafka with `acks=all`; the response carries one result per
+//! record. A bad record never fails or delays the others.
+//!
+//! - [`service`]: the logic, as plain async functions over domain types.
+//! - [`grpc`]: the thin tonic layer that authenticates and translates.
+//! - [`auth`]: who is calling.
+//! - [`server`]: serving it, with limits and graceful shutdown.
+
+pub mod auth;
+pub mod currency;
+pub mod dedup;
+pub mod grpc;
+pub mod pan;
+pub mod reason;
+pub mod server;
+pub mod service;
+pub mod validate;
+
+pub use reason::{ReasonCode, Rejection};

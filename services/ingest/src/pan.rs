@@ -1,0 +1,226 @@
+//! The PAN guard: no card number may reach the bus.
+//!
+//! A possible card number (PAN) is any 13 to 19 digits that pass the Luhn check, written
+//! together or with single spaces or hyphens between digits ("4111 1111 1111 1111",
+//! "4111-1111-1111-1111", "41111111 11111111"). Full-width digits and separators (０-９, '　',
+//! '－', '‐') count too, since Japanese systems produce them.
+//!
+//! Digits are grouped by separators into chains; every run of consecutive groups in a chain that
+//! holds 13 to 19 digits is checked, so a PAN next to another number ("4111111111111111 2026")
+//! is still found. Ordinary values stay clear: amounts use commas, phone numbers and dates have
+//! fewer than 13 digits. Two dates in a row ("2026-11-23 2026-11-24") hold 16 digits and pass
+//! Luhn about one time in ten; such text belongs in date fields, not in free text.
+//!
+//! The guard only answers yes or no: the digits it found are never returned, logged or stored.
+
+/// Whether `text` contains a possible card number.
+pub fn contains_pan(text: &str) -> bool {
+    // Fast path: most fields have far fewer than 13 digits.
+    if text.chars().filter(|c| digit_value(*c).is_some()).count() < MIN_DIGITS {
+        return false;
+    }
+    let mut groups: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut pending_separator = false;
+    for c in text.chars() {
+        if let Some(d) = digit_value(c) {
+            if pending_separator && !current.is_empty() {
+                groups.push(std::mem::take(&mut current));
+            }
+            pending_separator = false;
+            current.push(d);
+        } else if is_separator(c) && !current.is_empty() && !pending_separator {
+            pending_separator = true;
+        } else {
+            // Anything else (or a second separator) ends the chain.
+            if !current.is_empty() {
+                groups.push(std::mem::take(&mut current));
+            }
+            if chain_has_pan(&groups) {
+                return true;
+            }
+            groups.clear();
+            pending_separator = false;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    chain_has_pan(&groups)
+}
+
+const MIN_DIGITS: usize = 13;
+const MAX_DIGITS: usize = 19;
+
+fn chain_has_pan(groups: &[Vec<u8>]) -> bool {
+    for start in 0..groups.len() {
+        let mut digits: Vec<u8> = Vec::with_capacity(MAX_DIGITS);
+        for group in &groups[start..] {
+            digits.extend_from_slice(group);
+            if digits.len() > MAX_DIGITS {
+                break;
+            }
+            if digits.len() >= MIN_DIGITS && luhn_valid(&digits) {
+                return true;
+            }
+        }
+        // A single group longer than a PAN may still hold one written without separators next to
+        // other digits only if it is bounded by separators; we treat an unbroken run of more than
+        // 19 digits as one long number (an account or reference number), not a card number.
+    }
+    false
+}
+
+/// The Luhn (mod 10) check over digit values.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d);
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+fn digit_value(c: char) -> Option<u8> {
+    match c {
+        '0'..='9' => Some(c as u8 - b'0'),
+        // Full-width digits U+FF10..U+FF19.
+        '\u{FF10}'..='\u{FF19}' => Some((c as u32 - 0xFF10) as u8),
+        _ => None,
+    }
+}
+
+fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '\u{3000}' | '\u{FF0D}' | '\u{2010}' | '\u{2011}' | '\u{2012}' | '\u{2013}' | '\u{2212}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // Synthetic test numbers (issuer test ranges), used only to prove the guard works.
+    const TEST_PANS: &[&str] =
+        &["4111111111111111", "5555555555554444", "378282246310005", "3530111333300000", "6011111111111117"];
+
+    #[test]
+    fn finds_test_pans_in_every_common_form() {
+        for pan in TEST_PANS {
+            assert!(contains_pan(pan), "{pan}");
+            let spaced: String = pan
+                .chars()
+                .collect::<Vec<_>>()
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(contains_pan(&spaced), "{spaced}");
+            assert!(contains_pan(&spaced.replace(' ', "-")), "hyphenated {pan}");
+            assert!(contains_pan(&format!("ご利用カード{pan}です")), "embedded {pan}");
+            assert!(contains_pan(&format!("ref {pan} 2026")), "next to another number {pan}");
+        }
+    }
+
+    #[test]
+    fn finds_full_width_pans() {
+        assert!(contains_pan("４１１１　１１１１　１１１１　１１１１"));
+        assert!(contains_pan("４１１１－１１１１－１１１１－１１１１"));
+    }
+
+    #[test]
+    fn leaves_ordinary_values_alone() {
+        for text in [
+            "1,234,567",
+            "¥12,345,678,901",
+            "03-1234-5678",
+            "090-1234-5678",
+            "+81 90 1234 5678",
+            "2026-11-23",
+            "2026/11/23 12:34:56",
+            "20261123",
+            "セブン-イレブン 渋谷店",
+            "AMAZON.CO.JP 1234",
+            "4111111111111112",        // fails Luhn
+            "411111111111",            // 12 digits
+            "41111111111111111111111", // 23 digits in one run: a reference number
+        ] {
+            assert!(!contains_pan(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn luhn_matches_known_values() {
+        assert!(luhn_valid(&[7, 9, 9, 2, 7, 3, 9, 8, 7, 1, 3]));
+        assert!(!luhn_valid(&[7, 9, 9, 2, 7, 3, 9, 8, 7, 1, 4]));
+    }
+
+    /// Makes a Luhn-valid number of `len` digits from `body`.
+    fn with_check_digit(mut body: Vec<u8>) -> Vec<u8> {
+        body.push(0);
+        for check in 0..10 {
+            *body.last_mut().expect("non-empty") = check;
+            if luhn_valid(&body) {
+                break;
+            }
+        }
+        body
+    }
+
+    proptest! {
+        #[test]
+        fn finds_any_luhn_valid_number_however_separated(
+            body in proptest::collection::vec(0u8..10, 12..=18),
+            cuts in proptest::collection::vec((any::<bool>(), 0u8..3), 19),
+            prefix in "[a-zA-Zぁ-んァ-ヶ ]{0,10}",
+            suffix in "[a-zA-Zぁ-んァ-ヶ ]{0,10}",
+        ) {
+            let digits = with_check_digit(body);
+            let mut text = String::new();
+            for (i, d) in digits.iter().enumerate() {
+                if i > 0 && cuts[i].0 {
+                    text.push([' ', '-', '\u{3000}'][usize::from(cuts[i].1)]);
+                }
+                text.push(char::from(b'0' + d));
+            }
+            // Letters around the number, but not touching it with a separator-like char.
+            let text = format!("{prefix}x{text}x{suffix}");
+            prop_assert!(contains_pan(&text), "missed {}", text);
+        }
+
+        #[test]
+        fn ignores_amounts_phone_numbers_and_dates(
+            amount in 0u64..1_000_000_000_000,
+            area in 10u32..100, mid in 1000u32..10000, last in 1000u32..10000,
+            y in 1990i32..2100, m in 1u32..=12, d in 1u32..=28,
+        ) {
+            let with_commas = {
+                let raw = amount.to_string();
+                let mut out = String::new();
+                for (i, c) in raw.chars().enumerate() {
+                    if i > 0 && (raw.len() - i) % 3 == 0 {
+                        out.push(',');
+                    }
+                    out.push(c);
+                }
+                out
+            };
+            for text in [
+                format!("¥{with_commas}"),
+                format!("{with_commas}円"),
+                format!("0{area}-{mid}-{last}"),
+                format!("{y}-{m:02}-{d:02}"),
+                format!("{y}/{m:02}/{d:02}"),
+                format!("{y}{m:02}{d:02}"),
+                format!("利用日 {y}年{m}月{d}日 金額 {with_commas}円"),
+            ] {
+                prop_assert!(!contains_pan(&text), "flagged {}", text);
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The ingest logic: one batch in, one result per record out.
+//!
+//! For each record: validate (PAN guard first), claim its (issuer, event id) in the idempotency
+//! index, and publish the new ones to Kafka concurrently. A record's result is known only when
+//! Kafka acknowledged it (`acks=all`): ACCEPTED means durable. Records of one account keep
+//! their order because they are handed to the producer in request order and share a partition.
+
+use std::sync::Arc;
+
+use cardlink_api::v1;
+use cardlink_bus::{BusError, Producer};
+use cardlink_events::{ActorType, AuditEvent, AuditOutcome, Event};
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::auth::IssuerIdentity;
+use crate::dedup::{Claim, DedupIndex};
+use crate::reason::{ReasonCode, Rejection};
+use crate::validate::validate_record;
+
+/// Default maximum records in one request.
+pub const DEFAULT_MAX_RECORDS: usize = 1_000;
+
+/// A batch as the service sees it.
+#[derive(Debug)]
+pub struct Batch {
+    pub issuer_id: String,
+    pub batch_id: String,
+    pub records: Vec<v1::IngestRecord>,
+    /// W3C trace context of the call, carried to the bus.
+    pub traceparent: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordResult {
+    pub index: usize,
+    /// The record's event id as sent (may be empty or malformed when rejected).
+    pub event_id: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchResult {
+    pub batch_id: String,
+    pub results: Vec<RecordResult>,
+}
+
+impl BatchResult {
+    pub fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
+        self.results.iter().filter(|r| pred(&r.outcome)).count()
+    }
+}
+
+/// Why a whole call failed. Record-level problems are never errors; they are results.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("issuer {caller} cannot publish as issuer {requested}")]
+    PermissionDenied { caller: String, requested: String },
+    #[error("{count} records in one call; the limit is {max}")]
+    TooManyRecords { count: usize, max: usize },
+    #[error("the idempotency index is still catching up with the bus; retry shortly")]
+    NotReady,
+}
+
+impl IngestError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PermissionDenied { .. } => "ISSUER_MISMATCH",
+            Self::TooManyRecords { .. } => "TOO_MANY_RECORDS",
+            Self::NotReady => "NOT_READY",
+        }
+    }
+}
+
+/// The ingest service: cheap to clone, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    producer: Producer,
+    index: Arc<DedupIndex>,
+    ready: watch::Receiver<bool>,
+    max_records: usize,
+}
+
+impl Ingest {
+    pub fn new(producer: Producer, index: Arc<DedupIndex>, ready: watch::Receiver<bool>, max_records: usize) -> Self {
+        Self { producer, index, ready, max_records }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub async fn publish(&self, caller: &IssuerIdentity, batch: Batch) -> Result<BatchResult, IngestError> {
+        if batch.issuer_id != caller.issuer_id {
+            self.audit_denied(caller, &batch.issuer_id, "ISSUER_MISMATCH").await;
+            return Err(IngestError::PermissionDenied { caller: caller.issuer_id.clone(), requested: batch.issuer_id });
+        }
+        if batch.records.len() > self.max_records {
+            return Err(IngestError::TooManyRecords { count: batch.records.len(), max: self.max_records });
+        }
+        if !self.is_ready() {
+            return Err(IngestError::NotReady);
+        }
+
+        let issuer = caller.issuer_id.as_str();
+        let mut results = Vec::with_capacity(batch.records.len());
+        let mut to_publish: Vec<(usize, Event)> = Vec::new();
+        let mut foreign_records = 0usize;
+        for (index, record) in batch.records.iter().enumerate() {
+            let event_id = sent_event_id(record);
+            let outcome = match validate_record(issuer, record) {
+                Err(rejection) => {
+                    if rejection.reason == ReasonCode::IssuerMismatch {
+                        foreign_records += 1;
+                    }
+                    Outcome::Rejected(rejection)
+                }
+                Ok(event) => match self.index.claim(issuer, event.event_id().0) {
+                    Claim::Duplicate => Outcome::Duplicate,
+                    Claim::InFlight => Outcome::Rejected(Rejection::new(
+                        ReasonCode::InFlight,
+                        "event_id",
+                        "another call is publishing this event right now; retry",
+                    )),
+                    Claim::New => {
+                        to_publish.push((index, event));
+                        // Placeholder until Kafka answers; replaced below.
+                        Outcome::Accepted
+                    }
+                },
+            };
+            results.push(RecordResult { index, event_id, outcome });
+        }
+        if foreign_records > 0 {
+            self.audit_denied(caller, "(records naming another issuer)", "ISSUER_MISMATCH").await;
+        }
+
+        // Hand every record to the producer in request order, then wait for all acknowledgements.
+        let traceparent = batch.traceparent.as_deref();
+        let sends = to_publish.iter().map(|(_, event)| self.producer.publish(event, traceparent));
+        let acks = futures::future::join_all(sends).await;
+        for ((index, event), ack) in to_publish.iter().zip(acks) {
+            let id = event.event_id().0;
+            results[*index].outcome = match ack {
+                Ok(_) => {
+                    self.index.commit(issuer, id, Utc::now());
+                    Outcome::Accepted
+                }
+                Err(e) => {
+                    self.index.release(issuer, id);
+                    Outcome::Rejected(bus_rejection(&e))
+                }
+            };
+        }
+        Ok(BatchResult { batch_id: batch.batch_id, results })
+    }
+
+    async fn audit_denied(&self, caller: &IssuerIdentity, requested: &str, reason: &str) {
+        let mut audit = AuditEvent::now(
+            ActorType::Issuer,
+            &caller.issuer_id,
+            "ingest.publish",
+            &format!("issuer/{requested}"),
+            AuditOutcome::Denied,
+        );
+        audit.reason = Some(reason.to_owned());
+        audit.issuer_id = Some(caller.issuer_id.clone());
+        tracing::warn!(caller = %caller.issuer_id, requested, reason, "publish refused");
+        if let Err(e) = self.producer.publish_audit(&audit).await {
+            // The refusal itself stands; losing its audit record is an operational alert.
+            tracing::error!(error = %e, "could not write audit event for a refused publish");
+        }
+    }
+}
+
+fn sent_event_id(record: &v1::IngestRecord) -> String {
+    match &record.event {
+        Some(v1::ingest_record::Event::Transaction(t)) => t.event_id.clone(),
+        Some(v1::ingest_record::Event::Statement(s)) => s.event_id.clone(),
+        None => String::new(),
+    }
+}
+
+fn bus_rejection(e: &BusError) -> Rejection {
+    match e {
+        BusError::MessageTooLarge { max, .. } => Rejection::new(
+            ReasonCode::RecordTooLarge,
+            "",
+            format!("the encoded record is larger than the bus limit of {max} bytes"),
+        ),
+        other => {
+            tracing::warn!(error = %other, "publish to the bus failed");
+            Rejection::new(ReasonCode::BusUnavailable, "", "the bus did not acknowledge the record; retry later")
+        }
+    }
+}
