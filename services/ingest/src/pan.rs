@@ -11,6 +11,9 @@
 //! fewer than 13 digits. Two dates in a row ("2026-11-23 2026-11-24") hold 16 digits and pass
 //! Luhn about one time in ten; such text belongs in date fields, not in free text.
 //!
+//! Text shaped like a UUID (8-4-4-4-12 hex digits) is an identifier, not a number, and is passed
+//! over: random UUIDs often hold hyphen-joined digit runs that would otherwise pass Luhn.
+//!
 //! The guard only answers yes or no: the digits it found are never returned, logged or stored.
 
 /// Whether `text` contains a possible card number.
@@ -19,10 +22,11 @@ pub fn contains_pan(text: &str) -> bool {
     if text.chars().filter(|c| digit_value(*c).is_some()).count() < MIN_DIGITS {
         return false;
     }
+    let chars = mask_uuids(text);
     let mut groups: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
     let mut pending_separator = false;
-    for c in text.chars() {
+    for c in chars {
         if let Some(d) = digit_value(c) {
             if pending_separator && !current.is_empty() {
                 groups.push(std::mem::take(&mut current));
@@ -50,6 +54,39 @@ pub fn contains_pan(text: &str) -> bool {
 }
 
 const MIN_DIGITS: usize = 13;
+const UUID_SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
+
+/// The text's characters with every UUID-shaped run replaced by a neutral letter.
+fn mask_uuids(text: &str) -> Vec<char> {
+    let mut chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i + 36 <= chars.len() {
+        if is_uuid_at(&chars[i..i + 36]) {
+            chars[i..i + 36].iter_mut().for_each(|c| *c = 'u');
+            i += 36;
+        } else {
+            i += 1;
+        }
+    }
+    chars
+}
+
+fn is_uuid_at(window: &[char]) -> bool {
+    let mut pos = 0;
+    for (g, len) in UUID_SHAPE.iter().enumerate() {
+        if g > 0 {
+            if window[pos] != '-' {
+                return false;
+            }
+            pos += 1;
+        }
+        if !window[pos..pos + len].iter().all(char::is_ascii_hexdigit) {
+            return false;
+        }
+        pos += len;
+    }
+    true
+}
 const MAX_DIGITS: usize = 19;
 
 fn chain_has_pan(groups: &[Vec<u8>]) -> bool {
@@ -64,9 +101,8 @@ fn chain_has_pan(groups: &[Vec<u8>]) -> bool {
                 return true;
             }
         }
-        // A single group longer than a PAN may still hold one written without separators next to
-        // other digits only if it is bounded by separators; we treat an unbroken run of more than
-        // 19 digits as one long number (an account or reference number), not a card number.
+        // An unbroken run of more than 19 digits is one long number (an account or reference
+        // number), not a card number.
     }
     false
 }
@@ -152,6 +188,15 @@ mod tests {
         ] {
             assert!(!contains_pan(text), "{text}");
         }
+    }
+
+    #[test]
+    fn uuids_are_identifiers_not_numbers() {
+        // Random UUIDs whose hyphen-joined digit runs pass Luhn.
+        assert!(!contains_pan("5308928b-8c90-5aa8-8118-2025543448ed"));
+        assert!(!contains_pan("event 5308928b-8c90-5aa8-8118-2025543448ed retried"));
+        // A PAN next to a UUID is still found.
+        assert!(contains_pan("5308928b-8c90-5aa8-8118-2025543448ed 4111111111111111"));
     }
 
     #[test]
