@@ -35,6 +35,23 @@ pub enum SinkError {
     Refused { code: tonic::Code, reason: String, message: String },
 }
 
+/// Where adapters hand their events: one call per batch, one final outcome per event.
+pub trait EventSink {
+    fn publish(
+        &mut self,
+        events: &[Event],
+    ) -> impl std::future::Future<Output = Result<Vec<SinkOutcome>, SinkError>> + Send;
+}
+
+impl EventSink for IngestSink {
+    fn publish(
+        &mut self,
+        events: &[Event],
+    ) -> impl std::future::Future<Output = Result<Vec<SinkOutcome>, SinkError>> + Send {
+        IngestSink::publish(self, events)
+    }
+}
+
 /// A connection to the ingest service, as one issuer.
 #[derive(Debug, Clone)]
 pub struct IngestSink {

@@ -186,7 +186,8 @@ pub enum MappingError {
 
 impl Mapping {
     pub fn load(path: &Path) -> Result<Self, MappingError> {
-        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| MappingError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text).map_err(|e| match e {
             MappingError::Parse { source, .. } => MappingError::Parse { path: path.display().to_string(), source },
             other => other,
@@ -194,7 +195,8 @@ impl Mapping {
     }
 
     pub fn parse(text: &str) -> Result<Self, MappingError> {
-        let mapping: Mapping = toml::from_str(text).map_err(|source| MappingError::Parse { path: "<text>".into(), source })?;
+        let mapping: Mapping =
+            toml::from_str(text).map_err(|source| MappingError::Parse { path: "<text>".into(), source })?;
         mapping.check()?;
         Ok(mapping)
     }
@@ -203,16 +205,23 @@ impl Mapping {
     fn check(&self) -> Result<(), MappingError> {
         for required in [Field::AccountRef, Field::UsedAt, Field::Amount] {
             if !self.fields.contains_key(&required) {
-                return Err(MappingError::Invalid { field: required.name(), problem: "required, but not mapped".into() });
+                return Err(MappingError::Invalid {
+                    field: required.name(),
+                    problem: "required, but not mapped".into(),
+                });
             }
         }
         for (field, column) in &self.fields {
             let problem = match (self.format.kind, column) {
-                (FormatKind::Csv, Column::Bytes { .. }) => Some("byte positions are for fixed-width files; use column or index"),
+                (FormatKind::Csv, Column::Bytes { .. }) => {
+                    Some("byte positions are for fixed-width files; use column or index")
+                }
                 (FormatKind::Fixed, Column::Named { .. } | Column::Index { .. }) => {
                     Some("fixed-width files need byte positions: { start, length }")
                 }
-                (FormatKind::Csv, Column::Named { .. }) if !self.format.header => Some("named columns need `header = true`"),
+                (FormatKind::Csv, Column::Named { .. }) if !self.format.header => {
+                    Some("named columns need `header = true`")
+                }
                 (_, Column::Index { index: 0 }) => Some("indexes start at 1"),
                 (_, Column::Bytes { start: 0, .. }) => Some("byte positions start at 1"),
                 (_, Column::Bytes { length: 0, .. }) => Some("length must be at least 1"),

@@ -69,7 +69,9 @@ pub fn instant(raw: &str) -> Option<DateTime<Utc>> {
     let date = date(day)?;
     let time = match time {
         None => NaiveTime::MIN,
-        Some(tm) => NaiveTime::parse_from_str(tm, "%H:%M:%S").or_else(|_| NaiveTime::parse_from_str(tm, "%H:%M")).ok()?,
+        Some(tm) => {
+            NaiveTime::parse_from_str(tm, "%H:%M:%S").or_else(|_| NaiveTime::parse_from_str(tm, "%H:%M")).ok()?
+        }
     };
     jst().from_local_datetime(&date.and_time(time)).single().map(|t| t.with_timezone(&Utc))
 }

@@ -26,6 +26,8 @@ fn reject(reason: &'static str, field: Field, message: impl Into<String>) -> Lin
 }
 
 /// What a line turned out to be.
+// Nearly every line is a record; boxing it would allocate per line for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Line {
     /// Blank, skipped by `skip_lines`, the header, or not a data record.
@@ -147,9 +149,15 @@ impl Parser {
             (Column::Bytes { start, length }, Values::Fixed(raw)) => {
                 let end = start - 1 + length;
                 let slice = raw.get(start - 1..end).ok_or_else(|| {
-                    reject("SHORT_LINE", field, format!("the line has {} bytes; this field ends at byte {end}", raw.len()))
+                    reject(
+                        "SHORT_LINE",
+                        field,
+                        format!("the line has {} bytes; this field ends at byte {end}", raw.len()),
+                    )
                 })?;
-                self.decode(slice).ok_or_else(|| reject("ENCODING_ERROR", field, "bytes that are not valid in the file's encoding"))?.into_owned()
+                self.decode(slice)
+                    .ok_or_else(|| reject("ENCODING_ERROR", field, "bytes that are not valid in the file's encoding"))?
+                    .into_owned()
             }
             // Mapping::check rules out the other combinations.
             _ => String::new(),
@@ -184,17 +192,24 @@ impl Parser {
     fn transaction(&self, raw: &[u8], values: &Values<'_>) -> Result<ev::CardTransaction, LineRejection> {
         let account_ref = normalize::text(&self.require(values, Field::AccountRef)?);
         let used = self.require(values, Field::UsedAt)?;
-        let occurred_at =
-            normalize::instant(&used).ok_or_else(|| reject("UNPARSEABLE_DATE", Field::UsedAt, "a date such as 2026/11/23, 20261123 or 2026-11-23"))?;
+        let occurred_at = normalize::instant(&used).ok_or_else(|| {
+            reject("UNPARSEABLE_DATE", Field::UsedAt, "a date such as 2026/11/23, 20261123 or 2026-11-23")
+        })?;
         let local_date = occurred_at.with_timezone(&normalize::jst()).date_naive();
         let posted_date = self
             .get(values, Field::PostedDate)?
-            .map(|d| normalize::date(&d).ok_or_else(|| reject("UNPARSEABLE_DATE", Field::PostedDate, "a date such as 2026/11/23")))
+            .map(|d| {
+                normalize::date(&d)
+                    .ok_or_else(|| reject("UNPARSEABLE_DATE", Field::PostedDate, "a date such as 2026/11/23"))
+            })
             .transpose()?;
         let amount_text = self.require(values, Field::Amount)?;
-        let minor_units =
-            normalize::amount(&amount_text).ok_or_else(|| reject("UNPARSEABLE_AMOUNT", Field::Amount, "a whole amount such as ¥1,234 or -500"))?;
-        let currency = self.get(values, Field::Currency)?.map(|c| normalize::text(&c).to_uppercase()).unwrap_or_else(|| "JPY".into());
+        let minor_units = normalize::amount(&amount_text)
+            .ok_or_else(|| reject("UNPARSEABLE_AMOUNT", Field::Amount, "a whole amount such as ¥1,234 or -500"))?;
+        let currency = self
+            .get(values, Field::Currency)?
+            .map(|c| normalize::text(&c).to_uppercase())
+            .unwrap_or_else(|| "JPY".into());
 
         let kind = match self.mapped(values, Field::Kind)? {
             None => {
@@ -208,10 +223,14 @@ impl Parser {
         };
         let (method, count_from_method) = match self.mapped(values, Field::PaymentMethod)? {
             None => (ev::PaymentMethod::LumpSum, None),
-            Some(v) => payment_method(&v).ok_or_else(|| unmapped(Field::PaymentMethod, "1回, 2回, 分割, リボ, ボーナス一括, ボーナス分割 or a cardlink symbol"))?,
+            Some(v) => payment_method(&v).ok_or_else(|| {
+                unmapped(Field::PaymentMethod, "1回, 2回, 分割, リボ, ボーナス一括, ボーナス分割 or a cardlink symbol")
+            })?,
         };
         let installment_count = match self.integer(values, Field::InstallmentCount)? {
-            Some(n) => Some(i32::try_from(n).map_err(|_| reject("INVALID_NUMBER", Field::InstallmentCount, "out of range"))?),
+            Some(n) => {
+                Some(i32::try_from(n).map_err(|_| reject("INVALID_NUMBER", Field::InstallmentCount, "out of range"))?)
+            }
             None => count_from_method,
         };
         // A count of 1 in a 支払回数 column of a lump-sum line carries no information.
@@ -248,7 +267,9 @@ impl Parser {
                     currency: self
                         .get(values, Field::ForeignCurrency)?
                         .map(|c| normalize::text(&c).to_uppercase())
-                        .ok_or_else(|| reject("MISSING_FIELD", Field::ForeignCurrency, "a foreign amount needs its currency"))?,
+                        .ok_or_else(|| {
+                            reject("MISSING_FIELD", Field::ForeignCurrency, "a foreign amount needs its currency")
+                        })?,
                 },
                 fx_rate: self
                     .get(values, Field::FxRate)?
@@ -267,13 +288,16 @@ impl Parser {
                 last4: self.get(values, Field::CardLast4)?.map(|l| normalize::text(&l)),
                 holder: match self.mapped(values, Field::CardHolder)? {
                     None => ev::CardHolder::Principal,
-                    Some(v) => holder(&v).ok_or_else(|| unmapped(Field::CardHolder, "本人/本会員, 家族/家族会員, PRINCIPAL or FAMILY"))?,
+                    Some(v) => holder(&v).ok_or_else(|| {
+                        unmapped(Field::CardHolder, "本人/本会員, 家族/家族会員, PRINCIPAL or FAMILY")
+                    })?,
                 },
             },
             kind,
             category: match self.mapped(values, Field::Category)? {
                 None => ev::TransactionCategory::Purchase,
-                Some(v) => category(&v).ok_or_else(|| unmapped(Field::Category, "ショッピング, キャッシング or a cardlink symbol"))?,
+                Some(v) => category(&v)
+                    .ok_or_else(|| unmapped(Field::Category, "ショッピング, キャッシング or a cardlink symbol"))?,
             },
             original_transaction_id: self.get(values, Field::OriginalTransactionId)?.map(|v| normalize::text(&v)),
             issuer_transaction_id,
@@ -286,15 +310,22 @@ impl Parser {
             payment: ev::PaymentPlan { method, installment_count, installment_number, installment_fee: None },
             billing_month: self
                 .get(values, Field::BillingMonth)?
-                .map(|m| normalize::month(&m).ok_or_else(|| reject("UNPARSEABLE_DATE", Field::BillingMonth, "a month such as 2026/12 or 202612")))
+                .map(|m| {
+                    normalize::month(&m).ok_or_else(|| {
+                        reject("UNPARSEABLE_DATE", Field::BillingMonth, "a month such as 2026/12 or 202612")
+                    })
+                })
                 .transpose()?,
             channel: match self.mapped(values, Field::Channel)? {
                 None => ev::Channel::Unknown,
-                Some(v) => channel(&v).ok_or_else(|| unmapped(Field::Channel, "IN_STORE, CONTACTLESS, ONLINE, RECURRING, ATM"))?,
+                Some(v) => channel(&v)
+                    .ok_or_else(|| unmapped(Field::Channel, "IN_STORE, CONTACTLESS, ONLINE, RECURRING, ATM"))?,
             },
             instrument: match self.mapped(values, Field::Instrument)? {
                 None => ev::InstrumentType::Credit,
-                Some(v) => instrument(&v).ok_or_else(|| unmapped(Field::Instrument, "CREDIT, DEBIT, PREPAID, CODE_PAYMENT"))?,
+                Some(v) => {
+                    instrument(&v).ok_or_else(|| unmapped(Field::Instrument, "CREDIT, DEBIT, PREPAID, CODE_PAYMENT"))?
+                }
             },
             points_earned: self.integer(values, Field::Points)?,
         })
@@ -302,23 +333,26 @@ impl Parser {
 }
 
 fn unmapped(field: Field, expected: &str) -> LineRejection {
-    reject("UNMAPPED_VALUE", field, format!("value not in the mapping's [values.{}] table; expected {expected}", field.name()))
+    reject(
+        "UNMAPPED_VALUE",
+        field,
+        format!("value not in the mapping's [values.{}] table; expected {expected}", field.name()),
+    )
 }
 
 /// Splits one CSV line. `None` if the quoting is broken.
 fn split_csv(line: &str, delimiter: char) -> Option<Vec<String>> {
     let delimiter = u8::try_from(delimiter).ok()?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).delimiter(delimiter).flexible(true).from_reader(line.as_bytes());
+    // In well-formed CSV every quote is paired (an escaped quote is doubled); an odd count
+    // means a quote left open, which the csv crate would silently run to the end of the line.
+    if line.bytes().filter(|b| *b == b'"').count() % 2 == 1 {
+        return None;
+    }
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).delimiter(delimiter).flexible(true).from_reader(line.as_bytes());
     let mut record = csv::StringRecord::new();
     match reader.read_record(&mut record) {
-        Ok(true) => {
-            // A quote left open swallows the rest of the line into one field; csv reports no
-            // error for that, so detect it: a well-formed line is consumed to its end.
-            if reader.position().byte() < line.len() as u64 {
-                return None;
-            }
-            Some(record.iter().map(str::to_owned).collect())
-        }
+        Ok(true) => Some(record.iter().map(str::to_owned).collect()),
         Ok(false) => Some(Vec::new()),
         Err(_) => None,
     }
@@ -394,4 +428,55 @@ fn instrument(v: &str) -> Option<ev::InstrumentType> {
         "CODE_PAYMENT" | "コード決済" => I::CodePayment,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAPPINGS: [&str; 2] =
+        [include_str!("../../samples/core_export_sjis.toml"), include_str!("../../samples/meisai_web_utf8.toml")];
+
+    #[test]
+    fn a_header_without_a_mapped_column_is_a_file_error() {
+        let mapping = Mapping::parse(MAPPINGS[1]).expect("sample mapping");
+        let mut parser = Parser::new(mapping, "iss");
+        let err = parser.parse_line("利用日,金額".as_bytes()).expect_err("columns missing");
+        assert!(matches!(err, FileError::MissingColumn(_)), "{err}");
+    }
+
+    #[test]
+    fn invalid_shift_jis_bytes_reject_only_their_line() {
+        let mapping = Mapping::parse(MAPPINGS[0]).expect("sample mapping");
+        let mut parser = Parser::new(mapping, "iss");
+        let mut line = b"2M0000001010042120261101202611030000000498".to_vec();
+        line.extend_from_slice(&[0x82, 0xFF, 0x82, 0xFF]); // not Shift_JIS
+        line.resize(98, b' ');
+        match parser.parse_line(&line).expect("not a file error") {
+            Line::Record(Err(r)) => assert_eq!((r.reason, r.field.as_str()), ("ENCODING_ERROR", "merchant_name")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unbalanced_quotes_are_malformed_csv() {
+        assert_eq!(split_csv("a,\"b,c", ','), None);
+        assert_eq!(split_csv("a,\"b,c\",d", ','), Some(vec!["a".into(), "b,c".into(), "d".into()]));
+    }
+
+    proptest! {
+        // The fuzz target file_parser, as a property in the normal test run.
+        #[test]
+        fn any_bytes_never_panic_the_parser(lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..8)) {
+            for text in MAPPINGS {
+                let mut parser = Parser::new(Mapping::parse(text).expect("sample mapping"), "iss");
+                for line in &lines {
+                    if parser.parse_line(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }

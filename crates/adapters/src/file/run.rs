@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::mapping::Mapping;
 use super::parse::{FileError, Line, Parser};
-use crate::sink::{IngestSink, SinkError, SinkOutcome};
+use crate::sink::{EventSink, SinkError, SinkOutcome};
 
 /// Default records per ingest call.
 pub const DEFAULT_BATCH: usize = 500;
@@ -119,7 +119,8 @@ struct Rejects {
 
 impl Rejects {
     fn open(path: &Path, keep_bytes: u64) -> Result<Self, RunError> {
-        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(io_err(path))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(io_err(path))?;
         file.set_len(keep_bytes).map_err(io_err(path))?;
         let mut rejects = Self { file, path: path.to_owned(), bytes: keep_bytes };
         use std::io::Seek;
@@ -149,7 +150,7 @@ impl Rejects {
 }
 
 /// Runs `run` to the end of its file, publishing through `sink`.
-pub async fn run_file(run: FileRun, sink: &mut IngestSink) -> Result<Summary, RunError> {
+pub async fn run_file<S: EventSink>(run: FileRun, sink: &mut S) -> Result<Summary, RunError> {
     let input = run.input.as_path();
     let rejects_path = run.rejects.clone().unwrap_or_else(|| sibling(input, ".rejects.csv"));
     let checkpoint_path = run.checkpoint.clone().unwrap_or_else(|| sibling(input, ".checkpoint.json"));
@@ -190,7 +191,9 @@ pub async fn run_file(run: FileRun, sink: &mut IngestSink) -> Result<Summary, Ru
         }
         let content = raw.strip_suffix(b"\n").unwrap_or(&raw);
         // The header must be parsed even on resume, so every line goes through the parser.
-        let parsed = parser.parse_line(content).map_err(|source| RunError::File { path: input.display().to_string(), source })?;
+        let parsed = parser
+            .parse_line(content)
+            .map_err(|source| RunError::File { path: input.display().to_string(), source })?;
         if line_no <= checkpoint.line {
             continue;
         }
@@ -218,8 +221,8 @@ pub async fn run_file(run: FileRun, sink: &mut IngestSink) -> Result<Summary, Ru
     Ok(summary)
 }
 
-async fn flush(
-    sink: &mut IngestSink,
+async fn flush<S: EventSink>(
+    sink: &mut S,
     batch: &mut Vec<(u64, Event)>,
     rejects: &mut Rejects,
     summary: &mut Summary,

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::file::normalize;
-use crate::sink::{IngestSink, SinkError, SinkOutcome};
+use crate::sink::{EventSink, SinkError, SinkOutcome};
 use merchants::{MERCHANTS, Segment, fx_rate};
 
 /// 締め日: the day of the month statements close.
@@ -339,8 +339,12 @@ impl Simulator {
     fn close_statements(&mut self) {
         let closing_date = self.next_closing.with_timezone(&normalize::jst()).date_naive() - TimeDelta::days(1);
         let period_start = shift_month(closing_date, -1) + TimeDelta::days(1);
-        let due_date = NaiveDate::from_ymd_opt(shift_month(closing_date, 1).year(), shift_month(closing_date, 1).month(), PAYMENT_DAY)
-            .unwrap_or(closing_date);
+        let due_date = NaiveDate::from_ymd_opt(
+            shift_month(closing_date, 1).year(),
+            shift_month(closing_date, 1).month(),
+            PAYMENT_DAY,
+        )
+        .unwrap_or(closing_date);
         let billing = format!("{:04}-{:02}", due_date.year(), due_date.month());
         for account in &mut self.accounts {
             let revolving = account.period.remove(&method_key(ev::PaymentMethod::Revolving)).unwrap_or(0);
@@ -354,7 +358,8 @@ impl Simulator {
                 .map(|(k, v)| ev::MethodAmount { method: method_of(*k), amount: ev::Money::jpy(*v) })
                 .collect();
             if minimum > 0 {
-                breakdown.push(ev::MethodAmount { method: ev::PaymentMethod::Revolving, amount: ev::Money::jpy(minimum) });
+                breakdown
+                    .push(ev::MethodAmount { method: ev::PaymentMethod::Revolving, amount: ev::Money::jpy(minimum) });
             }
             let total: i64 = breakdown.iter().map(|b| b.amount.minor_units).sum();
             account.revolving_balance -= minimum;
@@ -391,7 +396,11 @@ fn next_closing_after(t: DateTime<Utc>) -> DateTime<Utc> {
     let local = t.with_timezone(&normalize::jst()).date_naive();
     let this_month = NaiveDate::from_ymd_opt(local.year(), local.month(), CLOSING_DAY + 1).unwrap_or(local);
     let boundary = if local < this_month { this_month } else { shift_month(this_month, 1) };
-    normalize::jst().from_local_datetime(&boundary.and_time(chrono::NaiveTime::MIN)).single().map(|d| d.with_timezone(&Utc)).unwrap_or(t)
+    normalize::jst()
+        .from_local_datetime(&boundary.and_time(chrono::NaiveTime::MIN))
+        .single()
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or(t)
 }
 
 fn shift_month(d: NaiveDate, months: i32) -> NaiveDate {
@@ -410,7 +419,7 @@ fn billing_month(t: DateTime<Utc>) -> String {
 /// until `limit` events (if any) or until `stop` resolves. Returns (accepted, duplicate, rejected).
 pub async fn pace(
     sim: &mut Simulator,
-    sink: &mut IngestSink,
+    sink: &mut impl EventSink,
     rate: u32,
     limit: Option<u64>,
     stop: impl std::future::Future<Output = ()>,

@@ -175,3 +175,28 @@ fn empty_record_is_rejected() {
     let r = validate_record("iss-a", &v1::IngestRecord { event: None }).expect_err("rejected");
     assert_eq!(r.reason, R::MissingField);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message as _;
+
+    proptest! {
+        // The fuzz target record_validator, as a property: mutate a valid record's bytes.
+        #[test]
+        fn mutated_records_never_panic_and_accepted_ones_encode(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = tx_record(sample_tx()).encode_to_vec();
+            for (index, value) in flips {
+                let i = index.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Ok(record) = v1::IngestRecord::decode(bytes.as_slice())
+                && let Ok(event) = validate_record("iss-a", &record)
+            {
+                prop_assert!(cardlink_events::encode(&event).is_ok());
+            }
+        }
+    }
+}
