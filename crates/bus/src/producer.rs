@@ -113,8 +113,19 @@ impl Producer {
 
     /// Publishes an audit event on the audit topic, keyed by issuer (else actor).
     pub async fn publish_audit(&self, event: &AuditEvent) -> Result<Delivered, BusError> {
-        let encoded = codec::encode_record(RecordType::AuditEvent, event)?;
-        self.send_encoded(&encoded, event.partition_key().as_bytes(), &event.event_id.to_string(), None).await
+        self.publish_record(RecordType::AuditEvent, event.partition_key(), &event.event_id.to_string(), event).await
+    }
+
+    /// Publishes any cardlink record on its record type's topic under `key`.
+    pub async fn publish_record<T: serde::Serialize>(
+        &self,
+        record_type: RecordType,
+        key: &str,
+        event_id: &str,
+        record: &T,
+    ) -> Result<Delivered, BusError> {
+        let encoded = codec::encode_record(record_type, record)?;
+        self.send_encoded(&encoded, key.as_bytes(), event_id, None).await
     }
 
     async fn send_encoded(

@@ -25,10 +25,18 @@ pub enum RecordType {
     CardTransaction,
     Statement,
     AuditEvent,
+    RegistryEvent,
+    ConsentEvent,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 3] = [RecordType::CardTransaction, RecordType::Statement, RecordType::AuditEvent];
+    pub const ALL: [RecordType; 5] = [
+        RecordType::CardTransaction,
+        RecordType::Statement,
+        RecordType::AuditEvent,
+        RecordType::RegistryEvent,
+        RecordType::ConsentEvent,
+    ];
 
     /// The folder under `schemas/`.
     pub fn folder(self) -> &'static str {
@@ -36,6 +44,8 @@ impl RecordType {
             Self::CardTransaction => "card_transaction",
             Self::Statement => "statement",
             Self::AuditEvent => "audit_event",
+            Self::RegistryEvent => "registry_event",
+            Self::ConsentEvent => "consent_event",
         }
     }
 
@@ -45,6 +55,8 @@ impl RecordType {
             Self::CardTransaction => "cardlink.v1.CardTransaction",
             Self::Statement => "cardlink.v1.Statement",
             Self::AuditEvent => "cardlink.v1.AuditEvent",
+            Self::RegistryEvent => "cardlink.v1.RegistryEvent",
+            Self::ConsentEvent => "cardlink.v1.ConsentEvent",
         }
     }
 

@@ -150,3 +150,62 @@ fn audit_events_round_trip_and_are_not_taken_for_card_events() {
     let tx_bytes = encode(&every_sample()[0]).expect("encodes").bytes;
     assert!(decode_record::<crate::AuditEvent>(&tx_bytes, RecordType::AuditEvent).is_err());
 }
+
+#[test]
+fn registry_and_consent_events_round_trip() {
+    use crate::consent::{ConsentEvent, ConsentStatus};
+    use crate::registry::{
+        ConnectionEntity, ConnectionStatus, CredentialEntity, Entity, ParticipantRole, RegistryEvent, Scope,
+    };
+    let now = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).expect("in range");
+    for entity in [
+        Entity::Connection(ConnectionEntity {
+            issuer_id: "iss-a".into(),
+            aggregator_id: "agg-x".into(),
+            scopes: vec![Scope::Transactions, Scope::Statements],
+            status: ConnectionStatus::Active,
+            reason: None,
+        }),
+        Entity::Credential(CredentialEntity {
+            credential_id: "c1".into(),
+            role: ParticipantRole::Aggregator,
+            participant_id: "agg-x".into(),
+            issued_at: now,
+            expires_at: now,
+            revoked_at: Some(now),
+        }),
+    ] {
+        let mut event = RegistryEvent::new(crate::ActorType::Operator, "op", entity);
+        event.occurred_at = now;
+        let bytes = encode_record(RecordType::RegistryEvent, &event).expect("encodes").bytes;
+        assert_eq!(decode_record::<RegistryEvent>(&bytes, RecordType::RegistryEvent).expect("decodes"), event);
+    }
+    let consent = ConsentEvent {
+        event_id: crate::EventId::random(),
+        occurred_at: now,
+        actor_type: crate::ActorType::Member,
+        actor_id: "m1".into(),
+        consent_id: "cns-1".into(),
+        issuer_id: "iss-a".into(),
+        aggregator_id: "agg-x".into(),
+        member_ref: Some("m1".into()),
+        account_refs: vec!["acct-1".into()],
+        requested_scopes: vec![Scope::Transactions, Scope::MerchantDetail],
+        scopes: vec![Scope::Transactions],
+        status: ConsentStatus::Active,
+        purpose: "家計簿".into(),
+        redirect_uri: "https://agg.example/cb".into(),
+        state: None,
+        code_challenge: "abc".into(),
+        duration_days: 90,
+        created_at: now,
+        granted_at: Some(now),
+        expires_at: Some(now),
+        ended_at: None,
+        code_hash: Some("00".into()),
+        code_expires_at: Some(now),
+        code_redeemed: true,
+    };
+    let bytes = encode_record(RecordType::ConsentEvent, &consent).expect("encodes").bytes;
+    assert_eq!(decode_record::<ConsentEvent>(&bytes, RecordType::ConsentEvent).expect("decodes"), consent);
+}

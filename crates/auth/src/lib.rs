@@ -1,0 +1,271 @@
+//! Participant credentials: signed tokens.
+//!
+//! Registering a participant (issuer, aggregator, operator) issues a credential: a token
+//! `cl1.<payload>.<signature>` whose payload (base64url JSON) names the credential id, the
+//! participant, its role and the expiry, signed with the platform's Ed25519 key. Any service
+//! verifies a token with the platform's public key alone — no shared secret to leak, no call to
+//! the registry on the hot path — and then checks the credential id against the registry view,
+//! so a revoked credential stops working as soon as the revocation is read.
+//!
+//! The signing key can be rotated: tokens carry the key id (`kid`), and verifiers accept every
+//! key in their set.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Token prefix and format version.
+pub const TOKEN_PREFIX: &str = "cl1";
+/// Longest token accepted, in bytes; anything longer is refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 2048;
+
+/// What a participant is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    Issuer,
+    Aggregator,
+    Operator,
+}
+
+/// The signed content of a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Credential id (revocable).
+    pub cid: String,
+    /// Participant id.
+    pub sub: String,
+    pub role: Role,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+    /// Signing key id.
+    pub kid: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a cardlink token")]
+    Malformed,
+    #[error("signed with an unknown key")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("expired")]
+    Expired,
+}
+
+impl TokenError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Malformed => "CREDENTIAL_MALFORMED",
+            Self::UnknownKey | Self::BadSignature => "CREDENTIAL_INVALID",
+            Self::Expired => "CREDENTIAL_EXPIRED",
+        }
+    }
+}
+
+/// Issues tokens. Held only by the registry.
+pub struct TokenSigner {
+    kid: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A signer from a 32-byte Ed25519 seed.
+    pub fn from_seed(kid: &str, seed: [u8; 32]) -> Self {
+        Self { kid: kid.to_owned(), key: SigningKey::from_bytes(&seed) }
+    }
+
+    /// A fresh random key (development, tests).
+    pub fn generate(kid: &str) -> Self {
+        Self::from_seed(kid, rand::random())
+    }
+
+    /// A signer from a base64url seed, as configuration holds it.
+    pub fn from_base64_seed(kid: &str, seed: &str) -> Result<Self, TokenError> {
+        let bytes = B64.decode(seed.trim()).map_err(|_| TokenError::Malformed)?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| TokenError::Malformed)?;
+        Ok(Self::from_seed(kid, seed))
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half, for verifiers.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey { kid: self.kid.clone(), key: self.key.verifying_key() }
+    }
+
+    /// Signs a token for `participant` valid until `expires_at`; returns (credential id, token).
+    pub fn issue(
+        &self,
+        participant: &str,
+        role: Role,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> (String, String) {
+        let claims = Claims {
+            cid: uuid::Uuid::new_v4().to_string(),
+            sub: participant.to_owned(),
+            role,
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            kid: self.kid.clone(),
+        };
+        // Serialising a struct of strings and integers cannot fail.
+        let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signed = format!("{TOKEN_PREFIX}.{payload}");
+        let signature = B64.encode(self.key.sign(signed.as_bytes()).to_bytes());
+        (claims.cid, format!("{signed}.{signature}"))
+    }
+}
+
+/// A verifying key with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    key: VerifyingKey,
+}
+
+impl PublicKey {
+    /// `kid:base64url(key)`, the form configuration holds.
+    pub fn to_config(&self) -> String {
+        format!("{}:{}", self.kid, B64.encode(self.key.as_bytes()))
+    }
+
+    pub fn from_config(text: &str) -> Result<Self, TokenError> {
+        let (kid, key) = text.trim().split_once(':').ok_or(TokenError::Malformed)?;
+        let bytes: [u8; 32] =
+            B64.decode(key).map_err(|_| TokenError::Malformed)?.try_into().map_err(|_| TokenError::Malformed)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| TokenError::Malformed)?;
+        Ok(Self { kid: kid.to_owned(), key })
+    }
+}
+
+/// Verifies tokens against a set of platform keys.
+#[derive(Clone, Debug, Default)]
+pub struct TokenVerifier {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl TokenVerifier {
+    pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        Self { keys: keys.into_iter().map(|k| (k.kid, k.key)).collect() }
+    }
+
+    /// Checks format, signature and expiry. Revocation is the caller's check (registry view).
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(prefix), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        if prefix != TOKEN_PREFIX {
+            return Err(TokenError::Malformed);
+        }
+        let claims: Claims = serde_json::from_slice(&B64.decode(payload).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+        let key = self.keys.get(&claims.kid).ok_or(TokenError::UnknownKey)?;
+        let signature: [u8; 64] =
+            B64.decode(signature).map_err(|_| TokenError::Malformed)?.try_into().map_err(|_| TokenError::Malformed)?;
+        let signed_len = prefix.len() + 1 + payload.len();
+        key.verify(&token.as_bytes()[..signed_len], &Signature::from_bytes(&signature))
+            .map_err(|_| TokenError::BadSignature)?;
+        if claims.exp <= now.timestamp() {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn setup() -> (TokenSigner, TokenVerifier) {
+        let signer = TokenSigner::generate("k1");
+        let verifier = TokenVerifier::new([signer.public_key()]);
+        (signer, verifier)
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_their_claims() {
+        let (signer, verifier) = setup();
+        let now = Utc::now();
+        let (cid, token) = signer.issue("agg-x", Role::Aggregator, now, now + TimeDelta::days(90));
+        let claims = verifier.verify(&token, now).unwrap();
+        assert_eq!((claims.cid, claims.sub.as_str(), claims.role), (cid, "agg-x", Role::Aggregator));
+    }
+
+    #[test]
+    fn tampering_with_any_part_fails() {
+        let (signer, verifier) = setup();
+        let now = Utc::now();
+        let (_, token) = signer.issue("agg-x", Role::Aggregator, now, now + TimeDelta::days(1));
+        // Change the role in the payload: re-encode claims claiming to be an operator.
+        let payload = token.split('.').nth(1).unwrap();
+        let mut claims: Claims = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+        claims.role = Role::Operator;
+        let forged =
+            format!("cl1.{}.{}", B64.encode(serde_json::to_vec(&claims).unwrap()), token.split('.').nth(2).unwrap());
+        assert_eq!(verifier.verify(&forged, now), Err(TokenError::BadSignature));
+        let mut flipped = token.clone().into_bytes();
+        let last = flipped.len() - 3;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(verifier.verify(std::str::from_utf8(&flipped).unwrap(), now).is_err());
+    }
+
+    #[test]
+    fn another_platform_key_is_not_trusted() {
+        let (_, verifier) = setup();
+        let other = TokenSigner::generate("k1");
+        let now = Utc::now();
+        let (_, token) = other.issue("iss-a", Role::Issuer, now, now + TimeDelta::days(1));
+        assert_eq!(verifier.verify(&token, now), Err(TokenError::BadSignature));
+        let stranger = TokenSigner::generate("k9");
+        let (_, token) = stranger.issue("iss-a", Role::Issuer, now, now + TimeDelta::days(1));
+        assert_eq!(verifier.verify(&token, now), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn expired_tokens_fail() {
+        let (signer, verifier) = setup();
+        let now = Utc::now();
+        let (_, token) = signer.issue("iss-a", Role::Issuer, now - TimeDelta::days(2), now - TimeDelta::days(1));
+        assert_eq!(verifier.verify(&token, now), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn keys_round_trip_through_configuration() {
+        let signer = TokenSigner::generate("2026-11");
+        let public = PublicKey::from_config(&signer.public_key().to_config()).unwrap();
+        assert_eq!(public, signer.public_key());
+        assert!(PublicKey::from_config("nokid").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_verifies(text in "\\PC{0,300}") {
+            let (_, verifier) = setup();
+            proptest::prop_assert!(verifier.verify(&text, Utc::now()).is_err());
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Consent records: a member's permission for one aggregator to receive some kinds of data
+//! about some of their accounts at one issuer, for a limited time.
+//!
+//! Each change is the consent's full new state on the compacted consent topic, keyed by the
+//! consent id. [`ConsentEvent::is_active_at`] is the one definition of "this consent allows
+//! delivery now" that every service uses.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ActorType, EventId};
+use crate::registry::Scope;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConsentStatus {
+    /// Asked for by the aggregator; the member has not decided.
+    Requested,
+    Active,
+    Denied,
+    Revoked,
+    Expired,
+}
+
+impl ConsentStatus {
+    /// Whether no further change can happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Denied | Self::Revoked | Self::Expired)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentEvent {
+    pub event_id: EventId,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub occurred_at: DateTime<Utc>,
+    pub actor_type: ActorType,
+    pub actor_id: String,
+    pub consent_id: String,
+    pub issuer_id: String,
+    pub aggregator_id: String,
+    pub member_ref: Option<String>,
+    pub account_refs: Vec<String>,
+    pub requested_scopes: Vec<Scope>,
+    pub scopes: Vec<Scope>,
+    pub status: ConsentStatus,
+    pub purpose: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub duration_days: i32,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub granted_at: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub ended_at: Option<DateTime<Utc>>,
+    pub code_hash: Option<String>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub code_expires_at: Option<DateTime<Utc>>,
+    pub code_redeemed: bool,
+}
+
+impl ConsentEvent {
+    /// Whether the consent allows delivery at `now`: active and not past its expiry.
+    pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
+        self.status == ConsentStatus::Active && self.expires_at.is_some_and(|e| now < e)
+    }
+
+    pub fn covers(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}

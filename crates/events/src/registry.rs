@@ -1,0 +1,162 @@
+//! Registry records: issuers, aggregators, the connections between them, and credentials.
+//!
+//! Each change is published as the entity's full new state on the compacted registry topic,
+//! keyed by [`RegistryEvent::key`], so the topic always holds the latest state of everything
+//! and any service rebuilds the registry by reading it from the beginning.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ActorType, EventId};
+
+/// The kinds of data a consent (and a connection) can cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Scope {
+    /// Transactions, without merchant detail.
+    Transactions,
+    /// Merchant name, MCC and country of transactions.
+    MerchantDetail,
+    Statements,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Transactions, Scope::MerchantDetail, Scope::Statements];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactions => "TRANSACTIONS",
+            Self::MerchantDetail => "MERCHANT_DETAIL",
+            Self::Statements => "STATEMENTS",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerEntity {
+    pub issuer_id: String,
+    pub name: String,
+    /// 取扱高 per year, in yen.
+    pub annual_volume_jpy: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AggregatorStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatorEntity {
+    pub aggregator_id: String,
+    pub name: String,
+    /// 電子決済等代行業 登録番号
+    pub registration_number: String,
+    pub contact: String,
+    pub status: AggregatorStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConnectionStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEntity {
+    pub issuer_id: String,
+    pub aggregator_id: String,
+    pub scopes: Vec<Scope>,
+    pub status: ConnectionStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ParticipantRole {
+    Issuer,
+    Aggregator,
+    Operator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialEntity {
+    pub credential_id: String,
+    pub role: ParticipantRole,
+    pub participant_id: String,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub issued_at: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One registry change: the new state of exactly one entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryEvent {
+    pub event_id: EventId,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub occurred_at: DateTime<Utc>,
+    pub actor_type: ActorType,
+    pub actor_id: String,
+    pub issuer: Option<IssuerEntity>,
+    pub aggregator: Option<AggregatorEntity>,
+    pub connection: Option<ConnectionEntity>,
+    pub credential: Option<CredentialEntity>,
+}
+
+/// The entity a registry event carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entity {
+    Issuer(IssuerEntity),
+    Aggregator(AggregatorEntity),
+    Connection(ConnectionEntity),
+    Credential(CredentialEntity),
+}
+
+impl RegistryEvent {
+    pub fn new(actor_type: ActorType, actor_id: &str, entity: Entity) -> Self {
+        let mut event = Self {
+            event_id: EventId::random(),
+            occurred_at: Utc::now(),
+            actor_type,
+            actor_id: actor_id.to_owned(),
+            issuer: None,
+            aggregator: None,
+            connection: None,
+            credential: None,
+        };
+        match entity {
+            Entity::Issuer(e) => event.issuer = Some(e),
+            Entity::Aggregator(e) => event.aggregator = Some(e),
+            Entity::Connection(e) => event.connection = Some(e),
+            Entity::Credential(e) => event.credential = Some(e),
+        }
+        event
+    }
+
+    /// The entity, if exactly one is set.
+    pub fn entity(&self) -> Option<Entity> {
+        match (&self.issuer, &self.aggregator, &self.connection, &self.credential) {
+            (Some(e), None, None, None) => Some(Entity::Issuer(e.clone())),
+            (None, Some(e), None, None) => Some(Entity::Aggregator(e.clone())),
+            (None, None, Some(e), None) => Some(Entity::Connection(e.clone())),
+            (None, None, None, Some(e)) => Some(Entity::Credential(e.clone())),
+            _ => None,
+        }
+    }
+
+    /// The compacted topic's key: one per entity.
+    pub fn key(&self) -> String {
+        match self.entity() {
+            Some(Entity::Issuer(e)) => format!("issuer/{}", e.issuer_id),
+            Some(Entity::Aggregator(e)) => format!("aggregator/{}", e.aggregator_id),
+            Some(Entity::Connection(e)) => format!("connection/{}/{}", e.issuer_id, e.aggregator_id),
+            Some(Entity::Credential(e)) => format!("credential/{}", e.credential_id),
+            None => format!("invalid/{}", self.event_id),
+        }
+    }
+}
