@@ -1,0 +1,152 @@
+//! The consent view: which aggregators may receive which data of which account, now.
+//!
+//! Built for the subscription hot path: [`ConsentView::grants`] takes the event's Kafka key
+//! (`issuer_id/account_ref`, already in hand) and returns a slice — no allocation, one hash
+//! lookup. A grant is small: the consent and aggregator ids are shared `Arc<str>`s, scopes a
+//! bitmask, times plain integers. Expiry needs no background work: a grant carries its expiry
+//! and [`Grant::allows`] checks it against the clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::registry::Scope;
+use chrono::{DateTime, Utc};
+
+/// A set of scopes as a bitmask.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(u8);
+
+impl ScopeSet {
+    fn bit(scope: Scope) -> u8 {
+        match scope {
+            Scope::Transactions => 1,
+            Scope::MerchantDetail => 2,
+            Scope::Statements => 4,
+        }
+    }
+
+    pub fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |acc, s| acc | Self::bit(*s)))
+    }
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & Self::bit(scope) != 0
+    }
+
+    pub fn is_subset_of(self, other: ScopeSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+}
+
+/// One active consent of one account, as the hot path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub consent_id: Arc<str>,
+    pub aggregator_id: Arc<str>,
+    pub scopes: ScopeSet,
+    /// Events that occurred before this instant are not covered (microseconds since the epoch).
+    pub data_from_micros: i64,
+    /// The consent ends at this instant (microseconds since the epoch).
+    pub expires_at_micros: i64,
+}
+
+impl Grant {
+    /// Whether, at `now`, this grant lets `scope` data of an event that occurred at
+    /// `occurred_micros` through.
+    pub fn allows(&self, scope: Scope, occurred_micros: i64, now_micros: i64) -> bool {
+        now_micros < self.expires_at_micros && occurred_micros >= self.data_from_micros && self.scopes.contains(scope)
+    }
+}
+
+/// The consent view.
+#[derive(Debug, Default)]
+pub struct ConsentView {
+    /// `issuer_id/account_ref` → active grants.
+    by_account: HashMap<Box<str>, Vec<Grant>>,
+    /// Every consent's latest state.
+    consents: HashMap<Arc<str>, ConsentEvent>,
+    /// Interned aggregator ids.
+    aggregators: HashMap<Box<str>, Arc<str>>,
+}
+
+fn account_key(issuer_id: &str, account_ref: &str) -> Box<str> {
+    cardlink_events::codec::partition_key(issuer_id, account_ref).into_boxed_str()
+}
+
+fn micros(t: Option<DateTime<Utc>>) -> i64 {
+    t.map_or(i64::MIN, |t| t.timestamp_micros())
+}
+
+impl ConsentView {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies the latest state of one consent.
+    pub fn apply(&mut self, event: ConsentEvent) {
+        let id: Arc<str> = match self.consents.get_key_value(event.consent_id.as_str()) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(event.consent_id.as_str()),
+        };
+        if let Some(old) = self.consents.get(&id) {
+            for account in &old.account_refs {
+                let key = account_key(&old.issuer_id, account);
+                if let Some(grants) = self.by_account.get_mut(&key) {
+                    grants.retain(|g| g.consent_id != id);
+                    if grants.is_empty() {
+                        self.by_account.remove(&key);
+                    }
+                }
+            }
+        }
+        if event.status == ConsentStatus::Active {
+            let aggregator = match self.aggregators.get(event.aggregator_id.as_str()) {
+                Some(a) => Arc::clone(a),
+                None => {
+                    let a: Arc<str> = Arc::from(event.aggregator_id.as_str());
+                    self.aggregators.insert(event.aggregator_id.clone().into_boxed_str(), Arc::clone(&a));
+                    a
+                }
+            };
+            let grant = Grant {
+                consent_id: Arc::clone(&id),
+                aggregator_id: aggregator,
+                scopes: ScopeSet::of(&event.scopes),
+                data_from_micros: micros(event.granted_at),
+                expires_at_micros: event.expires_at.map_or(i64::MIN, |t| t.timestamp_micros()),
+            };
+            for account in &event.account_refs {
+                let grants = self.by_account.entry(account_key(&event.issuer_id, account)).or_default();
+                grants.push(grant.clone());
+                grants.shrink_to_fit();
+            }
+        }
+        self.consents.insert(id, event);
+    }
+
+    /// The active grants of the account with this Kafka key (`issuer_id/account_ref`).
+    /// Expiry is the caller's check ([`Grant::allows`]), against its clock.
+    pub fn grants(&self, account_key: &str) -> &[Grant] {
+        self.by_account.get(account_key).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn consent(&self, consent_id: &str) -> Option<&ConsentEvent> {
+        self.consents.get(consent_id)
+    }
+
+    /// Every consent's latest state.
+    pub fn consents(&self) -> impl Iterator<Item = &ConsentEvent> {
+        self.consents.values()
+    }
+
+    /// Consents that allow delivery at `now`.
+    pub fn active_at(&self, now: DateTime<Utc>) -> impl Iterator<Item = &ConsentEvent> {
+        self.consents.values().filter(move |c| c.is_active_at(now))
+    }
+
+    /// Accounts with at least one active grant.
+    pub fn accounts_with_grants(&self) -> usize {
+        self.by_account.len()
+    }
+}

@@ -1,0 +1,156 @@
+//! Following a compacted topic into a view, with a watermark.
+//!
+//! The follower assigns every partition from the beginning, applies each record, and keeps
+//! following. Its [`Watermark`] tells how far it has read; `caught_up` turns true once it has
+//! read up to the ends the partitions had when it started (so a new replica does not act on a
+//! half-built view), and `lag` — refreshed every [`LAG_REFRESH`] — is how many records it is
+//! behind the current ends. The view lives behind a `RwLock` that is never held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use tokio::sync::watch;
+
+/// How often the follower refreshes the partitions' end offsets to compute its lag.
+pub const LAG_REFRESH: Duration = Duration::from_millis(250);
+
+/// How far a follower has read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// Next offset to read, per partition.
+    pub next: HashMap<i32, i64>,
+    /// Read up to the ends the topic had when following started.
+    pub caught_up: bool,
+    /// Records between what was read and the partitions' ends at the last refresh.
+    pub lag: i64,
+    /// When `lag` was last measured.
+    pub measured_at: Option<tokio::time::Instant>,
+}
+
+/// A view that records of one topic update.
+pub trait Materialize: Send + Sync + 'static {
+    /// Applies one record; returns false if it could not be understood (it is logged and skipped).
+    fn apply_record(&mut self, record: &Record) -> bool;
+}
+
+impl Materialize for crate::consent::ConsentView {
+    fn apply_record(&mut self, record: &Record) -> bool {
+        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
+            Ok(event) => {
+                self.apply(event);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Materialize for crate::registry::RegistryView {
+    fn apply_record(&mut self, record: &Record) -> bool {
+        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::RegistryEvent) {
+            Ok(event) => self.apply(&event),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A view shared with the follower that keeps it current.
+#[derive(Debug)]
+pub struct Followed<V> {
+    pub view: Arc<RwLock<V>>,
+    pub watermark: watch::Receiver<Watermark>,
+}
+
+impl<V> Clone for Followed<V> {
+    fn clone(&self) -> Self {
+        Self { view: Arc::clone(&self.view), watermark: self.watermark.clone() }
+    }
+}
+
+impl<V> Followed<V> {
+    /// Runs `f` with the view read-locked.
+    pub fn read<T>(&self, f: impl FnOnce(&V) -> T) -> T {
+        let guard = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        f(&guard)
+    }
+
+    /// Waits until the view has caught up with its topic.
+    pub async fn caught_up(&mut self) {
+        let _ = self.watermark.wait_for(|w| w.caught_up).await;
+    }
+}
+
+/// Starts following `topic` into `view`; returns the shared view and the task.
+pub fn spawn<V: Materialize>(
+    consumer: Consumer,
+    topic: Topic,
+    view: V,
+    shutdown: watch::Receiver<bool>,
+) -> (Followed<V>, tokio::task::JoinHandle<Result<(), BusError>>) {
+    let view = Arc::new(RwLock::new(view));
+    let (tx, rx) = watch::channel(Watermark::default());
+    let task = tokio::spawn(run(consumer, topic, Arc::clone(&view), tx, shutdown));
+    (Followed { view, watermark: rx }, task)
+}
+
+async fn run<V: Materialize>(
+    consumer: Consumer,
+    topic: Topic,
+    view: Arc<RwLock<V>>,
+    watermark: watch::Sender<Watermark>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let partitions = consumer.assign_all(topic, StartAt::Beginning).await?;
+    let mut targets = HashMap::new();
+    let mut next = HashMap::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.watermarks(topic, p).await?;
+        next.insert(p, low);
+        if high > low {
+            targets.insert(p, high);
+        }
+    }
+    watermark.send_modify(|w| {
+        w.next = next.clone();
+        w.caught_up = targets.is_empty();
+    });
+    let mut refresh = tokio::time::interval(LAG_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = refresh.tick() => {
+                let mut lag = 0;
+                for p in 0..partitions {
+                    let (_, high) = consumer.watermarks(topic, p).await?;
+                    lag += (high - next.get(&p).copied().unwrap_or(0)).max(0);
+                }
+                watermark.send_modify(|w| {
+                    w.lag = lag;
+                    w.measured_at = Some(tokio::time::Instant::now());
+                });
+            }
+            record = consumer.recv() => {
+                let record = record?;
+                let applied = {
+                    let mut guard = view.write().unwrap_or_else(PoisonError::into_inner);
+                    guard.apply_record(&record)
+                };
+                if !applied {
+                    tracing::warn!(?topic, partition = record.partition, offset = record.offset, "record not understood; skipped");
+                }
+                next.insert(record.partition, record.offset + 1);
+                if targets.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
+                    targets.remove(&record.partition);
+                }
+                let caught_up = targets.is_empty();
+                watermark.send_modify(|w| {
+                    w.next.insert(record.partition, record.offset + 1);
+                    w.caught_up = caught_up;
+                });
+            }
+        }
+    }
+}

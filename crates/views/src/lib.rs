@@ -1,0 +1,14 @@
+//! Views: the registry and the consents, materialised in memory from their compacted topics.
+//!
+//! Every service that decides who may see what reads these views, never a database: a
+//! [`follow::Follower`] reads a compacted topic from the beginning, applies each record to a
+//! view, keeps following, and publishes a [`follow::Watermark`] saying how far it has read and
+//! whether it has caught up with the topic's end. A service is ready once its views caught up,
+//! and can refuse to act on a view that has fallen behind.
+//!
+//! - [`consent::ConsentView`]: account → active grants, looked up on every event delivered.
+//! - [`registry::RegistryView`]: issuers, aggregators, connections, credentials.
+
+pub mod consent;
+pub mod follow;
+pub mod registry;

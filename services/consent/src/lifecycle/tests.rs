@@ -1,0 +1,311 @@
+use super::*;
+use cardlink_views::consent::ConsentView;
+use proptest::prelude::*;
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+const REDIRECT: &str = "https://agg.example/callback";
+
+fn connected() -> ConnectionGrant {
+    ConnectionGrant { active: true, scopes: Scope::ALL.to_vec() }
+}
+
+fn request(issuer: &str) -> NewRequest {
+    NewRequest {
+        issuer_id: issuer.into(),
+        scopes: vec![Scope::Transactions, Scope::MerchantDetail],
+        duration_days: 90,
+        purpose: "家計簿アプリでの支出管理".into(),
+        redirect_uri: REDIRECT.into(),
+        code_challenge: CHALLENGE.into(),
+        state: Some("xyz".into()),
+    }
+}
+
+fn approval() -> Approval {
+    Approval { member_ref: "m-1".into(), account_refs: vec!["acct-1".into()], scopes: vec![Scope::Transactions] }
+}
+
+/// Runs a request through approval; returns the book, consent id and code.
+fn approved(now: DateTime<Utc>) -> (ConsentBook, String, String) {
+    let mut book = ConsentBook::new();
+    let requested = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+    let id = requested.consent_id.clone();
+    book.apply(requested);
+    let (active, code) = book.approve("iss-a", &id, approval(), now).unwrap();
+    book.apply(active);
+    (book, id, code)
+}
+
+#[test]
+fn the_happy_path_grants_only_what_the_member_chose() {
+    let now = Utc::now();
+    let (mut book, id, code) = approved(now);
+    let exchanged = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
+    assert!(exchanged.code_redeemed);
+    book.apply(exchanged);
+    let c = book.get(&id).unwrap();
+    assert_eq!(c.status, ConsentStatus::Active);
+    assert_eq!(c.scopes, vec![Scope::Transactions]);
+    assert_eq!(c.account_refs, vec!["acct-1".to_string()]);
+    assert_eq!(c.expires_at, Some(now + TimeDelta::days(90)));
+    assert!(c.is_active_at(now));
+}
+
+#[test]
+fn no_connection_no_consent() {
+    let book = ConsentBook::new();
+    let now = Utc::now();
+    assert!(matches!(book.request("agg-x", request("iss-a"), None, now), Err(ConsentError::NotConnected { .. })));
+    let suspended = ConnectionGrant { active: false, ..connected() };
+    assert!(matches!(
+        book.request("agg-x", request("iss-a"), Some(&suspended), now),
+        Err(ConsentError::NotConnected { .. })
+    ));
+    let narrow = ConnectionGrant { active: true, scopes: vec![Scope::Transactions] };
+    assert_eq!(
+        book.request("agg-x", request("iss-a"), Some(&narrow), now),
+        Err(ConsentError::ScopeNotConnected("MERCHANT_DETAIL"))
+    );
+}
+
+#[test]
+fn request_rules() {
+    let book = ConsentBook::new();
+    let now = Utc::now();
+    let check = |mutate: fn(&mut NewRequest), want: &str| {
+        let mut r = request("iss-a");
+        mutate(&mut r);
+        assert_eq!(book.request("agg-x", r, Some(&connected()), now).unwrap_err().reason(), want);
+    };
+    check(|r| r.duration_days = 366, "INVALID_DURATION");
+    check(|r| r.duration_days = 0, "INVALID_DURATION");
+    check(|r| r.redirect_uri = "http://agg.example/cb".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.redirect_uri = "http://localhost.evil.example/cb".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.code_challenge = "plain-verifier".into(), "INVALID_CODE_CHALLENGE");
+    check(|r| r.scopes = vec![Scope::MerchantDetail], "INVALID_SCOPES");
+    check(|r| r.scopes.clear(), "INVALID_SCOPES");
+    check(|r| r.purpose = " ".into(), "INVALID_PURPOSE");
+    let mut local = request("iss-a");
+    local.redirect_uri = "http://127.0.0.1:8765/cb".into();
+    assert!(book.request("agg-x", local, Some(&connected()), now).is_ok());
+}
+
+#[test]
+fn granted_scopes_must_be_requested() {
+    let now = Utc::now();
+    let mut book = ConsentBook::new();
+    let r = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+    let id = r.consent_id.clone();
+    book.apply(r);
+    let wider = Approval { scopes: vec![Scope::Transactions, Scope::Statements], ..approval() };
+    assert_eq!(book.approve("iss-a", &id, wider, now).unwrap_err().reason(), "INVALID_SCOPES");
+    let none = Approval { account_refs: vec![], ..approval() };
+    assert_eq!(book.approve("iss-a", &id, none, now).unwrap_err(), ConsentError::NoAccounts);
+}
+
+#[test]
+fn another_issuer_cannot_approve() {
+    let now = Utc::now();
+    let mut book = ConsentBook::new();
+    let r = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+    let id = r.consent_id.clone();
+    book.apply(r);
+    assert_eq!(book.approve("iss-b", &id, approval(), now).unwrap_err(), ConsentError::NotYours);
+    assert_eq!(book.deny("iss-b", &id, "m-1", now).unwrap_err(), ConsentError::NotYours);
+}
+
+#[test]
+fn codes_are_single_use_short_lived_pkce_bound_and_per_aggregator() {
+    let now = Utc::now();
+    let (mut book, _, code) = approved(now);
+    assert_eq!(
+        book.exchange("agg-x", &code, "wrong-verifier-wrong-verifier-wrong-verifier", REDIRECT, now),
+        Err(ConsentError::PkceMismatch)
+    );
+    assert_eq!(book.exchange("agg-y", &code, VERIFIER, REDIRECT, now), Err(ConsentError::InvalidCode));
+    assert_eq!(
+        book.exchange("agg-x", &code, VERIFIER, "https://evil.example/cb", now),
+        Err(ConsentError::RedirectMismatch)
+    );
+    assert_eq!(book.exchange("agg-x", &code, VERIFIER, REDIRECT, now + CODE_TTL), Err(ConsentError::InvalidCode));
+    assert_eq!(book.exchange("agg-x", "not-a-code", VERIFIER, REDIRECT, now), Err(ConsentError::InvalidCode));
+    let ok = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
+    book.apply(ok);
+    assert_eq!(book.exchange("agg-x", &code, VERIFIER, REDIRECT, now), Err(ConsentError::InvalidCode), "replayed code");
+}
+
+#[test]
+fn who_may_revoke() {
+    let now = Utc::now();
+    let (book, id, _) = approved(now);
+    let member = |issuer: &str, m: &str| Actor::Member { issuer_id: issuer.into(), member_ref: m.into() };
+    for actor in [
+        Actor::Aggregator("agg-y".into()),
+        Actor::Issuer("iss-b".into()),
+        member("iss-a", "m-2"),
+        member("iss-b", "m-1"),
+    ] {
+        assert_eq!(book.revoke(&actor, &id, now).unwrap_err(), ConsentError::NotYours, "{actor:?}");
+    }
+    for actor in [Actor::Aggregator("agg-x".into()), Actor::Issuer("iss-a".into()), member("iss-a", "m-1")] {
+        let revoked = book.revoke(&actor, &id, now).unwrap();
+        assert_eq!(revoked.status, ConsentStatus::Revoked);
+        assert!(!revoked.is_active_at(now));
+    }
+}
+
+#[test]
+fn expiry_ends_consents_and_stale_requests() {
+    let now = Utc::now();
+    let (mut book, id, _) = approved(now);
+    let pending = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+    let pending_id = pending.consent_id.clone();
+    book.apply(pending);
+    assert!(book.expire(now + TimeDelta::minutes(1)).is_empty());
+    let stale = book.expire(now + REQUEST_TTL);
+    assert_eq!(stale.iter().map(|c| c.consent_id.as_str()).collect::<Vec<_>>(), vec![pending_id.as_str()]);
+    let ended = book.expire(now + TimeDelta::days(90));
+    assert!(ended.iter().any(|c| c.consent_id == id && c.status == ConsentStatus::Expired));
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Op {
+    Request { aggregator: usize, issuer: usize, scopes: u8, days: i32 },
+    Approve { consent: usize, issuer: usize, accounts: u8, scopes: u8 },
+    Deny { consent: usize, issuer: usize },
+    Revoke { consent: usize, by: usize },
+    Advance { hours: i64 },
+    Expire,
+}
+
+const ISSUERS: [&str; 2] = ["iss-a", "iss-b"];
+const AGGREGATORS: [&str; 3] = ["agg-x", "agg-y", "agg-z"];
+
+fn scopes_of(bits: u8) -> Vec<Scope> {
+    Scope::ALL.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, s)| *s).collect()
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..3usize, 0..2usize, 0..8u8, 1..400i32).prop_map(|(aggregator, issuer, scopes, days)| Op::Request {
+            aggregator,
+            issuer,
+            scopes,
+            days
+        }),
+        (0..20usize, 0..2usize, 0..8u8, 0..8u8).prop_map(|(consent, issuer, accounts, scopes)| Op::Approve {
+            consent,
+            issuer,
+            accounts,
+            scopes
+        }),
+        (0..20usize, 0..2usize).prop_map(|(consent, issuer)| Op::Deny { consent, issuer }),
+        (0..20usize, 0..6usize).prop_map(|(consent, by)| Op::Revoke { consent, by }),
+        (1..3000i64).prop_map(|hours| Op::Advance { hours }),
+        Just(Op::Expire),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Random histories never leave a consent active that should not be, and the view built
+    /// from the published events always equals the book.
+    #[test]
+    fn random_histories_keep_consents_honest_and_the_view_in_step(ops in proptest::collection::vec(op(), 1..60)) {
+        let start = Utc::now();
+        let mut now = start;
+        let mut book = ConsentBook::new();
+        let mut view = ConsentView::new();
+        let mut ids: Vec<String> = Vec::new();
+        // Ground truth kept beside the book: consents denied, revoked or expired must stay off.
+        let mut ended: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let publish = |book: &mut ConsentBook, view: &mut ConsentView, event: ConsentEvent| {
+            book.apply(event.clone());
+            view.apply(event);
+        };
+        for op in ops {
+            match op {
+                Op::Request { aggregator, issuer, scopes, days } => {
+                    let r = NewRequest { issuer_id: ISSUERS[issuer].into(), scopes: scopes_of(scopes), duration_days: days, ..request("") };
+                    if let Ok(e) = book.request(AGGREGATORS[aggregator], r, Some(&connected()), now) {
+                        ids.push(e.consent_id.clone());
+                        publish(&mut book, &mut view, e);
+                    }
+                }
+                Op::Approve { consent, issuer, accounts, scopes } => {
+                    let Some(id) = ids.get(consent).cloned() else { continue };
+                    let a = Approval {
+                        member_ref: "m".into(),
+                        account_refs: (0..3).filter(|i| accounts & (1 << i) != 0).map(|i| format!("acct-{i}")).collect(),
+                        scopes: scopes_of(scopes),
+                    };
+                    if let Ok((e, _)) = book.approve(ISSUERS[issuer], &id, a, now) {
+                        prop_assert!(!ended.contains(&id), "an ended consent was approved");
+                        prop_assert!(e.scopes.iter().all(|s| e.requested_scopes.contains(s)));
+                        publish(&mut book, &mut view, e);
+                    }
+                }
+                Op::Deny { consent, issuer } => {
+                    let Some(id) = ids.get(consent).cloned() else { continue };
+                    if let Ok(e) = book.deny(ISSUERS[issuer], &id, "m", now) {
+                        ended.insert(id);
+                        publish(&mut book, &mut view, e);
+                    }
+                }
+                Op::Revoke { consent, by } => {
+                    let Some(id) = ids.get(consent).cloned() else { continue };
+                    let actor = match by {
+                        0..=2 => Actor::Aggregator(AGGREGATORS[by].into()),
+                        3 | 4 => Actor::Issuer(ISSUERS[by - 3].into()),
+                        _ => Actor::Member { issuer_id: "iss-a".into(), member_ref: "m".into() },
+                    };
+                    if let Ok(e) = book.revoke(&actor, &id, now) {
+                        ended.insert(id);
+                        publish(&mut book, &mut view, e);
+                    }
+                }
+                Op::Advance { hours } => now += TimeDelta::hours(hours),
+                Op::Expire => {
+                    for e in book.expire(now) {
+                        ended.insert(e.consent_id.clone());
+                        publish(&mut book, &mut view, e);
+                    }
+                }
+            }
+
+            // Invariants after every step.
+            for c in book.all() {
+                if ended.contains(&c.consent_id) {
+                    prop_assert!(c.status.is_final(), "{} ended but is {:?}", c.consent_id, c.status);
+                }
+                if c.is_active_at(now) {
+                    prop_assert!(c.granted_at.is_some() && c.expires_at.is_some_and(|e| e > now));
+                    prop_assert!(!c.scopes.is_empty() && !c.account_refs.is_empty());
+                }
+            }
+            // The view equals the book: same consents, and every active grant in the view
+            // matches an active consent in the book, account by account.
+            let mut from_book: Vec<(String, String, String)> = book
+                .all()
+                .filter(|c| c.status == ConsentStatus::Active)
+                .flat_map(|c| c.account_refs.iter().map(|a| (format!("{}/{a}", c.issuer_id), c.consent_id.clone(), c.aggregator_id.clone())).collect::<Vec<_>>())
+                .collect();
+            from_book.sort();
+            let mut keys: Vec<String> = from_book.iter().map(|(k, _, _)| k.clone()).collect();
+            keys.dedup();
+            let mut from_view: Vec<(String, String, String)> = keys
+                .iter()
+                .flat_map(|k| view.grants(k).iter().map(|g| (k.clone(), g.consent_id.to_string(), g.aggregator_id.to_string())).collect::<Vec<_>>())
+                .collect();
+            from_view.sort();
+            prop_assert_eq!(&from_book, &from_view);
+            prop_assert_eq!(view.consents().count(), book.all().count());
+            for c in book.all() {
+                prop_assert_eq!(view.consent(&c.consent_id), Some(c));
+            }
+        }
+    }
+}
