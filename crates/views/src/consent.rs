@@ -150,3 +150,31 @@ impl ConsentView {
         self.by_account.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_sets() {
+        let s = ScopeSet::of(&[Scope::Transactions, Scope::Statements]);
+        assert!(s.contains(Scope::Transactions) && s.contains(Scope::Statements) && !s.contains(Scope::MerchantDetail));
+        assert!(ScopeSet::of(&[Scope::Transactions]).is_subset_of(s));
+        assert!(!ScopeSet::of(&[Scope::MerchantDetail]).is_subset_of(s));
+    }
+
+    #[test]
+    fn a_grant_allows_only_its_scopes_window_and_lifetime() {
+        let g = Grant {
+            consent_id: Arc::from("c"),
+            aggregator_id: Arc::from("a"),
+            scopes: ScopeSet::of(&[Scope::Transactions]),
+            data_from_micros: 100,
+            expires_at_micros: 1_000,
+        };
+        assert!(g.allows(Scope::Transactions, 100, 999));
+        assert!(!g.allows(Scope::Statements, 100, 999), "scope not granted");
+        assert!(!g.allows(Scope::Transactions, 99, 999), "before the data window");
+        assert!(!g.allows(Scope::Transactions, 500, 1_000), "expired");
+    }
+}

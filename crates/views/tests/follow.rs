@@ -1,0 +1,112 @@
+//! Views follow their compacted topics on a real broker.
+
+use std::time::Duration;
+
+use cardlink_bus::Topic;
+use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::registry::{ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope};
+use cardlink_events::{ActorType, EventId, RecordType};
+use cardlink_testkit::TestBus;
+use cardlink_views::consent::ConsentView;
+use cardlink_views::follow;
+use cardlink_views::registry::RegistryView;
+use chrono::{TimeDelta, Utc};
+use tokio::sync::watch;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn consent(id: &str, account: &str, status: ConsentStatus) -> ConsentEvent {
+    let now = Utc::now();
+    ConsentEvent {
+        event_id: EventId::random(),
+        occurred_at: now,
+        actor_type: ActorType::Member,
+        actor_id: "m".into(),
+        consent_id: id.into(),
+        issuer_id: "iss-a".into(),
+        aggregator_id: "agg-x".into(),
+        member_ref: Some("m".into()),
+        account_refs: vec![account.into()],
+        requested_scopes: vec![Scope::Transactions],
+        scopes: vec![Scope::Transactions],
+        status,
+        purpose: "家計簿".into(),
+        redirect_uri: "https://agg.example/cb".into(),
+        state: None,
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        duration_days: 30,
+        created_at: now,
+        granted_at: Some(now),
+        expires_at: Some(now + TimeDelta::days(30)),
+        ended_at: None,
+        code_hash: None,
+        code_expires_at: None,
+        code_redeemed: false,
+    }
+}
+
+#[tokio::test]
+async fn a_new_follower_catches_up_and_then_sees_revocations() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    for (id, account) in [("c1", "acct-1"), ("c2", "acct-2")] {
+        let c = consent(id, account, ConsentStatus::Active);
+        producer.publish_record(RecordType::ConsentEvent, id, &c.event_id.to_string(), &c).await.unwrap();
+    }
+
+    let (_stop, shutdown) = watch::channel(false);
+    let (mut followed, _task) = follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
+    tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
+    assert_eq!(followed.read(|v| v.grants("iss-a/acct-1").len()), 1);
+    assert_eq!(followed.read(|v| v.grants("iss-a/acct-2").len()), 1);
+
+    let revoked = consent("c1", "acct-1", ConsentStatus::Revoked);
+    producer.publish_record(RecordType::ConsentEvent, "c1", &revoked.event_id.to_string(), &revoked).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while followed.read(|v| !v.grants("iss-a/acct-1").is_empty()) {
+        assert!(tokio::time::Instant::now() < deadline, "revocation never reached the view");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(followed.read(|v| v.grants("iss-a/acct-2").len()), 1);
+
+    // The watermark's lag settles at zero once everything is read.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let w = followed.watermark.borrow().clone();
+        if w.measured_at.is_some() && w.lag == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag never settled: {w:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_topic_is_caught_up_at_once_and_registry_changes_arrive() {
+    let bus = TestBus::start().await.unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let (mut followed, _task) = follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown);
+    tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
+    assert!(!followed.read(|v| v.is_connected("iss-a", "agg-x")));
+
+    let connection = RegistryEvent::new(
+        ActorType::Issuer,
+        "iss-a",
+        Entity::Connection(ConnectionEntity {
+            issuer_id: "iss-a".into(),
+            aggregator_id: "agg-x".into(),
+            scopes: vec![Scope::Transactions],
+            status: ConnectionStatus::Active,
+            reason: None,
+        }),
+    );
+    let producer = bus.producer().unwrap();
+    producer.publish_record(RecordType::RegistryEvent, &connection.key(), &connection.event_id.to_string(), &connection).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while followed.read(|v| v.connection("iss-a", "agg-x").is_none()) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Connected needs an active aggregator too.
+    assert!(!followed.read(|v| v.is_connected("iss-a", "agg-x")));
+}
