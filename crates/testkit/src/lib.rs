@@ -96,6 +96,17 @@ impl TestBus {
         Ok(running)
     }
 
+    /// Starts a registry service on an ephemeral port with a fresh platform key, and issues an
+    /// operator credential; returns the service and the operator's token.
+    pub async fn start_registry(&self) -> anyhow::Result<(cardlink_registry::server::RunningRegistry, String)> {
+        let signer = Arc::new(cardlink_auth::TokenSigner::generate("test"));
+        let config =
+            cardlink_registry::server::RegistryConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
+        let running = cardlink_registry::server::start(&self.config, config, signer).await?;
+        let operator = running.registry().bootstrap_operator("operator").await?;
+        Ok((running, operator.token))
+    }
+
     /// Stops the broker (its records are gone).
     pub async fn stop_broker(self) -> BusConfig {
         self.broker.stop().await;
@@ -122,4 +133,11 @@ pub fn authorized<T>(message: T, key: &str) -> tonic::Request<T> {
     let value = format!("Bearer {key}").parse().expect("ASCII credential");
     request.metadata_mut().insert("authorization", value);
     request
+}
+
+/// A gRPC client of a registry service.
+pub async fn registry_client(
+    running: &cardlink_registry::server::RunningRegistry,
+) -> anyhow::Result<cardlink_api::v1::registry_client::RegistryClient<Channel>> {
+    Ok(cardlink_api::v1::registry_client::RegistryClient::connect(format!("http://{}", running.addr())).await?)
 }

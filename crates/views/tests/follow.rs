@@ -55,7 +55,8 @@ async fn a_new_follower_catches_up_and_then_sees_revocations() {
     }
 
     let (_stop, shutdown) = watch::channel(false);
-    let (mut followed, _task) = follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
+    let (mut followed, _task) =
+        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert_eq!(followed.read(|v| v.grants("iss-a/acct-1").len()), 1);
     assert_eq!(followed.read(|v| v.grants("iss-a/acct-2").len()), 1);
@@ -85,7 +86,8 @@ async fn a_new_follower_catches_up_and_then_sees_revocations() {
 async fn an_empty_topic_is_caught_up_at_once_and_registry_changes_arrive() {
     let bus = TestBus::start().await.unwrap();
     let (_stop, shutdown) = watch::channel(false);
-    let (mut followed, _task) = follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown);
+    let (mut followed, _task) =
+        follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown);
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert!(!followed.read(|v| v.is_connected("iss-a", "agg-x")));
 
@@ -101,7 +103,10 @@ async fn an_empty_topic_is_caught_up_at_once_and_registry_changes_arrive() {
         }),
     );
     let producer = bus.producer().unwrap();
-    producer.publish_record(RecordType::RegistryEvent, &connection.key(), &connection.event_id.to_string(), &connection).await.unwrap();
+    producer
+        .publish_record(RecordType::RegistryEvent, &connection.key(), &connection.event_id.to_string(), &connection)
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + WITHIN;
     while followed.read(|v| v.connection("iss-a", "agg-x").is_none()) {
         assert!(tokio::time::Instant::now() < deadline);

@@ -1,0 +1,217 @@
+//! The gRPC face of the registry: authenticate, translate, delegate, translate back.
+
+use cardlink_api::convert::timestamp;
+use cardlink_api::status::status;
+use cardlink_api::v1;
+use cardlink_api::v1::registry_server::Registry as RegistryApi;
+use cardlink_events::registry::{
+    AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, IssuerEntity, Scope,
+};
+use tonic::{Code, Request, Response, Status};
+
+use crate::caller::{Caller, CallerAuth, CallerError};
+use crate::service::{IssuedCredential, Registry, RegistryError};
+
+#[derive(Debug, Clone)]
+pub struct RegistryGrpc {
+    registry: Registry,
+    auth: CallerAuth,
+}
+
+impl RegistryGrpc {
+    pub fn new(registry: Registry, auth: CallerAuth) -> Self {
+        Self { registry, auth }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.auth.authenticate(header).map_err(caller_status)
+    }
+}
+
+fn caller_status(e: CallerError) -> Status {
+    status(Code::Unauthenticated, e.reason(), e.to_string())
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    let code = match &e {
+        RegistryError::Forbidden(_) => Code::PermissionDenied,
+        RegistryError::NotFound { .. } => Code::NotFound,
+        RegistryError::AlreadyExists { .. } => Code::AlreadyExists,
+        RegistryError::Invalid { .. } => Code::InvalidArgument,
+        RegistryError::Bus(_) => Code::Unavailable,
+    };
+    status(code, e.reason(), e.to_string())
+}
+
+pub fn scope_to_proto(s: Scope) -> v1::Scope {
+    match s {
+        Scope::Transactions => v1::Scope::Transactions,
+        Scope::MerchantDetail => v1::Scope::MerchantDetail,
+        Scope::Statements => v1::Scope::Statements,
+    }
+}
+
+pub fn scopes_from_proto(scopes: &[i32]) -> Result<Vec<Scope>, Status> {
+    scopes
+        .iter()
+        .map(|s| match v1::Scope::try_from(*s) {
+            Ok(v1::Scope::Transactions) => Ok(Scope::Transactions),
+            Ok(v1::Scope::MerchantDetail) => Ok(Scope::MerchantDetail),
+            Ok(v1::Scope::Statements) => Ok(Scope::Statements),
+            _ => Err(status(Code::InvalidArgument, "INVALID_ARGUMENT", "unknown scope")),
+        })
+        .collect()
+}
+
+fn credential(c: IssuedCredential) -> v1::IssuedCredential {
+    v1::IssuedCredential { credential_id: c.credential_id, token: c.token, expires_at: Some(timestamp(c.expires_at)) }
+}
+
+fn issuer(i: &IssuerEntity) -> v1::Issuer {
+    v1::Issuer {
+        issuer_id: i.issuer_id.clone(),
+        name: i.name.clone(),
+        annual_volume_jpy: i.annual_volume_jpy,
+        publishing_live: false,
+    }
+}
+
+fn aggregator(a: &AggregatorEntity) -> v1::Aggregator {
+    v1::Aggregator {
+        aggregator_id: a.aggregator_id.clone(),
+        name: a.name.clone(),
+        registration_number: a.registration_number.clone(),
+        contact: a.contact.clone(),
+        status: match a.status {
+            AggregatorStatus::Active => v1::AggregatorStatus::Active,
+            AggregatorStatus::Suspended => v1::AggregatorStatus::Suspended,
+        } as i32,
+    }
+}
+
+fn connection(c: &ConnectionEntity) -> v1::Connection {
+    v1::Connection {
+        issuer_id: c.issuer_id.clone(),
+        aggregator_id: c.aggregator_id.clone(),
+        scopes: c.scopes.iter().map(|s| scope_to_proto(*s) as i32).collect(),
+        status: match c.status {
+            ConnectionStatus::Active => v1::ConnectionStatus::Active,
+            ConnectionStatus::Suspended => v1::ConnectionStatus::Suspended,
+        } as i32,
+        updated_at: None,
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryApi for RegistryGrpc {
+    async fn register_issuer(
+        &self,
+        request: Request<v1::RegisterIssuerRequest>,
+    ) -> Result<Response<v1::RegisterIssuerResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let entity = IssuerEntity { issuer_id: r.issuer_id, name: r.name, annual_volume_jpy: r.annual_volume_jpy };
+        let (i, c) = self.registry.register_issuer(&caller, entity).await.map_err(registry_status)?;
+        Ok(Response::new(v1::RegisterIssuerResponse { issuer: Some(issuer(&i)), credential: Some(credential(c)) }))
+    }
+
+    async fn register_aggregator(
+        &self,
+        request: Request<v1::RegisterAggregatorRequest>,
+    ) -> Result<Response<v1::RegisterAggregatorResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let entity = AggregatorEntity {
+            aggregator_id: r.aggregator_id,
+            name: r.name,
+            registration_number: r.registration_number,
+            contact: r.contact,
+            status: AggregatorStatus::Active,
+        };
+        let (a, c) = self.registry.register_aggregator(&caller, entity).await.map_err(registry_status)?;
+        Ok(Response::new(v1::RegisterAggregatorResponse {
+            aggregator: Some(aggregator(&a)),
+            credential: Some(credential(c)),
+        }))
+    }
+
+    async fn set_aggregator_status(
+        &self,
+        request: Request<v1::SetAggregatorStatusRequest>,
+    ) -> Result<Response<v1::Aggregator>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let status_value = match v1::AggregatorStatus::try_from(r.status) {
+            Ok(v1::AggregatorStatus::Active) => AggregatorStatus::Active,
+            Ok(v1::AggregatorStatus::Suspended) => AggregatorStatus::Suspended,
+            _ => return Err(status(Code::InvalidArgument, "INVALID_ARGUMENT", "status must be ACTIVE or SUSPENDED")),
+        };
+        let a = self
+            .registry
+            .set_aggregator_status(&caller, &r.aggregator_id, status_value)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(aggregator(&a)))
+    }
+
+    async fn enable_connection(
+        &self,
+        request: Request<v1::EnableConnectionRequest>,
+    ) -> Result<Response<v1::Connection>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let scopes = scopes_from_proto(&r.scopes)?;
+        let c = self
+            .registry
+            .enable_connection(&caller, &r.issuer_id, &r.aggregator_id, scopes)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(connection(&c)))
+    }
+
+    async fn suspend_connection(
+        &self,
+        request: Request<v1::SuspendConnectionRequest>,
+    ) -> Result<Response<v1::Connection>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let c = self
+            .registry
+            .suspend_connection(&caller, &r.issuer_id, &r.aggregator_id, &r.reason)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(connection(&c)))
+    }
+
+    /// Public: the transparency list needs no credential.
+    async fn list_connections(
+        &self,
+        request: Request<v1::ListConnectionsRequest>,
+    ) -> Result<Response<v1::ListConnectionsResponse>, Status> {
+        let r = request.into_inner();
+        let issuer_id = (!r.issuer_id.is_empty()).then_some(r.issuer_id.as_str());
+        let connections = self.registry.list_connections(issuer_id, r.active_only).iter().map(connection).collect();
+        Ok(Response::new(v1::ListConnectionsResponse { connections }))
+    }
+
+    async fn rotate_credential(
+        &self,
+        request: Request<v1::RotateCredentialRequest>,
+    ) -> Result<Response<v1::IssuedCredential>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let c = self.registry.rotate_credential(&caller, &r.participant_id).await.map_err(registry_status)?;
+        Ok(Response::new(credential(c)))
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<v1::RevokeCredentialRequest>,
+    ) -> Result<Response<v1::RevokeCredentialResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        self.registry.revoke_credential(&caller, &r.credential_id).await.map_err(registry_status)?;
+        Ok(Response::new(v1::RevokeCredentialResponse {}))
+    }
+}

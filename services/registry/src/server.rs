@@ -1,0 +1,105 @@
+//! Running the registry: its view, the gRPC server, and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardlink_api::v1::registry_server::RegistryServer;
+use cardlink_auth::{TokenSigner, TokenVerifier};
+use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Topic};
+use cardlink_views::follow::{self, Followed};
+use cardlink_views::registry::RegistryView;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::caller::CallerAuth;
+use crate::grpc::RegistryGrpc;
+use crate::service::{DEFAULT_CREDENTIAL_TTL, Registry};
+
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    pub credential_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50052)), credential_ttl: DEFAULT_CREDENTIAL_TTL }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running registry service.
+#[derive(Debug)]
+pub struct RunningRegistry {
+    addr: SocketAddr,
+    registry: Registry,
+    view: Followed<RegistryView>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningRegistry {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The registry's own logic, e.g. to bootstrap the first operator credential.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn view(&self) -> &Followed<RegistryView> {
+        &self.view
+    }
+
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.send_replace(true);
+        match self.server.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ServeError::Bus(BusError::Task(e.to_string()))),
+        }
+    }
+}
+
+/// Starts the registry service; returns once its view has caught up with the registry topic.
+pub async fn start(
+    bus: &BusConfig,
+    config: RegistryConfig,
+    signer: Arc<TokenSigner>,
+) -> Result<RunningRegistry, ServeError> {
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (mut view, _follower) =
+        follow::spawn(Consumer::new(bus, "registry-view")?, Topic::Registry, RegistryView::new(), shutdown_rx.clone());
+    view.caught_up().await;
+
+    let producer = Producer::new(bus)?;
+    let registry = Registry::new(producer, view.clone(), Arc::clone(&signer), config.credential_ttl);
+    let auth = CallerAuth::new(TokenVerifier::new([signer.public_key()]), view.clone());
+    let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth));
+    let mut stop = shutdown_rx;
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "registry service listening");
+    Ok(RunningRegistry { addr, registry, view, shutdown, server })
+}

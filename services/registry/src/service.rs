@@ -1,0 +1,379 @@
+//! The registry's rules. Every change: check who may make it, publish the entity's new state
+//! (Kafka acknowledged, `acks=all`), apply it to this process's view at once (read-your-writes),
+//! and write an audit event.
+
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use cardlink_auth::{Role, TokenSigner};
+use cardlink_bus::{BusError, Producer};
+use cardlink_events::registry::{
+    AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, CredentialEntity, Entity, IssuerEntity,
+    ParticipantRole, RegistryEvent, Scope,
+};
+use cardlink_events::{ActorType, AuditEvent, AuditOutcome, RecordType};
+use cardlink_views::follow::Followed;
+use cardlink_views::registry::RegistryView;
+use chrono::{DateTime, Utc};
+
+use crate::caller::Caller;
+
+/// Default lifetime of an issued credential.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{kind} {id} is not registered")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id} is already registered")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: &'static str },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl RegistryError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Self::Invalid { .. } => "INVALID_ARGUMENT",
+            Self::Bus(_) => "BUS_UNAVAILABLE",
+        }
+    }
+}
+
+/// A credential as handed to its participant, once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCredential {
+    pub credential_id: String,
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Participant ids: lowercase letters, digits and hyphens, 2–63 characters, starting with a
+/// letter or digit. No `/`, so Kafka keys `issuer_id/account_ref` stay unambiguous.
+pub fn valid_id(id: &str) -> bool {
+    (2..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+fn actor(caller: &Caller) -> (ActorType, &str) {
+    let t = match caller.role {
+        Role::Issuer => ActorType::Issuer,
+        Role::Aggregator => ActorType::Aggregator,
+        Role::Operator => ActorType::Operator,
+    };
+    (t, caller.participant_id.as_str())
+}
+
+fn is_operator(caller: &Caller) -> bool {
+    caller.role == Role::Operator
+}
+
+#[derive(Clone, Debug)]
+pub struct Registry {
+    producer: Producer,
+    view: Followed<RegistryView>,
+    signer: Arc<TokenSigner>,
+    credential_ttl: Duration,
+}
+
+impl Registry {
+    pub fn new(
+        producer: Producer,
+        view: Followed<RegistryView>,
+        signer: Arc<TokenSigner>,
+        credential_ttl: Duration,
+    ) -> Self {
+        Self { producer, view, signer, credential_ttl }
+    }
+
+    pub fn view(&self) -> &Followed<RegistryView> {
+        &self.view
+    }
+
+    async fn publish(
+        &self,
+        actor: (ActorType, &str),
+        entity: Entity,
+        action: &str,
+        resource: String,
+    ) -> Result<(), RegistryError> {
+        let event = RegistryEvent::new(actor.0, actor.1, entity);
+        self.producer
+            .publish_record(RecordType::RegistryEvent, &event.key(), &event.event_id.to_string(), &event)
+            .await?;
+        self.view.view.write().unwrap_or_else(PoisonError::into_inner).apply(&event);
+        let audit = AuditEvent::now(actor.0, actor.1, action, &resource, AuditOutcome::Succeeded);
+        if let Err(e) = self.producer.publish_audit(&audit).await {
+            tracing::error!(error = %e, action, "could not write audit event");
+        }
+        Ok(())
+    }
+
+    async fn issue_credential(
+        &self,
+        actor: (ActorType, &str),
+        participant: &str,
+        role: Role,
+    ) -> Result<IssuedCredential, RegistryError> {
+        let now = Utc::now();
+        let expires_at = now + chrono::TimeDelta::from_std(self.credential_ttl).unwrap_or(chrono::TimeDelta::days(365));
+        let (credential_id, token) = self.signer.issue(participant, role, now, expires_at);
+        let entity = CredentialEntity {
+            credential_id: credential_id.clone(),
+            role: match role {
+                Role::Issuer => ParticipantRole::Issuer,
+                Role::Aggregator => ParticipantRole::Aggregator,
+                Role::Operator => ParticipantRole::Operator,
+            },
+            participant_id: participant.to_owned(),
+            issued_at: now,
+            expires_at,
+            revoked_at: None,
+        };
+        self.publish(actor, Entity::Credential(entity), "credential.issue", format!("credential/{credential_id}"))
+            .await?;
+        Ok(IssuedCredential { credential_id, token, expires_at })
+    }
+
+    /// Issues an operator credential. Only trusted start-up code calls this (there is no caller
+    /// to check): `cardlink dev`, tests, and the operator's own bootstrap command.
+    pub async fn bootstrap_operator(&self, operator_id: &str) -> Result<IssuedCredential, RegistryError> {
+        self.issue_credential((ActorType::System, "bootstrap"), operator_id, Role::Operator).await
+    }
+
+    pub async fn register_issuer(
+        &self,
+        caller: &Caller,
+        issuer: IssuerEntity,
+    ) -> Result<(IssuerEntity, IssuedCredential), RegistryError> {
+        if !is_operator(caller) {
+            return Err(RegistryError::Forbidden("only the platform operator registers issuers"));
+        }
+        if !valid_id(&issuer.issuer_id) {
+            return Err(RegistryError::Invalid {
+                field: "issuer_id",
+                message: "2-63 lowercase letters, digits or hyphens",
+            });
+        }
+        if issuer.name.trim().is_empty() {
+            return Err(RegistryError::Invalid { field: "name", message: "required" });
+        }
+        if issuer.annual_volume_jpy < 0 {
+            return Err(RegistryError::Invalid { field: "annual_volume_jpy", message: "cannot be negative" });
+        }
+        if self.view.read(|v| v.issuer(&issuer.issuer_id).is_some()) {
+            return Err(RegistryError::AlreadyExists { kind: "issuer", id: issuer.issuer_id });
+        }
+        let resource = format!("issuer/{}", issuer.issuer_id);
+        self.publish(actor(caller), Entity::Issuer(issuer.clone()), "registry.issuer.register", resource).await?;
+        let credential = self.issue_credential(actor(caller), &issuer.issuer_id, Role::Issuer).await?;
+        Ok((issuer, credential))
+    }
+
+    pub async fn register_aggregator(
+        &self,
+        caller: &Caller,
+        aggregator: AggregatorEntity,
+    ) -> Result<(AggregatorEntity, IssuedCredential), RegistryError> {
+        if !is_operator(caller) {
+            return Err(RegistryError::Forbidden("only the platform operator registers aggregators"));
+        }
+        if !valid_id(&aggregator.aggregator_id) {
+            return Err(RegistryError::Invalid {
+                field: "aggregator_id",
+                message: "2-63 lowercase letters, digits or hyphens",
+            });
+        }
+        if aggregator.name.trim().is_empty() {
+            return Err(RegistryError::Invalid { field: "name", message: "required" });
+        }
+        if aggregator.registration_number.trim().is_empty() {
+            return Err(RegistryError::Invalid {
+                field: "registration_number",
+                message: "the 電子決済等代行業 registration number is required",
+            });
+        }
+        if self.view.read(|v| v.aggregator(&aggregator.aggregator_id).is_some()) {
+            return Err(RegistryError::AlreadyExists { kind: "aggregator", id: aggregator.aggregator_id });
+        }
+        let aggregator = AggregatorEntity { status: AggregatorStatus::Active, ..aggregator };
+        let resource = format!("aggregator/{}", aggregator.aggregator_id);
+        self.publish(actor(caller), Entity::Aggregator(aggregator.clone()), "registry.aggregator.register", resource)
+            .await?;
+        let credential = self.issue_credential(actor(caller), &aggregator.aggregator_id, Role::Aggregator).await?;
+        Ok((aggregator, credential))
+    }
+
+    pub async fn set_aggregator_status(
+        &self,
+        caller: &Caller,
+        aggregator_id: &str,
+        status: AggregatorStatus,
+    ) -> Result<AggregatorEntity, RegistryError> {
+        if !is_operator(caller) {
+            return Err(RegistryError::Forbidden("only the platform operator suspends or reinstates aggregators"));
+        }
+        let current = self
+            .view
+            .read(|v| v.aggregator(aggregator_id).cloned())
+            .ok_or_else(|| RegistryError::NotFound { kind: "aggregator", id: aggregator_id.to_owned() })?;
+        let next = AggregatorEntity { status, ..current };
+        self.publish(
+            actor(caller),
+            Entity::Aggregator(next.clone()),
+            "registry.aggregator.status",
+            format!("aggregator/{aggregator_id}"),
+        )
+        .await?;
+        Ok(next)
+    }
+
+    pub async fn enable_connection(
+        &self,
+        caller: &Caller,
+        issuer_id: &str,
+        aggregator_id: &str,
+        scopes: Vec<Scope>,
+    ) -> Result<ConnectionEntity, RegistryError> {
+        let own = caller.role == Role::Issuer && caller.participant_id == issuer_id;
+        if !(own || is_operator(caller)) {
+            return Err(RegistryError::Forbidden("an issuer manages only its own connections"));
+        }
+        if self.view.read(|v| v.issuer(issuer_id).is_none()) {
+            return Err(RegistryError::NotFound { kind: "issuer", id: issuer_id.to_owned() });
+        }
+        match self.view.read(|v| v.aggregator(aggregator_id).map(|a| a.status)) {
+            None => return Err(RegistryError::NotFound { kind: "aggregator", id: aggregator_id.to_owned() }),
+            Some(AggregatorStatus::Suspended) => return Err(RegistryError::Forbidden("the aggregator is suspended")),
+            Some(AggregatorStatus::Active) => {}
+        }
+        let mut scopes = scopes;
+        scopes.sort();
+        scopes.dedup();
+        if scopes.is_empty() {
+            return Err(RegistryError::Invalid { field: "scopes", message: "enable at least one scope" });
+        }
+        let connection = ConnectionEntity {
+            issuer_id: issuer_id.to_owned(),
+            aggregator_id: aggregator_id.to_owned(),
+            scopes,
+            status: ConnectionStatus::Active,
+            reason: None,
+        };
+        let resource = format!("connection/{issuer_id}/{aggregator_id}");
+        self.publish(actor(caller), Entity::Connection(connection.clone()), "registry.connection.enable", resource)
+            .await?;
+        Ok(connection)
+    }
+
+    pub async fn suspend_connection(
+        &self,
+        caller: &Caller,
+        issuer_id: &str,
+        aggregator_id: &str,
+        reason: &str,
+    ) -> Result<ConnectionEntity, RegistryError> {
+        let party = (caller.role == Role::Issuer && caller.participant_id == issuer_id)
+            || (caller.role == Role::Aggregator && caller.participant_id == aggregator_id);
+        if !(party || is_operator(caller)) {
+            return Err(RegistryError::Forbidden(
+                "only the issuer, the aggregator or the operator suspends a connection",
+            ));
+        }
+        let current = self.view.read(|v| v.connection(issuer_id, aggregator_id).cloned()).ok_or_else(|| {
+            RegistryError::NotFound { kind: "connection", id: format!("{issuer_id}/{aggregator_id}") }
+        })?;
+        let next = ConnectionEntity {
+            status: ConnectionStatus::Suspended,
+            reason: (!reason.trim().is_empty()).then(|| reason.trim().to_owned()),
+            ..current
+        };
+        let resource = format!("connection/{issuer_id}/{aggregator_id}");
+        self.publish(actor(caller), Entity::Connection(next.clone()), "registry.connection.suspend", resource).await?;
+        Ok(next)
+    }
+
+    /// The public transparency list: connections, optionally of one issuer, optionally active only.
+    pub fn list_connections(&self, issuer_id: Option<&str>, active_only: bool) -> Vec<ConnectionEntity> {
+        let mut list: Vec<ConnectionEntity> = self.view.read(|v| {
+            v.connections()
+                .filter(|c| issuer_id.is_none_or(|i| c.issuer_id == i))
+                .filter(|c| !active_only || v.is_connected(&c.issuer_id, &c.aggregator_id))
+                .cloned()
+                .collect()
+        });
+        list.sort_by(|a, b| (&a.issuer_id, &a.aggregator_id).cmp(&(&b.issuer_id, &b.aggregator_id)));
+        list
+    }
+
+    /// Issues a new credential for `participant_id`; the old ones stay valid until revoked, so
+    /// the participant can switch over without downtime.
+    pub async fn rotate_credential(
+        &self,
+        caller: &Caller,
+        participant_id: &str,
+    ) -> Result<IssuedCredential, RegistryError> {
+        if !(caller.participant_id == participant_id || is_operator(caller)) {
+            return Err(RegistryError::Forbidden("a participant rotates only its own credentials"));
+        }
+        let role = self.view.read(|v| {
+            if v.issuer(participant_id).is_some() {
+                Some(Role::Issuer)
+            } else if v.aggregator(participant_id).is_some() {
+                Some(Role::Aggregator)
+            } else if caller.participant_id == participant_id {
+                Some(caller.role)
+            } else {
+                None
+            }
+        });
+        let role =
+            role.ok_or_else(|| RegistryError::NotFound { kind: "participant", id: participant_id.to_owned() })?;
+        self.issue_credential(actor(caller), participant_id, role).await
+    }
+
+    /// Revokes a credential at once.
+    pub async fn revoke_credential(&self, caller: &Caller, credential_id: &str) -> Result<(), RegistryError> {
+        let current = self
+            .view
+            .read(|v| v.credential(credential_id).cloned())
+            .ok_or_else(|| RegistryError::NotFound { kind: "credential", id: credential_id.to_owned() })?;
+        if !(current.participant_id == caller.participant_id || is_operator(caller)) {
+            return Err(RegistryError::Forbidden("a participant revokes only its own credentials"));
+        }
+        if current.revoked_at.is_some() {
+            return Ok(());
+        }
+        let next = CredentialEntity { revoked_at: Some(Utc::now()), ..current };
+        self.publish(
+            actor(caller),
+            Entity::Credential(next),
+            "credential.revoke",
+            format!("credential/{credential_id}"),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participant_ids() {
+        for ok in ["iss-a", "jcb", "agg-moneyforward-2", "a1"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", "a", "Iss", "iss/a", "-iss", "iss_a", "発行者", &"a".repeat(64)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}

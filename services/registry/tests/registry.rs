@@ -1,0 +1,189 @@
+//! The registry through its real gRPC server, on a real broker.
+
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cardlink_api::status::reason;
+use cardlink_api::v1;
+use cardlink_bus::Topic;
+use cardlink_events::{AuditEvent, RecordType, decode_record};
+use cardlink_testkit::{TestBus, authorized, registry_client};
+use tonic::Code;
+
+type Client = v1::registry_client::RegistryClient<tonic::transport::Channel>;
+
+async fn register(client: &mut Client, operator: &str) -> (String, String) {
+    let issuer = client
+        .register_issuer(authorized(
+            v1::RegisterIssuerRequest {
+                issuer_id: "iss-a".into(),
+                name: "Aカード".into(),
+                annual_volume_jpy: 12_000_000_000_000,
+            },
+            operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let aggregator = client
+        .register_aggregator(authorized(
+            v1::RegisterAggregatorRequest {
+                aggregator_id: "agg-x".into(),
+                name: "家計簿X".into(),
+                registration_number: "関東財務局長（電代）第1号".into(),
+                contact: "ops@agg-x.example".into(),
+            },
+            operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (issuer.credential.unwrap().token, aggregator.credential.unwrap().token)
+}
+
+fn enable(issuer: &str, aggregator: &str) -> v1::EnableConnectionRequest {
+    v1::EnableConnectionRequest {
+        issuer_id: issuer.into(),
+        aggregator_id: aggregator.into(),
+        scopes: vec![v1::Scope::Transactions as i32, v1::Scope::Statements as i32],
+    }
+}
+
+#[tokio::test]
+async fn an_issuer_connects_an_aggregator_and_the_public_list_shows_it() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, aggregator_token) = register(&mut client, &operator).await;
+
+    let connection =
+        client.enable_connection(authorized(enable("iss-a", "agg-x"), &issuer_token)).await.unwrap().into_inner();
+    assert_eq!(connection.status, v1::ConnectionStatus::Active as i32);
+
+    // Public: no credential needed.
+    let list = client
+        .list_connections(v1::ListConnectionsRequest { issuer_id: String::new(), active_only: true })
+        .await
+        .unwrap();
+    let list = list.into_inner().connections;
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].issuer_id.as_str(), list[0].aggregator_id.as_str()), ("iss-a", "agg-x"));
+
+    // Either side may suspend.
+    let suspend = v1::SuspendConnectionRequest {
+        issuer_id: "iss-a".into(),
+        aggregator_id: "agg-x".into(),
+        reason: "契約終了".into(),
+    };
+    client.suspend_connection(authorized(suspend, &aggregator_token)).await.unwrap();
+    let list = client
+        .list_connections(v1::ListConnectionsRequest { issuer_id: "iss-a".into(), active_only: true })
+        .await
+        .unwrap();
+    assert!(list.into_inner().connections.is_empty());
+
+    // Every change is audited.
+    let audits = bus.read(Topic::Audit, 6, Duration::from_secs(30)).await.unwrap();
+    let actions: Vec<String> = audits
+        .iter()
+        .map(|r| decode_record::<AuditEvent>(&r.payload, RecordType::AuditEvent).unwrap().action)
+        .collect();
+    for action in [
+        "registry.issuer.register",
+        "registry.aggregator.register",
+        "registry.connection.enable",
+        "registry.connection.suspend",
+        "credential.issue",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action} not audited: {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn participants_can_only_do_what_their_role_allows() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, aggregator_token) = register(&mut client, &operator).await;
+    client
+        .register_issuer(authorized(
+            v1::RegisterIssuerRequest { issuer_id: "iss-b".into(), name: "Bカード".into(), annual_volume_jpy: 1 },
+            &operator,
+        ))
+        .await
+        .unwrap();
+
+    let denied = |r: Result<tonic::Response<v1::Connection>, tonic::Status>| {
+        let e = r.expect_err("must be refused");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    };
+    // An issuer cannot manage another issuer's connections; an aggregator cannot enable one.
+    denied(client.enable_connection(authorized(enable("iss-b", "agg-x"), &issuer_token)).await);
+    denied(client.enable_connection(authorized(enable("iss-a", "agg-x"), &aggregator_token)).await);
+    // Only the operator registers participants.
+    let e = client
+        .register_aggregator(authorized(
+            v1::RegisterAggregatorRequest {
+                aggregator_id: "agg-y".into(),
+                name: "Y".into(),
+                registration_number: "1".into(),
+                contact: String::new(),
+            },
+            &issuer_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // No credential, or a forged one.
+    let e = client.enable_connection(enable("iss-a", "agg-x")).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_MISSING")));
+    let forged = format!("{}x", &issuer_token[..issuer_token.len() - 1]);
+    let e = client.enable_connection(authorized(enable("iss-a", "agg-x"), &forged)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_revoked_credential_stops_working_at_once_and_a_rotated_one_works() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, _) = register(&mut client, &operator).await;
+
+    let rotated = client
+        .rotate_credential(authorized(v1::RotateCredentialRequest { participant_id: "iss-a".into() }, &issuer_token))
+        .await
+        .unwrap()
+        .into_inner();
+    // The old credential's id is in its token's payload; revoke it with the new credential.
+    let verifier_claims = {
+        let payload = issuer_token.split('.').nth(1).unwrap();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    };
+    let old_id = verifier_claims["cid"].as_str().unwrap().to_owned();
+    client
+        .revoke_credential(authorized(v1::RevokeCredentialRequest { credential_id: old_id }, &rotated.token))
+        .await
+        .unwrap();
+
+    let e = client.enable_connection(authorized(enable("iss-a", "agg-x"), &issuer_token)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_REVOKED")));
+    client.enable_connection(authorized(enable("iss-a", "agg-x"), &rotated.token)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_registry_rebuilds_from_the_topic() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, _) = register(&mut client, &operator).await;
+    client.enable_connection(authorized(enable("iss-a", "agg-x"), &issuer_token)).await.unwrap();
+    registry.shutdown().await.unwrap();
+
+    let (again, _) = bus.start_registry().await.unwrap();
+    assert!(again.view().read(|v| v.is_connected("iss-a", "agg-x")));
+    assert_eq!(again.view().read(|v| v.issuer("iss-a").map(|i| i.annual_volume_jpy)), Some(12_000_000_000_000));
+}
