@@ -84,6 +84,26 @@ impl TestBus {
         Ok(records)
     }
 
+    /// Reads `topic` from the beginning until `done` holds for what was read; fails after `within`.
+    pub async fn read_until(
+        &self,
+        topic: Topic,
+        within: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> anyhow::Result<Vec<Record>> {
+        let consumer = self.consumer("test-reader")?;
+        consumer.assign_all(topic, StartAt::Beginning).await?;
+        let mut records = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(&records) {
+            let next = tokio::time::timeout_at(deadline, consumer.recv()).await.with_context(|| {
+                format!("condition not met on {topic:?} after {within:?} ({} records)", records.len())
+            })?;
+            records.push(next?);
+        }
+        Ok(records)
+    }
+
     /// Starts an ingest service on an ephemeral port that knows [`TEST_ISSUERS`], and waits
     /// until it is ready.
     pub async fn start_ingest(&self, config: IngestConfig) -> anyhow::Result<RunningIngest> {
@@ -105,6 +125,23 @@ impl TestBus {
         let running = cardlink_registry::server::start(&self.config, config, signer).await?;
         let operator = running.registry().bootstrap_operator("operator").await?;
         Ok((running, operator.token))
+    }
+
+    /// Starts a consent service trusting `registry`'s credentials, with a demo issuer login
+    /// holding `members`.
+    pub async fn start_consent(
+        &self,
+        registry: &cardlink_registry::server::RunningRegistry,
+        members: cardlink_consent::members::DemoIssuerLogin,
+    ) -> anyhow::Result<cardlink_consent::server::RunningConsent> {
+        let config = cardlink_consent::server::ConsentConfig {
+            grpc_listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: ([127, 0, 0, 1], 0).into(),
+            public_url: None,
+            trusted_keys: vec![registry.public_key().clone()],
+            secret: Arc::from(&b"test-secret-test-secret-test-sec"[..]),
+        };
+        Ok(cardlink_consent::server::start(&self.config, config, Arc::new(members)).await?)
     }
 
     /// Stops the broker (its records are gone).
@@ -140,4 +177,49 @@ pub async fn registry_client(
     running: &cardlink_registry::server::RunningRegistry,
 ) -> anyhow::Result<cardlink_api::v1::registry_client::RegistryClient<Channel>> {
     Ok(cardlink_api::v1::registry_client::RegistryClient::connect(format!("http://{}", running.addr())).await?)
+}
+
+/// A minimal HTTP/1.1 exchange (what a browser's form post is), for testing pages.
+/// Returns the status code, the headers (names lower-cased) and the body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let body = form.unwrap_or("");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if form.is_some() {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let mut lines = head.lines();
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).context("no status")?.parse()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers, body.to_owned()))
+}
+
+/// A gRPC client of a consent service.
+pub async fn consent_client(
+    running: &cardlink_consent::server::RunningConsent,
+) -> anyhow::Result<cardlink_api::v1::consent_service_client::ConsentServiceClient<Channel>> {
+    Ok(cardlink_api::v1::consent_service_client::ConsentServiceClient::connect(format!(
+        "http://{}",
+        running.grpc_addr()
+    ))
+    .await?)
 }

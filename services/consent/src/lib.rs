@@ -9,5 +9,10 @@
 //! - [`lifecycle`]: the rules, as a pure state machine over consent records.
 //! - [`pkce`]: PKCE S256 and one-time codes.
 
+pub mod grpc;
 pub mod lifecycle;
+pub mod members;
+pub mod pages;
 pub mod pkce;
+pub mod server;
+pub mod service;

@@ -46,6 +46,7 @@ pub struct RunningRegistry {
     addr: SocketAddr,
     registry: Registry,
     view: Followed<RegistryView>,
+    public_key: cardlink_auth::PublicKey,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -62,6 +63,11 @@ impl RunningRegistry {
 
     pub fn view(&self) -> &Followed<RegistryView> {
         &self.view
+    }
+
+    /// The platform key other services trust credentials by.
+    pub fn public_key(&self) -> &cardlink_auth::PublicKey {
+        &self.public_key
     }
 
     pub async fn shutdown(self) -> Result<(), ServeError> {
@@ -101,5 +107,5 @@ pub async fn start(
             .await
     });
     tracing::info!(%addr, "registry service listening");
-    Ok(RunningRegistry { addr, registry, view, shutdown, server })
+    Ok(RunningRegistry { addr, registry, view, public_key: signer.public_key(), shutdown, server })
 }

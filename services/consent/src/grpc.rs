@@ -1,0 +1,178 @@
+//! The gRPC face of the consent service.
+
+use std::sync::Arc;
+
+use cardlink_api::convert::timestamp;
+use cardlink_api::status::status;
+use cardlink_api::v1;
+use cardlink_api::v1::consent_service_server::ConsentService;
+use cardlink_auth::Role;
+use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_registry::caller::{Caller, CallerAuth};
+use cardlink_registry::grpc::{scope_to_proto, scopes_from_proto};
+use tonic::{Code, Request, Response, Status};
+
+use crate::lifecycle::{Actor, ConsentError, NewRequest};
+use crate::service::{Consents, ServiceError};
+
+#[derive(Debug, Clone)]
+pub struct ConsentGrpc {
+    consents: Consents,
+    auth: CallerAuth,
+    pseudonym_secret: Arc<[u8]>,
+}
+
+impl ConsentGrpc {
+    pub fn new(consents: Consents, auth: CallerAuth, pseudonym_secret: Arc<[u8]>) -> Self {
+        Self { consents, auth, pseudonym_secret }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.auth.authenticate(header).map_err(|e| status(Code::Unauthenticated, e.reason(), e.to_string()))
+    }
+
+    /// The consent as `caller` may see it: aggregators see pseudonymous account ids.
+    fn to_proto(&self, c: &ConsentEvent, caller: &Caller) -> v1::Consent {
+        let account_refs = if caller.role == Role::Aggregator {
+            c.account_refs
+                .iter()
+                .map(|a| cardlink_auth::account_pseudonym(&self.pseudonym_secret, &c.aggregator_id, &c.issuer_id, a))
+                .collect()
+        } else {
+            c.account_refs.clone()
+        };
+        v1::Consent {
+            consent_id: c.consent_id.clone(),
+            issuer_id: c.issuer_id.clone(),
+            aggregator_id: c.aggregator_id.clone(),
+            scopes: c.scopes.iter().map(|s| scope_to_proto(*s) as i32).collect(),
+            account_refs,
+            status: match c.status {
+                ConsentStatus::Requested => v1::ConsentStatus::Requested,
+                ConsentStatus::Active => v1::ConsentStatus::Active,
+                ConsentStatus::Denied => v1::ConsentStatus::Denied,
+                ConsentStatus::Revoked => v1::ConsentStatus::Revoked,
+                ConsentStatus::Expired => v1::ConsentStatus::Expired,
+            } as i32,
+            purpose: c.purpose.clone(),
+            granted_at: c.granted_at.map(timestamp),
+            expires_at: c.expires_at.map(timestamp),
+            revoked_at: c.ended_at.filter(|_| c.status == ConsentStatus::Revoked).map(timestamp),
+            data_from: c.granted_at.map(timestamp),
+        }
+    }
+}
+
+fn actor(caller: &Caller) -> Actor {
+    match caller.role {
+        Role::Aggregator => Actor::Aggregator(caller.participant_id.clone()),
+        Role::Issuer => Actor::Issuer(caller.participant_id.clone()),
+        Role::Operator => Actor::Operator(caller.participant_id.clone()),
+    }
+}
+
+pub fn consent_status(e: &ConsentError) -> Status {
+    let code = match e {
+        ConsentError::NotFound => Code::NotFound,
+        ConsentError::NotYours => Code::PermissionDenied,
+        ConsentError::NotConnected { .. } | ConsentError::ScopeNotConnected(_) => Code::FailedPrecondition,
+        ConsentError::WrongState(_) => Code::FailedPrecondition,
+        ConsentError::InvalidCode | ConsentError::PkceMismatch | ConsentError::RedirectMismatch => {
+            Code::PermissionDenied
+        }
+        _ => Code::InvalidArgument,
+    };
+    status(code, e.reason(), e.to_string())
+}
+
+fn service_status(e: ServiceError) -> Status {
+    match e {
+        ServiceError::Consent(c) => consent_status(&c),
+        ServiceError::Bus(b) => status(Code::Unavailable, "BUS_UNAVAILABLE", b.to_string()),
+    }
+}
+
+fn require_aggregator(caller: &Caller) -> Result<(), Status> {
+    if caller.role == Role::Aggregator {
+        Ok(())
+    } else {
+        Err(status(Code::PermissionDenied, "AGGREGATORS_ONLY", "only an aggregator can do this"))
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for ConsentGrpc {
+    async fn create_consent_request(
+        &self,
+        request: Request<v1::CreateConsentRequestRequest>,
+    ) -> Result<Response<v1::CreateConsentRequestResponse>, Status> {
+        let caller = self.caller(&request)?;
+        require_aggregator(&caller)?;
+        let r = request.into_inner();
+        if !r.code_challenge_method.is_empty() && r.code_challenge_method != "S256" {
+            return Err(consent_status(&ConsentError::InvalidChallenge));
+        }
+        let new = NewRequest {
+            issuer_id: r.issuer_id,
+            scopes: scopes_from_proto(&r.scopes)?,
+            duration_days: i32::try_from(r.duration_days).unwrap_or(i32::MAX),
+            purpose: r.purpose,
+            redirect_uri: r.redirect_uri,
+            code_challenge: r.code_challenge,
+            state: (!r.state.is_empty()).then_some(r.state),
+        };
+        let (event, url) = self.consents.request(&caller.participant_id, new).await.map_err(service_status)?;
+        Ok(Response::new(v1::CreateConsentRequestResponse {
+            request_id: event.consent_id,
+            authorization_url: url,
+            expires_at: event.expires_at.map(timestamp),
+        }))
+    }
+
+    async fn exchange_code(&self, request: Request<v1::ExchangeCodeRequest>) -> Result<Response<v1::Consent>, Status> {
+        let caller = self.caller(&request)?;
+        require_aggregator(&caller)?;
+        let r = request.into_inner();
+        let event = self
+            .consents
+            .exchange(&caller.participant_id, &r.code, &r.code_verifier, &r.redirect_uri)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(self.to_proto(&event, &caller)))
+    }
+
+    async fn get_consent(&self, request: Request<v1::GetConsentRequest>) -> Result<Response<v1::Consent>, Status> {
+        let caller = self.caller(&request)?;
+        let id = request.into_inner().consent_id;
+        let c = self.consents.get(&actor(&caller), &id).map_err(|e| consent_status(&e))?;
+        Ok(Response::new(self.to_proto(&c, &caller)))
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<v1::ListConsentsRequest>,
+    ) -> Result<Response<v1::ListConsentsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        // An issuer may list one member's consents: the member view, authenticated by the issuer.
+        let who = match (&caller.role, r.member_ref.is_empty()) {
+            (Role::Issuer, false) => {
+                Actor::Member { issuer_id: caller.participant_id.clone(), member_ref: r.member_ref }
+            }
+            _ => actor(&caller),
+        };
+        let consents = self.consents.list(&who, r.active_only).iter().map(|c| self.to_proto(c, &caller)).collect();
+        Ok(Response::new(v1::ListConsentsResponse { consents }))
+    }
+
+    async fn revoke_consent(
+        &self,
+        request: Request<v1::RevokeConsentRequest>,
+    ) -> Result<Response<v1::Consent>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let event = self.consents.revoke(&actor(&caller), &r.consent_id).await.map_err(service_status)?;
+        Ok(Response::new(self.to_proto(&event, &caller)))
+    }
+}

@@ -1,0 +1,167 @@
+//! Running the consent service: views, the gRPC API, the consent page, and the expiry sweep.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cardlink_api::v1::consent_service_server::ConsentServiceServer;
+use cardlink_auth::{PublicKey, TokenVerifier};
+use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Record, Topic};
+use cardlink_registry::caller::CallerAuth;
+use cardlink_views::follow::{self, Materialize};
+use cardlink_views::registry::RegistryView;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::ConsentGrpc;
+use crate::lifecycle::ConsentBook;
+use crate::members::MemberDirectory;
+use crate::pages::{self, PageState};
+use crate::service::Consents;
+
+/// How often consents and requests past their time are ended.
+pub const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+impl Materialize for ConsentBook {
+    fn apply_record(&mut self, record: &Record) -> bool {
+        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
+            Ok(event) => {
+                self.apply(event);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsentConfig {
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// The URL members' browsers reach the consent page at.
+    pub public_url: Option<String>,
+    /// Platform keys that sign participant credentials.
+    pub trusted_keys: Vec<PublicKey>,
+    /// Key of the per-aggregator account pseudonyms, and of the consent page's tickets.
+    pub secret: Arc<[u8]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+#[derive(Debug)]
+pub struct RunningConsent {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    consents: Consents,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningConsent {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn consents(&self) -> &Consents {
+        &self.consents
+    }
+
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Starts the consent service; returns once its views caught up with their topics.
+pub async fn start(
+    bus: &BusConfig,
+    config: ConsentConfig,
+    members: Arc<dyn MemberDirectory>,
+) -> Result<RunningConsent, ServeError> {
+    let (grpc_listener, grpc_addr) = bind(config.grpc_listen).await?;
+    let (http_listener, http_addr) = bind(config.http_listen).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let (mut registry, _r) = follow::spawn(
+        Consumer::new(bus, "consent-registry-view")?,
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown_rx.clone(),
+    );
+    let (mut book, _c) =
+        follow::spawn(Consumer::new(bus, "consent-book")?, Topic::Consents, ConsentBook::new(), shutdown_rx.clone());
+    registry.caught_up().await;
+    book.caught_up().await;
+
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
+    let book_lock: Arc<RwLock<ConsentBook>> = Arc::clone(&book.view);
+    let consents = Consents::new(Producer::new(bus)?, book_lock, registry.clone(), &public_url);
+    let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
+
+    let grpc = ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret)));
+    let mut stop = shutdown_rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "consent gRPC server failed");
+        }
+    });
+
+    let router = pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret) });
+    let mut stop = shutdown_rx.clone();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "consent page server failed");
+        }
+    });
+
+    let sweeper = consents.clone();
+    let mut stop = shutdown_rx;
+    let sweep_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {
+                    match sweeper.expire_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "consents expired"),
+                        Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying"),
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, "consent service listening");
+    Ok(RunningConsent { grpc_addr, http_addr, consents, shutdown, tasks: vec![grpc_task, http_task, sweep_task] })
+}

@@ -1,0 +1,233 @@
+//! The consent service's operations: the lifecycle rules of [`crate::lifecycle`] over the
+//! registry and consent views, published to the consent topic and audited.
+//!
+//! Each change is published (Kafka acknowledged) and then applied to this process's book at
+//! once, so the caller reads its own write; the follower applies the same full state again
+//! when it reads it back, which changes nothing.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use cardlink_bus::{BusError, Producer};
+use cardlink_events::consent::ConsentEvent;
+use cardlink_events::{AuditEvent, AuditOutcome, RecordType};
+use cardlink_views::follow::Followed;
+use cardlink_views::registry::RegistryView;
+use chrono::Utc;
+
+use crate::lifecycle::{Actor, Approval, ConnectionGrant, ConsentBook, ConsentError, NewRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl ServiceError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Consent(e) => e.reason(),
+            Self::Bus(_) => "BUS_UNAVAILABLE",
+        }
+    }
+}
+
+/// The consent service's state and its way to the bus.
+#[derive(Debug, Clone)]
+pub struct Consents {
+    producer: Producer,
+    book: Arc<RwLock<ConsentBook>>,
+    registry: Followed<RegistryView>,
+    /// Base of the URLs members are sent to, e.g. `https://cardlink.example`.
+    public_url: String,
+}
+
+impl Consents {
+    pub fn new(
+        producer: Producer,
+        book: Arc<RwLock<ConsentBook>>,
+        registry: Followed<RegistryView>,
+        public_url: &str,
+    ) -> Self {
+        Self { producer, book, registry, public_url: public_url.trim_end_matches('/').to_owned() }
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&ConsentBook) -> T) -> T {
+        f(&self.book.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn registry(&self) -> &Followed<RegistryView> {
+        &self.registry
+    }
+
+    /// Where the member decides on `consent_id`.
+    pub fn authorization_url(&self, consent_id: &str) -> String {
+        format!("{}/consent/{consent_id}", self.public_url)
+    }
+
+    async fn publish(&self, event: ConsentEvent, action: &str) -> Result<ConsentEvent, ServiceError> {
+        self.producer
+            .publish_record(RecordType::ConsentEvent, &event.consent_id, &event.event_id.to_string(), &event)
+            .await?;
+        self.book.write().unwrap_or_else(PoisonError::into_inner).apply(event.clone());
+        let mut audit = AuditEvent::now(
+            event.actor_type,
+            &event.actor_id,
+            action,
+            &format!("consent/{}", event.consent_id),
+            AuditOutcome::Succeeded,
+        );
+        audit.issuer_id = Some(event.issuer_id.clone());
+        audit.aggregator_id = Some(event.aggregator_id.clone());
+        audit.member_ref = event.member_ref.clone();
+        audit.consent_id = Some(event.consent_id.clone());
+        audit.data_items = event.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        if let Err(e) = self.producer.publish_audit(&audit).await {
+            tracing::error!(error = %e, action, "could not write audit event");
+        }
+        Ok(event)
+    }
+
+    async fn audit_denied(&self, actor: &Actor, action: &str, consent_id: &str, error: &ConsentError) {
+        let (actor_type, actor_id) = match actor {
+            Actor::Aggregator(id) => (cardlink_events::ActorType::Aggregator, id.clone()),
+            Actor::Issuer(id) => (cardlink_events::ActorType::Issuer, id.clone()),
+            Actor::Member { issuer_id, member_ref } => {
+                (cardlink_events::ActorType::Member, format!("{issuer_id}/{member_ref}"))
+            }
+            Actor::Operator(id) => (cardlink_events::ActorType::Operator, id.clone()),
+            Actor::System => (cardlink_events::ActorType::System, "cardlink".to_owned()),
+        };
+        let mut audit =
+            AuditEvent::now(actor_type, &actor_id, action, &format!("consent/{consent_id}"), AuditOutcome::Denied);
+        audit.reason = Some(error.reason().to_owned());
+        audit.consent_id = (!consent_id.is_empty()).then(|| consent_id.to_owned());
+        if let Err(e) = self.producer.publish_audit(&audit).await {
+            tracing::error!(error = %e, action, "could not write audit event");
+        }
+    }
+
+    async fn guarded<T>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        consent_id: &str,
+        result: Result<T, ConsentError>,
+    ) -> Result<T, ServiceError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.audit_denied(actor, action, consent_id, &e).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn request(
+        &self,
+        aggregator_id: &str,
+        request: NewRequest,
+    ) -> Result<(ConsentEvent, String), ServiceError> {
+        let connection = self.registry.read(|r| {
+            r.connection(&request.issuer_id, aggregator_id).map(|c| ConnectionGrant {
+                active: r.is_connected(&request.issuer_id, aggregator_id),
+                scopes: c.scopes.clone(),
+            })
+        });
+        let actor = Actor::Aggregator(aggregator_id.to_owned());
+        let result = self.read(|b| b.request(aggregator_id, request, connection.as_ref(), Utc::now()));
+        let event = self.guarded(&actor, "consent.request", "", result).await?;
+        let url = self.authorization_url(&event.consent_id);
+        Ok((self.publish(event, "consent.request").await?, url))
+    }
+
+    pub async fn approve(
+        &self,
+        issuer_id: &str,
+        consent_id: &str,
+        approval: Approval,
+    ) -> Result<(ConsentEvent, String), ServiceError> {
+        let actor = Actor::Member { issuer_id: issuer_id.to_owned(), member_ref: approval.member_ref.clone() };
+        let result = self.read(|b| b.approve(issuer_id, consent_id, approval, Utc::now()));
+        let (event, code) = self.guarded(&actor, "consent.approve", consent_id, result).await?;
+        Ok((self.publish(event, "consent.approve").await?, code))
+    }
+
+    pub async fn deny(
+        &self,
+        issuer_id: &str,
+        consent_id: &str,
+        member_ref: &str,
+    ) -> Result<ConsentEvent, ServiceError> {
+        let actor = Actor::Member { issuer_id: issuer_id.to_owned(), member_ref: member_ref.to_owned() };
+        let result = self.read(|b| b.deny(issuer_id, consent_id, member_ref, Utc::now()));
+        let event = self.guarded(&actor, "consent.deny", consent_id, result).await?;
+        self.publish(event, "consent.deny").await
+    }
+
+    pub async fn exchange(
+        &self,
+        aggregator_id: &str,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<ConsentEvent, ServiceError> {
+        let actor = Actor::Aggregator(aggregator_id.to_owned());
+        let result = self.read(|b| b.exchange(aggregator_id, code, verifier, redirect_uri, Utc::now()));
+        let event = self.guarded(&actor, "consent.exchange", "", result).await?;
+        self.publish(event, "consent.exchange").await
+    }
+
+    pub async fn revoke(&self, actor: &Actor, consent_id: &str) -> Result<ConsentEvent, ServiceError> {
+        let result = self.read(|b| b.revoke(actor, consent_id, Utc::now()));
+        let event = self.guarded(actor, "consent.revoke", consent_id, result).await?;
+        self.publish(event, "consent.revoke").await
+    }
+
+    /// Ends every consent and request whose time is up; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, ServiceError> {
+        let due = self.read(|b| b.expire(Utc::now()));
+        let n = due.len();
+        for event in due {
+            self.publish(event, "consent.expire").await?;
+        }
+        Ok(n)
+    }
+
+    /// A consent as `actor` may see it: its aggregator, its issuer, its member, or the operator.
+    pub fn get(&self, actor: &Actor, consent_id: &str) -> Result<ConsentEvent, ConsentError> {
+        let consent = self.read(|b| b.get(consent_id).cloned()).ok_or(ConsentError::NotFound)?;
+        let visible = match actor {
+            Actor::Aggregator(id) => *id == consent.aggregator_id,
+            Actor::Issuer(id) => *id == consent.issuer_id,
+            Actor::Member { issuer_id, member_ref } => {
+                *issuer_id == consent.issuer_id && consent.member_ref.as_deref() == Some(member_ref.as_str())
+            }
+            Actor::Operator(_) | Actor::System => true,
+        };
+        // Someone else's consent looks like no consent.
+        if visible { Ok(consent) } else { Err(ConsentError::NotFound) }
+    }
+
+    /// Consents visible to `actor`, optionally only those active now.
+    pub fn list(&self, actor: &Actor, active_only: bool) -> Vec<ConsentEvent> {
+        let now = Utc::now();
+        let mut list: Vec<ConsentEvent> = self.read(|b| {
+            b.all()
+                .filter(|c| match actor {
+                    Actor::Aggregator(id) => *id == c.aggregator_id,
+                    Actor::Issuer(id) => *id == c.issuer_id,
+                    Actor::Member { issuer_id, member_ref } => {
+                        *issuer_id == c.issuer_id && c.member_ref.as_deref() == Some(member_ref.as_str())
+                    }
+                    Actor::Operator(_) | Actor::System => true,
+                })
+                .filter(|c| !active_only || c.is_active_at(now))
+                .cloned()
+                .collect()
+        });
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.consent_id.cmp(&b.consent_id)));
+        list
+    }
+}

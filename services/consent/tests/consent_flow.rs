@@ -1,0 +1,280 @@
+//! The consent flow end to end: aggregator request over gRPC, member approval on the consent
+//! page over HTTP, code exchange with PKCE, revocation — real servers, real broker.
+
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cardlink_api::status::reason;
+use cardlink_api::v1;
+use cardlink_bus::Topic;
+use cardlink_consent::members::{DemoIssuerLogin, Member};
+use cardlink_consent::pkce;
+use cardlink_consent::server::RunningConsent;
+use cardlink_events::{AuditEvent, RecordType, decode_record};
+use cardlink_registry::server::RunningRegistry;
+use cardlink_testkit::{TestBus, authorized, consent_client, http, registry_client};
+use tonic::Code;
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const REDIRECT: &str = "https://kakeibo.example/callback";
+
+struct World {
+    bus: TestBus,
+    _registry: RunningRegistry,
+    consent: RunningConsent,
+    issuer: String,
+    agg_x: String,
+    agg_y: String,
+}
+
+async fn world() -> World {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut r = registry_client(&registry).await.unwrap();
+    let issuer = r
+        .register_issuer(authorized(
+            v1::RegisterIssuerRequest { issuer_id: "iss-a".into(), name: "Aカード".into(), annual_volume_jpy: 1 },
+            &operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .token;
+    let mut tokens = Vec::new();
+    for id in ["agg-x", "agg-y"] {
+        let reg = v1::RegisterAggregatorRequest {
+            aggregator_id: id.into(),
+            name: format!("家計簿 {id}"),
+            registration_number: "第1号".into(),
+            contact: String::new(),
+        };
+        tokens.push(
+            r.register_aggregator(authorized(reg, &operator)).await.unwrap().into_inner().credential.unwrap().token,
+        );
+        let scopes =
+            vec![v1::Scope::Transactions as i32, v1::Scope::MerchantDetail as i32, v1::Scope::Statements as i32];
+        r.enable_connection(authorized(
+            v1::EnableConnectionRequest { issuer_id: "iss-a".into(), aggregator_id: id.into(), scopes },
+            &issuer,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut members = DemoIssuerLogin::new();
+    members.add(
+        Member {
+            issuer_id: "iss-a".into(),
+            member_ref: "m-001".into(),
+            display_name: "山田 花子".into(),
+            accounts: vec![
+                ("acct-1".into(), "ゴールド ****0042".into()),
+                ("acct-2".into(), "家族カード ****1881".into()),
+            ],
+        },
+        "correct horse",
+    );
+    // The consent service reads the registry from the topic; wait until it knows the connections.
+    let consent = bus.start_consent(&registry, members).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !consent.consents().registry().read(|v| v.is_connected("iss-a", "agg-y")) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agg_y = tokens.pop().unwrap();
+    let agg_x = tokens.pop().unwrap();
+    World { bus, _registry: registry, consent, issuer, agg_x, agg_y }
+}
+
+fn ask(scopes: &[v1::Scope]) -> v1::CreateConsentRequestRequest {
+    v1::CreateConsentRequestRequest {
+        issuer_id: "iss-a".into(),
+        scopes: scopes.iter().map(|s| *s as i32).collect(),
+        accounts_hint: String::new(),
+        duration_days: 90,
+        purpose: "毎月の支出を自動で家計簿に記録するため".into(),
+        redirect_uri: REDIRECT.into(),
+        code_challenge: pkce::challenge(VERIFIER),
+        code_challenge_method: "S256".into(),
+        state: "st-123".into(),
+    }
+}
+
+/// The member signs in at the consent page and decides; returns the redirect's query pairs.
+async fn member_decides(w: &World, url: &str, decision: &str, extra: &str) -> Vec<(String, String)> {
+    let path = url.split_once(&w.consent.http_addr().to_string()).unwrap().1.to_owned();
+    let (status, _, body) = http(w.consent.http_addr(), "GET", &path, None).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("家計簿 agg-x") && body.contains("ログイン"), "{body}");
+
+    let (status, _, body) =
+        http(w.consent.http_addr(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=wrong"))
+            .await
+            .unwrap();
+    assert_eq!(status, 401, "a wrong password is refused");
+    let (status, _, body_ok) =
+        http(w.consent.http_addr(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=correct+horse"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body_ok.contains("山田 花子") && body_ok.contains("ゴールド ****0042"));
+    let ticket = body_ok.split("name=\"ticket\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+
+    let form = format!(
+        "ticket={}&decision={decision}{extra}",
+        form_urlencoded::byte_serialize(ticket.as_bytes()).collect::<String>()
+    );
+    let (status, headers, _) =
+        http(w.consent.http_addr(), "POST", &format!("{path}/decision"), Some(&form)).await.unwrap();
+    assert_eq!(status, 303);
+    let location = headers.iter().find(|(k, _)| k == "location").unwrap().1.clone();
+    assert!(location.starts_with(REDIRECT), "{location}");
+    let query = location.split_once('?').unwrap().1;
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_member_grants_chosen_accounts_and_scopes_and_the_aggregator_exchanges_the_code_once() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let requested = c
+        .create_consent_request(authorized(ask(&[v1::Scope::Transactions, v1::Scope::MerchantDetail]), &w.agg_x))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The member keeps the family card out and grants transactions only.
+    let query = member_decides(
+        &w,
+        &requested.authorization_url,
+        "approve",
+        "&account=acct-1&scope=TRANSACTIONS&account=someone-elses",
+    )
+    .await;
+    assert_eq!(param(&query, "state"), "st-123");
+    let code = param(&query, "code").to_owned();
+    assert!(!code.is_empty());
+
+    let exchange = |verifier: &str, code: &str| v1::ExchangeCodeRequest {
+        code: code.into(),
+        code_verifier: verifier.into(),
+        redirect_uri: REDIRECT.into(),
+    };
+    // Another aggregator cannot use the code; a wrong verifier fails.
+    let e = c.exchange_code(authorized(exchange(VERIFIER, &code), &w.agg_y)).await.unwrap_err();
+    assert_eq!(reason(&e).as_deref(), Some("INVALID_CODE"));
+    let e = c
+        .exchange_code(authorized(exchange("wrong-verifier-wrong-verifier-wrong-verifier", &code), &w.agg_x))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::PermissionDenied, Some("PKCE_MISMATCH")));
+
+    let consent = c.exchange_code(authorized(exchange(VERIFIER, &code), &w.agg_x)).await.unwrap().into_inner();
+    assert_eq!(consent.status, v1::ConsentStatus::Active as i32);
+    assert_eq!(consent.scopes, vec![v1::Scope::Transactions as i32]);
+    assert_eq!(consent.account_refs.len(), 1, "only the member's chosen, own account");
+    assert!(consent.account_refs[0].starts_with("acc_"), "aggregators see pseudonyms, not the issuer's ids");
+
+    // A replayed code fails.
+    let e = c.exchange_code(authorized(exchange(VERIFIER, &code), &w.agg_x)).await.unwrap_err();
+    assert_eq!(reason(&e).as_deref(), Some("INVALID_CODE"));
+
+    // Another aggregator cannot see or revoke it.
+    let e = c
+        .get_consent(authorized(v1::GetConsentRequest { consent_id: consent.consent_id.clone() }, &w.agg_y))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .revoke_consent(authorized(
+            v1::RevokeConsentRequest { consent_id: consent.consent_id.clone(), reason: String::new() },
+            &w.agg_y,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // The issuer sees the member's consents with its own account ids, and revokes.
+    let list = c
+        .list_consents(authorized(
+            v1::ListConsentsRequest { issuer_id: "iss-a".into(), member_ref: "m-001".into(), active_only: true },
+            &w.issuer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .consents;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].account_refs, vec!["acct-1".to_string()]);
+    let revoked = c
+        .revoke_consent(authorized(
+            v1::RevokeConsentRequest { consent_id: consent.consent_id.clone(), reason: "member asked".into() },
+            &w.issuer,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.status, v1::ConsentStatus::Revoked as i32);
+
+    // The record the APPI asks for: who provided what to whom, with which consent.
+    let decode = |r: &cardlink_bus::Record| decode_record::<AuditEvent>(&r.payload, RecordType::AuditEvent).unwrap();
+    let audits = w
+        .bus
+        .read_until(Topic::Audit, Duration::from_secs(30), |rs| {
+            rs.iter().any(|r| {
+                decode(r).action == "consent.revoke" && decode(r).outcome == cardlink_events::AuditOutcome::Succeeded
+            })
+        })
+        .await
+        .unwrap();
+    let audits: Vec<AuditEvent> = audits.iter().map(decode).collect();
+    let approve = audits.iter().find(|a| a.action == "consent.approve").unwrap();
+    assert_eq!(approve.member_ref.as_deref(), Some("m-001"));
+    assert_eq!(approve.aggregator_id.as_deref(), Some("agg-x"));
+    assert_eq!(approve.data_items, vec!["TRANSACTIONS".to_string()]);
+    assert!(
+        audits.iter().any(|a| a.action == "consent.exchange" && a.outcome == cardlink_events::AuditOutcome::Denied)
+    );
+    assert!(audits.iter().any(|a| a.action == "consent.revoke"));
+}
+
+#[tokio::test]
+async fn a_member_who_denies_sends_the_aggregator_back_with_access_denied() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let requested =
+        c.create_consent_request(authorized(ask(&[v1::Scope::Statements]), &w.agg_x)).await.unwrap().into_inner();
+    let query = member_decides(&w, &requested.authorization_url, "deny", "").await;
+    assert_eq!((param(&query, "error"), param(&query, "state")), ("access_denied", "st-123"));
+    let consent = c
+        .get_consent(authorized(v1::GetConsentRequest { consent_id: requested.request_id }, &w.agg_x))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(consent.status, v1::ConsentStatus::Denied as i32);
+}
+
+#[tokio::test]
+async fn requests_need_a_connection_and_an_aggregator_credential() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let mut other_issuer = ask(&[v1::Scope::Transactions]);
+    other_issuer.issuer_id = "iss-zz".into();
+    let e = c.create_consent_request(authorized(other_issuer, &w.agg_x)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::FailedPrecondition, Some("NOT_CONNECTED")));
+    let e = c.create_consent_request(authorized(ask(&[v1::Scope::Transactions]), &w.issuer)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "an issuer cannot ask for consent");
+    let e = c.create_consent_request(ask(&[v1::Scope::Transactions])).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut long = ask(&[v1::Scope::Transactions]);
+    long.duration_days = 400;
+    let e = c.create_consent_request(authorized(long, &w.agg_x)).await.unwrap_err();
+    assert_eq!(reason(&e).as_deref(), Some("INVALID_DURATION"));
+}
