@@ -50,7 +50,7 @@ impl Materialize for crate::consent::ConsentView {
 impl Materialize for crate::registry::RegistryView {
     fn apply_record(&mut self, record: &Record) -> bool {
         match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::RegistryEvent) {
-            Ok(event) => self.apply(&event),
+            Ok(event) => self.apply_at(&event, record.offset),
             Err(_) => false,
         }
     }

@@ -15,11 +15,24 @@ pub struct RegistryView {
     aggregators: HashMap<String, AggregatorEntity>,
     connections: HashMap<(String, String), ConnectionEntity>,
     credentials: HashMap<String, CredentialEntity>,
+    /// Offset on the registry topic of each entity's applied state (see `apply_at`).
+    offsets: HashMap<String, i64>,
 }
 
 impl RegistryView {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Applies the state the topic holds at `offset`, unless a later one of the same entity is
+    /// already applied: a service applies its own writes at once and reads them back later.
+    pub fn apply_at(&mut self, event: &RegistryEvent, offset: i64) -> bool {
+        let key = event.key();
+        if self.offsets.get(&key).is_some_and(|seen| *seen >= offset) {
+            return true;
+        }
+        self.offsets.insert(key, offset);
+        self.apply(event)
     }
 
     /// Applies the latest state of one entity. Events with no or several entities are ignored
@@ -83,5 +96,35 @@ impl RegistryView {
         self.credentials
             .get(credential_id)
             .is_some_and(|c| c.participant_id == participant && c.revoked_at.is_none() && now < c.expires_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cardlink_events::ActorType;
+    use cardlink_events::registry::Scope;
+
+    fn connection(status: ConnectionStatus) -> RegistryEvent {
+        RegistryEvent::new(
+            ActorType::Issuer,
+            "iss-a",
+            Entity::Connection(ConnectionEntity {
+                issuer_id: "iss-a".into(),
+                aggregator_id: "agg-x".into(),
+                scopes: vec![Scope::Transactions],
+                status,
+                reason: None,
+            }),
+        )
+    }
+
+    #[test]
+    fn an_older_state_read_back_does_not_overwrite_a_newer_one() {
+        let mut view = RegistryView::new();
+        view.apply_at(&connection(ConnectionStatus::Active), 4);
+        view.apply_at(&connection(ConnectionStatus::Suspended), 5);
+        view.apply_at(&connection(ConnectionStatus::Active), 4);
+        assert_eq!(view.connection("iss-a", "agg-x").map(|c| c.status), Some(ConnectionStatus::Suspended));
     }
 }

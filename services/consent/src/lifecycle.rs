@@ -150,6 +150,10 @@ pub struct Approval {
 pub struct ConsentBook {
     consents: HashMap<String, ConsentEvent>,
     by_code: HashMap<String, String>,
+    /// Offset on the consent topic of each consent's applied state. A process applies its own
+    /// writes at once and reads them back later through its follower; the offset keeps the
+    /// older states read back from overwriting newer ones.
+    offsets: HashMap<String, i64>,
 }
 
 fn validate_scopes(scopes: &[Scope]) -> Result<(), ConsentError> {
@@ -188,7 +192,16 @@ impl ConsentBook {
         self.consents.values()
     }
 
-    /// Records a state the topic holds (after publishing, or when rebuilding).
+    /// Records the state the topic holds at `offset`, unless a later one is already applied.
+    pub fn apply_at(&mut self, event: ConsentEvent, offset: i64) {
+        if self.offsets.get(&event.consent_id).is_some_and(|seen| *seen >= offset) {
+            return;
+        }
+        self.offsets.insert(event.consent_id.clone(), offset);
+        self.apply(event);
+    }
+
+    /// Records a state (in order, as when replaying a history).
     pub fn apply(&mut self, event: ConsentEvent) {
         if let Some(hash) = &event.code_hash {
             self.by_code.insert(hash.clone(), event.consent_id.clone());

@@ -28,7 +28,7 @@ impl Materialize for ConsentBook {
     fn apply_record(&mut self, record: &Record) -> bool {
         match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
             Ok(event) => {
-                self.apply(event);
+                self.apply_at(event, record.offset);
                 true
             }
             Err(_) => false,

@@ -309,3 +309,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_older_state_read_back_does_not_overwrite_a_newer_one() {
+    let now = Utc::now();
+    let mut book = ConsentBook::new();
+    let requested = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+    let id = requested.consent_id.clone();
+    book.apply_at(requested.clone(), 10);
+    let denied = book.deny("iss-a", &id, "m-1", now).unwrap();
+    book.apply_at(denied, 11);
+    // The follower reads offset 10 back after the local write of 11.
+    book.apply_at(requested, 10);
+    assert_eq!(book.get(&id).unwrap().status, ConsentStatus::Denied);
+}
