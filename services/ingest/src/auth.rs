@@ -1,8 +1,9 @@
 //! Who is calling: an issuer, identified by the bearer credential in `authorization` metadata.
 //!
-//! [`Authenticator`] is the seam: the registry (participants issue) will provide signed,
-//! rotatable, revocable credentials behind it. Until then [`StaticIssuerKeys`] holds configured
-//! keys. Keys are kept only as SHA-256 digests and looked up by digest, so the comparison leaks
+//! [`Authenticator`] is the seam. [`RegistryIssuers`] accepts the signed, rotatable, revocable
+//! credentials the registry issues (an issuer's own, not an aggregator's); [`StaticIssuerKeys`]
+//! holds configured keys for deployments without a registry. [`AnyOf`] accepts either. Static
+//! keys are kept only as SHA-256 digests and looked up by digest, so the comparison leaks
 //! nothing useful about a key through timing, and a memory dump holds no usable key.
 
 use std::collections::HashMap;
@@ -23,6 +24,8 @@ pub enum AuthError {
     Malformed,
     #[error("unknown or revoked credential")]
     Unknown,
+    #[error("this credential is not an issuer's")]
+    NotAnIssuer,
 }
 
 impl AuthError {
@@ -31,7 +34,40 @@ impl AuthError {
             Self::Missing => "CREDENTIAL_MISSING",
             Self::Malformed => "CREDENTIAL_MALFORMED",
             Self::Unknown => "CREDENTIAL_UNKNOWN",
+            Self::NotAnIssuer => "NOT_AN_ISSUER",
         }
+    }
+}
+
+/// Credentials issued by the registry: signature, expiry and revocation checked; issuers only.
+#[derive(Debug, Clone)]
+pub struct RegistryIssuers(pub cardlink_registry::caller::CallerAuth);
+
+impl Authenticator for RegistryIssuers {
+    fn authenticate(&self, credential: &str) -> Result<IssuerIdentity, AuthError> {
+        let caller = self.0.authenticate_token(credential).map_err(|_| AuthError::Unknown)?;
+        if caller.role != cardlink_auth::Role::Issuer {
+            return Err(AuthError::NotAnIssuer);
+        }
+        Ok(IssuerIdentity { issuer_id: caller.participant_id })
+    }
+}
+
+/// Accepts a credential any of several authenticators accepts (e.g. registry credentials and,
+/// during a migration, configured keys).
+#[derive(Debug)]
+pub struct AnyOf(pub Vec<std::sync::Arc<dyn Authenticator>>);
+
+impl Authenticator for AnyOf {
+    fn authenticate(&self, credential: &str) -> Result<IssuerIdentity, AuthError> {
+        let mut last = AuthError::Unknown;
+        for auth in &self.0 {
+            match auth.authenticate(credential) {
+                Ok(identity) => return Ok(identity),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }
 

@@ -218,3 +218,60 @@ async fn publish_stream_answers_each_batch_in_order() {
     let expected: Vec<String> = (0..30).map(|n| format!("tx-{n}")).collect();
     assert_eq!(order, expected, "one account's records keep the stream's order");
 }
+
+#[tokio::test]
+async fn registry_credentials_work_until_revoked_and_only_for_issuers() {
+    use cardlink_ingest::auth::{Authenticator, RegistryIssuers};
+    use std::sync::Arc;
+
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut r = cardlink_testkit::registry_client(&registry).await.unwrap();
+    let issuer = r
+        .register_issuer(authorized(
+            v1::RegisterIssuerRequest { issuer_id: "iss-a".into(), name: "A".into(), annual_volume_jpy: 1 },
+            &operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    let aggregator = r
+        .register_aggregator(authorized(
+            v1::RegisterAggregatorRequest {
+                aggregator_id: "agg-x".into(),
+                name: "X".into(),
+                registration_number: "1".into(),
+                contact: String::new(),
+            },
+            &operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+
+    let caller_auth = cardlink_registry::caller::CallerAuth::new(
+        cardlink_auth::TokenVerifier::new([registry.public_key().clone()]),
+        registry.view().clone(),
+    );
+    let auth: Arc<dyn Authenticator> = Arc::new(RegistryIssuers(caller_auth));
+    let config = IngestConfig { listen: ([127, 0, 0, 1], 0).into(), ..IngestConfig::default() };
+    let mut ingest = cardlink_ingest::server::start(bus.config(), config, auth).await.unwrap();
+    ingest.ready().await;
+    let mut client = ingest_client(&ingest).await.unwrap();
+
+    let response = client.publish(authorized(request(&[tx(1)]), &issuer.token)).await.unwrap().into_inner();
+    assert_eq!(response.accepted, 1);
+
+    let e = client.publish(authorized(request(&[tx(2)]), &aggregator.token)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("NOT_AN_ISSUER")));
+
+    r.revoke_credential(authorized(v1::RevokeCredentialRequest { credential_id: issuer.credential_id }, &operator))
+        .await
+        .unwrap();
+    let e = client.publish(authorized(request(&[tx(3)]), &issuer.token)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_UNKNOWN")));
+}

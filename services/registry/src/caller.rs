@@ -52,6 +52,11 @@ impl CallerAuth {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(CallerError::Token(TokenError::Malformed))?
             .trim();
+        self.authenticate_token(token)
+    }
+
+    /// Checks a bare token (without the `Bearer ` scheme).
+    pub fn authenticate_token(&self, token: &str) -> Result<Caller, CallerError> {
         let now = Utc::now();
         let Claims { cid, sub, role, .. } = self.verifier.verify(token, now).map_err(CallerError::Token)?;
         if !self.registry.read(|r| r.credential_valid(&cid, &sub, now)) {

@@ -10,17 +10,19 @@ use cardlink_events::registry::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::caller::{Caller, CallerAuth, CallerError};
+use crate::goal::{self, PublishingActivity};
 use crate::service::{IssuedCredential, Registry, RegistryError};
 
 #[derive(Debug, Clone)]
 pub struct RegistryGrpc {
     registry: Registry,
     auth: CallerAuth,
+    activity: PublishingActivity,
 }
 
 impl RegistryGrpc {
-    pub fn new(registry: Registry, auth: CallerAuth) -> Self {
-        Self { registry, auth }
+    pub fn new(registry: Registry, auth: CallerAuth, activity: PublishingActivity) -> Self {
+        Self { registry, auth, activity }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -203,6 +205,30 @@ impl RegistryApi for RegistryGrpc {
         let r = request.into_inner();
         let c = self.registry.rotate_credential(&caller, &r.participant_id).await.map_err(registry_status)?;
         Ok(Response::new(credential(c)))
+    }
+
+    /// Public: anyone may follow the goal.
+    async fn get_goal(&self, _request: Request<v1::GetGoalRequest>) -> Result<Response<v1::Goal>, Status> {
+        let g = self.registry.view().read(|v| goal::compute(v, &self.activity, chrono::Utc::now()));
+        Ok(Response::new(v1::Goal {
+            total_volume_jpy: g.total_volume_jpy,
+            connected_volume_jpy: g.connected_volume_jpy,
+            share: g.share,
+            target_share: goal::TARGET_SHARE,
+            issuers: g
+                .issuers
+                .into_iter()
+                .map(|i| v1::IssuerProgress {
+                    issuer_id: i.issuer_id,
+                    name: i.name,
+                    annual_volume_jpy: i.annual_volume_jpy,
+                    publishing_live: i.publishing_live,
+                    active_connections: i.active_connections,
+                    counts_toward_goal: i.counts,
+                    last_published_at: i.last_published_at.map(timestamp),
+                })
+                .collect(),
+        }))
     }
 
     async fn revoke_credential(

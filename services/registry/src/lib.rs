@@ -8,10 +8,12 @@
 //! is the entity's new state on the compacted registry topic and an audit event.
 //!
 //! - [`service`]: the rules, over the registry view.
+//! - [`goal`]: progress toward the 90% goal, from the registry and observed publishing.
 //! - [`caller`]: who is calling, from a bearer token.
 //! - [`grpc`]: the thin tonic layer; [`server`]: running it.
 
 pub mod caller;
+pub mod goal;
 pub mod grpc;
 pub mod server;
 pub mod service;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::caller::CallerAuth;
+use crate::goal::PublishingActivity;
 use crate::grpc::RegistryGrpc;
 use crate::service::{DEFAULT_CREDENTIAL_TTL, Registry};
 
@@ -96,7 +97,16 @@ pub async fn start(
     let producer = Producer::new(bus)?;
     let registry = Registry::new(producer, view.clone(), Arc::clone(&signer), config.credential_ttl);
     let auth = CallerAuth::new(TokenVerifier::new([signer.public_key()]), view.clone());
-    let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth));
+    let activity = PublishingActivity::default();
+    let activity_consumer = Consumer::new(bus, "registry-publishing-activity")?;
+    let activity_shutdown = shutdown_rx.clone();
+    let activity_task = activity.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::goal::follow_activity(activity_consumer, activity_task, activity_shutdown).await {
+            tracing::error!(error = %e, "following publishing activity stopped; the goal's live status is stale");
+        }
+    });
+    let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()

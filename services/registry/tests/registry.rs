@@ -187,3 +187,45 @@ async fn a_restarted_registry_rebuilds_from_the_topic() {
     assert!(again.view().read(|v| v.is_connected("iss-a", "agg-x")));
     assert_eq!(again.view().read(|v| v.issuer("iss-a").map(|i| i.annual_volume_jpy)), Some(12_000_000_000_000));
 }
+
+#[tokio::test]
+async fn the_goal_counts_issuers_that_publish_and_are_connected() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, _) = register(&mut client, &operator).await;
+    client
+        .register_issuer(authorized(
+            v1::RegisterIssuerRequest {
+                issuer_id: "iss-b".into(),
+                name: "Bカード".into(),
+                annual_volume_jpy: 3_000_000_000_000,
+            },
+            &operator,
+        ))
+        .await
+        .unwrap();
+    client.enable_connection(authorized(enable("iss-a", "agg-x"), &issuer_token)).await.unwrap();
+
+    // Connected but not yet publishing: nothing counts.
+    let goal = client.get_goal(v1::GetGoalRequest {}).await.unwrap().into_inner();
+    assert_eq!((goal.total_volume_jpy, goal.connected_volume_jpy), (15_000_000_000_000, 0));
+    assert_eq!(goal.target_share, 0.9);
+
+    // iss-a publishes: its 取扱高 counts once the registry has seen the event.
+    let producer = bus.producer().unwrap();
+    let event = cardlink_events::Event::Transaction(cardlink_events::samples::transaction("iss-a", "acct-1", 1));
+    producer.publish(&event, None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let goal = client.get_goal(v1::GetGoalRequest {}).await.unwrap().into_inner();
+        if goal.connected_volume_jpy == 12_000_000_000_000 {
+            assert!((goal.share - 0.8).abs() < 1e-9);
+            let a = goal.issuers.iter().find(|i| i.issuer_id == "iss-a").unwrap();
+            assert!(a.publishing_live && a.counts_toward_goal && a.active_connections == 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the goal never saw iss-a publish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
