@@ -60,6 +60,15 @@ struct DevArgs {
     /// Where the ingest service listens.
     #[arg(long, default_value = "127.0.0.1:50051")]
     ingest_listen: SocketAddr,
+    /// Where the registry service listens.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    registry_listen: SocketAddr,
+    /// Where the consent service's gRPC API listens.
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    consent_listen: SocketAddr,
+    /// Where the consent page (HTTP) listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pages_listen: SocketAddr,
     /// Simulated card events per second published by the demo issuer (0: none).
     #[arg(long, default_value_t = 20)]
     simulate_rate: u32,
@@ -67,6 +76,22 @@ struct DevArgs {
 
 #[derive(Debug, Subcommand)]
 enum Service {
+    /// The participants registry (gRPC Registry).
+    Registry {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, default_value = "0.0.0.0:50052", env = "CARDLINK_REGISTRY_LISTEN")]
+        listen: SocketAddr,
+        /// The platform signing key: base64url of a 32-byte Ed25519 seed.
+        #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
+        signing_key: String,
+        /// The signing key's id, carried in every token (change it when rotating the key).
+        #[arg(long, env = "CARDLINK_SIGNING_KEY_ID", default_value = "k1")]
+        signing_key_id: String,
+        /// Issue a credential for this operator at start and print it (first start only).
+        #[arg(long)]
+        bootstrap_operator: Option<String>,
+    },
     /// The ingest gateway (gRPC IssuerIngest).
     Ingest {
         #[command(flatten)]
@@ -153,6 +178,10 @@ enum TopicsCommand {
     },
 }
 
+fn signer_public(signer: &cardlink_auth::TokenSigner) -> String {
+    signer.public_key().to_config()
+}
+
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -170,6 +199,22 @@ impl Cli {
 
 async fn serve(service: Service) -> anyhow::Result<()> {
     match service {
+        Service::Registry { kafka, listen, signing_key, signing_key_id, bootstrap_operator } => {
+            let bus = BusConfig::local(kafka.bootstrap);
+            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
+                .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+            println!("platform public key (give to other services): {}", signer_public(&signer));
+            let config = cardlink_registry::server::RegistryConfig { listen, ..Default::default() };
+            let running = cardlink_registry::server::start(&bus, config, Arc::new(signer)).await?;
+            if let Some(operator) = bootstrap_operator {
+                let credential = running.registry().bootstrap_operator(&operator).await?;
+                println!("operator {operator} credential (shown once): {}", credential.token);
+            }
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            running.shutdown().await?;
+            Ok(())
+        }
         Service::Ingest { kafka, listen, issuer_keys, dedup_window_hours, max_records_per_call } => {
             let bus = BusConfig::local(kafka.bootstrap);
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
@@ -247,8 +292,7 @@ async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
     }
 }
 
-/// The demo issuer `cardlink dev` runs.
-const DEMO_ISSUER: &str = "demo-issuer";
+use crate::demo::{self, DEMO_ISSUER};
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     // Keep the broker alive for the whole run; dropping it stops it.
@@ -260,22 +304,62 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let report = cardlink_bus::provision(&bus).await.with_context(|| format!("provisioning topics on {bootstrap}"))?;
     print_report(&report);
 
-    let demo_key = format!("dev-{}", uuid::Uuid::new_v4().simple());
-    let keys = StaticIssuerKeys::new([format!("{DEMO_ISSUER}={demo_key}")])?;
+    // Registry: a fresh platform key per run; the demo participants are registered through it.
+    let signer = Arc::new(cardlink_auth::TokenSigner::generate("dev"));
+    let registry = cardlink_registry::server::start(
+        &bus,
+        cardlink_registry::server::RegistryConfig { listen: args.registry_listen, ..Default::default() },
+        Arc::clone(&signer),
+    )
+    .await?;
+    let world = demo::setup(registry.registry()).await?;
+
+    // Ingest accepts the issuers' registry credentials.
+    let caller_auth = cardlink_registry::caller::CallerAuth::new(
+        cardlink_auth::TokenVerifier::new([signer.public_key()]),
+        registry.view().clone(),
+    );
+    let auth = Arc::new(cardlink_ingest::auth::RegistryIssuers(caller_auth));
     let mut ingest = cardlink_ingest::server::start(
         &bus,
         IngestConfig { listen: args.ingest_listen, ..IngestConfig::default() },
-        Arc::new(keys),
+        auth,
     )
     .await?;
     ingest.ready().await;
     let endpoint = format!("http://{}", ingest.addr());
 
+    let sim_config = SimConfig::new(DEMO_ISSUER, 1, 200);
+    let accounts: Vec<String> = Simulator::new(sim_config.clone()).account_refs().map(str::to_owned).collect();
+    let consent = cardlink_consent::server::start(
+        &bus,
+        cardlink_consent::server::ConsentConfig {
+            grpc_listen: args.consent_listen,
+            http_listen: args.pages_listen,
+            public_url: None,
+            trusted_keys: vec![signer.public_key()],
+            secret: Arc::from(rand_secret().as_slice()),
+        },
+        demo::members(&accounts),
+    )
+    .await?;
+    let demo_key = world.issuer_token.clone();
+
     println!();
     println!("cardlink dev is running");
     println!("  Kafka bootstrap servers:  {bootstrap}");
     println!("  gRPC IssuerIngest:        {endpoint}");
-    println!("  demo issuer:              {DEMO_ISSUER}  (key for this run: {demo_key})");
+    println!("  gRPC Registry:            http://{}", registry.addr());
+    println!("  gRPC ConsentService:      http://{}", consent.grpc_addr());
+    println!("  consent pages:            http://{}/consent/<request id>", consent.http_addr());
+    println!("  demo issuer:              {DEMO_ISSUER}");
+    println!("  demo aggregator:          {}", demo::DEMO_AGGREGATOR);
+    println!("  demo member sign-in:      {} / {}", demo::DEMO_MEMBER.0, demo::DEMO_MEMBER.1);
+    println!();
+    println!("Credentials for this run (signed by a per-run platform key):");
+    println!("  operator:   {}", world.operator_token);
+    println!("  issuer:     {demo_key}");
+    println!("  aggregator: {}", world.aggregator_token);
     println!();
     println!("Try the batch-file adapter:");
     println!("  CARDLINK_ISSUER_KEY={demo_key} cargo run --release -- adapter file --issuer {DEMO_ISSUER} \\");
@@ -285,11 +369,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let demo_key = world.issuer_token;
     let simulation = (args.simulate_rate > 0).then(|| {
         let endpoint = endpoint.clone();
         let rate = args.simulate_rate;
         tokio::spawn(async move {
-            let mut sim = Simulator::new(SimConfig::new(DEMO_ISSUER, 1, 200));
+            let mut sim = Simulator::new(sim_config);
             let mut sink = IngestSink::connect(&endpoint, DEMO_ISSUER, &demo_key).await?;
             let stop = async {
                 let _ = stop_rx.await;
@@ -311,7 +396,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     ingest.shutdown().await?;
+    consent.shutdown().await;
+    registry.shutdown().await?;
     Ok(())
+}
+
+/// A per-run secret for account pseudonyms and consent-page tickets.
+fn rand_secret() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
 }
 
 #[cfg(feature = "embedded-broker")]

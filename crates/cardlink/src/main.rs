@@ -9,6 +9,7 @@
 //! The binary only parses arguments and wires libraries together; the logic lives in the crates.
 
 mod cli;
+mod demo;
 
 use clap::Parser as _;
 
