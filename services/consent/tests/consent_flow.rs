@@ -278,3 +278,103 @@ async fn requests_need_a_connection_and_an_aggregator_credential() {
     let e = c.create_consent_request(authorized(long, &w.agg_x)).await.unwrap_err();
     assert_eq!(reason(&e).as_deref(), Some("INVALID_DURATION"));
 }
+
+/// Participants × resources: who can read, list and revoke one consent of agg-x at iss-a.
+#[tokio::test]
+async fn security_matrix_over_participants_and_consent_operations() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let requested =
+        c.create_consent_request(authorized(ask(&[v1::Scope::Transactions]), &w.agg_x)).await.unwrap().into_inner();
+    let query = member_decides(&w, &requested.authorization_url, "approve", "&account=acct-1&scope=TRANSACTIONS").await;
+    let exchange = v1::ExchangeCodeRequest {
+        code: param(&query, "code").into(),
+        code_verifier: VERIFIER.into(),
+        redirect_uri: REDIRECT.into(),
+    };
+    let consent_id = c.exchange_code(authorized(exchange, &w.agg_x)).await.unwrap().into_inner().consent_id;
+
+    // A second issuer, and a revoked credential of the consent's own aggregator.
+    let (registry_operator_token, iss_b, revoked_agg_x, revoked_id) = {
+        let reg = &w._registry;
+        let operator = reg.registry().bootstrap_operator("op2").await.unwrap().token;
+        let mut r = registry_client(reg).await.unwrap();
+        let iss_b = r
+            .register_issuer(authorized(
+                v1::RegisterIssuerRequest { issuer_id: "iss-b".into(), name: "B".into(), annual_volume_jpy: 1 },
+                &operator,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .credential
+            .unwrap()
+            .token;
+        let extra = r
+            .rotate_credential(authorized(v1::RotateCredentialRequest { participant_id: "agg-x".into() }, &w.agg_x))
+            .await
+            .unwrap()
+            .into_inner();
+        r.revoke_credential(authorized(
+            v1::RevokeCredentialRequest { credential_id: extra.credential_id.clone() },
+            &operator,
+        ))
+        .await
+        .unwrap();
+        (operator, iss_b, extra.token, extra.credential_id)
+    };
+    // The consent service learns of iss-b and the revocation through its registry view.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let known = |v: &cardlink_views::registry::RegistryView| {
+        v.issuer("iss-b").is_some() && v.credential(&revoked_id).is_some_and(|c| c.revoked_at.is_some())
+    };
+    while !w.consent.consents().registry().read(known) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // (name, token, can read, sees it in its list)
+    let rows: Vec<(&str, Option<&str>, bool, bool)> = vec![
+        ("owner aggregator", Some(&w.agg_x), true, true),
+        ("other aggregator", Some(&w.agg_y), false, false),
+        ("owner issuer", Some(&w.issuer), true, true),
+        ("other issuer", Some(&iss_b), false, false),
+        ("operator", Some(&registry_operator_token), true, true),
+        ("revoked credential", Some(&revoked_agg_x), false, false),
+        ("no credential", None, false, false),
+    ];
+    for (name, token, can_read, listed) in &rows {
+        let read = c.get_consent(with(v1::GetConsentRequest { consent_id: consent_id.clone() }, *token)).await;
+        assert_eq!(read.is_ok(), *can_read, "{name}: read {read:?}");
+        if let Ok(list) = c.list_consents(with(v1::ListConsentsRequest::default(), *token)).await {
+            assert_eq!(list.into_inner().consents.iter().any(|x| x.consent_id == consent_id), *listed, "{name}: list");
+        } else {
+            assert!(!listed, "{name}: list refused");
+        }
+    }
+    // Those who may not read may not revoke either; the consent stays active through all of it.
+    for (name, token, can_read, _) in &rows {
+        if !can_read {
+            let r = c
+                .revoke_consent(with(
+                    v1::RevokeConsentRequest { consent_id: consent_id.clone(), reason: String::new() },
+                    *token,
+                ))
+                .await;
+            assert!(r.is_err(), "{name} revoked someone else's consent");
+        }
+    }
+    let still = c
+        .get_consent(authorized(v1::GetConsentRequest { consent_id: consent_id.clone() }, &w.agg_x))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.status, v1::ConsentStatus::Active as i32);
+}
+
+fn with<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    match token {
+        Some(t) => authorized(message, t),
+        None => tonic::Request::new(message),
+    }
+}
