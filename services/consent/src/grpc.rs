@@ -90,6 +90,9 @@ fn service_status(e: ServiceError) -> Status {
     match e {
         ServiceError::Consent(c) => consent_status(&c),
         ServiceError::Bus(b) => status(Code::Unavailable, "BUS_UNAVAILABLE", b.to_string()),
+        ServiceError::NotConfirmed => {
+            status(Code::Unavailable, "NOT_CONFIRMED", ServiceError::NotConfirmed.to_string())
+        }
     }
 }
 

@@ -154,6 +154,9 @@ pub struct ConsentBook {
     /// writes at once and reads them back later through its follower; the offset keeps the
     /// older states read back from overwriting newer ones.
     offsets: HashMap<String, i64>,
+    /// The first state on the topic that redeemed each consent's code: (offset, event id).
+    /// Log order decides which of two concurrent exchanges won.
+    redemptions: HashMap<String, (i64, EventId)>,
 }
 
 fn validate_scopes(scopes: &[Scope]) -> Result<(), ConsentError> {
@@ -184,6 +187,11 @@ impl ConsentBook {
         Self::default()
     }
 
+    /// The event that first redeemed `consent_id`'s code on the topic, as far as read.
+    pub fn first_redemption(&self, consent_id: &str) -> Option<EventId> {
+        self.redemptions.get(consent_id).map(|(_, id)| *id)
+    }
+
     pub fn get(&self, consent_id: &str) -> Option<&ConsentEvent> {
         self.consents.get(consent_id)
     }
@@ -194,6 +202,12 @@ impl ConsentBook {
 
     /// Records the state the topic holds at `offset`, unless a later one is already applied.
     pub fn apply_at(&mut self, event: ConsentEvent, offset: i64) {
+        if event.code_redeemed {
+            let first = self.redemptions.entry(event.consent_id.clone()).or_insert((offset, event.event_id));
+            if offset < first.0 {
+                *first = (offset, event.event_id);
+            }
+        }
         if self.offsets.get(&event.consent_id).is_some_and(|seen| *seen >= offset) {
             return;
         }

@@ -1,7 +1,7 @@
 //! Running the consent service: views, the gRPC API, the consent page, and the expiry sweep.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cardlink_api::v1::consent_service_server::ConsentServiceServer;
@@ -114,8 +114,7 @@ pub async fn start(
     book.caught_up().await;
 
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
-    let book_lock: Arc<RwLock<ConsentBook>> = Arc::clone(&book.view);
-    let consents = Consents::new(Producer::new(bus)?, book_lock, registry.clone(), &public_url);
+    let consents = Consents::new(Producer::new(bus)?, book, registry.clone(), &public_url);
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
 
     let grpc = ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret)));

@@ -7,12 +7,14 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use cardlink_bus::{BusError, Producer};
+use cardlink_bus::{BusError, Delivered, Producer};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::{AuditEvent, AuditOutcome, RecordType};
 use cardlink_views::follow::Followed;
+use cardlink_views::follow::Watermark;
 use cardlink_views::registry::RegistryView;
 use chrono::Utc;
+use tokio::sync::watch;
 
 use crate::lifecycle::{Actor, Approval, ConnectionGrant, ConsentBook, ConsentError, NewRequest};
 
@@ -22,6 +24,8 @@ pub enum ServiceError {
     Consent(#[from] ConsentError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("the consent topic was not read back in time to confirm the exchange; retry with a new authorisation")]
+    NotConfirmed,
 }
 
 impl ServiceError {
@@ -29,9 +33,13 @@ impl ServiceError {
         match self {
             Self::Consent(e) => e.reason(),
             Self::Bus(_) => "BUS_UNAVAILABLE",
+            Self::NotConfirmed => "NOT_CONFIRMED",
         }
     }
 }
+
+/// How long an exchange waits to read its own write back from the consent topic.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The consent service's state and its way to the bus.
 #[derive(Debug, Clone)]
@@ -39,6 +47,8 @@ pub struct Consents {
     producer: Producer,
     book: Arc<RwLock<ConsentBook>>,
     registry: Followed<RegistryView>,
+    /// How far this process has read the consent topic.
+    watermark: watch::Receiver<Watermark>,
     /// Base of the URLs members are sent to, e.g. `https://cardlink.example`.
     public_url: String,
 }
@@ -46,11 +56,17 @@ pub struct Consents {
 impl Consents {
     pub fn new(
         producer: Producer,
-        book: Arc<RwLock<ConsentBook>>,
+        book: Followed<ConsentBook>,
         registry: Followed<RegistryView>,
         public_url: &str,
     ) -> Self {
-        Self { producer, book, registry, public_url: public_url.trim_end_matches('/').to_owned() }
+        Self {
+            producer,
+            book: book.view,
+            registry,
+            watermark: book.watermark,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&ConsentBook) -> T) -> T {
@@ -67,10 +83,20 @@ impl Consents {
     }
 
     async fn publish(&self, event: ConsentEvent, action: &str) -> Result<ConsentEvent, ServiceError> {
-        self.producer
+        Ok(self.publish_delivered(event, action).await?.0)
+    }
+
+    /// Publishes, then applies the state at its offset at once (read-your-writes).
+    async fn publish_delivered(
+        &self,
+        event: ConsentEvent,
+        action: &str,
+    ) -> Result<(ConsentEvent, Delivered), ServiceError> {
+        let delivered = self
+            .producer
             .publish_record(RecordType::ConsentEvent, &event.consent_id, &event.event_id.to_string(), &event)
             .await?;
-        self.book.write().unwrap_or_else(PoisonError::into_inner).apply(event.clone());
+        self.book.write().unwrap_or_else(PoisonError::into_inner).apply_at(event.clone(), delivered.offset);
         let mut audit = AuditEvent::now(
             event.actor_type,
             &event.actor_id,
@@ -86,7 +112,7 @@ impl Consents {
         if let Err(e) = self.producer.publish_audit(&audit).await {
             tracing::error!(error = %e, action, "could not write audit event");
         }
-        Ok(event)
+        Ok((event, delivered))
     }
 
     async fn audit_denied(&self, actor: &Actor, action: &str, consent_id: &str, error: &ConsentError) {
@@ -176,7 +202,20 @@ impl Consents {
         let actor = Actor::Aggregator(aggregator_id.to_owned());
         let result = self.read(|b| b.exchange(aggregator_id, code, verifier, redirect_uri, Utc::now()));
         let event = self.guarded(&actor, "consent.exchange", "", result).await?;
-        self.publish(event, "consent.exchange").await
+        let (event, delivered) = self.publish_delivered(event, "consent.exchange").await?;
+        // Single use across concurrent calls and replicas: read the topic back past our write;
+        // the first redemption in log order wins, every other exchange of the code fails.
+        let mut watermark = self.watermark.clone();
+        let read_past =
+            watermark.wait_for(|w| w.next.get(&delivered.partition).is_some_and(|next| *next > delivered.offset));
+        if tokio::time::timeout(CONFIRM_TIMEOUT, read_past).await.map_or(true, |r| r.is_err()) {
+            return Err(ServiceError::NotConfirmed);
+        }
+        if self.read(|b| b.first_redemption(&event.consent_id)) != Some(event.event_id) {
+            self.audit_denied(&actor, "consent.exchange", &event.consent_id, &ConsentError::InvalidCode).await;
+            return Err(ConsentError::InvalidCode.into());
+        }
+        Ok(event)
     }
 
     pub async fn revoke(&self, actor: &Actor, consent_id: &str) -> Result<ConsentEvent, ServiceError> {

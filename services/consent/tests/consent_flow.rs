@@ -378,3 +378,25 @@ fn with<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
         None => tonic::Request::new(message),
     }
 }
+
+#[tokio::test]
+async fn two_concurrent_exchanges_of_one_code_cannot_both_win() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let requested =
+        c.create_consent_request(authorized(ask(&[v1::Scope::Transactions]), &w.agg_x)).await.unwrap().into_inner();
+    let query = member_decides(&w, &requested.authorization_url, "approve", "&account=acct-1&scope=TRANSACTIONS").await;
+    let exchange = || v1::ExchangeCodeRequest {
+        code: param(&query, "code").into(),
+        code_verifier: VERIFIER.into(),
+        redirect_uri: REDIRECT.into(),
+    };
+    let (mut c1, mut c2) = (c.clone(), c.clone());
+    let (a, b) = tokio::join!(
+        c1.exchange_code(authorized(exchange(), &w.agg_x)),
+        c2.exchange_code(authorized(exchange(), &w.agg_x))
+    );
+    assert_eq!([a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(), 1, "{a:?} / {b:?}");
+    let loser = if a.is_ok() { b } else { a };
+    assert_eq!(reason(&loser.unwrap_err()).as_deref(), Some("INVALID_CODE"));
+}

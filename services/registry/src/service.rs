@@ -106,10 +106,12 @@ impl Registry {
         resource: String,
     ) -> Result<(), RegistryError> {
         let event = RegistryEvent::new(actor.0, actor.1, entity);
-        self.producer
+        let delivered = self
+            .producer
             .publish_record(RecordType::RegistryEvent, &event.key(), &event.event_id.to_string(), &event)
             .await?;
-        self.view.view.write().unwrap_or_else(PoisonError::into_inner).apply(&event);
+        // Read-your-writes: apply at once; the follower's later read of the same offset is a no-op.
+        self.view.view.write().unwrap_or_else(PoisonError::into_inner).apply_at(&event, delivered.offset);
         let audit = AuditEvent::now(actor.0, actor.1, action, &resource, AuditOutcome::Succeeded);
         if let Err(e) = self.producer.publish_audit(&audit).await {
             tracing::error!(error = %e, action, "could not write audit event");

@@ -323,3 +323,16 @@ fn an_older_state_read_back_does_not_overwrite_a_newer_one() {
     book.apply_at(requested, 10);
     assert_eq!(book.get(&id).unwrap().status, ConsentStatus::Denied);
 }
+
+#[test]
+fn the_first_redemption_in_log_order_wins() {
+    let now = Utc::now();
+    let (mut book, id, code) = approved(now);
+    // Two exchanges computed before either was applied, as two concurrent calls would.
+    let a = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
+    let b = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
+    // b reached the topic first (offset 20); a's local apply (21) comes before the follower reads b.
+    book.apply_at(a.clone(), 21);
+    book.apply_at(b.clone(), 20);
+    assert_eq!(book.first_redemption(&id), Some(b.event_id));
+}
