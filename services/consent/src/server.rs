@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use cardlink_api::v1::consent_service_server::ConsentServiceServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
-use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Record, Topic};
+use cardlink_bus::{BusConfig, Consumer, Producer, Record, Topic};
 use cardlink_registry::caller::CallerAuth;
 use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+
+pub use cardlink_serving::ServeError;
 
 use crate::grpc::ConsentGrpc;
 use crate::lifecycle::ConsentBook;
@@ -48,14 +49,6 @@ pub struct ConsentConfig {
     pub secret: Arc<[u8]>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Bus(#[from] BusError),
-}
-
 #[derive(Debug)]
 pub struct RunningConsent {
     grpc_addr: SocketAddr,
@@ -86,20 +79,14 @@ impl RunningConsent {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
-    Ok((listener, local))
-}
-
 /// Starts the consent service; returns once its views caught up with their topics.
 pub async fn start(
     bus: &BusConfig,
     config: ConsentConfig,
     members: Arc<dyn MemberDirectory>,
 ) -> Result<RunningConsent, ServeError> {
-    let (grpc_listener, grpc_addr) = bind(config.grpc_listen).await?;
-    let (http_listener, http_addr) = bind(config.http_listen).await?;
+    let (grpc_listener, grpc_addr) = cardlink_serving::bind(config.grpc_listen).await?;
+    let (http_listener, http_addr) = cardlink_serving::bind(config.http_listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (mut registry, _r) = follow::spawn(
@@ -118,13 +105,11 @@ pub async fn start(
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
 
     let grpc = ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret)));
-    let mut stop = shutdown_rx.clone();
+    let stop = shutdown_rx.clone();
     let grpc_task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(grpc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), cardlink_serving::stopped(stop))
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "consent gRPC server failed");
@@ -132,13 +117,9 @@ pub async fn start(
     });
 
     let router = pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret) });
-    let mut stop = shutdown_rx.clone();
+    let stop = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {
-        let served = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = axum::serve(http_listener, router).with_graceful_shutdown(cardlink_serving::stopped(stop)).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "consent page server failed");
         }

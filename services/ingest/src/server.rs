@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use cardlink_api::v1::issuer_ingest_server::IssuerIngestServer;
 use cardlink_bus::{BusConfig, BusError, Consumer, Producer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+
+pub use cardlink_serving::ServeError;
 
 use crate::auth::Authenticator;
 use crate::dedup::{self, DedupIndex};
@@ -44,16 +45,6 @@ impl Default for IngestConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// A running ingest service.
 #[derive(Debug)]
 pub struct RunningIngest {
@@ -80,7 +71,7 @@ impl RunningIngest {
         self.shutdown.send_replace(true);
         let result = match self.server.await {
             Ok(r) => r,
-            Err(e) => Err(ServeError::Bus(BusError::Task(e.to_string()))),
+            Err(e) => Err(ServeError::Task(e.to_string())),
         };
         let _ = self.follower.await;
         result
@@ -93,9 +84,7 @@ pub async fn start(
     config: IngestConfig,
     auth: Arc<dyn Authenticator>,
 ) -> Result<RunningIngest, ServeError> {
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let (listener, addr) = cardlink_serving::bind(config.listen).await?;
 
     let producer = Producer::new(bus)?;
     let index = Arc::new(DedupIndex::new(config.dedup_window));
@@ -110,14 +99,12 @@ pub async fn start(
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
 
-    let mut stop = shutdown_rx;
+    let stop = shutdown_rx;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await?;
         producer.flush(DRAIN_TIMEOUT).await?;
         Ok(())

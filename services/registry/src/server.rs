@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use cardlink_api::v1::registry_server::RegistryServer;
 use cardlink_auth::{TokenSigner, TokenVerifier};
-use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Topic};
+use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
 use cardlink_views::follow::{self, Followed};
 use cardlink_views::registry::RegistryView;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+
+pub use cardlink_serving::ServeError;
 
 use crate::caller::CallerAuth;
 use crate::goal::PublishingActivity;
@@ -29,16 +30,6 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 50052)), credential_ttl: DEFAULT_CREDENTIAL_TTL }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// A running registry service.
@@ -75,7 +66,7 @@ impl RunningRegistry {
         self.shutdown.send_replace(true);
         match self.server.await {
             Ok(r) => Ok(r?),
-            Err(e) => Err(ServeError::Bus(BusError::Task(e.to_string()))),
+            Err(e) => Err(ServeError::Task(e.to_string())),
         }
     }
 }
@@ -86,9 +77,7 @@ pub async fn start(
     config: RegistryConfig,
     signer: Arc<TokenSigner>,
 ) -> Result<RunningRegistry, ServeError> {
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let (listener, addr) = cardlink_serving::bind(config.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (mut view, _follower) =
         follow::spawn(Consumer::new(bus, "registry-view")?, Topic::Registry, RegistryView::new(), shutdown_rx.clone());
@@ -107,13 +96,11 @@ pub async fn start(
         }
     });
     let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
-    let mut stop = shutdown_rx;
+    let stop = shutdown_rx;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await
     });
     tracing::info!(%addr, "registry service listening");
