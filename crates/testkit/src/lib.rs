@@ -223,3 +223,59 @@ pub async fn consent_client(
     ))
     .await?)
 }
+
+/// A participant's credential, as registration returned it.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub token: String,
+    pub credential_id: String,
+}
+
+type RegistryClient = cardlink_api::v1::registry_client::RegistryClient<Channel>;
+
+fn registered(credential: Option<cardlink_api::v1::IssuedCredential>) -> anyhow::Result<Registered> {
+    let c = credential.context("registration returned no credential")?;
+    Ok(Registered { token: c.token, credential_id: c.credential_id })
+}
+
+/// Registers an issuer through the registry's gRPC API, as the operator.
+pub async fn register_issuer(
+    client: &mut RegistryClient,
+    operator: &str,
+    id: &str,
+    volume_jpy: i64,
+) -> anyhow::Result<Registered> {
+    let request = cardlink_api::v1::RegisterIssuerRequest {
+        issuer_id: id.into(),
+        name: format!("{id} カード"),
+        annual_volume_jpy: volume_jpy,
+    };
+    registered(client.register_issuer(authorized(request, operator)).await?.into_inner().credential)
+}
+
+/// Registers an aggregator through the registry's gRPC API, as the operator.
+pub async fn register_aggregator(client: &mut RegistryClient, operator: &str, id: &str) -> anyhow::Result<Registered> {
+    let request = cardlink_api::v1::RegisterAggregatorRequest {
+        aggregator_id: id.into(),
+        name: format!("家計簿 {id}"),
+        registration_number: "関東財務局長（電代）第1号".into(),
+        contact: format!("ops@{id}.example"),
+    };
+    registered(client.register_aggregator(authorized(request, operator)).await?.into_inner().credential)
+}
+
+/// The issuer enables a connection to the aggregator for `scopes`.
+pub async fn connect(
+    client: &mut RegistryClient,
+    issuer_token: &str,
+    issuer: &str,
+    aggregator: &str,
+    scopes: &[cardlink_api::v1::Scope],
+) -> anyhow::Result<cardlink_api::v1::Connection> {
+    let request = cardlink_api::v1::EnableConnectionRequest {
+        issuer_id: issuer.into(),
+        aggregator_id: aggregator.into(),
+        scopes: scopes.iter().map(|s| *s as i32).collect(),
+    };
+    Ok(client.enable_connection(authorized(request, issuer_token)).await?.into_inner())
+}

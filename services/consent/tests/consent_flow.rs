@@ -14,7 +14,9 @@ use cardlink_consent::pkce;
 use cardlink_consent::server::RunningConsent;
 use cardlink_events::{AuditEvent, RecordType, decode_record};
 use cardlink_registry::server::RunningRegistry;
-use cardlink_testkit::{TestBus, authorized, consent_client, http, registry_client};
+use cardlink_testkit::{
+    TestBus, authorized, connect, consent_client, http, register_aggregator, register_issuer, registry_client,
+};
 use tonic::Code;
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -33,36 +35,12 @@ async fn world() -> World {
     let bus = TestBus::start().await.unwrap();
     let (registry, operator) = bus.start_registry().await.unwrap();
     let mut r = registry_client(&registry).await.unwrap();
-    let issuer = r
-        .register_issuer(authorized(
-            v1::RegisterIssuerRequest { issuer_id: "iss-a".into(), name: "Aカード".into(), annual_volume_jpy: 1 },
-            &operator,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
-        .token;
+    let issuer = register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap().token;
+    let all = [v1::Scope::Transactions, v1::Scope::MerchantDetail, v1::Scope::Statements];
     let mut tokens = Vec::new();
     for id in ["agg-x", "agg-y"] {
-        let reg = v1::RegisterAggregatorRequest {
-            aggregator_id: id.into(),
-            name: format!("家計簿 {id}"),
-            registration_number: "第1号".into(),
-            contact: String::new(),
-        };
-        tokens.push(
-            r.register_aggregator(authorized(reg, &operator)).await.unwrap().into_inner().credential.unwrap().token,
-        );
-        let scopes =
-            vec![v1::Scope::Transactions as i32, v1::Scope::MerchantDetail as i32, v1::Scope::Statements as i32];
-        r.enable_connection(authorized(
-            v1::EnableConnectionRequest { issuer_id: "iss-a".into(), aggregator_id: id.into(), scopes },
-            &issuer,
-        ))
-        .await
-        .unwrap();
+        tokens.push(register_aggregator(&mut r, &operator, id).await.unwrap().token);
+        connect(&mut r, &issuer, "iss-a", id, &all).await.unwrap();
     }
     let mut members = DemoIssuerLogin::new();
     members.add(
@@ -299,17 +277,7 @@ async fn security_matrix_over_participants_and_consent_operations() {
         let reg = &w._registry;
         let operator = reg.registry().bootstrap_operator("op2").await.unwrap().token;
         let mut r = registry_client(reg).await.unwrap();
-        let iss_b = r
-            .register_issuer(authorized(
-                v1::RegisterIssuerRequest { issuer_id: "iss-b".into(), name: "B".into(), annual_volume_jpy: 1 },
-                &operator,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .credential
-            .unwrap()
-            .token;
+        let iss_b = register_issuer(&mut r, &operator, "iss-b", 1).await.unwrap().token;
         let extra = r
             .rotate_credential(authorized(v1::RotateCredentialRequest { participant_id: "agg-x".into() }, &w.agg_x))
             .await

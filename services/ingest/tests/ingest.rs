@@ -227,31 +227,8 @@ async fn registry_credentials_work_until_revoked_and_only_for_issuers() {
     let bus = TestBus::start().await.unwrap();
     let (registry, operator) = bus.start_registry().await.unwrap();
     let mut r = cardlink_testkit::registry_client(&registry).await.unwrap();
-    let issuer = r
-        .register_issuer(authorized(
-            v1::RegisterIssuerRequest { issuer_id: "iss-a".into(), name: "A".into(), annual_volume_jpy: 1 },
-            &operator,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
-    let aggregator = r
-        .register_aggregator(authorized(
-            v1::RegisterAggregatorRequest {
-                aggregator_id: "agg-x".into(),
-                name: "X".into(),
-                registration_number: "1".into(),
-                contact: String::new(),
-            },
-            &operator,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let issuer = cardlink_testkit::register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap();
+    let aggregator = cardlink_testkit::register_aggregator(&mut r, &operator, "agg-x").await.unwrap();
 
     let caller_auth = cardlink_registry::caller::CallerAuth::new(
         cardlink_auth::TokenVerifier::new([registry.public_key().clone()]),
