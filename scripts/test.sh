@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 # incrementally (the first build from empty takes several minutes on 2 cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cardlink/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental compilation caches grow by gigabytes per rebuild of the test binaries; a test run
+# gains little from them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Python with fastavro: the independent Avro decoder the tests compare against.
 venv="$HOME/.cache/cardlink/venv"

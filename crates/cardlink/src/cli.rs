@@ -76,6 +76,28 @@ struct DevArgs {
 
 #[derive(Debug, Subcommand)]
 enum Service {
+    /// Consent (gRPC ConsentService) and the consent and member pages (HTTP).
+    Consent {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, default_value = "0.0.0.0:50053", env = "CARDLINK_CONSENT_LISTEN")]
+        grpc_listen: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:8080", env = "CARDLINK_PAGES_LISTEN")]
+        http_listen: SocketAddr,
+        /// The URL members' browsers reach the pages at (e.g. https://consent.cardlink.example).
+        #[arg(long, env = "CARDLINK_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
+        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',', required = true)]
+        trusted_keys: Vec<String>,
+        /// Secret for account pseudonyms and page tickets: base64url of 32+ bytes.
+        #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Members of the built-in demo issuer login (TOML); production fronts the page with
+        /// the issuer's own login instead.
+        #[arg(long)]
+        demo_members: PathBuf,
+    },
     /// The participants registry (gRPC Registry).
     Registry {
         #[command(flatten)]
@@ -199,6 +221,36 @@ impl Cli {
 
 async fn serve(service: Service) -> anyhow::Result<()> {
     match service {
+        Service::Consent { kafka, grpc_listen, http_listen, public_url, trusted_keys, secret, demo_members } => {
+            use base64::Engine as _;
+            let bus = BusConfig::local(kafka.bootstrap);
+            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            let keys = trusted_keys
+                .iter()
+                .map(|k| {
+                    cardlink_auth::PublicKey::from_config(k).map_err(|e| anyhow::anyhow!("--trusted-key {k:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(secret.trim())
+                .context("--secret / CARDLINK_CONSENT_SECRET: not base64url")?;
+            anyhow::ensure!(secret.len() >= 32, "--secret / CARDLINK_CONSENT_SECRET: at least 32 bytes");
+            let text = std::fs::read_to_string(&demo_members)
+                .with_context(|| format!("reading {}", demo_members.display()))?;
+            let members = cardlink_consent::members::DemoIssuerLogin::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", demo_members.display()))?;
+            let config = cardlink_consent::server::ConsentConfig {
+                grpc_listen,
+                http_listen,
+                public_url,
+                trusted_keys: keys,
+                secret: Arc::from(secret.as_slice()),
+            };
+            let running = cardlink_consent::server::start(&bus, config, Arc::new(members)).await?;
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            running.shutdown().await;
+            Ok(())
+        }
         Service::Registry { kafka, listen, signing_key, signing_key_id, bootstrap_operator } => {
             let bus = BusConfig::local(kafka.bootstrap);
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;

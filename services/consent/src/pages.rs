@@ -7,6 +7,9 @@
 //! aggregator's `redirect_uri` with the one-time `code` (or `error=access_denied`) and `state`.
 //! Between the two posts the member's identity travels in a short-lived ticket signed with the
 //! service's secret, so the page keeps no session state.
+//!
+//! `/member` is the member's own page: sign in at the card company, see every consent given
+//! (to whom, which data, until when) and revoke any of them at once.
 
 use std::sync::Arc;
 
@@ -42,6 +45,9 @@ pub fn router(state: PageState) -> Router {
         .route("/consent/{id}", get(show))
         .route("/consent/{id}/login", post(login))
         .route("/consent/{id}/decision", post(decide))
+        .route("/member", get(member_login_page))
+        .route("/member/login", post(member_login))
+        .route("/member/revoke", post(member_revoke))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(state)
 }
@@ -268,6 +274,118 @@ async fn decide(State(state): State<PageState>, Path(id): Path<String>, body: ax
     let approval = Approval { member_ref: member_ref.clone(), account_refs: accounts, scopes };
     match state.consents.approve(&issuer_id, &id, approval).await {
         Ok((c, code)) => redirect(&c.redirect_uri, &[("code", &code), ("state", &state_param)]),
+        Err(e) => error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// Tickets for the member page are bound to this pseudo consent id.
+const MEMBER_PAGE: &str = "member-page";
+
+async fn member_login_page(State(state): State<PageState>) -> Response {
+    let mut issuers: Vec<(String, String)> =
+        state.consents.registry().read(|r| r.issuers().map(|i| (i.issuer_id.clone(), i.name.clone())).collect());
+    issuers.sort();
+    let options: String =
+        issuers.iter().map(|(id, name)| format!("<option value=\"{}\">{}</option>", esc(id), esc(name))).collect();
+    page(
+        "同意の確認と取り消し",
+        &format!(
+            "<h1>データ提供先の確認</h1><p>カード会社の会員IDでログインすると、あなたのカード情報を受け取っている事業者と、その内容を確認・取り消しできます。</p>\
+             <form method=\"post\" action=\"/member/login\"><p><label>カード会社 <select name=\"issuer_id\">{options}</select></label></p>\
+             <p><label>会員ID <input name=\"login_id\" required></label></p>\
+             <p><label>パスワード <input name=\"password\" type=\"password\" required></label></p>\
+             <button type=\"submit\">ログイン</button></form>"
+        ),
+    )
+    .into_response()
+}
+
+fn member_consents(state: &PageState, member: &Member, notice: &str) -> Response {
+    let actor =
+        crate::lifecycle::Actor::Member { issuer_id: member.issuer_id.clone(), member_ref: member.member_ref.clone() };
+    let consents = state.consents.list(&actor, false);
+    let ticket = ticket(&state.secret, MEMBER_PAGE, member);
+    let now = Utc::now();
+    let rows: String = consents
+        .iter()
+        .map(|c| {
+            let name = state.consents.registry().read(|r| r.aggregator(&c.aggregator_id).map(|a| a.name.clone())).unwrap_or(c.aggregator_id.clone());
+            let scopes: Vec<&str> = c.scopes.iter().map(|s| scope_label(*s)).collect();
+            let status = if c.is_active_at(now) { "有効" } else { match c.status {
+                ConsentStatus::Revoked => "取り消し済み",
+                ConsentStatus::Denied => "拒否",
+                ConsentStatus::Expired => "期限切れ",
+                ConsentStatus::Requested => "未回答",
+                ConsentStatus::Active => "期限切れ",
+            } };
+            let until = c.expires_at.map(|e| e.format("%Y-%m-%d").to_string()).unwrap_or_default();
+            let action = if c.is_active_at(now) {
+                format!(
+                    "<form method=\"post\" action=\"/member/revoke\"><input type=\"hidden\" name=\"ticket\" value=\"{}\">\
+                     <input type=\"hidden\" name=\"consent_id\" value=\"{}\"><button type=\"submit\">取り消す</button></form>",
+                    esc(&ticket),
+                    esc(&c.consent_id)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                esc(&name),
+                esc(&c.purpose),
+                esc(&scopes.join("、")),
+                status,
+                until
+            )
+        })
+        .collect();
+    let table = if consents.is_empty() {
+        "<p>情報を提供している事業者はありません。</p>".to_owned()
+    } else {
+        format!(
+            "<table border=\"1\" cellpadding=\"4\"><tr><th>提供先</th><th>利用目的</th><th>情報</th><th>状態</th><th>期限</th><th></th></tr>{rows}</table>"
+        )
+    };
+    page(
+        "同意の確認と取り消し",
+        &format!(
+            "<h1>{} さんの情報提供先</h1>{}{table}",
+            esc(&member.display_name),
+            if notice.is_empty() { String::new() } else { format!("<p class=\"box\">{}</p>", esc(notice)) }
+        ),
+    )
+    .into_response()
+}
+
+async fn member_login(State(state): State<PageState>, body: axum::body::Bytes) -> Response {
+    let form = form(&body);
+    let (Some(issuer_id), Some(login_id), Some(password)) =
+        (field(&form, "issuer_id"), field(&form, "login_id"), field(&form, "password"))
+    else {
+        return error_page(StatusCode::BAD_REQUEST, "カード会社・会員ID・パスワードを入力してください。");
+    };
+    match state.members.sign_in(issuer_id, login_id, password) {
+        Some(member) => member_consents(&state, &member, ""),
+        None => error_page(StatusCode::UNAUTHORIZED, "会員IDまたはパスワードが正しくありません。"),
+    }
+}
+
+async fn member_revoke(State(state): State<PageState>, body: axum::body::Bytes) -> Response {
+    let form = form(&body);
+    let Some((issuer_id, member_ref)) =
+        field(&form, "ticket").and_then(|t| check_ticket(&state.secret, MEMBER_PAGE, t))
+    else {
+        return error_page(StatusCode::UNAUTHORIZED, "ログインの有効期限が切れました。もう一度ログインしてください。");
+    };
+    let Some(member) = state.members.member(&issuer_id, &member_ref) else {
+        return error_page(StatusCode::UNAUTHORIZED, "会員が見つかりません。");
+    };
+    let consent_id = field(&form, "consent_id").unwrap_or_default();
+    let actor = crate::lifecycle::Actor::Member { issuer_id, member_ref };
+    match state.consents.revoke(&actor, consent_id).await {
+        Ok(_) => {
+            member_consents(&state, &member, "取り消しました。以後、この事業者にはあなたのカード情報は提供されません。")
+        }
         Err(e) => error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }

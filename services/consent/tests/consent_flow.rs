@@ -368,3 +368,43 @@ async fn two_concurrent_exchanges_of_one_code_cannot_both_win() {
     let loser = if a.is_ok() { b } else { a };
     assert_eq!(reason(&loser.unwrap_err()).as_deref(), Some("INVALID_CODE"));
 }
+
+#[tokio::test]
+async fn a_member_sees_and_revokes_consents_on_cardlinks_member_page() {
+    let w = world().await;
+    let mut c = consent_client(&w.consent).await.unwrap();
+    let requested =
+        c.create_consent_request(authorized(ask(&[v1::Scope::Statements]), &w.agg_x)).await.unwrap().into_inner();
+    member_decides(&w, &requested.authorization_url, "approve", "&account=acct-2&scope=STATEMENTS").await;
+    let consent_id = requested.request_id;
+
+    let addr = w.consent.http_addr();
+    let (status, _, body) = http(addr, "GET", "/member", None).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("iss-a"), "the issuer list offers iss-a: {body}");
+    let (status, _, body) =
+        http(addr, "POST", "/member/login", Some("issuer_id=iss-a&login_id=m-001&password=nope")).await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) =
+        http(addr, "POST", "/member/login", Some("issuer_id=iss-a&login_id=m-001&password=correct+horse"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("家計簿 agg-x") && body.contains("有効") && body.contains(&consent_id), "{body}");
+    let ticket = body.split("name=\"ticket\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+
+    // A forged ticket is refused; the real one revokes.
+    let forged = format!("ticket=AAAA.BBBB&consent_id={consent_id}");
+    let (status, _, _) = http(addr, "POST", "/member/revoke", Some(&forged)).await.unwrap();
+    assert_eq!(status, 401);
+    let form = format!(
+        "ticket={}&consent_id={consent_id}",
+        form_urlencoded::byte_serialize(ticket.as_bytes()).collect::<String>()
+    );
+    let (status, _, body) = http(addr, "POST", "/member/revoke", Some(&form)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("取り消しました") && body.contains("取り消し済み"), "{body}");
+
+    let consent = c.get_consent(authorized(v1::GetConsentRequest { consent_id }, &w.agg_x)).await.unwrap().into_inner();
+    assert_eq!(consent.status, v1::ConsentStatus::Revoked as i32);
+}
