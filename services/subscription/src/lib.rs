@@ -1,0 +1,10 @@
+//! The subscription service: how aggregators receive, in real time and resumably, exactly the
+//! events their consents entitle them to.
+//!
+//! Built so far (the service itself follows):
+//! - [`cursor`]: opaque, tamper-evident stream positions bound to one aggregator.
+//! - [`projection`]: one event, as one aggregator may see it under one grant — scopes applied,
+//!   account ids pseudonymous.
+
+pub mod cursor;
+pub mod projection;
