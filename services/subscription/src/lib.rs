@@ -3,8 +3,10 @@
 //!
 //! Built so far (the service itself follows):
 //! - [`cursor`]: opaque, tamper-evident stream positions bound to one aggregator.
+//! - [`hub`]: one shared read of the bus fanned out to the entitled streams, with catch-up.
 //! - [`projection`]: one event, as one aggregator may see it under one grant — scopes applied,
 //!   account ids pseudonymous.
 
 pub mod cursor;
+pub mod hub;
 pub mod projection;

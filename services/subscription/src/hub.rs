@@ -1,0 +1,348 @@
+//! The hub: one shared read of the bus, many subscription streams.
+//!
+//! One reader per process tails the event topics. For each record it decodes the event once,
+//! looks up the consent view once (by the record's key, `issuer_id/account_ref`), and hands a
+//! projected delivery to each stream of each entitled aggregator — so the work per event grows
+//! with the entitled streams, not with the connected ones.
+//!
+//! Each stream has a bounded queue ([`STREAM_BUFFER`]). A stream whose queue is full is ended
+//! with [`Outgoing::FellBehind`]: the client resumes from the last cursor it received and loses
+//! nothing, and no slow client ever holds up the reader or the other streams.
+//!
+//! A stream that starts from a cursor first registers (so live events from that moment are
+//! queued), notes the hub's position at registration, and reads the gap between its cursor and
+//! that position with its own short-lived reader; then it drains the queued live events. Every
+//! event is delivered once per stream in partition order, with no gap at the hand-over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use cardlink_api::v1;
+use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use cardlink_events::Event;
+use cardlink_views::consent::ConsentView;
+use cardlink_views::follow::Followed;
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use crate::cursor::{Cursor, Stream as CursorStream};
+use crate::projection::project;
+
+/// Deliveries queued per stream before it counts as fallen behind.
+pub const STREAM_BUFFER: usize = 1024;
+
+/// What a stream receives.
+// Almost every message is a delivery; boxing it would add an allocation per delivery.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outgoing {
+    /// One delivery and the cursor just after it.
+    Delivery { delivery: v1::Delivery, cursor: String },
+    /// The stream's queue overflowed; resume from the last cursor.
+    FellBehind,
+}
+
+/// Which events a stream wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub transactions: bool,
+    pub statements: bool,
+    /// Empty: every issuer.
+    pub issuers: Vec<String>,
+}
+
+impl Filters {
+    pub fn all() -> Self {
+        Self { transactions: true, statements: true, issuers: Vec::new() }
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        let kind = match event {
+            Event::Transaction(_) => self.transactions,
+            Event::Statement(_) => self.statements,
+        };
+        kind && (self.issuers.is_empty() || self.issuers.iter().any(|i| i == event.issuer_id()))
+    }
+}
+
+fn cursor_stream(topic: Topic) -> Option<CursorStream> {
+    match topic {
+        Topic::Transactions => Some(CursorStream::Transactions),
+        Topic::Statements => Some(CursorStream::Statements),
+        _ => None,
+    }
+}
+
+struct Slot {
+    id: u64,
+    filters: Filters,
+    tx: mpsc::Sender<Outgoing>,
+    /// The stream's own position, advanced with every record the hub has passed it.
+    cursor: Cursor,
+}
+
+#[derive(Default)]
+struct Shared {
+    by_aggregator: HashMap<String, Vec<Slot>>,
+    /// Next offset per (topic, partition) of the hub's reader.
+    position: HashMap<(Topic, i32), i64>,
+}
+
+/// The shared reader's state; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<RwLock<Shared>>,
+    consents: Followed<ConsentView>,
+    secret: Arc<[u8]>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// A registered stream: its queue, and where the hub was when it registered.
+#[derive(Debug)]
+pub struct Registration {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Outgoing>,
+    /// Next offset per (topic, partition) the hub will hand this stream live.
+    pub live_from: HashMap<(Topic, i32), i64>,
+}
+
+impl Hub {
+    /// `secret` keys both the account pseudonyms and the cursors.
+    pub fn new(consents: Followed<ConsentView>, secret: Arc<[u8]>) -> Self {
+        Self { shared: Arc::default(), consents, secret, next_id: Arc::new(AtomicU64::new(1)) }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shared> {
+        self.shared.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a stream for `aggregator_id`. Live events from this moment are queued for it; the
+    /// caller delivers what lies between `start` and `live_from` first (see [`catch_up`]).
+    pub fn register(&self, aggregator_id: &str, filters: Filters, start: &Cursor) -> Registration {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut shared = self.write();
+        let live_from = shared.position.clone();
+        // Live deliveries are forwarded only after the catch-up, so their cursors may already
+        // cover everything before `live_from`.
+        let mut cursor = start.clone();
+        for ((topic, partition), next) in &live_from {
+            if let Some(stream) = cursor_stream(*topic)
+                && *next > 0
+            {
+                cursor.advance(stream, *partition, next - 1);
+            }
+        }
+        shared.by_aggregator.entry(aggregator_id.to_owned()).or_default().push(Slot { id, filters, tx, cursor });
+        Registration { id, rx, live_from }
+    }
+
+    pub fn unregister(&self, aggregator_id: &str, id: u64) {
+        let mut shared = self.write();
+        if let Some(slots) = shared.by_aggregator.get_mut(aggregator_id) {
+            slots.retain(|s| s.id != id);
+            if slots.is_empty() {
+                shared.by_aggregator.remove(aggregator_id);
+            }
+        }
+    }
+
+    /// Whether the shared reader has positioned itself on the event topics.
+    pub fn is_reading(&self) -> bool {
+        !self.shared.read().unwrap_or_else(PoisonError::into_inner).position.is_empty()
+    }
+
+    /// Connected streams.
+    pub fn streams(&self) -> usize {
+        self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.values().map(Vec::len).sum()
+    }
+
+    /// Hands one record to every entitled stream. Called by the reader, in partition order.
+    pub fn dispatch(&self, record: &Record) {
+        let Some(stream_topic) = cursor_stream(record.topic) else { return };
+        let event = cardlink_events::decode(&record.payload).ok();
+        let key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+        let grants = match &event {
+            Some(_) => self.consents.read(|v| v.grants(key).to_vec()),
+            None => Vec::new(),
+        };
+        let now = Utc::now();
+        let mut shared = self.write();
+        shared.position.insert((record.topic, record.partition), record.offset + 1);
+        // Every stream's position moves past this record, entitled or not, so cursors stay
+        // current for streams that see little traffic.
+        let mut fallen = Vec::new();
+        for (aggregator, slots) in shared.by_aggregator.iter_mut() {
+            // One projection per entitled aggregator (its first grant that covers the event),
+            // shared by all of its streams.
+            let delivery = event.as_ref().and_then(|event| {
+                grants
+                    .iter()
+                    .filter(|g| &*g.aggregator_id == aggregator.as_str())
+                    .find_map(|g| project(event, g, &self.secret, now))
+            });
+            for slot in slots.iter_mut() {
+                slot.cursor.advance(stream_topic, record.partition, record.offset);
+                let (Some(event), Some(delivery)) = (&event, &delivery) else { continue };
+                if !slot.filters.wants(event) {
+                    continue;
+                }
+                let out = Outgoing::Delivery { delivery: delivery.clone(), cursor: slot.cursor.encode(&self.secret) };
+                if slot.tx.try_send(out).is_err() {
+                    fallen.push((aggregator.clone(), slot.id));
+                }
+            }
+        }
+        for (aggregator, id) in fallen {
+            if let Some(slots) = shared.by_aggregator.get_mut(&aggregator)
+                && let Some(i) = slots.iter().position(|s| s.id == id)
+            {
+                let slot = slots.swap_remove(i);
+                // The queue is full; the receiver learns it fell behind once it drains.
+                let tx = slot.tx;
+                tokio::spawn(async move {
+                    let _ = tx.send(Outgoing::FellBehind).await;
+                });
+            }
+        }
+    }
+
+    /// The current cursor of a registered stream (for heartbeats).
+    pub fn cursor(&self, aggregator_id: &str, id: u64) -> Option<String> {
+        let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        shared.by_aggregator.get(aggregator_id)?.iter().find(|s| s.id == id).map(|s| s.cursor.encode(&self.secret))
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    pub fn consents(&self) -> &Followed<ConsentView> {
+        &self.consents
+    }
+}
+
+/// The shared reader: tails the event topics from their ends and dispatches every record.
+pub async fn run_reader(hub: Hub, consumer: Consumer, mut shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+    let mut positions = Vec::new();
+    for topic in [Topic::Transactions, Topic::Statements] {
+        let partitions = consumer.partition_count(topic).await?;
+        for p in 0..partitions {
+            let (_, end) = consumer.watermarks(topic, p).await?;
+            hub.write().position.insert((topic, p), end);
+            positions.push((topic, p, StartAt::Offset(end)));
+        }
+    }
+    consumer.assign(&positions)?;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            record = consumer.recv() => hub.dispatch(&record?),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error(
+        "the cursor points before what the bus still retains ({topic:?} partition {partition}: {wanted} < {oldest}); start again from the earliest retained events"
+    )]
+    OutOfRange { topic: Topic, partition: i32, wanted: i64, oldest: i64 },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the stream was closed")]
+    Closed,
+}
+
+/// Where a stream starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Only events from now on.
+    Live,
+    /// Everything still retained that the aggregator's consents cover.
+    Earliest,
+    /// Right after this cursor.
+    After(Cursor),
+}
+
+/// Delivers, on `tx`, the entitled events between the stream's start and the hub position
+/// `until` (exclusive), reading with `consumer` (the stream's own, short-lived reader).
+pub async fn catch_up(
+    hub: &Hub,
+    consumer: &Consumer,
+    aggregator_id: &str,
+    filters: &Filters,
+    start: &Start,
+    until: &HashMap<(Topic, i32), i64>,
+    tx: &mpsc::Sender<Outgoing>,
+) -> Result<(), CatchUpError> {
+    let mut cursor = match start {
+        Start::After(c) => c.clone(),
+        _ => Cursor::new(aggregator_id),
+    };
+    let mut assignment = Vec::new();
+    let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
+    for (&(topic, partition), &end) in until {
+        let Some(stream) = cursor_stream(topic) else { continue };
+        let (low, _) = consumer.watermarks(topic, partition).await?;
+        let from = match start {
+            Start::Live => continue,
+            Start::Earliest => low,
+            Start::After(c) => match c.next(stream, partition) {
+                Some(next) if next < low => {
+                    return Err(CatchUpError::OutOfRange { topic, partition, wanted: next, oldest: low });
+                }
+                Some(next) => next,
+                // A partition the cursor never saw: from the start of what is retained.
+                None => low,
+            },
+        };
+        if from < end {
+            assignment.push((topic, partition, StartAt::Offset(from)));
+            remaining.insert((topic, partition), end);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    while !remaining.is_empty() {
+        let record = consumer.recv().await?;
+        let key = (record.topic, record.partition);
+        let Some(&end) = remaining.get(&key) else { continue };
+        if record.offset >= end {
+            remaining.remove(&key);
+            continue;
+        }
+        if let Some(stream) = cursor_stream(record.topic) {
+            cursor.advance(stream, record.partition, record.offset);
+        }
+        if record.offset + 1 >= end {
+            remaining.remove(&key);
+        }
+        let Ok(event) = cardlink_events::decode(&record.payload) else { continue };
+        if !filters.wants(&event) {
+            continue;
+        }
+        let record_key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+        let now = Utc::now();
+        let delivery = hub.consents.read(|v| {
+            v.grants(record_key)
+                .iter()
+                .filter(|g| &*g.aggregator_id == aggregator_id)
+                .find_map(|g| project(&event, g, &hub.secret, now))
+        });
+        if let Some(delivery) = delivery {
+            let out = Outgoing::Delivery { delivery, cursor: cursor.encode(&hub.secret) };
+            tx.send(out).await.map_err(|_| CatchUpError::Closed)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! One shared read of the bus, fanned out to exactly the entitled streams; resuming from a
+//! cursor continues with no gap. Real broker, real consent view.
+
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardlink_api::v1;
+use cardlink_bus::{Consumer, Topic};
+use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::registry::Scope;
+use cardlink_events::{ActorType, Event, EventId, RecordType, samples};
+use cardlink_subscription::cursor::Cursor;
+use cardlink_subscription::hub::{self, Filters, Hub, Outgoing, Start};
+use cardlink_testkit::TestBus;
+use cardlink_views::consent::ConsentView;
+use cardlink_views::follow;
+use chrono::{TimeZone, Utc};
+use tokio::sync::{mpsc, watch};
+
+const SECRET: &[u8] = b"subscription-test-secret-0123456";
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn consent(id: &str, aggregator: &str, accounts: &[&str], scopes: &[Scope]) -> ConsentEvent {
+    let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
+    ConsentEvent {
+        event_id: EventId::random(),
+        occurred_at: granted,
+        actor_type: ActorType::Member,
+        actor_id: "m".into(),
+        consent_id: id.into(),
+        issuer_id: "iss-a".into(),
+        aggregator_id: aggregator.into(),
+        member_ref: Some("m".into()),
+        account_refs: accounts.iter().map(|a| a.to_string()).collect(),
+        requested_scopes: scopes.to_vec(),
+        scopes: scopes.to_vec(),
+        status: ConsentStatus::Active,
+        purpose: "家計簿".into(),
+        redirect_uri: "https://agg.example/cb".into(),
+        state: None,
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        duration_days: 365,
+        created_at: granted,
+        granted_at: Some(granted),
+        expires_at: Some(Utc::now() + chrono::TimeDelta::days(30)),
+        ended_at: None,
+        code_hash: None,
+        code_expires_at: None,
+        code_redeemed: true,
+    }
+}
+
+struct Setup {
+    bus: TestBus,
+    hub: Hub,
+    _stop: watch::Sender<bool>,
+}
+
+async fn setup(consents: &[ConsentEvent]) -> Setup {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    for c in consents {
+        producer.publish_record(RecordType::ConsentEvent, &c.consent_id, &c.event_id.to_string(), c).await.unwrap();
+    }
+    let (stop, shutdown) = watch::channel(false);
+    let (mut view, _) =
+        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown.clone());
+    tokio::time::timeout(WITHIN, view.caught_up()).await.unwrap();
+    let hub = Hub::new(view, Arc::from(SECRET));
+    tokio::spawn(hub::run_reader(hub.clone(), bus.consumer("hub").unwrap(), shutdown));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !hub.is_reading() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Setup { bus, hub, _stop: stop }
+}
+
+/// (issuer transaction id or statement id, consent id, pseudonymous account)
+fn summary(d: &v1::Delivery) -> (String, String, String) {
+    match &d.event {
+        Some(v1::delivery::Event::Transaction(t)) => {
+            (t.issuer_transaction_id.clone(), d.consent_id.clone(), t.account_ref.clone())
+        }
+        Some(v1::delivery::Event::Statement(s)) => {
+            (s.statement_id.clone(), d.consent_id.clone(), s.account_ref.clone())
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn take(rx: &mut mpsc::Receiver<Outgoing>, n: usize) -> Vec<(v1::Delivery, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WITHIN, rx.recv()).await.expect("delivery in time") {
+            Some(Outgoing::Delivery { delivery, cursor }) => out.push((delivery, cursor)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+async fn nothing_more(rx: &mut mpsc::Receiver<Outgoing>) {
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
+        panic!("unexpected extra delivery {extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn each_aggregator_receives_exactly_what_its_consents_cover() {
+    let s = setup(&[
+        consent("c-x", "agg-x", &["acct-1", "acct-2"], &[Scope::Transactions]),
+        consent("c-y", "agg-y", &["acct-2"], &[Scope::Transactions, Scope::MerchantDetail, Scope::Statements]),
+    ])
+    .await;
+    let mut x = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+    let mut y = s.hub.register("agg-y", Filters::all(), &Cursor::new("agg-y"));
+    let mut z = s.hub.register("agg-z", Filters::all(), &Cursor::new("agg-z"));
+    assert_eq!(s.hub.streams(), 3);
+
+    let producer = s.bus.producer().unwrap();
+    let events = vec![
+        Event::Transaction(samples::transaction("iss-a", "acct-1", 1)),
+        Event::Transaction(samples::transaction("iss-a", "acct-2", 2)),
+        Event::Transaction(samples::transaction("iss-a", "acct-3", 3)),
+        Event::Statement(samples::statement("iss-a", "acct-2")),
+        Event::Transaction(samples::transaction("iss-a", "acct-1", 4)),
+        Event::Statement(samples::statement("iss-a", "acct-1")),
+    ];
+    for e in &events {
+        producer.publish(e, None).await.unwrap();
+    }
+
+    // The oracle, from the inputs: agg-x has transactions of acct-1 and acct-2; agg-y has
+    // everything of acct-2; agg-z nothing.
+    let got_x: Vec<_> = take(&mut x.rx, 3).await.iter().map(|(d, _)| summary(d)).collect();
+    let mut ids: Vec<&str> = got_x.iter().map(|(id, _, _)| id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["tx-1", "tx-2", "tx-4"]);
+    assert!(got_x.iter().all(|(_, c, a)| c == "c-x" && a.starts_with("acc_")));
+    nothing_more(&mut x.rx).await;
+
+    let got_y = take(&mut y.rx, 2).await;
+    let mut ids: Vec<String> = got_y.iter().map(|(d, _)| summary(d).0).collect();
+    ids.sort();
+    assert_eq!(ids, ["acct-2-2026-12", "tx-2"]);
+    let tx_y = got_y.iter().find_map(|(d, _)| match &d.event {
+        Some(v1::delivery::Event::Transaction(t)) => Some(t.clone()),
+        _ => None,
+    });
+    assert!(tx_y.unwrap().merchant.is_some(), "agg-y has merchant detail");
+    let tx_x = take_first_tx(&got_x);
+    assert_ne!(tx_x, summary(&got_y[0].0).2, "the same account looks different to each aggregator");
+    nothing_more(&mut y.rx).await;
+    nothing_more(&mut z.rx).await;
+}
+
+fn take_first_tx(got: &[(String, String, String)]) -> String {
+    got.iter().find(|(id, _, _)| id == "tx-2").map(|(_, _, a)| a.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn resuming_from_a_cursor_continues_exactly_after_it() {
+    let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
+    let first = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+    let mut rx = first.rx;
+    let producer = s.bus.producer().unwrap();
+    for n in 0..10 {
+        producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
+    }
+    let got = take(&mut rx, 10).await;
+    // The client stops after the 4th delivery; its cursor is the 4th's.
+    let cursor_text = got[3].1.clone();
+    s.hub.unregister("agg-x", first.id);
+    for n in 10..15 {
+        producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
+    }
+
+    // Resume: register (live events queue from here), catch up from the cursor to the hub's
+    // position at registration, then drain the live queue.
+    let cursor = Cursor::decode(SECRET, &cursor_text, "agg-x").unwrap();
+    let mut resumed = s.hub.register("agg-x", Filters::all(), &cursor);
+    let (tx, mut out) = mpsc::channel(64);
+    let consumer = Consumer::new(s.bus.config(), "catch-up").unwrap();
+    hub::catch_up(&s.hub, &consumer, "agg-x", &Filters::all(), &Start::After(cursor), &resumed.live_from, &tx)
+        .await
+        .unwrap();
+    drop(tx);
+    let mut ids = Vec::new();
+    while let Some(Outgoing::Delivery { delivery, .. }) = out.recv().await {
+        ids.push(summary(&delivery).0);
+    }
+    for n in 15..17 {
+        producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
+    }
+    // Whatever the hub had not read yet at registration comes through the live queue.
+    let expected: Vec<String> = (4..17).map(|n| format!("tx-{n}")).collect();
+    let live = expected.len() - ids.len();
+    ids.extend(take(&mut resumed.rx, live).await.iter().map(|(d, _)| summary(d).0));
+    nothing_more(&mut resumed.rx).await;
+    assert_eq!(ids, expected, "no gap and no repeat after the cursor");
+
+    // Another aggregator's cursor, or an edited one, is refused.
+    assert!(Cursor::decode(SECRET, &cursor_text, "agg-y").is_err());
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
+    let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
+    let mut stalled = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+    let mut fast = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+    let producer = s.bus.producer().unwrap();
+    let total = hub::STREAM_BUFFER + 50;
+    let publish = tokio::spawn(async move {
+        for n in 0..total {
+            producer
+                .publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n as u32)), None)
+                .await
+                .unwrap();
+        }
+    });
+    // The fast stream gets everything while the stalled one reads nothing.
+    let got = take(&mut fast.rx, total).await;
+    publish.await.unwrap();
+    assert_eq!(summary(&got[total - 1].0).0, format!("tx-{}", total - 1));
+
+    // The stalled stream holds a full buffer, then learns it fell behind: its last cursor lets
+    // it resume without loss.
+    let mut last_cursor = String::new();
+    let mut delivered = 0;
+    loop {
+        match tokio::time::timeout(WITHIN, stalled.rx.recv()).await.unwrap() {
+            Some(Outgoing::Delivery { cursor, .. }) => {
+                delivered += 1;
+                last_cursor = cursor;
+            }
+            Some(Outgoing::FellBehind) => break,
+            None => panic!("closed without telling the stream it fell behind"),
+        }
+    }
+    assert_eq!(delivered, hub::STREAM_BUFFER);
+    let cursor = Cursor::decode(SECRET, &last_cursor, "agg-x").unwrap();
+    assert_eq!(
+        cursor.positions().map(|(_, next)| next).sum::<i64>(),
+        hub::STREAM_BUFFER as i64,
+        "the cursor covers exactly what was delivered"
+    );
+    assert_eq!(s.hub.streams(), 1, "the stalled stream was removed from the hub");
+}
