@@ -98,3 +98,43 @@ pub fn statement(issuer_id: &str, account_ref: &str) -> Statement {
 fn date(y: i32, m: u32, d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
 }
+
+/// An active consent of `aggregator_id` to the given accounts and scopes at `issuer_id`,
+/// granted at `granted_at` and running until `expires_at`.
+pub fn active_consent(
+    consent_id: &str,
+    issuer_id: &str,
+    aggregator_id: &str,
+    accounts: &[&str],
+    scopes: &[crate::registry::Scope],
+    granted_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+) -> crate::consent::ConsentEvent {
+    crate::consent::ConsentEvent {
+        event_id: EventId::random(),
+        occurred_at: granted_at,
+        actor_type: ActorType::Member,
+        actor_id: format!("{issuer_id}/m-001"),
+        consent_id: consent_id.to_owned(),
+        issuer_id: issuer_id.to_owned(),
+        aggregator_id: aggregator_id.to_owned(),
+        member_ref: Some("m-001".to_owned()),
+        account_refs: accounts.iter().map(|a| (*a).to_owned()).collect(),
+        requested_scopes: scopes.to_vec(),
+        scopes: scopes.to_vec(),
+        status: crate::consent::ConsentStatus::Active,
+        purpose: "家計簿アプリでの支出管理".to_owned(),
+        redirect_uri: "https://kakeibo.example/callback".to_owned(),
+        state: None,
+        // RFC 7636 appendix B's challenge; no verifier is needed for an already active consent.
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
+        duration_days: 365,
+        created_at: granted_at,
+        granted_at: Some(granted_at),
+        expires_at: Some(expires_at),
+        ended_at: None,
+        code_hash: None,
+        code_expires_at: None,
+        code_redeemed: true,
+    }
+}

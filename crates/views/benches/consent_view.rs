@@ -8,9 +8,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
-use cardlink_events::{ActorType, EventId};
+use cardlink_events::samples;
 use cardlink_views::consent::ConsentView;
 use chrono::{TimeDelta, Utc};
 
@@ -24,32 +24,16 @@ fn resident_bytes() -> u64 {
 
 fn consent(i: usize) -> ConsentEvent {
     let now = Utc::now();
-    ConsentEvent {
-        event_id: EventId::random(),
-        occurred_at: now,
-        actor_type: ActorType::Member,
-        actor_id: "m".into(),
-        consent_id: format!("cns_{i:032x}"),
-        issuer_id: format!("iss-{}", i % 10),
-        aggregator_id: format!("agg-{}", i % 3),
-        member_ref: Some(format!("m-{i}")),
-        account_refs: vec![format!("acct-{i:08}")],
-        requested_scopes: vec![Scope::Transactions, Scope::MerchantDetail],
-        scopes: vec![Scope::Transactions, Scope::MerchantDetail],
-        status: ConsentStatus::Active,
-        purpose: "家計簿".into(),
-        redirect_uri: "https://agg.example/cb".into(),
-        state: None,
-        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
-        duration_days: 365,
-        created_at: now,
-        granted_at: Some(now),
-        expires_at: Some(now + TimeDelta::days(365)),
-        ended_at: None,
-        code_hash: None,
-        code_expires_at: None,
-        code_redeemed: true,
-    }
+    let account = format!("acct-{i:08}");
+    samples::active_consent(
+        &format!("cns_{i:032x}"),
+        &format!("iss-{}", i % 10),
+        &format!("agg-{}", i % 3),
+        &[account.as_str()],
+        &[Scope::Transactions, Scope::MerchantDetail],
+        now,
+        now + TimeDelta::days(365),
+    )
 }
 
 fn main() {

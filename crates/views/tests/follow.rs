@@ -5,7 +5,7 @@ use std::time::Duration;
 use cardlink_bus::Topic;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::registry::{ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope};
-use cardlink_events::{ActorType, EventId, RecordType};
+use cardlink_events::{ActorType, RecordType};
 use cardlink_testkit::TestBus;
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
@@ -17,32 +17,16 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 fn consent(id: &str, account: &str, status: ConsentStatus) -> ConsentEvent {
     let now = Utc::now();
-    ConsentEvent {
-        event_id: EventId::random(),
-        occurred_at: now,
-        actor_type: ActorType::Member,
-        actor_id: "m".into(),
-        consent_id: id.into(),
-        issuer_id: "iss-a".into(),
-        aggregator_id: "agg-x".into(),
-        member_ref: Some("m".into()),
-        account_refs: vec![account.into()],
-        requested_scopes: vec![Scope::Transactions],
-        scopes: vec![Scope::Transactions],
-        status,
-        purpose: "家計簿".into(),
-        redirect_uri: "https://agg.example/cb".into(),
-        state: None,
-        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
-        duration_days: 30,
-        created_at: now,
-        granted_at: Some(now),
-        expires_at: Some(now + TimeDelta::days(30)),
-        ended_at: None,
-        code_hash: None,
-        code_expires_at: None,
-        code_redeemed: false,
-    }
+    let c = cardlink_events::samples::active_consent(
+        id,
+        "iss-a",
+        "agg-x",
+        &[account],
+        &[Scope::Transactions],
+        now,
+        now + TimeDelta::days(30),
+    );
+    ConsentEvent { status, ..c }
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use cardlink_api::v1;
 use cardlink_bus::{Consumer, Topic};
-use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
-use cardlink_events::{ActorType, Event, EventId, RecordType, samples};
+use cardlink_events::{Event, RecordType, samples};
 use cardlink_subscription::cursor::Cursor;
 use cardlink_subscription::hub::{self, Filters, Hub, Outgoing, Start};
 use cardlink_testkit::TestBus;
@@ -24,33 +24,17 @@ const SECRET: &[u8] = b"subscription-test-secret-0123456";
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn consent(id: &str, aggregator: &str, accounts: &[&str], scopes: &[Scope]) -> ConsentEvent {
+    // Granted before the sample events occurred, so they fall inside the data window.
     let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
-    ConsentEvent {
-        event_id: EventId::random(),
-        occurred_at: granted,
-        actor_type: ActorType::Member,
-        actor_id: "m".into(),
-        consent_id: id.into(),
-        issuer_id: "iss-a".into(),
-        aggregator_id: aggregator.into(),
-        member_ref: Some("m".into()),
-        account_refs: accounts.iter().map(|a| a.to_string()).collect(),
-        requested_scopes: scopes.to_vec(),
-        scopes: scopes.to_vec(),
-        status: ConsentStatus::Active,
-        purpose: "家計簿".into(),
-        redirect_uri: "https://agg.example/cb".into(),
-        state: None,
-        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
-        duration_days: 365,
-        created_at: granted,
-        granted_at: Some(granted),
-        expires_at: Some(Utc::now() + chrono::TimeDelta::days(30)),
-        ended_at: None,
-        code_hash: None,
-        code_expires_at: None,
-        code_redeemed: true,
-    }
+    samples::active_consent(
+        id,
+        "iss-a",
+        aggregator,
+        accounts,
+        scopes,
+        granted,
+        Utc::now() + chrono::TimeDelta::days(30),
+    )
 }
 
 struct Setup {
