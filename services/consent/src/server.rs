@@ -89,13 +89,13 @@ pub async fn start(
     let (http_listener, http_addr) = cardlink_serving::bind(config.http_listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let (mut registry, _r) = follow::spawn(
+    let (mut registry, registry_follower) = follow::spawn(
         Consumer::new(bus, "consent-registry-view")?,
         Topic::Registry,
         RegistryView::new(),
         shutdown_rx.clone(),
     );
-    let (mut book, _c) =
+    let (mut book, book_follower) =
         follow::spawn(Consumer::new(bus, "consent-book")?, Topic::Consents, ConsentBook::new(), shutdown_rx.clone());
     registry.caught_up().await;
     book.caught_up().await;
@@ -143,5 +143,19 @@ pub async fn start(
         }
     });
     tracing::info!(%grpc_addr, %http_addr, "consent service listening");
-    Ok(RunningConsent { grpc_addr, http_addr, consents, shutdown, tasks: vec![grpc_task, http_task, sweep_task] })
+    // Awaited at shutdown so the followers' Kafka clients close before the caller goes on.
+    let followers = tokio::spawn(async move {
+        for (name, follower) in [("registry", registry_follower), ("consent", book_follower)] {
+            if let Ok(Err(e)) = follower.await {
+                tracing::error!(error = %e, view = name, "view follower stopped");
+            }
+        }
+    });
+    Ok(RunningConsent {
+        grpc_addr,
+        http_addr,
+        consents,
+        shutdown,
+        tasks: vec![grpc_task, http_task, sweep_task, followers],
+    })
 }

@@ -40,6 +40,9 @@ pub struct RunningRegistry {
     view: Followed<RegistryView>,
     public_key: cardlink_auth::PublicKey,
     shutdown: watch::Sender<bool>,
+    /// Background readers, awaited at shutdown so their Kafka clients close before the caller
+    /// goes on (e.g. stops an embedded broker).
+    followers: Vec<JoinHandle<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -64,6 +67,9 @@ impl RunningRegistry {
 
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);
+        for follower in self.followers {
+            let _ = follower.await;
+        }
         match self.server.await {
             Ok(r) => Ok(r?),
             Err(e) => Err(ServeError::Task(e.to_string())),
@@ -79,7 +85,7 @@ pub async fn start(
 ) -> Result<RunningRegistry, ServeError> {
     let (listener, addr) = cardlink_serving::bind(config.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (mut view, _follower) =
+    let (mut view, follower) =
         follow::spawn(Consumer::new(bus, "registry-view")?, Topic::Registry, RegistryView::new(), shutdown_rx.clone());
     view.caught_up().await;
 
@@ -90,7 +96,7 @@ pub async fn start(
     let activity_consumer = Consumer::new(bus, "registry-publishing-activity")?;
     let activity_shutdown = shutdown_rx.clone();
     let activity_task = activity.clone();
-    tokio::spawn(async move {
+    let activity_follower = tokio::spawn(async move {
         if let Err(e) = crate::goal::follow_activity(activity_consumer, activity_task, activity_shutdown).await {
             tracing::error!(error = %e, "following publishing activity stopped; the goal's live status is stale");
         }
@@ -104,5 +110,11 @@ pub async fn start(
             .await
     });
     tracing::info!(%addr, "registry service listening");
-    Ok(RunningRegistry { addr, registry, view, public_key: signer.public_key(), shutdown, server })
+    let follower = tokio::spawn(async move {
+        if let Ok(Err(e)) = follower.await {
+            tracing::error!(error = %e, "registry view follower stopped");
+        }
+    });
+    let followers = vec![follower, activity_follower];
+    Ok(RunningRegistry { addr, registry, view, public_key: signer.public_key(), shutdown, followers, server })
 }
