@@ -8,6 +8,7 @@
 //! | `<prefix>.registry.v1`    | issuers, aggregators, connections       | compacted (latest)   |
 //! | `<prefix>.consents.v1`    | consents, keyed by consent id           | compacted (latest)   |
 //! | `<prefix>.audit.v1`       | who did what to which data, and when    | `audit_retention`    |
+//! | `<prefix>.positions.v1`   | aggregators' acknowledged positions     | compacted (latest)   |
 //!
 //! Event topics have `event_partitions` partitions; the compacted topics have few (they are
 //! read whole by every replica at start) and the audit topic a handful.
@@ -26,11 +27,12 @@ pub enum Topic {
     Registry,
     Consents,
     Audit,
+    Positions,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] =
-        [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit];
+    pub const ALL: [Topic; 6] =
+        [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit, Topic::Positions];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -39,6 +41,7 @@ impl Topic {
             Self::Registry => "registry.v1",
             Self::Consents => "consents.v1",
             Self::Audit => "audit.v1",
+            Self::Positions => "positions.v1",
         }
     }
 
@@ -50,6 +53,7 @@ impl Topic {
             RecordType::AuditEvent => Self::Audit,
             RecordType::RegistryEvent => Self::Registry,
             RecordType::ConsentEvent => Self::Consents,
+            RecordType::SubscriptionPosition => Self::Positions,
         }
     }
 }
@@ -112,7 +116,7 @@ impl Catalogue {
                     Topic::Transactions | Topic::Statements => {
                         (config.event_partitions, Cleanup::Delete(config.event_retention))
                     }
-                    Topic::Registry | Topic::Consents => (COMPACTED_PARTITIONS, Cleanup::Compact),
+                    Topic::Registry | Topic::Consents | Topic::Positions => (COMPACTED_PARTITIONS, Cleanup::Compact),
                     Topic::Audit => (AUDIT_PARTITIONS, Cleanup::Delete(config.audit_retention)),
                 };
                 TopicSpec {

@@ -410,3 +410,13 @@ impl AuditEvent {
         self.issuer_id.as_deref().unwrap_or(&self.actor_id)
     }
 }
+
+/// A named position an aggregator acknowledged (subscription service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionPosition {
+    pub aggregator_id: String,
+    pub name: String,
+    pub cursor: String,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub acknowledged_at: DateTime<Utc>,
+}

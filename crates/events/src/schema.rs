@@ -27,15 +27,17 @@ pub enum RecordType {
     AuditEvent,
     RegistryEvent,
     ConsentEvent,
+    SubscriptionPosition,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 5] = [
+    pub const ALL: [RecordType; 6] = [
         RecordType::CardTransaction,
         RecordType::Statement,
         RecordType::AuditEvent,
         RecordType::RegistryEvent,
         RecordType::ConsentEvent,
+        RecordType::SubscriptionPosition,
     ];
 
     /// The folder under `schemas/`.
@@ -46,6 +48,7 @@ impl RecordType {
             Self::AuditEvent => "audit_event",
             Self::RegistryEvent => "registry_event",
             Self::ConsentEvent => "consent_event",
+            Self::SubscriptionPosition => "subscription_position",
         }
     }
 
@@ -57,6 +60,7 @@ impl RecordType {
             Self::AuditEvent => "cardlink.v1.AuditEvent",
             Self::RegistryEvent => "cardlink.v1.RegistryEvent",
             Self::ConsentEvent => "cardlink.v1.ConsentEvent",
+            Self::SubscriptionPosition => "cardlink.v1.SubscriptionPosition",
         }
     }
 

@@ -159,6 +159,11 @@ impl Hub {
         !self.shared.read().unwrap_or_else(PoisonError::into_inner).position.is_empty()
     }
 
+    /// Connected streams of one aggregator.
+    pub fn streams_of(&self, aggregator_id: &str) -> usize {
+        self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.get(aggregator_id).map_or(0, Vec::len)
+    }
+
     /// Connected streams.
     pub fn streams(&self) -> usize {
         self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.values().map(Vec::len).sum()

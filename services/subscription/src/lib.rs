@@ -8,5 +8,8 @@
 //!   account ids pseudonymous.
 
 pub mod cursor;
+pub mod grpc;
 pub mod hub;
+pub mod positions;
 pub mod projection;
+pub mod server;

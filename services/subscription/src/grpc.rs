@@ -1,0 +1,216 @@
+//! The gRPC face of the subscription service: authenticate the aggregator, open a stream on the
+//! hub (catching up first when it starts from a cursor), and forward deliveries, heartbeats and
+//! the end of the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardlink_api::convert::timestamp;
+use cardlink_api::status::status;
+use cardlink_api::v1;
+use cardlink_api::v1::subscription_server::Subscription;
+use cardlink_auth::Role;
+use cardlink_bus::{BusConfig, Consumer, Producer};
+use cardlink_registry::caller::{Caller, CallerAuth};
+use cardlink_views::follow::Followed;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::cursor::Cursor;
+use crate::hub::{self, CatchUpError, Filters, Hub, Outgoing, Start};
+use crate::positions::{self, PositionError, PositionsView};
+
+/// Responses buffered per gRPC stream before the forwarding task waits for the client.
+pub const RESPONSE_BUFFER: usize = 64;
+/// How often an idle stream gets a heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// Streams one aggregator may hold open at once.
+pub const MAX_STREAMS_PER_AGGREGATOR: usize = 16;
+/// Catch-up readers (each its own Kafka consumer) running at once; others wait their turn.
+pub const MAX_CATCH_UP_READERS: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct SubscriptionGrpc {
+    hub: Hub,
+    auth: CallerAuth,
+    bus: BusConfig,
+    producer: Producer,
+    positions: Followed<PositionsView>,
+    catch_up: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SubscriptionGrpc {
+    pub fn new(
+        hub: Hub,
+        auth: CallerAuth,
+        bus: BusConfig,
+        producer: Producer,
+        positions: Followed<PositionsView>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { hub, auth, bus, producer, positions, catch_up: Arc::new(Semaphore::new(MAX_CATCH_UP_READERS)), shutdown }
+    }
+
+    fn aggregator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let caller =
+            self.auth.authenticate(header).map_err(|e| status(Code::Unauthenticated, e.reason(), e.to_string()))?;
+        if caller.role != Role::Aggregator {
+            return Err(status(Code::PermissionDenied, "AGGREGATORS_ONLY", "only aggregators subscribe"));
+        }
+        Ok(caller)
+    }
+}
+
+fn position_status(e: PositionError) -> Status {
+    match e {
+        PositionError::InvalidName => status(Code::InvalidArgument, "INVALID_POSITION_NAME", e.to_string()),
+        PositionError::Cursor(c) => status(Code::InvalidArgument, c.reason(), c.to_string()),
+        PositionError::Unknown(_) => status(Code::NotFound, "POSITION_NOT_FOUND", e.to_string()),
+        PositionError::Bus(b) => status(Code::Unavailable, "BUS_UNAVAILABLE", b.to_string()),
+    }
+}
+
+fn filters(request: &v1::SubscribeRequest) -> Filters {
+    let kinds: Vec<v1::EventKind> = request.kinds.iter().filter_map(|k| v1::EventKind::try_from(*k).ok()).collect();
+    let all = kinds.is_empty();
+    Filters {
+        transactions: all || kinds.contains(&v1::EventKind::Transaction),
+        statements: all || kinds.contains(&v1::EventKind::Statement),
+        issuers: request.issuer_ids.clone(),
+    }
+}
+
+fn heartbeat(caught_up: bool, cursor: Option<String>) -> v1::SubscribeResponse {
+    v1::SubscribeResponse {
+        deliveries: Vec::new(),
+        heartbeat: Some(v1::Heartbeat { at: Some(timestamp(chrono::Utc::now())), caught_up }),
+        cursor: cursor.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl Subscription for SubscriptionGrpc {
+    type SubscribeStream = ReceiverStream<Result<v1::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.aggregator(&request)?;
+        let aggregator = caller.participant_id;
+        let request = request.into_inner();
+        let secret = self.hub.secret().to_vec();
+        let start = match &request.start {
+            None => Start::Live,
+            Some(v1::subscribe_request::Start::FromEarliest(true)) => Start::Earliest,
+            Some(v1::subscribe_request::Start::FromEarliest(false)) => Start::Live,
+            Some(v1::subscribe_request::Start::Cursor(text)) => Start::After(
+                Cursor::decode(&secret, text, &aggregator)
+                    .map_err(|e| status(Code::InvalidArgument, e.reason(), e.to_string()))?,
+            ),
+            Some(v1::subscribe_request::Start::PositionName(name)) => {
+                Start::After(positions::resolve(&self.positions, &secret, &aggregator, name).map_err(position_status)?)
+            }
+        };
+        if self.hub.streams_of(&aggregator) >= MAX_STREAMS_PER_AGGREGATOR {
+            return Err(status(
+                Code::ResourceExhausted,
+                "TOO_MANY_STREAMS",
+                format!("at most {MAX_STREAMS_PER_AGGREGATOR} streams per aggregator"),
+            ));
+        }
+        let filters = filters(&request);
+        let initial = match &start {
+            Start::After(c) => c.clone(),
+            _ => Cursor::new(&aggregator),
+        };
+        let mut registration = self.hub.register(&aggregator, filters.clone(), &initial);
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let (hub, bus, permits, mut shutdown) =
+            (self.hub.clone(), self.bus.clone(), Arc::clone(&self.catch_up), self.shutdown.clone());
+        tokio::spawn(async move {
+            let id = registration.id;
+            let result = async {
+                if !matches!(start, Start::Live) {
+                    let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
+                    let consumer = Consumer::new(&bus, "catch-up")?;
+                    let (catch_tx, mut catch_rx) = mpsc::channel(RESPONSE_BUFFER);
+                    // The reader owns the sender, so the forwarder ends when the catch-up does.
+                    let reader = async {
+                        let catch_tx = catch_tx;
+                        hub::catch_up(&hub, &consumer, &aggregator, &filters, &start, &registration.live_from, &catch_tx).await
+                    };
+                    let forward = async {
+                        while let Some(Outgoing::Delivery { delivery, cursor }) = catch_rx.recv().await {
+                            let response = v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let (read, ()) = tokio::join!(reader, forward);
+                    read?;
+                }
+                let _ = tx.send(Ok(heartbeat(true, hub.cursor(&aggregator, id)))).await;
+                let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+                beat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => {
+                            let _ = tx.send(Err(status(Code::Unavailable, "SERVER_SHUTTING_DOWN", "the service is restarting; resume from your last cursor"))).await;
+                            return Ok(());
+                        }
+                        _ = beat.tick() => {
+                            if tx.send(Ok(heartbeat(true, hub.cursor(&aggregator, id)))).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        next = registration.rx.recv() => match next {
+                            Some(Outgoing::Delivery { delivery, cursor }) => {
+                                if tx.send(Ok(v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor })).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            Some(Outgoing::FellBehind) | None => {
+                                let _ = tx.send(Err(status(Code::ResourceExhausted, "FELL_BEHIND", "the stream fell behind; resume from your last cursor"))).await;
+                                return Ok(());
+                            }
+                        },
+                    }
+                }
+            }
+            .await;
+            hub.unregister(&aggregator, id);
+            if let Err(e) = result {
+                let s = match &e {
+                    CatchUpError::OutOfRange { .. } => status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string()),
+                    _ => status(Code::Unavailable, "BUS_UNAVAILABLE", e.to_string()),
+                };
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<v1::AcknowledgeRequest>,
+    ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
+        let caller = self.aggregator(&request)?;
+        let r = request.into_inner();
+        positions::acknowledge(
+            &self.producer,
+            &self.positions,
+            self.hub.secret(),
+            &caller.participant_id,
+            &r.position_name,
+            &r.cursor,
+        )
+        .await
+        .map_err(position_status)?;
+        Ok(Response::new(v1::AcknowledgeResponse {}))
+    }
+}

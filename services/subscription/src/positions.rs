@@ -1,0 +1,104 @@
+//! Named positions: an aggregator acknowledges a cursor under a name and later resumes from the
+//! name, without storing cursors itself. Positions are records on the compacted positions topic
+//! (`aggregator_id/name` → latest cursor), read back into [`PositionsView`] by every replica.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use cardlink_bus::{BusError, Producer, Record};
+use cardlink_events::{RecordType, SubscriptionPosition};
+use cardlink_views::follow::{Followed, Materialize};
+use chrono::Utc;
+
+use crate::cursor::{Cursor, CursorError};
+
+/// Longest position name.
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PositionError {
+    #[error("position names are 1-64 letters, digits, '-', '_' or '.'")]
+    InvalidName,
+    #[error(transparent)]
+    Cursor(#[from] CursorError),
+    #[error("no position named {0:?}")]
+    Unknown(String),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Latest cursor per (aggregator, name), and the topic offset it came from.
+#[derive(Debug, Default)]
+pub struct PositionsView {
+    latest: HashMap<(String, String), (i64, String)>,
+}
+
+impl PositionsView {
+    fn apply_at(&mut self, position: SubscriptionPosition, offset: i64) {
+        let key = (position.aggregator_id, position.name);
+        if self.latest.get(&key).is_some_and(|(seen, _)| *seen >= offset) {
+            return;
+        }
+        self.latest.insert(key, (offset, position.cursor));
+    }
+
+    pub fn cursor(&self, aggregator_id: &str, name: &str) -> Option<&str> {
+        self.latest.get(&(aggregator_id.to_owned(), name.to_owned())).map(|(_, c)| c.as_str())
+    }
+}
+
+impl Materialize for PositionsView {
+    fn apply_record(&mut self, record: &Record) -> bool {
+        match cardlink_events::decode_record::<SubscriptionPosition>(&record.payload, RecordType::SubscriptionPosition)
+        {
+            Ok(position) => {
+                self.apply_at(position, record.offset);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&name.chars().count())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Stores `cursor_text` (which must be this aggregator's, from this service) under `name`.
+pub async fn acknowledge(
+    producer: &Producer,
+    positions: &Followed<PositionsView>,
+    secret: &[u8],
+    aggregator_id: &str,
+    name: &str,
+    cursor_text: &str,
+) -> Result<(), PositionError> {
+    if !valid_name(name) {
+        return Err(PositionError::InvalidName);
+    }
+    Cursor::decode(secret, cursor_text, aggregator_id)?;
+    let position = SubscriptionPosition {
+        aggregator_id: aggregator_id.to_owned(),
+        name: name.to_owned(),
+        cursor: cursor_text.to_owned(),
+        acknowledged_at: Utc::now(),
+    };
+    let key = format!("{aggregator_id}/{name}");
+    let delivered = producer.publish_record(RecordType::SubscriptionPosition, &key, &key, &position).await?;
+    positions.view.write().unwrap_or_else(PoisonError::into_inner).apply_at(position, delivered.offset);
+    Ok(())
+}
+
+/// The cursor stored under `name` for `aggregator_id`.
+pub fn resolve(
+    positions: &Followed<PositionsView>,
+    secret: &[u8],
+    aggregator_id: &str,
+    name: &str,
+) -> Result<Cursor, PositionError> {
+    let text = positions
+        .read(|v| v.cursor(aggregator_id, name).map(str::to_owned))
+        .ok_or_else(|| PositionError::Unknown(name.to_owned()))?;
+    Ok(Cursor::decode(secret, &text, aggregator_id)?)
+}

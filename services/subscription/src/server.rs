@@ -1,0 +1,124 @@
+//! Running the subscription service: the registry, consent and positions views, the hub's shared
+//! reader, and the gRPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cardlink_api::v1::subscription_server::SubscriptionServer;
+use cardlink_auth::{PublicKey, TokenVerifier};
+use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
+use cardlink_registry::caller::CallerAuth;
+use cardlink_views::consent::ConsentView;
+use cardlink_views::follow;
+use cardlink_views::registry::RegistryView;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use cardlink_serving::ServeError;
+
+use crate::grpc::SubscriptionGrpc;
+use crate::hub::{self, Hub};
+use crate::positions::PositionsView;
+
+#[derive(Clone, Debug)]
+pub struct SubscriptionConfig {
+    pub listen: SocketAddr,
+    /// Platform keys that sign participant credentials.
+    pub trusted_keys: Vec<PublicKey>,
+    /// Key of account pseudonyms and cursors; the same as the consent service's.
+    pub secret: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+pub struct RunningSubscription {
+    addr: SocketAddr,
+    hub: Hub,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningSubscription {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Ends every stream with a reconnect status, stops the readers, and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn logged(name: &'static str, task: JoinHandle<Result<(), cardlink_bus::BusError>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            tracing::error!(error = %e, task = name, "subscription background task stopped");
+        }
+    })
+}
+
+/// Starts the service; returns once its views caught up and the hub is reading.
+pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<RunningSubscription, ServeError> {
+    let (listener, addr) = cardlink_serving::bind(config.listen).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (mut registry, registry_task) = follow::spawn(
+        Consumer::new(bus, "subscription-registry-view")?,
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown_rx.clone(),
+    );
+    let (mut consents, consents_task) = follow::spawn(
+        Consumer::new(bus, "subscription-consent-view")?,
+        Topic::Consents,
+        ConsentView::new(),
+        shutdown_rx.clone(),
+    );
+    let (mut positions, positions_task) = follow::spawn(
+        Consumer::new(bus, "subscription-positions")?,
+        Topic::Positions,
+        PositionsView::default(),
+        shutdown_rx.clone(),
+    );
+    registry.caught_up().await;
+    consents.caught_up().await;
+    positions.caught_up().await;
+
+    let hub = Hub::new(consents, Arc::clone(&config.secret));
+    let reader =
+        tokio::spawn(hub::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
+    while !hub.is_reading() {
+        if reader.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry);
+    let grpc =
+        SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), Producer::new(bus)?, positions, shutdown_rx.clone());
+    let server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(SubscriptionServer::new(grpc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(shutdown_rx))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "subscription gRPC server failed");
+        }
+    });
+    tracing::info!(%addr, "subscription service listening");
+    let tasks = vec![
+        server,
+        logged("hub reader", reader),
+        logged("registry view", registry_task),
+        logged("consent view", consents_task),
+        logged("positions", positions_task),
+    ];
+    Ok(RunningSubscription { addr, hub, shutdown, tasks })
+}
