@@ -69,6 +69,9 @@ struct DevArgs {
     /// Where the consent page (HTTP) listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pages_listen: SocketAddr,
+    /// Where the subscription service listens.
+    #[arg(long, default_value = "127.0.0.1:50054")]
+    subscription_listen: SocketAddr,
     /// Simulated card events per second published by the demo issuer (0: none).
     #[arg(long, default_value_t = 20)]
     simulate_rate: u32,
@@ -383,6 +386,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     let sim_config = SimConfig::new(DEMO_ISSUER, 1, 200);
     let accounts: Vec<String> = Simulator::new(sim_config.clone()).account_refs().map(str::to_owned).collect();
+    // Consent and subscription share the secret: aggregators must see the same pseudonyms in
+    // consents and in events.
+    let secret: Arc<[u8]> = Arc::from(rand_secret().as_slice());
     let consent = cardlink_consent::server::start(
         &bus,
         cardlink_consent::server::ConsentConfig {
@@ -390,9 +396,18 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             http_listen: args.pages_listen,
             public_url: None,
             trusted_keys: vec![signer.public_key()],
-            secret: Arc::from(rand_secret().as_slice()),
+            secret: Arc::clone(&secret),
         },
         demo::members(&accounts),
+    )
+    .await?;
+    let subscription = cardlink_subscription::server::start(
+        &bus,
+        cardlink_subscription::server::SubscriptionConfig {
+            listen: args.subscription_listen,
+            trusted_keys: vec![signer.public_key()],
+            secret,
+        },
     )
     .await?;
     let demo_key = world.issuer_token.clone();
@@ -403,7 +418,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  gRPC IssuerIngest:        {endpoint}");
     println!("  gRPC Registry:            http://{}", registry.addr());
     println!("  gRPC ConsentService:      http://{}", consent.grpc_addr());
+    println!("  gRPC Subscription:        http://{}", subscription.addr());
     println!("  consent pages:            http://{}/consent/<request id>", consent.http_addr());
+    println!("  member page:              http://{}/member", consent.http_addr());
     println!("  demo issuer:              {DEMO_ISSUER}");
     println!("  demo aggregator:          {}", demo::DEMO_AGGREGATOR);
     println!("  demo member sign-in:      {} / {}", demo::DEMO_MEMBER.0, demo::DEMO_MEMBER.1);
@@ -448,6 +465,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     ingest.shutdown().await?;
+    subscription.shutdown().await;
     consent.shutdown().await;
     registry.shutdown().await?;
     Ok(())
