@@ -27,6 +27,10 @@ pub struct Watermark {
     pub lag: i64,
     /// When `lag` was last measured.
     pub measured_at: Option<tokio::time::Instant>,
+    /// The view holds every record the topic had at this instant: the follower noted the
+    /// partitions' ends then and has since read up to them. A decision taken on the view now
+    /// reflects every change written before this instant — the basis of the revocation bound.
+    pub fresh_as_of: Option<tokio::time::Instant>,
 }
 
 /// A view that records of one topic update.
@@ -116,20 +120,40 @@ async fn run<V: Materialize>(
         w.next = next.clone();
         w.caught_up = targets.is_empty();
     });
+    // Ends noted at a refresh, waiting to be reached: (when noted, end per partition).
+    let mut pending: Option<(tokio::time::Instant, HashMap<i32, i64>)> = None;
+    let reached = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| {
+        ends.iter().all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end)
+    };
     let mut refresh = tokio::time::interval(LAG_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = refresh.tick() => {
+                let noted_at = tokio::time::Instant::now();
                 let mut lag = 0;
+                let mut ends = HashMap::new();
                 for p in 0..partitions {
                     let (_, high) = consumer.watermarks(topic, p).await?;
                     lag += (high - next.get(&p).copied().unwrap_or(0)).max(0);
+                    ends.insert(p, high);
+                }
+                // Keep the oldest unreached note: under steady traffic a newer one would never
+                // be reached before it too was replaced.
+                if pending.is_none() {
+                    pending = Some((noted_at, ends));
+                }
+                let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
+                if fresh.is_some() {
+                    pending = None;
                 }
                 watermark.send_modify(|w| {
                     w.lag = lag;
-                    w.measured_at = Some(tokio::time::Instant::now());
+                    w.measured_at = Some(noted_at);
+                    if fresh.is_some() {
+                        w.fresh_as_of = fresh;
+                    }
                 });
             }
             record = consumer.recv() => {
@@ -146,9 +170,16 @@ async fn run<V: Materialize>(
                     targets.remove(&record.partition);
                 }
                 let caught_up = targets.is_empty();
+                let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
+                if fresh.is_some() {
+                    pending = None;
+                }
                 watermark.send_modify(|w| {
                     w.next.insert(record.partition, record.offset + 1);
                     w.caught_up = caught_up;
+                    if fresh.is_some() {
+                        w.fresh_as_of = fresh;
+                    }
                 });
             }
         }

@@ -154,6 +154,27 @@ impl Hub {
         }
     }
 
+    /// Waits until the consent view reflects every change written up to [`REVOCATION_BOUND`]
+    /// ago. Normally immediate; while the view lags (its follower is slow or cut off from the
+    /// bus), deliveries pause rather than go out on stale consents.
+    pub async fn wait_until_fresh(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut warned = false;
+        loop {
+            let fresh = self.consents.watermark.borrow().fresh_as_of;
+            if fresh.is_some_and(|at| at.elapsed() <= REVOCATION_BOUND) {
+                return;
+            }
+            if !warned {
+                tracing::warn!("consent view is behind the revocation bound; deliveries paused");
+                warned = true;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+            }
+        }
+    }
+
     /// Whether the shared reader has positioned itself on the event topics.
     pub fn is_reading(&self) -> bool {
         !self.shared.read().unwrap_or_else(PoisonError::into_inner).position.is_empty()
@@ -249,10 +270,19 @@ pub async fn run_reader(hub: Hub, consumer: Consumer, mut shutdown: watch::Recei
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv() => hub.dispatch(&record?),
+            record = consumer.recv() => {
+                let record = record?;
+                hub.wait_until_fresh(&mut shutdown).await;
+                hub.dispatch(&record);
+            }
         }
     }
 }
+
+/// The revocation bound: no event is handed to a stream on a consent view older than this.
+/// Once `RevokeConsent` has returned, no replica delivers under that consent later than this
+/// after (plus the time to put one message on the wire).
+pub const REVOCATION_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {

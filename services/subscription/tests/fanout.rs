@@ -234,3 +234,52 @@ async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
     );
     assert_eq!(s.hub.streams(), 1, "the stalled stream was removed from the hub");
 }
+
+#[tokio::test]
+async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_events_per_second() {
+    use cardlink_events::consent::ConsentStatus;
+    let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
+    let mut stream = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+
+    // Receive and time every delivery.
+    let receiver = tokio::spawn(async move {
+        let mut times = Vec::new();
+        while let Ok(Some(Outgoing::Delivery { .. })) =
+            tokio::time::timeout(Duration::from_secs(3), stream.rx.recv()).await
+        {
+            times.push(tokio::time::Instant::now());
+        }
+        times
+    });
+
+    // ~1,000 events/s for 3 s: ten every 10 ms.
+    let producer = s.bus.producer().unwrap();
+    let publisher = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for batch in 0..300u32 {
+                tick.tick().await;
+                let sends = (0..10).map(|i| {
+                    let event = Event::Transaction(samples::transaction("iss-a", "acct-1", batch * 10 + i));
+                    let producer = producer.clone();
+                    async move { producer.publish(&event, None).await.unwrap() }
+                });
+                futures::future::join_all(sends).await;
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut revoked = consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions]);
+    revoked.status = ConsentStatus::Revoked;
+    producer.publish_record(RecordType::ConsentEvent, "c-x", &revoked.event_id.to_string(), &revoked).await.unwrap();
+    // RevokeConsent returns once Kafka has the revocation: from here the bound runs.
+    let revoked_at = tokio::time::Instant::now();
+
+    publisher.await.unwrap();
+    let times = receiver.await.unwrap();
+    assert!(times.iter().any(|t| *t < revoked_at), "the stream was delivering before the revocation");
+    let late: Vec<_> = times.iter().filter(|t| **t > revoked_at + hub::REVOCATION_BOUND).collect();
+    assert!(late.is_empty(), "{} deliveries more than {:?} after the revocation", late.len(), hub::REVOCATION_BOUND);
+}
