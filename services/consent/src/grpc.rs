@@ -34,33 +34,40 @@ impl ConsentGrpc {
 
     /// The consent as `caller` may see it: aggregators see pseudonymous account ids.
     fn to_proto(&self, c: &ConsentEvent, caller: &Caller) -> v1::Consent {
-        let account_refs = if caller.role == Role::Aggregator {
-            c.account_refs
-                .iter()
-                .map(|a| cardlink_auth::account_pseudonym(&self.pseudonym_secret, &c.aggregator_id, &c.issuer_id, a))
-                .collect()
-        } else {
-            c.account_refs.clone()
-        };
-        v1::Consent {
-            consent_id: c.consent_id.clone(),
-            issuer_id: c.issuer_id.clone(),
-            aggregator_id: c.aggregator_id.clone(),
-            scopes: c.scopes.iter().map(|s| scope_to_proto(*s) as i32).collect(),
-            account_refs,
-            status: match c.status {
-                ConsentStatus::Requested => v1::ConsentStatus::Requested,
-                ConsentStatus::Active => v1::ConsentStatus::Active,
-                ConsentStatus::Denied => v1::ConsentStatus::Denied,
-                ConsentStatus::Revoked => v1::ConsentStatus::Revoked,
-                ConsentStatus::Expired => v1::ConsentStatus::Expired,
-            } as i32,
-            purpose: c.purpose.clone(),
-            granted_at: c.granted_at.map(timestamp),
-            expires_at: c.expires_at.map(timestamp),
-            revoked_at: c.ended_at.filter(|_| c.status == ConsentStatus::Revoked).map(timestamp),
-            data_from: c.granted_at.map(timestamp),
-        }
+        let secret = (caller.role == Role::Aggregator).then_some(&*self.pseudonym_secret);
+        consent_message(c, secret)
+    }
+}
+
+/// A consent as a protobuf message. With `pseudonym_secret`, account ids are the aggregator's
+/// pseudonyms (what aggregators see); without, the issuer's own (what issuers and members see).
+pub fn consent_message(c: &ConsentEvent, pseudonym_secret: Option<&[u8]>) -> v1::Consent {
+    let account_refs = match pseudonym_secret {
+        Some(secret) => c
+            .account_refs
+            .iter()
+            .map(|a| cardlink_auth::account_pseudonym(secret, &c.aggregator_id, &c.issuer_id, a))
+            .collect(),
+        None => c.account_refs.clone(),
+    };
+    v1::Consent {
+        consent_id: c.consent_id.clone(),
+        issuer_id: c.issuer_id.clone(),
+        aggregator_id: c.aggregator_id.clone(),
+        scopes: c.scopes.iter().map(|s| scope_to_proto(*s) as i32).collect(),
+        account_refs,
+        status: match c.status {
+            ConsentStatus::Requested => v1::ConsentStatus::Requested,
+            ConsentStatus::Active => v1::ConsentStatus::Active,
+            ConsentStatus::Denied => v1::ConsentStatus::Denied,
+            ConsentStatus::Revoked => v1::ConsentStatus::Revoked,
+            ConsentStatus::Expired => v1::ConsentStatus::Expired,
+        } as i32,
+        purpose: c.purpose.clone(),
+        granted_at: c.granted_at.map(timestamp),
+        expires_at: c.expires_at.map(timestamp),
+        revoked_at: c.ended_at.filter(|_| c.status == ConsentStatus::Revoked).map(timestamp),
+        data_from: c.granted_at.map(timestamp),
     }
 }
 

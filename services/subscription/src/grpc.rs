@@ -79,6 +79,7 @@ fn filters(request: &v1::SubscribeRequest) -> Filters {
     Filters {
         transactions: all || kinds.contains(&v1::EventKind::Transaction),
         statements: all || kinds.contains(&v1::EventKind::Statement),
+        consents: all || kinds.contains(&v1::EventKind::Consent),
         issuers: request.issuer_ids.clone(),
     }
 }

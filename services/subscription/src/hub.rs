@@ -48,13 +48,15 @@ pub enum Outgoing {
 pub struct Filters {
     pub transactions: bool,
     pub statements: bool,
+    /// Consent changes (granted, revoked, expired) of the aggregator's consents.
+    pub consents: bool,
     /// Empty: every issuer.
     pub issuers: Vec<String>,
 }
 
 impl Filters {
     pub fn all() -> Self {
-        Self { transactions: true, statements: true, issuers: Vec::new() }
+        Self { transactions: true, statements: true, consents: true, issuers: Vec::new() }
     }
 
     fn wants(&self, event: &Event) -> bool {
@@ -240,6 +242,37 @@ impl Hub {
         }
     }
 
+    /// Tells the aggregator's streams that one of its consents changed. Consent changes are live
+    /// notices (not covered by cursors); `ConsentService.ListConsents` is the state to resume from.
+    pub fn notify_consent(&self, consent: &cardlink_events::consent::ConsentEvent) {
+        if consent.status == cardlink_events::consent::ConsentStatus::Requested {
+            return;
+        }
+        let mut shared = self.write();
+        let Some(slots) = shared.by_aggregator.get_mut(&consent.aggregator_id) else { return };
+        let message = cardlink_consent::grpc::consent_message(consent, Some(&self.secret));
+        let delivery = v1::Delivery {
+            event: Some(v1::delivery::Event::ConsentChange(v1::ConsentChange { consent: Some(message) })),
+            consent_id: consent.consent_id.clone(),
+            published_at: None,
+        };
+        let mut fallen = Vec::new();
+        for slot in slots.iter().filter(|s| s.filters.consents) {
+            let out = Outgoing::Delivery { delivery: delivery.clone(), cursor: slot.cursor.encode(&self.secret) };
+            if slot.tx.try_send(out).is_err() {
+                fallen.push(slot.id);
+            }
+        }
+        for id in fallen {
+            if let Some(i) = slots.iter().position(|s| s.id == id) {
+                let tx = slots.swap_remove(i).tx;
+                tokio::spawn(async move {
+                    let _ = tx.send(Outgoing::FellBehind).await;
+                });
+            }
+        }
+    }
+
     /// The current cursor of a registered stream (for heartbeats).
     pub fn cursor(&self, aggregator_id: &str, id: u64) -> Option<String> {
         let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
@@ -380,4 +413,36 @@ pub async fn catch_up(
         }
     }
     Ok(())
+}
+
+/// Positions `consumer` at the current end of the consent topic, by explicit offsets (so nothing
+/// written after this returns is missed); then [`run_consent_notifier`] follows from there.
+pub async fn position_consent_notifier(consumer: &Consumer) -> Result<(), BusError> {
+    let partitions = consumer.partition_count(Topic::Consents).await?;
+    let mut positions = Vec::new();
+    for p in 0..partitions {
+        let (_, end) = consumer.watermarks(Topic::Consents, p).await?;
+        positions.push((Topic::Consents, p, StartAt::Offset(end)));
+    }
+    consumer.assign(&positions)
+}
+
+/// Tells streams about their consents' changes, following the consent topic.
+pub async fn run_consent_notifier(
+    hub: Hub,
+    consumer: Consumer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            record = consumer.recv() => {
+                let record = record?;
+                match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
+                    Ok(consent) => hub.notify_consent(&consent),
+                    Err(e) => tracing::warn!(error = %e, offset = record.offset, "consent record not understood; no notice sent"),
+                }
+            }
+        }
+    }
 }

@@ -100,6 +100,9 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
+    let notices = Consumer::new(bus, "subscription-consent-notices")?;
+    hub::position_consent_notifier(&notices).await?;
+    let notifier = tokio::spawn(hub::run_consent_notifier(hub.clone(), notices, shutdown_rx.clone()));
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry);
     let grpc =
         SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), Producer::new(bus)?, positions, shutdown_rx.clone());
@@ -116,6 +119,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     let tasks = vec![
         server,
         logged("hub reader", reader),
+        logged("consent notices", notifier),
         logged("registry view", registry_task),
         logged("consent view", consents_task),
         logged("positions", positions_task),

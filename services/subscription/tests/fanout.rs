@@ -241,13 +241,18 @@ async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_ev
     let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
     let mut stream = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
 
-    // Receive and time every delivery.
+    // Receive and time every delivery; say when the first one arrived.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let receiver = tokio::spawn(async move {
         let mut times = Vec::new();
+        let mut first = Some(first_tx);
         while let Ok(Some(Outgoing::Delivery { .. })) =
             tokio::time::timeout(Duration::from_secs(3), stream.rx.recv()).await
         {
             times.push(tokio::time::Instant::now());
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
         }
         times
     });
@@ -270,7 +275,9 @@ async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_ev
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Revoke once the stream is flowing, a little into the run.
+    tokio::time::timeout(WITHIN, first_rx).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut revoked = consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions]);
     revoked.status = ConsentStatus::Revoked;
     producer.publish_record(RecordType::ConsentEvent, "c-x", &revoked.event_id.to_string(), &revoked).await.unwrap();
@@ -279,7 +286,11 @@ async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_ev
 
     publisher.await.unwrap();
     let times = receiver.await.unwrap();
-    assert!(times.iter().any(|t| *t < revoked_at), "the stream was delivering before the revocation");
+    assert!(
+        times.iter().any(|t| *t < revoked_at),
+        "the stream was delivering before the revocation ({} deliveries)",
+        times.len()
+    );
     let late: Vec<_> = times.iter().filter(|t| **t > revoked_at + hub::REVOCATION_BOUND).collect();
     assert!(late.is_empty(), "{} deliveries more than {:?} after the revocation", late.len(), hub::REVOCATION_BOUND);
 }

@@ -183,3 +183,32 @@ async fn shutting_down_tells_streams_to_reconnect() {
     assert_eq!((status.code(), reason(&status).as_deref()), (Code::Unavailable, Some("SERVER_SHUTTING_DOWN")));
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn consent_changes_arrive_in_the_stream() {
+    let w = world().await;
+    let mut c = client(&w).await;
+    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_x)).await.unwrap().into_inner();
+    let _ = tokio::time::timeout(WITHIN, x.message()).await.unwrap();
+
+    let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
+    let mut revoked =
+        samples::active_consent("c-x", "iss-a", "agg-x", &["acct-1"], &[Scope::Transactions], granted, Utc::now());
+    revoked.status = cardlink_events::consent::ConsentStatus::Revoked;
+    w.bus.producer().unwrap().publish_record(RecordType::ConsentEvent, "c-x", "c-x-revoked", &revoked).await.unwrap();
+
+    let change = tokio::time::timeout(WITHIN, async {
+        loop {
+            let m = x.message().await.unwrap().unwrap();
+            if let Some(v1::delivery::Event::ConsentChange(change)) =
+                m.deliveries.into_iter().next().and_then(|d| d.event)
+            {
+                return change.consent.unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((change.consent_id.as_str(), change.status), ("c-x", v1::ConsentStatus::Revoked as i32));
+    assert!(change.account_refs[0].starts_with("acc_"), "the aggregator sees its pseudonyms");
+}
