@@ -79,6 +79,20 @@ struct DevArgs {
 
 #[derive(Debug, Subcommand)]
 enum Service {
+    /// Subscription (gRPC Subscription): consented events to aggregators.
+    Subscription {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, default_value = "0.0.0.0:50054", env = "CARDLINK_SUBSCRIPTION_LISTEN")]
+        listen: SocketAddr,
+        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
+        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',', required = true)]
+        trusted_keys: Vec<String>,
+        /// Secret for account pseudonyms and cursors: base64url of 32+ bytes, the same as the
+        /// consent service's.
+        #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Consent (gRPC ConsentService) and the consent and member pages (HTTP).
     Consent {
         #[command(flatten)]
@@ -222,22 +236,47 @@ impl Cli {
     }
 }
 
+fn trusted(keys: &[String]) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
+    keys.iter()
+        .map(|k| {
+            cardlink_auth::PublicKey::from_config(k).map_err(|_| {
+                anyhow::anyhow!("--trusted-key {k:?}: expected kid:base64url of a 32-byte Ed25519 public key")
+            })
+        })
+        .collect()
+}
+
+fn shared_secret(text: &str) -> anyhow::Result<Arc<[u8]>> {
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .context("--secret / CARDLINK_CONSENT_SECRET: not base64url")?;
+    anyhow::ensure!(secret.len() >= 32, "--secret / CARDLINK_CONSENT_SECRET: at least 32 bytes");
+    Ok(Arc::from(secret.as_slice()))
+}
+
 async fn serve(service: Service) -> anyhow::Result<()> {
     match service {
-        Service::Consent { kafka, grpc_listen, http_listen, public_url, trusted_keys, secret, demo_members } => {
-            use base64::Engine as _;
+        Service::Subscription { kafka, listen, trusted_keys, secret } => {
+            // Check the arguments before touching Kafka.
+            let config = cardlink_subscription::server::SubscriptionConfig {
+                listen,
+                trusted_keys: trusted(&trusted_keys)?,
+                secret: shared_secret(&secret)?,
+            };
             let bus = BusConfig::local(kafka.bootstrap);
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
-            let keys = trusted_keys
-                .iter()
-                .map(|k| {
-                    cardlink_auth::PublicKey::from_config(k).map_err(|e| anyhow::anyhow!("--trusted-key {k:?}: {e}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(secret.trim())
-                .context("--secret / CARDLINK_CONSENT_SECRET: not base64url")?;
-            anyhow::ensure!(secret.len() >= 32, "--secret / CARDLINK_CONSENT_SECRET: at least 32 bytes");
+            let running = cardlink_subscription::server::start(&bus, config).await?;
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            running.shutdown().await;
+            Ok(())
+        }
+        Service::Consent { kafka, grpc_listen, http_listen, public_url, trusted_keys, secret, demo_members } => {
+            // Check the arguments before touching Kafka.
+            let keys = trusted(&trusted_keys)?;
+            let secret = shared_secret(&secret)?;
+            let bus = BusConfig::local(kafka.bootstrap);
+            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let text = std::fs::read_to_string(&demo_members)
                 .with_context(|| format!("reading {}", demo_members.display()))?;
             let members = cardlink_consent::members::DemoIssuerLogin::from_toml(&text)
@@ -247,7 +286,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
                 http_listen,
                 public_url,
                 trusted_keys: keys,
-                secret: Arc::from(secret.as_slice()),
+                secret,
             };
             let running = cardlink_consent::server::start(&bus, config, Arc::new(members)).await?;
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
