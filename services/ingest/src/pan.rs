@@ -6,7 +6,7 @@
 //! '－', '‐') count too, since Japanese systems produce them.
 //!
 //! Digits are grouped by separators into chains; every run of consecutive groups in a chain that
-//! holds 13 to 19 digits is checked, so a PAN next to another number ("4111111111111111 2026")
+//! holds 13 to 19 digits is checked, so a PAN written next to another number
 //! is still found. Ordinary values stay clear: amounts use commas, phone numbers and dates have
 //! fewer than 13 digits. Two dates in a row ("2026-11-23 2026-11-24") hold 16 digits and pass
 //! Luhn about one time in ten; such text belongs in date fields, not in free text.
