@@ -279,6 +279,12 @@ pub fn account_pseudonym(secret: &[u8], aggregator_id: &str, issuer_id: &str, ac
     format!("acc_{}", B64.encode(&mac[..18]))
 }
 
+/// Whether two byte strings are equal, taking the same time wherever they differ (for MACs,
+/// digests and PKCE challenges). Different lengths compare unequal at once: lengths are public.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
 pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
@@ -312,6 +318,14 @@ mod pseudonym_tests {
         assert_ne!(a, account_pseudonym(secret, "agg-x", "iss-a", "acct-2"));
         assert_ne!(a, account_pseudonym(b"another-secret-another-secret-xx", "agg-x", "iss-a", "acct-1"));
         assert!(!a.contains("acct"));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

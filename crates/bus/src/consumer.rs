@@ -58,6 +58,18 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record {
+    /// The key as text, if it is UTF-8 (cardlink's keys always are).
+    pub fn key_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.key.as_deref()?).ok()
+    }
+
+    /// The issuer of an event record, from its `issuer_id/account_ref` key.
+    pub fn issuer_id(&self) -> Option<&str> {
+        Some(self.key_str()?.split_once('/')?.0)
+    }
+}
+
 /// A reader of assigned partitions.
 pub struct Consumer {
     inner: Arc<StreamConsumer>,

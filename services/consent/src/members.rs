@@ -96,8 +96,7 @@ impl MemberDirectory for DemoIssuerLogin {
     fn sign_in(&self, issuer_id: &str, login_id: &str, password: &str) -> Option<Member> {
         let (digest, member) = self.members.get(&(issuer_id.to_owned(), login_id.to_owned()))?;
         let presented: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-        let same = digest.iter().zip(presented.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        same.then(|| member.clone())
+        cardlink_auth::constant_time_eq(digest, &presented).then(|| member.clone())
     }
 
     fn member(&self, issuer_id: &str, member_ref: &str) -> Option<Member> {

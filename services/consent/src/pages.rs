@@ -167,9 +167,7 @@ fn check_ticket(secret: &[u8], consent_id: &str, ticket: &str) -> Option<(String
     let payload = B64.decode(payload).ok()?;
     let expected = cardlink_auth::hmac_sha256(secret, &[&payload]);
     let presented = B64.decode(mac).ok()?;
-    if presented.len() != expected.len()
-        || presented.iter().zip(expected.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
-    {
+    if !cardlink_auth::constant_time_eq(&presented, &expected) {
         return None;
     }
     let text = String::from_utf8(payload).ok()?;

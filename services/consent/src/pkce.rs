@@ -22,9 +22,7 @@ pub fn challenge_is_well_formed(challenge: &str) -> bool {
 
 /// Whether `verifier` matches `challenge`, compared in constant time.
 pub fn verify(verifier: &str, challenge_text: &str) -> bool {
-    let computed = challenge(verifier);
-    computed.len() == challenge_text.len()
-        && computed.bytes().zip(challenge_text.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    cardlink_auth::constant_time_eq(challenge(verifier).as_bytes(), challenge_text.as_bytes())
 }
 
 /// A fresh one-time code: 256 random bits, base64url.

@@ -140,9 +140,7 @@ impl DedupIndex {
 /// The (issuer, event id) of a record on an event topic, from its key and headers.
 fn identify(record: &Record) -> Option<(String, Uuid)> {
     let id = Uuid::parse_str(record.headers.event_id.as_deref()?).ok()?;
-    let key = std::str::from_utf8(record.key.as_deref()?).ok()?;
-    let issuer = key.split_once('/')?.0;
-    Some((issuer.to_owned(), id))
+    Some((record.issuer_id()?.to_owned(), id))
 }
 
 /// Reads the event topics from `now - window` into `index` and keeps following them. Sends

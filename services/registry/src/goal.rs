@@ -107,10 +107,9 @@ pub async fn follow_activity(
             _ = shutdown.changed() => return Ok(()),
             record = consumer.recv() => {
                 let record = record?;
-                let issuer = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.split_once('/')).map(|(i, _)| i.to_owned());
                 let at = record.timestamp_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now);
-                if let Some(issuer) = issuer {
-                    activity.observe(&issuer, at);
+                if let Some(issuer) = record.issuer_id() {
+                    activity.observe(issuer, at);
                 }
             }
         }

@@ -119,9 +119,7 @@ impl Cursor {
         let payload = B64.decode(payload).map_err(|_| CursorError::Malformed)?;
         let mac = B64.decode(mac).map_err(|_| CursorError::Malformed)?;
         let expected = cardlink_auth::hmac_sha256(secret, &[PREFIX.as_bytes(), &payload]);
-        let same =
-            mac.len() == MAC_LEN && mac.iter().zip(&expected[..MAC_LEN]).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        if !cardlink_auth::constant_time_eq(&mac, &expected[..MAC_LEN]) {
             return Err(CursorError::Tampered);
         }
         let cursor = Self::parse(&payload).ok_or(CursorError::Malformed)?;

@@ -91,6 +91,19 @@ struct Shared {
     position: HashMap<(Topic, i32), i64>,
 }
 
+impl Shared {
+    /// Removes a stream whose queue overflowed; it learns it fell behind once it drains.
+    fn drop_fallen(&mut self, aggregator_id: &str, id: u64) {
+        let Some(slots) = self.by_aggregator.get_mut(aggregator_id) else { return };
+        if let Some(i) = slots.iter().position(|s| s.id == id) {
+            let tx = slots.swap_remove(i).tx;
+            tokio::spawn(async move {
+                let _ = tx.send(Outgoing::FellBehind).await;
+            });
+        }
+    }
+}
+
 /// The shared reader's state; cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -196,7 +209,7 @@ impl Hub {
     pub fn dispatch(&self, record: &Record) {
         let Some(stream_topic) = cursor_stream(record.topic) else { return };
         let event = cardlink_events::decode(&record.payload).ok();
-        let key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+        let key = record.key_str().unwrap_or_default();
         let grants = match &event {
             Some(_) => self.consents.read(|v| v.grants(key).to_vec()),
             None => Vec::new(),
@@ -229,16 +242,7 @@ impl Hub {
             }
         }
         for (aggregator, id) in fallen {
-            if let Some(slots) = shared.by_aggregator.get_mut(&aggregator)
-                && let Some(i) = slots.iter().position(|s| s.id == id)
-            {
-                let slot = slots.swap_remove(i);
-                // The queue is full; the receiver learns it fell behind once it drains.
-                let tx = slot.tx;
-                tokio::spawn(async move {
-                    let _ = tx.send(Outgoing::FellBehind).await;
-                });
-            }
+            shared.drop_fallen(&aggregator, id);
         }
     }
 
@@ -249,7 +253,7 @@ impl Hub {
             return;
         }
         let mut shared = self.write();
-        let Some(slots) = shared.by_aggregator.get_mut(&consent.aggregator_id) else { return };
+        let Some(slots) = shared.by_aggregator.get(&consent.aggregator_id) else { return };
         let message = cardlink_consent::grpc::consent_message(consent, Some(&self.secret));
         let delivery = v1::Delivery {
             event: Some(v1::delivery::Event::ConsentChange(v1::ConsentChange { consent: Some(message) })),
@@ -264,12 +268,7 @@ impl Hub {
             }
         }
         for id in fallen {
-            if let Some(i) = slots.iter().position(|s| s.id == id) {
-                let tx = slots.swap_remove(i).tx;
-                tokio::spawn(async move {
-                    let _ = tx.send(Outgoing::FellBehind).await;
-                });
-            }
+            shared.drop_fallen(&consent.aggregator_id, id);
         }
     }
 
@@ -399,7 +398,7 @@ pub async fn catch_up(
         if !filters.wants(&event) {
             continue;
         }
-        let record_key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+        let record_key = record.key_str().unwrap_or_default();
         let now = Utc::now();
         let delivery = hub.consents.read(|v| {
             v.grants(record_key)
