@@ -196,3 +196,24 @@ async fn audit_events_land_on_the_audit_topic() {
     assert_eq!(back.actor_id, "iss-b");
     assert_eq!(back.outcome, AuditOutcome::Denied);
 }
+
+#[tokio::test]
+async fn a_consumer_positioned_inside_a_producer_batch_starts_at_that_record() {
+    // Sent together, these go out in one or a few multi-record batches.
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let events: Vec<Event> = (0..20).map(|n| Event::Transaction(samples::transaction("iss-a", "acct-1", n))).collect();
+    let delivered = futures::future::join_all(events.iter().map(|e| producer.publish(e, None))).await;
+    let mut offsets: Vec<(i32, i64)> =
+        delivered.into_iter().map(|d| d.unwrap()).map(|d| (d.partition, d.offset)).collect();
+    offsets.sort_unstable();
+    let partition = offsets[0].0;
+    assert!(offsets.iter().all(|(p, _)| *p == partition), "one key, one partition");
+
+    for &(_, wanted) in &offsets[1..] {
+        let consumer = bus.consumer("positioned").unwrap();
+        consumer.assign(&[(Topic::Transactions, partition, StartAt::Offset(wanted))]).unwrap();
+        let first = tokio::time::timeout(WITHIN, consumer.recv()).await.unwrap().unwrap();
+        assert_eq!(first.offset, wanted, "positioned at {wanted}, the first record read was {}", first.offset);
+    }
+}

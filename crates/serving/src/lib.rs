@@ -3,6 +3,7 @@
 //! place keeps the services' `server` modules about their own wiring only.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use cardlink_bus::BusError;
 use tokio::net::TcpListener;
@@ -19,6 +20,22 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("service task failed: {0}")]
     Task(String),
+}
+
+/// HTTP/2 keepalive: a ping this often on an idle connection finds peers that vanished (a
+/// NAT or load balancer that dropped the connection) instead of holding their streams forever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A peer that does not answer a keepalive ping within this is disconnected.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams (calls) one client connection may hold open.
+pub const MAX_CALLS_PER_CONNECTION: u32 = 256;
+
+/// The gRPC server every service starts from: keepalive on, calls per connection bounded.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION))
 }
 
 /// Binds `addr` (port 0 for an ephemeral port); returns the listener and the address it got.

@@ -107,7 +107,7 @@ pub async fn start(
     let grpc = ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret)));
     let stop = shutdown_rx.clone();
     let grpc_task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = cardlink_serving::grpc_server()
             .add_service(grpc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), cardlink_serving::stopped(stop))
             .await;

@@ -101,7 +101,7 @@ pub async fn start(
 
     let stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        cardlink_serving::grpc_server()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))

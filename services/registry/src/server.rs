@@ -104,7 +104,7 @@ pub async fn start(
     let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
     let stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        cardlink_serving::grpc_server()
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await

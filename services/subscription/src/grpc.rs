@@ -73,22 +73,60 @@ fn position_status(e: PositionError) -> Status {
     }
 }
 
-fn filters(request: &v1::SubscribeRequest) -> Filters {
-    let kinds: Vec<v1::EventKind> = request.kinds.iter().filter_map(|k| v1::EventKind::try_from(*k).ok()).collect();
+/// Largest `SubscribeRequest` accepted (filters and a cursor; real ones are a few hundred bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest response sent: one delivery and its cursor. gRPC clients accept 4 MiB by default.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Issuers one stream may name in its filter.
+pub const MAX_ISSUER_FILTERS: usize = 100;
+
+fn filters(request: &v1::SubscribeRequest) -> Result<Filters, Status> {
+    let mut kinds = Vec::with_capacity(request.kinds.len());
+    for &k in &request.kinds {
+        match v1::EventKind::try_from(k) {
+            Ok(kind) if kind != v1::EventKind::Unspecified => kinds.push(kind),
+            // Ignoring an unknown kind would widen the filter to everything.
+            _ => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    "UNKNOWN_EVENT_KIND",
+                    format!("event kind {k} is not one of TRANSACTION, STATEMENT, CONSENT"),
+                ));
+            }
+        }
+    }
+    if request.issuer_ids.len() > MAX_ISSUER_FILTERS {
+        return Err(status(
+            Code::InvalidArgument,
+            "TOO_MANY_ISSUER_FILTERS",
+            format!("at most {MAX_ISSUER_FILTERS} issuers per stream; open another stream or filter on your side"),
+        ));
+    }
     let all = kinds.is_empty();
-    Filters {
+    Ok(Filters {
         transactions: all || kinds.contains(&v1::EventKind::Transaction),
         statements: all || kinds.contains(&v1::EventKind::Statement),
         consents: all || kinds.contains(&v1::EventKind::Consent),
         issuers: request.issuer_ids.clone(),
-    }
+    })
 }
 
-fn heartbeat(caught_up: bool, cursor: Option<String>) -> v1::SubscribeResponse {
+fn heartbeat(caught_up: bool, cursor: String) -> v1::SubscribeResponse {
     v1::SubscribeResponse {
         deliveries: Vec::new(),
         heartbeat: Some(v1::Heartbeat { at: Some(timestamp(chrono::Utc::now())), caught_up }),
-        cursor: cursor.unwrap_or_default(),
+        cursor,
+    }
+}
+
+/// The cursor a heartbeat carries. The hub's cursor for the stream also covers records it passed
+/// over (so a quiet stream's cursor stays current), but it may cover deliveries still queued for
+/// the client: it is only safe once the queue is empty, checked after reading it (the hub
+/// advances the cursor and queues under one lock). Otherwise, the last delivery's cursor.
+fn heartbeat_cursor(hub: &Hub, aggregator: &str, id: u64, queue: &mpsc::Receiver<Outgoing>, last_sent: &str) -> String {
+    match hub.cursor(aggregator, id) {
+        Some(cursor) if queue.is_empty() => cursor,
+        _ => last_sent.to_owned(),
     }
 }
 
@@ -103,6 +141,7 @@ impl Subscription for SubscriptionGrpc {
         let caller = self.aggregator(&request)?;
         let aggregator = caller.participant_id;
         let request = request.into_inner();
+        let filters = filters(&request)?;
         let secret = self.hub.secret().to_vec();
         let start = match &request.start {
             None => Start::Live,
@@ -123,7 +162,6 @@ impl Subscription for SubscriptionGrpc {
                 format!("at most {MAX_STREAMS_PER_AGGREGATOR} streams per aggregator"),
             ));
         }
-        let filters = filters(&request);
         let initial = match &start {
             Start::After(c) => c.clone(),
             _ => Cursor::new(&aggregator),
@@ -134,18 +172,23 @@ impl Subscription for SubscriptionGrpc {
             (self.hub.clone(), self.bus.clone(), Arc::clone(&self.catch_up), self.shutdown.clone());
         tokio::spawn(async move {
             let id = registration.id;
+            // The cursor just after the last delivery this stream sent.
+            let mut last_sent = initial.encode(&secret);
             let result = async {
                 if !matches!(start, Start::Live) {
                     let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
                     let consumer = Consumer::new(&bus, "catch-up")?;
-                    let (catch_tx, mut catch_rx) = mpsc::channel(RESPONSE_BUFFER);
+                    let (catch_tx, catch_rx) = mpsc::channel(RESPONSE_BUFFER);
                     // The reader owns the sender, so the forwarder ends when the catch-up does.
                     let reader = async {
                         let catch_tx = catch_tx;
                         hub::catch_up(&hub, &consumer, &aggregator, &filters, &start, &registration.live_from, &catch_tx).await
                     };
+                    // The forwarder owns the receiver, so a client that leaves ends the reader too.
                     let forward = async {
+                        let mut catch_rx = catch_rx;
                         while let Some(Outgoing::Delivery { delivery, cursor }) = catch_rx.recv().await {
+                            last_sent.clone_from(&cursor);
                             let response = v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor };
                             if tx.send(Ok(response)).await.is_err() {
                                 return;
@@ -155,22 +198,26 @@ impl Subscription for SubscriptionGrpc {
                     let (read, ()) = tokio::join!(reader, forward);
                     read?;
                 }
-                let _ = tx.send(Ok(heartbeat(true, hub.cursor(&aggregator, id)))).await;
+                let _ = tx.send(Ok(heartbeat(true, heartbeat_cursor(&hub, &aggregator, id, &registration.rx, &last_sent)))).await;
                 let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
                 beat.tick().await;
                 loop {
                     tokio::select! {
+                        // A client that went away frees its slot at once, not at the next send.
+                        _ = tx.closed() => return Ok(()),
                         _ = shutdown.changed() => {
                             let _ = tx.send(Err(status(Code::Unavailable, "SERVER_SHUTTING_DOWN", "the service is restarting; resume from your last cursor"))).await;
                             return Ok(());
                         }
                         _ = beat.tick() => {
-                            if tx.send(Ok(heartbeat(true, hub.cursor(&aggregator, id)))).await.is_err() {
+                            let cursor = heartbeat_cursor(&hub, &aggregator, id, &registration.rx, &last_sent);
+                            if tx.send(Ok(heartbeat(true, cursor))).await.is_err() {
                                 return Ok(());
                             }
                         }
                         next = registration.rx.recv() => match next {
                             Some(Outgoing::Delivery { delivery, cursor }) => {
+                                last_sent.clone_from(&cursor);
                                 if tx.send(Ok(v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor })).await.is_err() {
                                     return Ok(());
                                 }

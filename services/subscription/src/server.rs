@@ -107,8 +107,12 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     let grpc =
         SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), Producer::new(bus)?, positions, shutdown_rx.clone());
     let server = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(SubscriptionServer::new(grpc))
+        let served = cardlink_serving::grpc_server()
+            .add_service(
+                SubscriptionServer::new(grpc)
+                    .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(crate::grpc::MAX_RESPONSE_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(shutdown_rx))
             .await;
         if let Err(e) = served {

@@ -4,37 +4,20 @@
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use cardlink_api::status::reason;
 use cardlink_api::v1;
-use cardlink_api::v1::subscription_client::SubscriptionClient;
 use cardlink_events::registry::Scope;
-use cardlink_events::{Event, RecordType, samples};
-use cardlink_subscription::server::{RunningSubscription, SubscriptionConfig};
-use cardlink_testkit::{TestBus, authorized, register_aggregator, register_issuer, registry_client};
+use cardlink_events::{Event, samples};
+use cardlink_testkit::authorized;
 use chrono::{TimeZone, Utc};
+use common::{WITHIN, World, start_after};
 use tonic::{Code, Streaming};
 
-const WITHIN: Duration = Duration::from_secs(30);
-
-struct World {
-    bus: TestBus,
-    _registry: cardlink_registry::server::RunningRegistry,
-    service: RunningSubscription,
-    issuer: String,
-    agg_x: String,
-    agg_y: String,
-}
-
 async fn world() -> World {
-    let bus = TestBus::start().await.unwrap();
-    let (registry, operator) = bus.start_registry().await.unwrap();
-    let mut r = registry_client(&registry).await.unwrap();
-    let issuer = register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap().token;
-    let agg_x = register_aggregator(&mut r, &operator, "agg-x").await.unwrap().token;
-    let agg_y = register_aggregator(&mut r, &operator, "agg-y").await.unwrap().token;
     let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
     let consent = samples::active_consent(
         "c-x",
@@ -45,24 +28,7 @@ async fn world() -> World {
         granted,
         Utc::now() + chrono::TimeDelta::days(30),
     );
-    bus.producer().unwrap().publish_record(RecordType::ConsentEvent, "c-x", "c-x", &consent).await.unwrap();
-    let config = SubscriptionConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        trusted_keys: vec![registry.public_key().clone()],
-        secret: Arc::from(&b"subscription-secret-0123456789ab"[..]),
-    };
-    let service = cardlink_subscription::server::start(bus.config(), config).await.unwrap();
-    // The service knows the aggregators once its registry view has read them.
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while !registry.view().read(|v| v.aggregator("agg-y").is_some()) {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    World { bus, _registry: registry, service, issuer, agg_x, agg_y }
-}
-
-async fn client(w: &World) -> SubscriptionClient<tonic::transport::Channel> {
-    SubscriptionClient::connect(format!("http://{}", w.service.addr())).await.unwrap()
+    common::world(&["iss-a"], &["agg-x", "agg-y"], &[consent]).await
 }
 
 /// Reads messages until `n` deliveries arrived; returns (issuer transaction id, cursor) pairs.
@@ -80,19 +46,15 @@ async fn deliveries(stream: &mut Streaming<v1::SubscribeResponse>, n: usize) -> 
 }
 
 async fn publish(w: &World, account: &str, n: u32) {
-    w.bus
-        .producer()
-        .unwrap()
-        .publish(&Event::Transaction(samples::transaction("iss-a", account, n)), None)
-        .await
-        .unwrap();
+    w.publish(&[Event::Transaction(samples::transaction("iss-a", account, n))]).await;
 }
 
 #[tokio::test]
 async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
     let w = world().await;
-    let mut c = client(&w).await;
-    let mut stream = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_x)).await.unwrap().into_inner();
+    let mut c = w.client().await;
+    let mut stream =
+        c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
     // The first message says the stream is live.
     let first = tokio::time::timeout(WITHIN, stream.message()).await.unwrap().unwrap().unwrap();
     assert!(first.heartbeat.is_some_and(|h| h.caught_up));
@@ -107,7 +69,7 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
     // Acknowledge the second, disconnect, and miss two more events.
     c.acknowledge(authorized(
         v1::AcknowledgeRequest { position_name: "main".into(), cursor: got[1].1.clone() },
-        &w.agg_x,
+        w.token("agg-x"),
     ))
     .await
     .unwrap();
@@ -119,7 +81,7 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
         start: Some(v1::subscribe_request::Start::PositionName("main".into())),
         ..Default::default()
     };
-    let mut resumed = c.subscribe(authorized(request, &w.agg_x)).await.unwrap().into_inner();
+    let mut resumed = c.subscribe(authorized(request, w.token("agg-x"))).await.unwrap().into_inner();
     let again = deliveries(&mut resumed, 3).await;
     assert_eq!(again.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["tx-2", "tx-3", "tx-4"]);
 }
@@ -127,31 +89,28 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
 #[tokio::test]
 async fn cursors_and_streams_are_each_aggregators_own() {
     let w = world().await;
-    let mut c = client(&w).await;
-    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_x)).await.unwrap().into_inner();
+    let mut c = w.client().await;
+    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
     let _ = tokio::time::timeout(WITHIN, x.message()).await.unwrap();
     publish(&w, "acct-1", 1).await;
     let cursor = deliveries(&mut x, 1).await.remove(0).1;
 
     // agg-y cannot resume agg-x's cursor, nor an edited one; an issuer cannot subscribe.
-    let with_cursor = |cursor: String| v1::SubscribeRequest {
-        start: Some(v1::subscribe_request::Start::Cursor(cursor)),
-        ..Default::default()
-    };
-    let e = c.subscribe(authorized(with_cursor(cursor.clone()), &w.agg_y)).await.unwrap_err();
+    let e = c.subscribe(authorized(start_after(&cursor), w.token("agg-y"))).await.unwrap_err();
     assert_eq!((e.code(), reason(&e).as_deref()), (Code::InvalidArgument, Some("CURSOR_NOT_YOURS")));
     let mut edited = cursor.clone().into_bytes();
     let i = edited.len() - 2;
     edited[i] = if edited[i] == b'A' { b'B' } else { b'A' };
-    let e = c.subscribe(authorized(with_cursor(String::from_utf8(edited).unwrap()), &w.agg_x)).await.unwrap_err();
+    let e =
+        c.subscribe(authorized(start_after(&String::from_utf8(edited).unwrap()), w.token("agg-x"))).await.unwrap_err();
     assert_eq!(reason(&e).as_deref(), Some("CURSOR_TAMPERED"));
-    let e = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.issuer)).await.unwrap_err();
+    let e = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("iss-a"))).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = c.subscribe(v1::SubscribeRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
     // agg-y has no consent: its stream stays quiet while agg-x's gets the event.
-    let mut y = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_y)).await.unwrap().into_inner();
+    let mut y = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-y"))).await.unwrap().into_inner();
     let _ = tokio::time::timeout(WITHIN, y.message()).await.unwrap();
     publish(&w, "acct-1", 2).await;
     assert_eq!(deliveries(&mut x, 1).await[0].0, "tx-2");
@@ -163,8 +122,8 @@ async fn cursors_and_streams_are_each_aggregators_own() {
 #[tokio::test]
 async fn shutting_down_tells_streams_to_reconnect() {
     let w = world().await;
-    let mut c = client(&w).await;
-    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_x)).await.unwrap().into_inner();
+    let mut c = w.client().await;
+    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
     let _ = tokio::time::timeout(WITHIN, x.message()).await.unwrap();
     let World { service, .. } = w;
     let stopping = tokio::spawn(service.shutdown());
@@ -187,15 +146,15 @@ async fn shutting_down_tells_streams_to_reconnect() {
 #[tokio::test]
 async fn consent_changes_arrive_in_the_stream() {
     let w = world().await;
-    let mut c = client(&w).await;
-    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), &w.agg_x)).await.unwrap().into_inner();
+    let mut c = w.client().await;
+    let mut x = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
     let _ = tokio::time::timeout(WITHIN, x.message()).await.unwrap();
 
     let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
     let mut revoked =
         samples::active_consent("c-x", "iss-a", "agg-x", &["acct-1"], &[Scope::Transactions], granted, Utc::now());
     revoked.status = cardlink_events::consent::ConsentStatus::Revoked;
-    w.bus.producer().unwrap().publish_record(RecordType::ConsentEvent, "c-x", "c-x-revoked", &revoked).await.unwrap();
+    w.publish_consent(&revoked).await;
 
     let change = tokio::time::timeout(WITHIN, async {
         loop {
@@ -211,4 +170,62 @@ async fn consent_changes_arrive_in_the_stream() {
     .unwrap();
     assert_eq!((change.consent_id.as_str(), change.status), ("c-x", v1::ConsentStatus::Revoked as i32));
     assert!(change.account_refs[0].starts_with("acc_"), "the aggregator sees its pseudonyms");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_with_a_specific_reason() {
+    let w = world().await;
+    let mut c = w.client().await;
+    let agg = w.token("agg-x");
+    // An unknown kind would otherwise widen the filter to every kind.
+    let unknown_kind = v1::SubscribeRequest { kinds: vec![42], ..Default::default() };
+    let e = c.subscribe(authorized(unknown_kind, agg)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::InvalidArgument, Some("UNKNOWN_EVENT_KIND")));
+    let unspecified = v1::SubscribeRequest { kinds: vec![0], ..Default::default() };
+    let e = c.subscribe(authorized(unspecified, agg)).await.unwrap_err();
+    assert_eq!(reason(&e).as_deref(), Some("UNKNOWN_EVENT_KIND"));
+
+    let many =
+        v1::SubscribeRequest { issuer_ids: (0..101).map(|i| format!("iss-{i}")).collect(), ..Default::default() };
+    let e = c.subscribe(authorized(many, agg)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::InvalidArgument, Some("TOO_MANY_ISSUER_FILTERS")));
+
+    let oversized = start_after(&"A".repeat(cardlink_subscription::grpc::MAX_REQUEST_BYTES + 1));
+    let e = c.subscribe(authorized(oversized, agg)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+
+    let garbage = start_after("not-a-cursor");
+    let e = c.subscribe(authorized(garbage, agg)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // None of that disturbed the service: a good request still streams.
+    let mut stream = c.subscribe(authorized(v1::SubscribeRequest::default(), agg)).await.unwrap().into_inner();
+    assert!(common::next(&mut stream).await.heartbeat.is_some());
+}
+
+#[tokio::test]
+async fn streams_per_aggregator_are_bounded_and_a_closed_stream_frees_its_slot_at_once() {
+    use cardlink_subscription::grpc::MAX_STREAMS_PER_AGGREGATOR;
+    let w = world().await;
+    let mut c = w.client().await;
+    let agg = w.token("agg-x");
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_AGGREGATOR {
+        let mut s = c.subscribe(authorized(v1::SubscribeRequest::default(), agg)).await.unwrap().into_inner();
+        common::next(&mut s).await;
+        open.push(s);
+    }
+    let e = c.subscribe(authorized(v1::SubscribeRequest::default(), agg)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::ResourceExhausted, Some("TOO_MANY_STREAMS")));
+    // Another aggregator is not affected.
+    c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-y"))).await.unwrap();
+
+    // With no traffic at all, a dropped stream still gives its slot back well before a heartbeat.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while w.service.hub().streams_of("agg-x") >= MAX_STREAMS_PER_AGGREGATOR {
+        assert!(tokio::time::Instant::now() < deadline, "the closed stream still holds its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.subscribe(authorized(v1::SubscribeRequest::default(), agg)).await.unwrap();
 }
