@@ -234,7 +234,9 @@ impl Subscription for SubscriptionGrpc {
             hub.unregister(&aggregator, id);
             if let Err(e) = result {
                 let s = match &e {
-                    CatchUpError::OutOfRange { .. } => status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string()),
+                    CatchUpError::OutOfRange { .. } | CatchUpError::AheadOfBus { .. } => {
+                        status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string())
+                    }
                     _ => status(Code::Unavailable, "BUS_UNAVAILABLE", e.to_string()),
                 };
                 let _ = tx.send(Err(s)).await;

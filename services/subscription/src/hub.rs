@@ -322,10 +322,36 @@ pub enum CatchUpError {
         "the cursor points before what the bus still retains ({topic:?} partition {partition}: {wanted} < {oldest}); start again from the earliest retained events"
     )]
     OutOfRange { topic: Topic, partition: i32, wanted: i64, oldest: i64 },
+    #[error(
+        "the cursor points past the end of {topic:?} partition {partition} (which ends at {end}): the topic was recreated or the cursor belongs to another deployment; start again from the earliest retained events"
+    )]
+    AheadOfBus { topic: Topic, partition: i32, end: i64 },
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("the stream was closed")]
     Closed,
+}
+
+/// Why a cursor's offset cannot be resumed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Retention already deleted the events after the cursor.
+    BeforeOldest,
+    /// The partition ends before the cursor: the topic was recreated, or the cursor is from
+    /// another cluster. Waiting for offsets to grow back would silently skip events.
+    AfterEnd,
+}
+
+/// The offset to resume a partition from, given the cursor's next offset (`None`: the cursor
+/// never saw the partition) and the partition's retained range `low..high`.
+pub fn resume_offset(next: Option<i64>, low: i64, high: i64) -> Result<i64, Bound> {
+    match next {
+        // A partition the cursor never saw: from the start of what is retained.
+        None => Ok(low),
+        Some(next) if next < low => Err(Bound::BeforeOldest),
+        Some(next) if next > high => Err(Bound::AfterEnd),
+        Some(next) => Ok(next),
+    }
 }
 
 /// Where a stream starts.
@@ -358,18 +384,19 @@ pub async fn catch_up(
     let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
     for (&(topic, partition), &end) in until {
         let Some(stream) = cursor_stream(topic) else { continue };
-        let (low, _) = consumer.watermarks(topic, partition).await?;
+        let (low, high) = consumer.watermarks(topic, partition).await?;
         let from = match start {
             Start::Live => continue,
             Start::Earliest => low,
-            Start::After(c) => match c.next(stream, partition) {
-                Some(next) if next < low => {
-                    return Err(CatchUpError::OutOfRange { topic, partition, wanted: next, oldest: low });
-                }
-                Some(next) => next,
-                // A partition the cursor never saw: from the start of what is retained.
-                None => low,
-            },
+            Start::After(c) => {
+                let next = c.next(stream, partition);
+                resume_offset(next, low, high).map_err(|bound| match bound {
+                    Bound::BeforeOldest => {
+                        CatchUpError::OutOfRange { topic, partition, wanted: next.unwrap_or(low), oldest: low }
+                    }
+                    Bound::AfterEnd => CatchUpError::AheadOfBus { topic, partition, end: high },
+                })?
+            }
         };
         if from < end {
             assignment.push((topic, partition, StartAt::Offset(from)));
@@ -441,6 +468,31 @@ pub async fn run_consent_notifier(
                     Ok(consent) => hub.notify_consent(&consent),
                     Err(e) => tracing::warn!(error = %e, offset = record.offset, "consent record not understood; no notice sent"),
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_cursor_resumes_exactly_where_it_points_or_is_refused(
+            low in 0i64..1_000,
+            len in 0i64..1_000,
+            next in proptest::option::of(-10i64..2_100),
+        ) {
+            let high = low + len;
+            match (next, resume_offset(next, low, high)) {
+                (None, Ok(from)) => prop_assert_eq!(from, low),
+                (Some(n), Ok(from)) => prop_assert!(from == n && (low..=high).contains(&n)),
+                (Some(n), Err(Bound::BeforeOldest)) => prop_assert!(n < low),
+                (Some(n), Err(Bound::AfterEnd)) => prop_assert!(n > high),
+                (None, Err(e)) => prop_assert!(false, "no cursor position, yet {:?}", e),
             }
         }
     }

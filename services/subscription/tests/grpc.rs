@@ -229,3 +229,31 @@ async fn streams_per_aggregator_are_bounded_and_a_closed_stream_frees_its_slot_a
     }
     c.subscribe(authorized(v1::SubscribeRequest::default(), agg)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cursor_the_bus_cannot_honour_gets_out_of_range_never_a_silent_skip() {
+    use cardlink_subscription::cursor::{Cursor, Stream};
+    let w = world().await;
+    let mut c = w.client().await;
+    publish(&w, "acct-1", 1).await;
+    // A genuine cursor (signed with the service's key) from a bus whose partitions ran further:
+    // e.g. the topics were recreated. Resuming would wait for offsets to grow back, skipping
+    // every event until then.
+    let mut ahead = Cursor::new("agg-x");
+    ahead.advance(Stream::Transactions, 0, 1_000_000);
+    let request = start_after(&ahead.encode(common::SECRET));
+    let mut stream = c.subscribe(authorized(request, w.token("agg-x"))).await.unwrap().into_inner();
+    let status = tokio::time::timeout(WITHIN, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => assert!(m.deliveries.is_empty(), "delivered {m:?} from an impossible cursor"),
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((status.code(), reason(&status).as_deref()), (Code::OutOfRange, Some("CURSOR_OUT_OF_RANGE")));
+    assert!(status.message().contains("earliest"), "{}", status.message());
+}
