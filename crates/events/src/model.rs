@@ -382,6 +382,16 @@ pub struct AuditEvent {
     pub consent_id: Option<String>,
     pub data_items: Vec<String>,
     pub trace_id: Option<String>,
+    /// How many times this happened (a tally over `period_start..occurred_at`); 1 otherwise.
+    /// Records written with schema v1 read as 1.
+    #[serde(default = "one")]
+    pub count: i64,
+    #[serde(default, with = "chrono::serde::ts_microseconds_option")]
+    pub period_start: Option<DateTime<Utc>>,
+}
+
+fn one() -> i64 {
+    1
 }
 
 impl AuditEvent {
@@ -402,6 +412,8 @@ impl AuditEvent {
             consent_id: None,
             data_items: Vec::new(),
             trace_id: None,
+            count: 1,
+            period_start: None,
         }
     }
 

@@ -23,6 +23,11 @@ pub enum Scope {
 impl Scope {
     pub const ALL: [Scope; 3] = [Scope::Transactions, Scope::MerchantDetail, Scope::Statements];
 
+    /// The scope named by [`Scope::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Transactions => "TRANSACTIONS",

@@ -8,7 +8,10 @@
 //!
 //! - [`consent::ConsentView`]: account → active grants, looked up on every event delivered.
 //! - [`registry::RegistryView`]: issuers, aggregators, connections, credentials.
+//! - [`access::AccessHistory`]: per member, which aggregator received which data, and when
+//!   (from the audit topic, which is not compacted: it is read over its retention).
 
+pub mod access;
 pub mod consent;
 pub mod follow;
 pub mod registry;

@@ -8,8 +8,11 @@ use cardlink_api::v1;
 use cardlink_api::v1::consent_service_server::ConsentService;
 use cardlink_auth::Role;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::registry::Scope;
 use cardlink_registry::caller::{Caller, CallerAuth};
 use cardlink_registry::grpc::{scope_to_proto, scopes_from_proto};
+use cardlink_views::access::AccessHistory;
+use cardlink_views::follow::Followed;
 use tonic::{Code, Request, Response, Status};
 
 use crate::lifecycle::{Actor, ConsentError, NewRequest};
@@ -20,11 +23,17 @@ pub struct ConsentGrpc {
     consents: Consents,
     auth: CallerAuth,
     pseudonym_secret: Arc<[u8]>,
+    access: Followed<AccessHistory>,
 }
 
 impl ConsentGrpc {
-    pub fn new(consents: Consents, auth: CallerAuth, pseudonym_secret: Arc<[u8]>) -> Self {
-        Self { consents, auth, pseudonym_secret }
+    pub fn new(
+        consents: Consents,
+        auth: CallerAuth,
+        pseudonym_secret: Arc<[u8]>,
+        access: Followed<AccessHistory>,
+    ) -> Self {
+        Self { consents, auth, pseudonym_secret, access }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -174,6 +183,40 @@ impl ConsentService for ConsentGrpc {
         };
         let consents = self.consents.list(&who, r.active_only).iter().map(|c| self.to_proto(c, &caller)).collect();
         Ok(Response::new(v1::ListConsentsResponse { consents }))
+    }
+
+    async fn list_access_history(
+        &self,
+        request: Request<v1::ListAccessHistoryRequest>,
+    ) -> Result<Response<v1::ListAccessHistoryResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let member_ref = request.into_inner().member_ref;
+        // The member's own view, which only their card company can vouch for.
+        if caller.role != Role::Issuer {
+            return Err(status(
+                Code::PermissionDenied,
+                "ISSUERS_ONLY",
+                "a member's access history is read through their card company",
+            ));
+        }
+        if member_ref.is_empty() {
+            return Err(status(Code::InvalidArgument, "MEMBER_REF_REQUIRED", "name the member (member_ref)"));
+        }
+        let entries = self
+            .access
+            .read(|h| h.of_member(&caller.participant_id, &member_ref))
+            .into_iter()
+            .map(|e| v1::AccessEntry {
+                day: e.day.to_string(),
+                aggregator_id: e.aggregator_id,
+                consent_id: e.consent_id,
+                data_item: Scope::from_name(&e.data_item).map_or(v1::Scope::Unspecified, scope_to_proto) as i32,
+                count: e.count,
+                first_at: Some(timestamp(e.first_at)),
+                last_at: Some(timestamp(e.last_at)),
+            })
+            .collect();
+        Ok(Response::new(v1::ListAccessHistoryResponse { entries }))
     }
 
     async fn revoke_consent(

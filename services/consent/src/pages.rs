@@ -22,6 +22,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::registry::Scope;
+use cardlink_views::access::AccessHistory;
+use cardlink_views::follow::Followed;
 use chrono::Utc;
 
 use crate::lifecycle::Approval;
@@ -38,6 +40,8 @@ pub struct PageState {
     pub consents: Consents,
     pub members: Arc<dyn MemberDirectory>,
     pub secret: Arc<[u8]>,
+    /// Who received what: shown on the member's page.
+    pub access: Followed<AccessHistory>,
 }
 
 pub fn router(state: PageState) -> Router {
@@ -344,15 +348,51 @@ fn member_consents(state: &PageState, member: &Member, notice: &str) -> Response
             "<table border=\"1\" cellpadding=\"4\"><tr><th>提供先</th><th>利用目的</th><th>情報</th><th>状態</th><th>期限</th><th></th></tr>{rows}</table>"
         )
     };
+    let history = access_history(state, member);
     page(
         "同意の確認と取り消し",
         &format!(
-            "<h1>{} さんの情報提供先</h1>{}{table}",
+            "<h1>{} さんの情報提供先</h1>{}{table}<h2>提供の記録</h2>{history}",
             esc(&member.display_name),
             if notice.is_empty() { String::new() } else { format!("<p class=\"box\">{}</p>", esc(notice)) }
         ),
     )
     .into_response()
+}
+
+/// The member's access history: which aggregator received which data on which day.
+fn access_history(state: &PageState, member: &Member) -> String {
+    let entries = state.access.read(|h| h.of_member(&member.issuer_id, &member.member_ref));
+    if entries.is_empty() {
+        return "<p id=\"access-history\">まだ提供された情報はありません。</p>".to_owned();
+    }
+    let rows: String = entries
+        .iter()
+        .map(|e| {
+            let name = state
+                .consents
+                .registry()
+                .read(|r| r.aggregator(&e.aggregator_id).map(|a| a.name.clone()))
+                .unwrap_or_else(|| e.aggregator_id.clone());
+            let item: &str = match Scope::from_name(&e.data_item) {
+                Some(scope) => scope_label(scope),
+                None => &e.data_item,
+            };
+            let jst = |t: chrono::DateTime<Utc>| (t + chrono::TimeDelta::hours(9)).format("%H:%M").to_string();
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} 件</td><td>{}〜{}</td></tr>",
+                e.day,
+                esc(&name),
+                esc(item),
+                e.count,
+                jst(e.first_at),
+                jst(e.last_at)
+            )
+        })
+        .collect::<String>();
+    format!(
+        "<table id=\"access-history\" border=\"1\" cellpadding=\"4\"><tr><th>日付</th><th>提供先</th><th>情報</th><th>件数</th><th>時刻 (日本時間)</th></tr>{rows}</table>"
+    )
 }
 
 async fn member_login(State(state): State<PageState>, body: axum::body::Bytes) -> Response {

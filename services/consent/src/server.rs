@@ -8,6 +8,7 @@ use cardlink_api::v1::consent_service_server::ConsentServiceServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_bus::{BusConfig, Consumer, Producer, Record, Topic};
 use cardlink_registry::caller::CallerAuth;
+use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
@@ -97,14 +98,22 @@ pub async fn start(
     );
     let (mut book, book_follower) =
         follow::spawn(Consumer::new(bus, "consent-book")?, Topic::Consents, ConsentBook::new(), shutdown_rx.clone());
+    let (mut access, access_follower) = follow::spawn(
+        Consumer::new(bus, "consent-access-history")?,
+        Topic::Audit,
+        AccessHistory::new(),
+        shutdown_rx.clone(),
+    );
     registry.caught_up().await;
     book.caught_up().await;
+    access.caught_up().await;
 
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
     let consents = Consents::new(Producer::new(bus)?, book, registry.clone(), &public_url);
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
 
-    let grpc = ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret)));
+    let grpc =
+        ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret), access.clone()));
     let stop = shutdown_rx.clone();
     let grpc_task = tokio::spawn(async move {
         let served = cardlink_serving::grpc_server()
@@ -116,7 +125,8 @@ pub async fn start(
         }
     });
 
-    let router = pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret) });
+    let router =
+        pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret), access });
     let stop = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {
         let served = axum::serve(http_listener, router).with_graceful_shutdown(cardlink_serving::stopped(stop)).await;
@@ -145,7 +155,9 @@ pub async fn start(
     tracing::info!(%grpc_addr, %http_addr, "consent service listening");
     // Awaited at shutdown so the followers' Kafka clients close before the caller goes on.
     let followers = tokio::spawn(async move {
-        for (name, follower) in [("registry", registry_follower), ("consent", book_follower)] {
+        for (name, follower) in
+            [("registry", registry_follower), ("consent", book_follower), ("access history", access_follower)]
+        {
             if let Ok(Err(e)) = follower.await {
                 tracing::error!(error = %e, view = name, "view follower stopped");
             }

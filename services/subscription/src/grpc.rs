@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::access::AccessLog;
 use crate::cursor::Cursor;
 use crate::hub::{self, CatchUpError, Filters, Hub, Outgoing, Start};
 use crate::positions::{self, PositionError, PositionsView};
@@ -38,6 +39,7 @@ pub struct SubscriptionGrpc {
     producer: Producer,
     positions: Followed<PositionsView>,
     catch_up: Arc<Semaphore>,
+    access: AccessLog,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -48,9 +50,11 @@ impl SubscriptionGrpc {
         bus: BusConfig,
         producer: Producer,
         positions: Followed<PositionsView>,
+        access: AccessLog,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { hub, auth, bus, producer, positions, catch_up: Arc::new(Semaphore::new(MAX_CATCH_UP_READERS)), shutdown }
+        let catch_up = Arc::new(Semaphore::new(MAX_CATCH_UP_READERS));
+        Self { hub, auth, bus, producer, positions, catch_up, access, shutdown }
     }
 
     fn aggregator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -168,8 +172,13 @@ impl Subscription for SubscriptionGrpc {
         };
         let mut registration = self.hub.register(&aggregator, filters.clone(), &initial);
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let (hub, bus, permits, mut shutdown) =
-            (self.hub.clone(), self.bus.clone(), Arc::clone(&self.catch_up), self.shutdown.clone());
+        let (hub, bus, permits, access, mut shutdown) = (
+            self.hub.clone(),
+            self.bus.clone(),
+            Arc::clone(&self.catch_up),
+            self.access.clone(),
+            self.shutdown.clone(),
+        );
         tokio::spawn(async move {
             let id = registration.id;
             // The cursor just after the last delivery this stream sent.
@@ -189,6 +198,7 @@ impl Subscription for SubscriptionGrpc {
                         let mut catch_rx = catch_rx;
                         while let Some(Outgoing::Delivery { delivery, cursor }) = catch_rx.recv().await {
                             last_sent.clone_from(&cursor);
+                            access.record(&delivery);
                             let response = v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor };
                             if tx.send(Ok(response)).await.is_err() {
                                 return;
@@ -218,6 +228,7 @@ impl Subscription for SubscriptionGrpc {
                         next = registration.rx.recv() => match next {
                             Some(Outgoing::Delivery { delivery, cursor }) => {
                                 last_sent.clone_from(&cursor);
+                                access.record(&delivery);
                                 if tx.send(Ok(v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor })).await.is_err() {
                                     return Ok(());
                                 }

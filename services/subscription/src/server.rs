@@ -17,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use cardlink_serving::ServeError;
 
+use crate::access::{self, AccessLog};
 use crate::grpc::SubscriptionGrpc;
 use crate::hub::{self, Hub};
 use crate::positions::PositionsView;
@@ -36,6 +37,9 @@ pub struct RunningSubscription {
     hub: Hub,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stopped after the streams, so their last deliveries are on the record.
+    stop_access: watch::Sender<bool>,
+    access: JoinHandle<()>,
 }
 
 impl RunningSubscription {
@@ -53,6 +57,8 @@ impl RunningSubscription {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.stop_access.send_replace(true);
+        let _ = self.access.await;
     }
 }
 
@@ -104,8 +110,14 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     hub::position_consent_notifier(&notices).await?;
     let notifier = tokio::spawn(hub::run_consent_notifier(hub.clone(), notices, shutdown_rx.clone()));
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry);
-    let grpc =
-        SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), Producer::new(bus)?, positions, shutdown_rx.clone());
+    let producer = Producer::new(bus)?;
+    let access = AccessLog::default();
+    let (stop_access, stop_access_rx) = watch::channel(false);
+    let access_task = logged(
+        "access records",
+        tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
+    );
+    let grpc = SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), producer, positions, access, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         let served = cardlink_serving::grpc_server()
             .add_service(
@@ -128,5 +140,5 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         logged("consent view", consents_task),
         logged("positions", positions_task),
     ];
-    Ok(RunningSubscription { addr, hub, shutdown, tasks })
+    Ok(RunningSubscription { addr, hub, shutdown, tasks, stop_access, access: access_task })
 }
