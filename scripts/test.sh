@@ -15,9 +15,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # gains little from them.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-# Python with fastavro: the independent Avro decoder the tests compare against.
+# Python with fastavro (the independent Avro decoder the tests compare against) and grpcio (the
+# Python aggregator client example, run against a real service).
 venv="$HOME/.cache/cardlink/venv"
-if ! "$venv/bin/python" -c 'import fastavro' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import fastavro, grpc, grpc_tools' 2>/dev/null; then
   echo "==> setting up $venv (tools/requirements.txt)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/requirements.txt

@@ -354,6 +354,9 @@ pub fn resume_offset(next: Option<i64>, low: i64, high: i64) -> Result<i64, Boun
     }
 }
 
+/// How long a cursor ahead of a partition's reported end is given to become valid.
+pub const AHEAD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Where a stream starts.
 #[derive(Clone, Debug)]
 pub enum Start {
@@ -384,7 +387,16 @@ pub async fn catch_up(
     let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
     for (&(topic, partition), &end) in until {
         let Some(stream) = cursor_stream(topic) else { continue };
-        let (low, high) = consumer.watermarks(topic, partition).await?;
+        let (low, mut high) = consumer.watermarks(topic, partition).await?;
+        if let Start::After(c) = start {
+            // A partition's end as reported may trail what another reader already read (a new
+            // leader, a lagging replica): give it a moment before calling the cursor impossible.
+            let deadline = tokio::time::Instant::now() + AHEAD_GRACE;
+            while c.next(stream, partition).is_some_and(|next| next > high) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                high = consumer.watermarks(topic, partition).await?.1;
+            }
+        }
         let from = match start {
             Start::Live => continue,
             Start::Earliest => low,
