@@ -38,11 +38,83 @@ pub fn grpc_server() -> tonic::transport::Server {
         .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION))
 }
 
+/// The `grpc.health.v1` service name a liveness probe asks about: serving as long as the process
+/// serves. The overall status (service `""`) is readiness.
+pub const LIVENESS: &str = "liveness";
+/// A view older than this makes a service unready (Kafka unreachable, or the view stuck).
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How often readiness is re-evaluated.
+pub const READINESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a service can do its job right now (its views are current, Kafka answers).
+pub type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// `server` (normally [`grpc_server`]) with `grpc.health.v1` and gRPC reflection (v1) added.
+///
+/// Health: `""` is readiness, re-evaluated with `ready` every [`READINESS_EVERY`]; [`LIVENESS`]
+/// is serving until shutdown. Both turn NOT_SERVING when `shutdown` does, so load balancers stop
+/// sending new calls while streams drain.
+pub fn grpc_router(
+    mut server: tonic::transport::Server,
+    ready: ReadyCheck,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tonic::transport::server::Router, ServeError> {
+    use tonic_health::ServingStatus;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cardlink_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Task(format!("gRPC reflection: {e}")))?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(READINESS_EVERY);
+        let mut was_ready = None;
+        loop {
+            let stopping = *shutdown.borrow();
+            let ready_now = !stopping && ready();
+            if was_ready != Some(ready_now) {
+                tracing::info!(ready = ready_now, "readiness changed");
+                was_ready = Some(ready_now);
+            }
+            let status = |up: bool| if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status(ready_now)).await;
+            reporter.set_service_status(LIVENESS, status(!stopping)).await;
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    });
+    Ok(server.add_service(health).add_service(reflection))
+}
+
 /// Binds `addr` (port 0 for an ephemeral port); returns the listener and the address it got.
 pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
     Ok((listener, local))
+}
+
+/// How long a stopping service waits for in-flight calls (open streams included) before it
+/// cuts them off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits for `task` up to `grace`, then aborts it: a client holding a call open (a health
+/// `Watch`, a stream that ignores its end) cannot keep a process from stopping.
+pub async fn join_within<T>(task: tokio::task::JoinHandle<T>, grace: Duration) -> Option<T> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(grace, task).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::warn!(?grace, "calls still open after the grace period; cutting them off");
+            abort.abort();
+            None
+        }
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone): the graceful-shutdown future

@@ -80,6 +80,11 @@ impl<V> Followed<V> {
         f(&guard)
     }
 
+    /// Whether the view reflects every change written up to `within` ago (readiness).
+    pub fn is_fresh(&self, within: std::time::Duration) -> bool {
+        self.watermark.borrow().fresh_as_of.is_some_and(|at| at.elapsed() <= within)
+    }
+
     /// Waits until the view has caught up with its topic.
     pub async fn caught_up(&mut self) {
         let _ = self.watermark.wait_for(|w| w.caught_up).await;

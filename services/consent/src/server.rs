@@ -109,14 +109,24 @@ pub async fn start(
     access.caught_up().await;
 
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
+    let ready_book = book.clone();
     let consents = Consents::new(Producer::new(bus)?, book, registry.clone(), &public_url);
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
 
     let grpc =
         ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret), access.clone()));
+    let ready_registry = registry.clone();
+    let router = cardlink_serving::grpc_router(
+        cardlink_serving::grpc_server(),
+        Box::new(move || {
+            ready_registry.is_fresh(cardlink_serving::READY_WITHIN)
+                && ready_book.is_fresh(cardlink_serving::READY_WITHIN)
+        }),
+        shutdown_rx.clone(),
+    )?;
     let stop = shutdown_rx.clone();
     let grpc_task = tokio::spawn(async move {
-        let served = cardlink_serving::grpc_server()
+        let served = router
             .add_service(grpc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), cardlink_serving::stopped(stop))
             .await;

@@ -99,10 +99,15 @@ pub async fn start(
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
 
+    let index_ready = ready.clone();
+    let router = cardlink_serving::grpc_router(
+        cardlink_serving::grpc_server().max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+        Box::new(move || *index_ready.borrow()),
+        shutdown_rx.clone(),
+    )?;
     let stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        cardlink_serving::grpc_server()
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        router
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await?;

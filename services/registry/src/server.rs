@@ -102,9 +102,15 @@ pub async fn start(
         }
     });
     let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
+    let ready_view = view.clone();
+    let router = cardlink_serving::grpc_router(
+        cardlink_serving::grpc_server(),
+        Box::new(move || ready_view.is_fresh(cardlink_serving::READY_WITHIN)),
+        shutdown_rx.clone(),
+    )?;
     let stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        cardlink_serving::grpc_server()
+        router
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await

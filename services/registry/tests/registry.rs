@@ -84,8 +84,9 @@ async fn an_issuer_connects_an_aggregator_and_the_public_list_shows_it() {
         .unwrap();
     assert!(list.into_inner().connections.is_empty());
 
-    // Every change is audited.
-    let audits = bus.read(Topic::Audit, 6, Duration::from_secs(30)).await.unwrap();
+    // Every change is audited: three credentials (operator, issuer, aggregator), two
+    // registrations, the connection enabled and suspended. Partitions interleave, so read all.
+    let audits = bus.read(Topic::Audit, 7, Duration::from_secs(30)).await.unwrap();
     let actions: Vec<String> = audits
         .iter()
         .map(|r| decode_record::<AuditEvent>(&r.payload, RecordType::AuditEvent).unwrap().action)

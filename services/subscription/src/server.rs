@@ -55,7 +55,7 @@ impl RunningSubscription {
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         for task in self.tasks {
-            let _ = task.await;
+            cardlink_serving::join_within(task, cardlink_serving::SHUTDOWN_GRACE).await;
         }
         self.stop_access.send_replace(true);
         let _ = self.access.await;
@@ -118,8 +118,14 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
     );
     let grpc = SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), producer, positions, access, shutdown_rx.clone());
+    let ready_consents = hub.consents().clone();
+    let router = cardlink_serving::grpc_router(
+        cardlink_serving::grpc_server(),
+        Box::new(move || ready_consents.is_fresh(cardlink_serving::READY_WITHIN)),
+        shutdown_rx.clone(),
+    )?;
     let server = tokio::spawn(async move {
-        let served = cardlink_serving::grpc_server()
+        let served = router
             .add_service(
                 SubscriptionServer::new(grpc)
                     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)

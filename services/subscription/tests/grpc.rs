@@ -257,3 +257,65 @@ async fn a_cursor_the_bus_cannot_honour_gets_out_of_range_never_a_silent_skip() 
     assert_eq!((status.code(), reason(&status).as_deref()), (Code::OutOfRange, Some("CURSOR_OUT_OF_RANGE")));
     assert!(status.message().contains("earliest"), "{}", status.message());
 }
+
+#[tokio::test]
+async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let w = world().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", w.service.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let request = HealthCheckRequest { service: service.into() };
+        async move { health.check(request).await.map(|r| r.into_inner().status) }
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while status("").await.ok() != Some(ServingStatus::Serving as i32) {
+        assert!(tokio::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(cardlink_serving::LIVENESS).await.unwrap(), ServingStatus::Serving as i32);
+
+    // Reflection lists the service, so grpcurl and friends work without the proto files.
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"cardlink.v1.Subscription".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+
+    // While streams drain at shutdown, probes say not ready, then not live.
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    let World { service, .. } = w;
+    let stopping = tokio::spawn(service.shutdown());
+    let went_down = tokio::time::timeout(WITHIN, async {
+        while let Ok(Some(update)) = watch.message().await {
+            if update.status == ServingStatus::NotServing as i32 {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(went_down, "readiness never reported NOT_SERVING");
+    drop((watch, health, reflection));
+    stopping.await.unwrap();
+}
