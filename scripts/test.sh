@@ -18,7 +18,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Python with fastavro (the independent Avro decoder the tests compare against) and grpcio (the
 # Python aggregator client example, run against a real service).
 venv="$HOME/.cache/cardlink/venv"
-if ! "$venv/bin/python" -c 'import fastavro, grpc, grpc_tools' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import fastavro, grpc, grpc_tools, yaml' 2>/dev/null; then
   echo "==> setting up $venv (tools/requirements.txt)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/requirements.txt
@@ -33,6 +33,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> production build check (no embedded broker)"
 cargo check -p cardlink --no-default-features --locked
+
+echo "==> deployment files (docker-compose, Helm)"
+bash scripts/check-deploy.sh
 
 echo "==> cargo test"
 log="$(mktemp)"

@@ -80,6 +80,21 @@ impl BusConfig {
     }
 
     /// Checks every value; the error names the bad key.
+    /// Applies settings from environment variables (12-factor): `CARDLINK_KAFKA__<KEY>` sets
+    /// librdkafka's `<key>` with `_` read as `.` (`CARDLINK_KAFKA__SECURITY_PROTOCOL=SASL_SSL`,
+    /// `CARDLINK_KAFKA__SASL_PASSWORD=…`), and `CARDLINK_TOPIC_PREFIX` the topic prefix. Call
+    /// [`BusConfig::validate`] afterwards: reserved keys are refused there, by name.
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        for (name, value) in vars {
+            if let Some(key) = name.strip_prefix(ENV_LIBRDKAFKA_PREFIX) {
+                self.librdkafka.insert(key.to_ascii_lowercase().replace('_', "."), value);
+            } else if name == "CARDLINK_TOPIC_PREFIX" {
+                self.topic_prefix = value;
+            }
+        }
+        self
+    }
+
     pub fn validate(&self) -> Result<(), BusError> {
         let bad = |key: &str, reason: String| Err(BusError::Config { key: key.to_owned(), reason });
         if self.bootstrap_servers.split(',').any(|s| s.trim().is_empty() || !s.contains(':')) {
@@ -128,6 +143,9 @@ impl BusConfig {
     }
 }
 
+/// Environment variables with this prefix pass through to librdkafka (see [`BusConfig::with_env`]).
+pub const ENV_LIBRDKAFKA_PREFIX: &str = "CARDLINK_KAFKA__";
+
 /// Durations in configuration files are whole milliseconds.
 mod duration_ms {
     use std::time::Duration;
@@ -141,6 +159,28 @@ mod duration_ms {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn environment_variables_pass_through_to_librdkafka_and_reserved_keys_are_named() {
+        let vars = [
+            ("CARDLINK_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("CARDLINK_KAFKA__SASL_MECHANISMS", "SCRAM-SHA-512"),
+            ("CARDLINK_TOPIC_PREFIX", "prod"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = BusConfig::local("kafka:9092").with_env(vars);
+        assert_eq!(config.librdkafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(config.librdkafka.get("sasl.mechanisms").map(String::as_str), Some("SCRAM-SHA-512"));
+        assert_eq!(config.topic_prefix, "prod");
+        assert_eq!(config.librdkafka.len(), 2);
+        config.validate().unwrap();
+
+        let reserved = BusConfig::local("kafka:9092").with_env([("CARDLINK_KAFKA__ACKS".to_owned(), "1".to_owned())]);
+        let err = reserved.validate().unwrap_err().to_string();
+        assert!(err.contains("librdkafka.acks"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -49,6 +49,16 @@ struct KafkaArgs {
     bootstrap: String,
 }
 
+impl KafkaArgs {
+    /// The bus configuration: these arguments, then `CARDLINK_KAFKA__*` (librdkafka settings
+    /// such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX` from the environment, validated.
+    fn bus(&self) -> anyhow::Result<BusConfig> {
+        let config = BusConfig::local(self.bootstrap.clone()).with_env(std::env::vars());
+        config.validate().context("Kafka configuration")?;
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Args)]
 struct DevArgs {
     /// Use this Kafka cluster (host:port,...) instead of starting the embedded broker.
@@ -228,7 +238,7 @@ impl Cli {
             Command::Serve { service } => serve(service).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Topics { command: TopicsCommand::Provision { kafka, replication_factor } } => {
-                let config = BusConfig { replication_factor, ..BusConfig::local(kafka.bootstrap) };
+                let config = BusConfig { replication_factor, ..kafka.bus()? };
                 print_report(&cardlink_bus::provision(&config).await?);
                 Ok(())
             }
@@ -264,10 +274,10 @@ async fn serve(service: Service) -> anyhow::Result<()> {
                 trusted_keys: trusted(&trusted_keys)?,
                 secret: shared_secret(&secret)?,
             };
-            let bus = BusConfig::local(kafka.bootstrap);
+            let bus = kafka.bus()?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            stop_signal().await?;
             running.shutdown().await;
             Ok(())
         }
@@ -275,7 +285,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
             // Check the arguments before touching Kafka.
             let keys = trusted(&trusted_keys)?;
             let secret = shared_secret(&secret)?;
-            let bus = BusConfig::local(kafka.bootstrap);
+            let bus = kafka.bus()?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let text = std::fs::read_to_string(&demo_members)
                 .with_context(|| format!("reading {}", demo_members.display()))?;
@@ -289,12 +299,12 @@ async fn serve(service: Service) -> anyhow::Result<()> {
                 secret,
             };
             let running = cardlink_consent::server::start(&bus, config, Arc::new(members)).await?;
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            stop_signal().await?;
             running.shutdown().await;
             Ok(())
         }
         Service::Registry { kafka, listen, signing_key, signing_key_id, bootstrap_operator } => {
-            let bus = BusConfig::local(kafka.bootstrap);
+            let bus = kafka.bus()?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
@@ -305,12 +315,12 @@ async fn serve(service: Service) -> anyhow::Result<()> {
                 let credential = running.registry().bootstrap_operator(&operator).await?;
                 println!("operator {operator} credential (shown once): {}", credential.token);
             }
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            stop_signal().await?;
             running.shutdown().await?;
             Ok(())
         }
         Service::Ingest { kafka, listen, issuer_keys, dedup_window_hours, max_records_per_call } => {
-            let bus = BusConfig::local(kafka.bootstrap);
+            let bus = kafka.bus()?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let keys = StaticIssuerKeys::new(&issuer_keys).context("--issuer-key / CARDLINK_ISSUER_KEYS")?;
             let config = IngestConfig {
@@ -326,7 +336,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
 }
 
 async fn shutdown_on_ctrl_c(running: RunningIngest) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    stop_signal().await?;
     tracing::info!("shutting down");
     running.shutdown().await?;
     Ok(())
@@ -491,7 +501,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         })
     });
 
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    stop_signal().await?;
     println!("stopping");
     let _ = stop_tx.send(());
     if let Some(task) = simulation {
@@ -535,4 +545,20 @@ fn print_report(report: &cardlink_bus::ProvisionReport) {
     for (_, name, state) in &report.topics {
         println!("  topic {name}: {state:?}");
     }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Kubernetes and Docker send to stop a container).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C")?,
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
 }

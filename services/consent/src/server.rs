@@ -75,7 +75,7 @@ impl RunningConsent {
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         for task in self.tasks {
-            let _ = task.await;
+            cardlink_serving::join_within(task, cardlink_serving::SHUTDOWN_GRACE).await;
         }
     }
 }

@@ -69,9 +69,9 @@ impl RunningIngest {
     /// Stops accepting calls, lets in-flight ones finish, and flushes the producer.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);
-        let result = match self.server.await {
-            Ok(r) => r,
-            Err(e) => Err(ServeError::Task(e.to_string())),
+        let result = match cardlink_serving::join_within(self.server, cardlink_serving::SHUTDOWN_GRACE).await {
+            Some(r) => r,
+            None => Err(ServeError::Task("the gRPC server did not stop within the grace period".into())),
         };
         let _ = self.follower.await;
         result

@@ -70,9 +70,9 @@ impl RunningRegistry {
         for follower in self.followers {
             let _ = follower.await;
         }
-        match self.server.await {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(ServeError::Task(e.to_string())),
+        match cardlink_serving::join_within(self.server, cardlink_serving::SHUTDOWN_GRACE).await {
+            Some(r) => Ok(r?),
+            None => Err(ServeError::Task("the gRPC server did not stop within the grace period".into())),
         }
     }
 }

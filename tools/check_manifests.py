@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Checks the manifests `helm template` rendered from charts/cardlink (read on stdin).
+
+Run by scripts/check-deploy.sh in CI: what helm lint cannot know — every service has a
+Deployment and a Service, probes on grpc.health, the subscription service scales and has a
+disruption budget, Kafka TLS/SASL settings come from Secrets, no secret is rendered empty.
+"""
+
+import sys
+
+import yaml
+
+SERVICES = {"registry": 50052, "ingest": 50051, "consent": 50053, "subscription": 50054}
+
+
+def fail(message):
+    print(f"check_manifests: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in by_kind.get("Deployment", [])}
+    services = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in by_kind.get("Service", [])}
+    for name, port in SERVICES.items():
+        if name not in deployments or name not in services:
+            fail(f"{name}: Deployment and Service expected")
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        if container["args"][:2] != ["serve", name]:
+            fail(f"{name}: runs {container['args']}")
+        ready, live = container.get("readinessProbe", {}), container.get("livenessProbe", {})
+        if ready.get("grpc", {}).get("port") != port or ready["grpc"].get("service", "") != "":
+            fail(f"{name}: readiness must be grpc.health on {port} (overall status)")
+        if live.get("grpc", {}).get("port") != port or live["grpc"].get("service") != "liveness":
+            fail(f"{name}: liveness must be grpc.health service 'liveness' on {port}")
+        if "limits" not in container.get("resources", {}):
+            fail(f"{name}: no resource limits")
+        env = {e["name"]: e for e in container["env"]}
+        for required in ["CARDLINK_KAFKA_BOOTSTRAP", "OTEL_SERVICE_NAME"]:
+            if required not in env:
+                fail(f"{name}: {required} not set")
+        password = env.get("CARDLINK_KAFKA__SASL_PASSWORD")
+        if password is None or "secretKeyRef" not in password.get("valueFrom", {}):
+            fail(f"{name}: the SASL password must come from a Secret")
+        if env.get("CARDLINK_KAFKA__SSL_CA_LOCATION", {}).get("value") != "/etc/cardlink/kafka-ca/ca.crt":
+            fail(f"{name}: the Kafka CA is not configured")
+        if not any(m["mountPath"] == "/etc/cardlink/kafka-ca" for m in container.get("volumeMounts", [])):
+            fail(f"{name}: the Kafka CA is not mounted")
+        if pod["securityContext"].get("runAsNonRoot") is not True:
+            fail(f"{name}: must not run as root")
+        svc_ports = [p["port"] for p in services[name]["spec"]["ports"]]
+        if port not in svc_ports:
+            fail(f"{name}: Service does not expose {port}")
+
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    if not any(h["spec"]["scaleTargetRef"]["name"] == deployments["subscription"]["metadata"]["name"] for h in hpas):
+        fail("no HorizontalPodAutoscaler for the subscription service")
+    if "replicas" in deployments["subscription"]["spec"]:
+        fail("the subscription Deployment sets replicas although the HPA owns them")
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    if not any(p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "subscription" for p in pdbs):
+        fail("no PodDisruptionBudget for the subscription service")
+    for secret in by_kind.get("Secret", []):
+        for key, value in secret.get("stringData", {}).items():
+            if key != "issuer-keys" and not value:
+                fail(f"secret {key} rendered empty")
+    jobs = by_kind.get("Job", [])
+    if not any(j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "provision"] for j in jobs):
+        fail("no topic provisioning job")
+    print(f"check_manifests: {len(docs)} manifests OK")
+
+
+if __name__ == "__main__":
+    main()
