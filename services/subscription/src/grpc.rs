@@ -57,6 +57,11 @@ impl SubscriptionGrpc {
         Self { hub, auth, bus, producer, positions, catch_up, access, shutdown }
     }
 
+    /// The catch-up reader permits, to observe how many readers run.
+    pub fn catch_up_permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.catch_up)
+    }
+
     fn aggregator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let caller =

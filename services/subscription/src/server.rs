@@ -37,6 +37,7 @@ pub struct RunningSubscription {
     hub: Hub,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    catch_up: Arc<tokio::sync::Semaphore>,
     /// Stopped after the streams, so their last deliveries are on the record.
     stop_access: watch::Sender<bool>,
     access: JoinHandle<()>,
@@ -49,6 +50,11 @@ impl RunningSubscription {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Catch-up readers running now (at most [`crate::grpc::MAX_CATCH_UP_READERS`]).
+    pub fn catch_up_readers(&self) -> usize {
+        crate::grpc::MAX_CATCH_UP_READERS.saturating_sub(self.catch_up.available_permits())
     }
 
     /// Ends every stream with a reconnect status, stops the readers, and waits for them.
@@ -124,6 +130,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         Box::new(move || ready_consents.is_fresh(cardlink_serving::READY_WITHIN)),
         shutdown_rx.clone(),
     )?;
+    let catch_up = grpc.catch_up_permits();
     let server = tokio::spawn(async move {
         let served = router
             .add_service(
@@ -146,5 +153,5 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         logged("consent view", consents_task),
         logged("positions", positions_task),
     ];
-    Ok(RunningSubscription { addr, hub, shutdown, tasks, stop_access, access: access_task })
+    Ok(RunningSubscription { addr, hub, shutdown, tasks, catch_up, stop_access, access: access_task })
 }

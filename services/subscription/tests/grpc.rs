@@ -319,3 +319,36 @@ async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
     drop((watch, health, reflection));
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
+    use cardlink_subscription::grpc::MAX_CATCH_UP_READERS;
+    let w = world().await;
+    const EVENTS: u32 = 1_000;
+    let events: Vec<Event> =
+        (0..EVENTS).map(|n| Event::Transaction(samples::transaction("iss-a", "acct-1", n))).collect();
+    w.publish(&events).await;
+
+    // More streams replaying the backlog than there are readers, none reading yet: the first
+    // take every reader and the rest wait.
+    let streams = MAX_CATCH_UP_READERS + 4;
+    let mut c = w.client().await;
+    let earliest =
+        || v1::SubscribeRequest { start: Some(v1::subscribe_request::Start::FromEarliest(true)), ..Default::default() };
+    let mut open = Vec::new();
+    for _ in 0..streams {
+        open.push(c.subscribe(authorized(earliest(), w.token("agg-x"))).await.unwrap().into_inner());
+    }
+    // Watch the number of readers: it reaches the bound and never passes it.
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(w.service.catch_up_readers());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(most, MAX_CATCH_UP_READERS, "readers at most: {most}");
+
+    // Once the clients read, every stream gets the whole backlog, in turn.
+    let reads = open.iter_mut().map(|s| async move { deliveries(s, EVENTS as usize).await.len() });
+    let counts = futures::future::join_all(reads).await;
+    assert!(counts.iter().all(|n| *n == EVENTS as usize), "{counts:?}");
+}
