@@ -387,14 +387,16 @@ pub async fn catch_up(
     let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
     for (&(topic, partition), &end) in until {
         let Some(stream) = cursor_stream(topic) else { continue };
-        let (low, mut high) = consumer.watermarks(topic, partition).await?;
+        let (low, reported_end) = consumer.watermarks(topic, partition).await?;
+        // The partition's end is at least what this process's shared reader has already read:
+        // a reported end can trail it (a new leader, a lagging replica, a broker's stale answer).
+        let mut high = reported_end.max(end);
         if let Start::After(c) = start {
-            // A partition's end as reported may trail what another reader already read (a new
-            // leader, a lagging replica): give it a moment before calling the cursor impossible.
+            // Still ahead: give the bus a moment before calling the cursor impossible.
             let deadline = tokio::time::Instant::now() + AHEAD_GRACE;
             while c.next(stream, partition).is_some_and(|next| next > high) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                high = consumer.watermarks(topic, partition).await?.1;
+                high = high.max(consumer.watermarks(topic, partition).await?.1);
             }
         }
         let from = match start {

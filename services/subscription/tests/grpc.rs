@@ -332,7 +332,16 @@ async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
     // More streams replaying the backlog than there are readers, none reading yet: the first
     // take every reader and the rest wait.
     let streams = MAX_CATCH_UP_READERS + 4;
-    let mut c = w.client().await;
+    // A small HTTP/2 window, so a stream that is not read holds its reader instead of the
+    // transport swallowing the whole backlog.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", w.service.addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(8 * 1024))
+        .initial_connection_window_size(Some(64 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut c = v1::subscription_client::SubscriptionClient::new(channel);
     let earliest =
         || v1::SubscribeRequest { start: Some(v1::subscribe_request::Start::FromEarliest(true)), ..Default::default() };
     let mut open = Vec::new();
