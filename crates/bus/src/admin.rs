@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::BusConfig;
 use crate::consumer::{Consumer, METADATA_TIMEOUT};
 use crate::error::BusError;
+use crate::telemetry::StatsContext;
 use crate::topics::{Catalogue, Topic};
 
 /// How long the admin request may take, and how long we wait for new topics to show up in
@@ -41,9 +41,9 @@ pub struct ProvisionReport {
 pub async fn provision(config: &BusConfig) -> Result<ProvisionReport, BusError> {
     config.validate()?;
     let catalogue = Catalogue::new(config);
-    let admin: AdminClient<DefaultClientContext> = config
+    let admin: AdminClient<StatsContext> = config
         .client_config("admin")
-        .create()
+        .create_with_context(StatsContext::new("admin"))
         .map_err(|source| BusError::Kafka { operation: "create admin client", source })?;
 
     let configs: Vec<Vec<(&'static str, String)>> = catalogue.specs().iter().map(|s| s.configs()).collect();

@@ -136,6 +136,7 @@ impl BusConfig {
         let mut cfg = rdkafka::ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap_servers);
         cfg.set("client.id", format!("{}-{role}", self.client_id));
+        cfg.set("statistics.interval.ms", crate::telemetry::STATS_INTERVAL.as_millis().to_string());
         for (key, value) in &self.librdkafka {
             cfg.set(key, value);
         }

@@ -17,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::headers::RecordHeaders;
+use crate::telemetry::{MessagingMetrics, StatsContext};
 use crate::topics::{Catalogue, Topic};
 
 /// Bound of librdkafka's pre-fetch queue per consumer, in KiB.
@@ -72,8 +73,9 @@ impl Record {
 
 /// A reader of assigned partitions.
 pub struct Consumer {
-    inner: Arc<StreamConsumer>,
+    inner: Arc<StreamConsumer<StatsContext>>,
     catalogue: Arc<Catalogue>,
+    metrics: MessagingMetrics,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -96,9 +98,12 @@ impl Consumer {
             .set("auto.offset.reset", "error")
             .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string())
             .set("fetch.wait.max.ms", "10");
-        let inner: StreamConsumer =
-            cfg.create().map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
-        Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(Catalogue::new(config)) })
+        let inner = cfg
+            .create_with_context(StatsContext::new(purpose))
+            .map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
+        let catalogue = Catalogue::new(config);
+        let metrics = MessagingMetrics::new(catalogue.specs().iter().map(|s| s.name.clone()));
+        Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(catalogue), metrics })
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -146,6 +151,7 @@ impl Consumer {
         let topic_name = message.topic();
         let topic =
             self.catalogue.topic_named(topic_name).ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
+        self.metrics.consumed(topic_name);
         Ok(Record {
             topic,
             partition: message.partition(),

@@ -46,6 +46,22 @@ impl BusError {
         }
     }
 
+    /// A short, stable name of the kind of error (the `error.type` of metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config { .. } => "config",
+            Self::MessageTooLarge { .. } => "message_too_large",
+            Self::Encode(_) => "encode",
+            Self::DeliveryTimeout(_) => "delivery_timeout",
+            Self::UnknownTopic(_) => "unknown_topic",
+            Self::QueueFull => "queue_full",
+            Self::Provision { .. } => "provision",
+            Self::Kafka { .. } => "kafka",
+            Self::Embedded(_) => "embedded",
+            Self::Task(_) => "task",
+        }
+    }
+
     /// Whether the same operation may succeed if tried again later.
     pub fn is_retriable(&self) -> bool {
         match self {

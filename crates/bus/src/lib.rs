@@ -6,6 +6,7 @@
 //! - [`producer`]: `acks=all`, idempotent publishing that returns only once Kafka has the record.
 //! - [`consumer`]: reading by manual partition assignment and seek; no consumer-group rebalancing.
 //! - [`headers`]: the record headers every cardlink record carries.
+//! - [`telemetry`]: librdkafka statistics and messaging metrics, as OpenTelemetry instruments.
 //! - `embedded` (feature `embedded-broker`): a Kafka-compatible broker in-process, for
 //!   development and tests.
 //!
@@ -20,6 +21,7 @@ pub mod embedded;
 mod error;
 pub mod headers;
 pub mod producer;
+pub mod telemetry;
 pub mod topics;
 
 pub use admin::{ProvisionReport, provision};

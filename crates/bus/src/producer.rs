@@ -18,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::headers::RecordHeaders;
+use crate::telemetry::{MessagingMetrics, StatsContext};
 use crate::topics::{Catalogue, Topic};
 
 /// Bound of librdkafka's local send queue, in KiB.
@@ -50,8 +51,9 @@ pub struct Delivered {
 /// A cheap-to-clone handle to one librdkafka producer, shared by a whole process.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<StatsContext>,
     catalogue: Arc<Catalogue>,
+    metrics: MessagingMetrics,
     max_message_bytes: usize,
     delivery_timeout: Duration,
 }
@@ -74,11 +76,14 @@ impl Producer {
             .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string())
             .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
             .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
-        let inner: FutureProducer =
-            cfg.create().map_err(|source| BusError::Kafka { operation: "create producer", source })?;
+        let inner = cfg
+            .create_with_context(StatsContext::new("producer"))
+            .map_err(|source| BusError::Kafka { operation: "create producer", source })?;
+        let catalogue = Catalogue::new(config);
         Ok(Self {
             inner,
-            catalogue: Arc::new(Catalogue::new(config)),
+            metrics: MessagingMetrics::new(catalogue.specs().iter().map(|s| s.name.clone())),
+            catalogue: Arc::new(catalogue),
             max_message_bytes: config.max_message_bytes,
             delivery_timeout: config.delivery_timeout,
         })
@@ -96,11 +101,17 @@ impl Producer {
         let topic_name = self.catalogue.name(record.topic);
         let kafka_record =
             FutureRecord::to(topic_name).key(record.key).payload(record.payload).headers(record.headers.to_kafka());
+        let started = std::time::Instant::now();
         match self.inner.send(kafka_record, ENQUEUE_WAIT).await {
             Ok(delivery) => {
+                self.metrics.sent(topic_name, started.elapsed(), None);
                 Ok(Delivered { topic: record.topic, partition: delivery.partition, offset: delivery.offset })
             }
-            Err((source, _message)) => Err(BusError::kafka("produce", source, self.delivery_timeout, topic_name)),
+            Err((source, _message)) => {
+                let error = BusError::kafka("produce", source, self.delivery_timeout, topic_name);
+                self.metrics.sent(topic_name, started.elapsed(), Some(error.kind()));
+                Err(error)
+            }
         }
     }
 

@@ -34,7 +34,8 @@ impl Topic {
     pub const ALL: [Topic; 6] =
         [Topic::Transactions, Topic::Statements, Topic::Registry, Topic::Consents, Topic::Audit, Topic::Positions];
 
-    fn suffix(self) -> &'static str {
+    /// The topic's name without the deployment's prefix (e.g. `transactions.v1`).
+    pub fn suffix(self) -> &'static str {
         match self {
             Self::Transactions => "transactions.v1",
             Self::Statements => "statements.v1",

@@ -14,9 +14,15 @@ use cardlink_ingest::auth::StaticIssuerKeys;
 use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::FileConfig;
+
 #[derive(Debug, Parser)]
 #[command(name = "cardlink", version, about = "The shared broker between card issuers and account aggregators")]
 pub struct Cli {
+    /// Configuration file (TOML; `cardlink config keys` lists its keys). Flags and environment
+    /// variables override it.
+    #[arg(long, global = true, env = crate::config::CONFIG_ENV)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +46,19 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// The configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// List every key a configuration file may hold, with its environment variable.
+    Keys,
+    /// Check the configuration file (--config / CARDLINK_CONFIG) and exit.
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -52,10 +71,8 @@ struct KafkaArgs {
 impl KafkaArgs {
     /// The bus configuration: these arguments, then `CARDLINK_KAFKA__*` (librdkafka settings
     /// such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX` from the environment, validated.
-    fn bus(&self) -> anyhow::Result<BusConfig> {
-        let config = BusConfig::local(self.bootstrap.clone()).with_env(std::env::vars());
-        config.validate().context("Kafka configuration")?;
-        Ok(config)
+    fn bus(&self, file: &FileConfig) -> anyhow::Result<BusConfig> {
+        bus_config(self.bootstrap.clone(), file)
     }
 }
 
@@ -122,7 +139,7 @@ enum Service {
         secret: String,
         /// Members of the built-in demo issuer login (TOML); production fronts the page with
         /// the issuer's own login instead.
-        #[arg(long)]
+        #[arg(long, env = "CARDLINK_DEMO_MEMBERS")]
         demo_members: PathBuf,
     },
     /// The participants registry (gRPC Registry).
@@ -157,10 +174,10 @@ enum Service {
         )]
         issuer_keys: Vec<String>,
         /// How long a retried event is recognised as a duplicate.
-        #[arg(long, default_value_t = 168)]
+        #[arg(long, default_value_t = 168, env = "CARDLINK_DEDUP_WINDOW_HOURS")]
         dedup_window_hours: u64,
         /// Most records in one call.
-        #[arg(long, default_value_t = cardlink_ingest::service::DEFAULT_MAX_RECORDS)]
+        #[arg(long, default_value_t = cardlink_ingest::service::DEFAULT_MAX_RECORDS, env = "CARDLINK_MAX_RECORDS_PER_CALL")]
         max_records_per_call: usize,
     },
 }
@@ -222,7 +239,7 @@ enum TopicsCommand {
         #[command(flatten)]
         kafka: KafkaArgs,
         /// Replicas per partition (3 for a production cluster).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, env = "CARDLINK_REPLICATION_FACTOR")]
         replication_factor: i32,
     },
 }
@@ -232,18 +249,58 @@ fn signer_public(signer: &cardlink_auth::TokenSigner) -> String {
 }
 
 impl Cli {
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// The `service.name` telemetry reports for this command.
+    pub fn service_name(&self) -> String {
+        let name = match &self.command {
+            Command::Dev(_) => "dev",
+            Command::Serve { service: Service::Subscription { .. } } => "subscription",
+            Command::Serve { service: Service::Consent { .. } } => "consent",
+            Command::Serve { service: Service::Registry { .. } } => "registry",
+            Command::Serve { service: Service::Ingest { .. } } => "ingest",
+            Command::Adapter { .. } => "adapter",
+            Command::Topics { .. } | Command::Config { .. } => "admin",
+        };
+        format!("cardlink-{name}")
+    }
+
+    pub async fn run(self, file: &FileConfig) -> anyhow::Result<()> {
         match self.command {
-            Command::Dev(args) => dev(args).await,
-            Command::Serve { service } => serve(service).await,
+            Command::Dev(args) => dev(args, file).await,
+            Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Topics { command: TopicsCommand::Provision { kafka, replication_factor } } => {
-                let config = BusConfig { replication_factor, ..kafka.bus()? };
+                let config = BusConfig { replication_factor, ..kafka.bus(file)? };
                 print_report(&cardlink_bus::provision(&config).await?);
+                Ok(())
+            }
+            Command::Config { command: ConfigCommand::Keys } => {
+                use clap::CommandFactory as _;
+                println!("{:<34} {:<36} meaning", "file key", "environment variable");
+                for (key, env, help) in crate::config::keys(&Cli::command()) {
+                    println!("{key:<34} {env:<36} {help}");
+                }
+                Ok(())
+            }
+            Command::Config { command: ConfigCommand::Check } => {
+                match &self.config {
+                    Some(path) => println!("{}: valid", path.display()),
+                    None => println!("no configuration file named (--config or CARDLINK_CONFIG); defaults apply"),
+                }
                 Ok(())
             }
         }
     }
+}
+
+/// The bus configuration for `bootstrap`: the file's librdkafka settings, then
+/// `CARDLINK_KAFKA__*` (librdkafka settings such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX`
+/// from the file and the environment (the environment wins), validated.
+fn bus_config(bootstrap: String, file: &FileConfig) -> anyhow::Result<BusConfig> {
+    let mut config = BusConfig::local(bootstrap);
+    config.librdkafka.extend(file.librdkafka.clone());
+    let config = config.with_env(file.passed_on.iter().cloned().chain(std::env::vars()));
+    config.validate().context("Kafka configuration")?;
+    Ok(config)
 }
 
 fn trusted(keys: &[String]) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
@@ -265,7 +322,7 @@ fn shared_secret(text: &str) -> anyhow::Result<Arc<[u8]>> {
     Ok(Arc::from(secret.as_slice()))
 }
 
-async fn serve(service: Service) -> anyhow::Result<()> {
+async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     match service {
         Service::Subscription { kafka, listen, trusted_keys, secret } => {
             // Check the arguments before touching Kafka.
@@ -274,7 +331,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
                 trusted_keys: trusted(&trusted_keys)?,
                 secret: shared_secret(&secret)?,
             };
-            let bus = kafka.bus()?;
+            let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
             stop_signal().await?;
@@ -285,7 +342,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
             // Check the arguments before touching Kafka.
             let keys = trusted(&trusted_keys)?;
             let secret = shared_secret(&secret)?;
-            let bus = kafka.bus()?;
+            let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let text = std::fs::read_to_string(&demo_members)
                 .with_context(|| format!("reading {}", demo_members.display()))?;
@@ -304,7 +361,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
             Ok(())
         }
         Service::Registry { kafka, listen, signing_key, signing_key_id, bootstrap_operator } => {
-            let bus = kafka.bus()?;
+            let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
@@ -320,7 +377,7 @@ async fn serve(service: Service) -> anyhow::Result<()> {
             Ok(())
         }
         Service::Ingest { kafka, listen, issuer_keys, dedup_window_hours, max_records_per_call } => {
-            let bus = kafka.bus()?;
+            let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let keys = StaticIssuerKeys::new(&issuer_keys).context("--issuer-key / CARDLINK_ISSUER_KEYS")?;
             let config = IngestConfig {
@@ -398,13 +455,13 @@ async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
 
 use crate::demo::{self, DEMO_ISSUER};
 
-async fn dev(args: DevArgs) -> anyhow::Result<()> {
+async fn dev(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     // Keep the broker alive for the whole run; dropping it stops it.
     let (_broker, bootstrap) = match args.kafka {
         Some(kafka) => (None, kafka),
         None => start_embedded(args.broker_listen).await?,
     };
-    let bus = BusConfig::local(bootstrap.clone());
+    let bus = bus_config(bootstrap.clone(), file)?;
     let report = cardlink_bus::provision(&bus).await.with_context(|| format!("provisioning topics on {bootstrap}"))?;
     print_report(&report);
 

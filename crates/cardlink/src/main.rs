@@ -5,13 +5,16 @@
 //! - `cardlink serve <service>` runs one service, for deployment.
 //! - `cardlink adapter file|simulate` feeds an issuer's data in through the ingest API.
 //! - `cardlink topics provision` creates cardlink's topics on a cluster (idempotent).
+//! - `cardlink config keys|check` lists the configuration file's keys or checks a file.
 //!
 //! The binary only parses arguments and wires libraries together; the logic lives in the crates.
 
 mod cli;
+mod config;
 mod demo;
 
-use clap::Parser as _;
+use anyhow::Context as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 /// Our logs at info; the embedded broker's (tansu) only when something is wrong. `RUST_LOG`
 /// overrides this.
@@ -19,11 +22,20 @@ const DEFAULT_LOG_FILTER: &str = "info,tansu_broker=warn,tansu_storage=warn,tans
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    cli::Cli::parse().run().await
+    // Settings: flags, then environment, then the configuration file, then defaults.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = match config::config_path(&args, std::env::var_os(config::CONFIG_ENV)) {
+        Some(path) => config::load(&path, &cli::Cli::command())?,
+        None => config::FileConfig::default(),
+    };
+    let matches = file.apply(cli::Cli::command()).get_matches_from(&args);
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+
+    let env = file.passed_on.iter().cloned().chain(std::env::vars());
+    let settings = cardlink_telemetry::ExportSettings::from_env(&cli.service_name(), env)?;
+    let telemetry = cardlink_telemetry::Telemetry::init(&settings, DEFAULT_LOG_FILTER)?;
+    let result = cli.run(&file).await;
+    // Export what is still buffered (blocking; the exporters have their own timeouts).
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.context("flushing telemetry")?;
+    result
 }

@@ -30,12 +30,20 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams (calls) one client connection may hold open.
 pub const MAX_CALLS_PER_CONNECTION: u32 = 256;
 
-/// The gRPC server every service starts from: keepalive on, calls per connection bounded.
-pub fn grpc_server() -> tonic::transport::Server {
+/// The layers every service's gRPC server runs behind (telemetry: server spans and call
+/// durations).
+pub type Layers = tower_layer::Stack<cardlink_telemetry::rpc::RpcLayer, tower_layer::Identity>;
+/// The gRPC server every service starts from.
+pub type GrpcServer = tonic::transport::Server<Layers>;
+
+/// The gRPC server every service starts from: keepalive on, calls per connection bounded,
+/// every call traced and measured ([`cardlink_telemetry::rpc`]).
+pub fn grpc_server() -> GrpcServer {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION))
+        .layer(cardlink_telemetry::rpc::RpcLayer::new())
 }
 
 /// The `grpc.health.v1` service name a liveness probe asks about: serving as long as the process
@@ -55,10 +63,10 @@ pub type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 /// is serving until shutdown. Both turn NOT_SERVING when `shutdown` does, so load balancers stop
 /// sending new calls while streams drain.
 pub fn grpc_router(
-    mut server: tonic::transport::Server,
+    mut server: GrpcServer,
     ready: ReadyCheck,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<tonic::transport::server::Router, ServeError> {
+) -> Result<tonic::transport::server::Router<Layers>, ServeError> {
     use tonic_health::ServingStatus;
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()

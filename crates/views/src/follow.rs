@@ -85,6 +85,12 @@ impl<V> Followed<V> {
         self.watermark.borrow().fresh_as_of.is_some_and(|at| at.elapsed() <= within)
     }
 
+    /// How long ago the view was last known to reflect every change written (`None` until it
+    /// first caught up): the view-lag metric.
+    pub fn lag(&self) -> Option<std::time::Duration> {
+        self.watermark.borrow().fresh_as_of.map(|at| at.elapsed())
+    }
+
     /// Waits until the view has caught up with its topic.
     pub async fn caught_up(&mut self) {
         let _ = self.watermark.wait_for(|w| w.caught_up).await;

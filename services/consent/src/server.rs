@@ -107,6 +107,13 @@ pub async fn start(
     registry.caught_up().await;
     book.caught_up().await;
     access.caught_up().await;
+    for (name, lag) in [
+        ("consent.registry", lag_of(&registry)),
+        ("consent.consents", lag_of(&book)),
+        ("consent.access_history", lag_of(&access)),
+    ] {
+        cardlink_telemetry::observe_view_lag(name, lag);
+    }
 
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
     let ready_book = book.clone();
@@ -180,4 +187,12 @@ pub async fn start(
         shutdown,
         tasks: vec![grpc_task, http_task, sweep_task, followers],
     })
+}
+
+/// A view's lag, for the `cardlink.view.lag` gauge.
+fn lag_of<V: Send + Sync + 'static>(
+    view: &cardlink_views::follow::Followed<V>,
+) -> Box<dyn Fn() -> Option<std::time::Duration> + Send + Sync> {
+    let view = view.clone();
+    Box::new(move || view.lag())
 }

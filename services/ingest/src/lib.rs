@@ -9,11 +9,13 @@
 //! - [`grpc`]: the thin tonic layer that authenticates and translates.
 //! - [`auth`]: who is calling.
 //! - [`server`]: serving it, with limits and graceful shutdown.
+//! - [`metrics`]: records in per issuer and outcome; the producer span of each record.
 
 pub mod auth;
 pub mod currency;
 pub mod dedup;
 pub mod grpc;
+pub mod metrics;
 pub mod pan;
 pub mod reason;
 pub mod server;

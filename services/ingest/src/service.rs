@@ -11,10 +11,12 @@ use cardlink_api::v1;
 use cardlink_bus::{BusError, Producer};
 use cardlink_events::{ActorType, AuditEvent, AuditOutcome, Event};
 use chrono::Utc;
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
 
 use crate::auth::IssuerIdentity;
 use crate::dedup::{Claim, DedupIndex};
+use crate::metrics::{IngestMetrics, end_send_span, send_span, topic_of};
 use crate::reason::{ReasonCode, Rejection};
 use crate::validate::validate_record;
 
@@ -27,7 +29,8 @@ pub struct Batch {
     pub issuer_id: String,
     pub batch_id: String,
     pub records: Vec<v1::IngestRecord>,
-    /// W3C trace context of the call, carried to the bus.
+    /// W3C trace context of the caller, for calls that do not come through the gRPC layer
+    /// (which makes the call's span current instead).
     pub traceparent: Option<String>,
 }
 
@@ -86,11 +89,12 @@ pub struct Ingest {
     index: Arc<DedupIndex>,
     ready: watch::Receiver<bool>,
     max_records: usize,
+    metrics: IngestMetrics,
 }
 
 impl Ingest {
     pub fn new(producer: Producer, index: Arc<DedupIndex>, ready: watch::Receiver<bool>, max_records: usize) -> Self {
-        Self { producer, index, ready, max_records }
+        Self { producer, index, ready, max_records, metrics: IngestMetrics::new() }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -143,8 +147,23 @@ impl Ingest {
         }
 
         // Hand every record to the producer in request order, then wait for all acknowledgements.
-        let traceparent = batch.traceparent.as_deref();
-        let sends = to_publish.iter().map(|(_, event)| self.producer.publish(event, traceparent));
+        // Each record's send span is a child of the call's (current) span.
+        let current = opentelemetry::Context::current();
+        let parent = if current.span().span_context().is_valid() {
+            current
+        } else {
+            cardlink_telemetry::propagation::from_traceparent(batch.traceparent.as_deref())
+        };
+        let sends = to_publish.iter().map(|(_, event)| {
+            let topic = self.producer.catalogue().name(topic_of(event));
+            let cx = send_span(&parent, topic, event.event_id().to_string());
+            async move {
+                let traceparent = cardlink_telemetry::propagation::traceparent(&cx);
+                let ack = self.producer.publish(event, traceparent.as_deref()).await;
+                end_send_span(&cx, ack.as_ref());
+                ack
+            }
+        });
         let acks = futures::future::join_all(sends).await;
         for ((index, event), ack) in to_publish.iter().zip(acks) {
             let id = event.event_id().0;
@@ -159,6 +178,7 @@ impl Ingest {
                 }
             };
         }
+        self.metrics.record_outcomes(issuer, results.iter().map(|r| &r.outcome));
         Ok(BatchResult { batch_id: batch.batch_id, results })
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use cardlink_bus::{BusError, Consumer, StartAt, Topic};
+use cardlink_views::follow::Followed;
 use cardlink_views::registry::RegistryView;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
@@ -114,6 +115,55 @@ pub async fn follow_activity(
             }
         }
     }
+}
+
+/// Reports the goal as metrics, computed from `registry` and `activity` whenever the meter
+/// collects: `cardlink.goal.share` (with `cardlink.goal.target` beside it for dashboards),
+/// `cardlink.goal.volume` (JPY, total and connected) and `cardlink.goal.issuer.counts` (1 when
+/// an issuer counts toward the goal, per issuer).
+pub fn observe_goal(registry: Followed<RegistryView>, activity: PublishingActivity) {
+    use opentelemetry::KeyValue;
+    let meter = cardlink_telemetry::meter();
+    let goal = move || registry.read(|view| compute(view, &activity, Utc::now()));
+    let share_goal = goal.clone();
+    meter
+        .f64_observable_gauge("cardlink.goal.share")
+        .with_unit("1")
+        .with_description("Share of registered issuers' 取扱高 held by issuers that publish live and have an active aggregator connection")
+        .with_callback(move |observer| observer.observe(share_goal().share, &[]))
+        .build();
+    meter
+        .f64_observable_gauge("cardlink.goal.target")
+        .with_unit("1")
+        .with_description("The industry's target share (FY2028)")
+        .with_callback(|observer| observer.observe(TARGET_SHARE, &[]))
+        .build();
+    let volume_goal = goal.clone();
+    meter
+        .i64_observable_gauge("cardlink.goal.volume")
+        .with_unit("JPY")
+        .with_description(
+            "Annual transaction volume (取扱高): all registered issuers, and those counted toward the goal",
+        )
+        .with_callback(move |observer| {
+            let g = volume_goal();
+            observer.observe(g.total_volume_jpy, &[KeyValue::new("cardlink.goal.volume.state", "total")]);
+            observer.observe(g.connected_volume_jpy, &[KeyValue::new("cardlink.goal.volume.state", "connected")]);
+        })
+        .build();
+    meter
+        .i64_observable_gauge("cardlink.goal.issuer.counts")
+        .with_unit("1")
+        .with_description("1 when the issuer publishes live and has an active aggregator connection, else 0")
+        .with_callback(move |observer| {
+            for issuer in goal().issuers {
+                observer.observe(
+                    i64::from(issuer.counts),
+                    &[KeyValue::new(cardlink_telemetry::attr::ISSUER, issuer.issuer_id)],
+                );
+            }
+        })
+        .build();
 }
 
 /// How often the goal's inputs can change meaningfully; used by callers that poll it.

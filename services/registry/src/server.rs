@@ -101,6 +101,9 @@ pub async fn start(
             tracing::error!(error = %e, "following publishing activity stopped; the goal's live status is stale");
         }
     });
+    crate::goal::observe_goal(view.clone(), activity.clone());
+    let lag_view = view.clone();
+    cardlink_telemetry::observe_view_lag("registry.registry", move || lag_view.lag());
     let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
     let ready_view = view.clone();
     let router = cardlink_serving::grpc_router(

@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::access::AccessLog;
 use crate::cursor::Cursor;
 use crate::hub::{self, CatchUpError, Filters, Hub, Outgoing, Start};
+use crate::metrics::{Mode, SubscriptionMetrics};
 use crate::positions::{self, PositionError, PositionsView};
 
 /// Responses buffered per gRPC stream before the forwarding task waits for the client.
@@ -40,6 +41,7 @@ pub struct SubscriptionGrpc {
     positions: Followed<PositionsView>,
     catch_up: Arc<Semaphore>,
     access: AccessLog,
+    metrics: SubscriptionMetrics,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -54,7 +56,8 @@ impl SubscriptionGrpc {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let catch_up = Arc::new(Semaphore::new(MAX_CATCH_UP_READERS));
-        Self { hub, auth, bus, producer, positions, catch_up, access, shutdown }
+        let metrics = SubscriptionMetrics::new(&hub, Arc::clone(&catch_up), MAX_CATCH_UP_READERS);
+        Self { hub, auth, bus, producer, positions, catch_up, access, metrics, shutdown }
     }
 
     /// The catch-up reader permits, to observe how many readers run.
@@ -184,6 +187,8 @@ impl Subscription for SubscriptionGrpc {
             self.access.clone(),
             self.shutdown.clone(),
         );
+        let (live_metrics, catch_up_metrics) =
+            (self.metrics.stream(&aggregator, Mode::Live), self.metrics.stream(&aggregator, Mode::CatchUp));
         tokio::spawn(async move {
             let id = registration.id;
             // The cursor just after the last delivery this stream sent.
@@ -201,13 +206,15 @@ impl Subscription for SubscriptionGrpc {
                     // The forwarder owns the receiver, so a client that leaves ends the reader too.
                     let forward = async {
                         let mut catch_rx = catch_rx;
-                        while let Some(Outgoing::Delivery { delivery, cursor }) = catch_rx.recv().await {
+                        while let Some(Outgoing::Delivery { delivery, cursor, origin }) = catch_rx.recv().await {
                             last_sent.clone_from(&cursor);
                             access.record(&delivery);
+                            let span = catch_up_metrics.delivering(origin.as_deref());
                             let response = v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor };
                             if tx.send(Ok(response)).await.is_err() {
                                 return;
                             }
+                            catch_up_metrics.delivered(origin.as_deref(), span);
                         }
                     };
                     let (read, ()) = tokio::join!(reader, forward);
@@ -231,12 +238,14 @@ impl Subscription for SubscriptionGrpc {
                             }
                         }
                         next = registration.rx.recv() => match next {
-                            Some(Outgoing::Delivery { delivery, cursor }) => {
+                            Some(Outgoing::Delivery { delivery, cursor, origin }) => {
                                 last_sent.clone_from(&cursor);
                                 access.record(&delivery);
+                                let span = live_metrics.delivering(origin.as_deref());
                                 if tx.send(Ok(v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor })).await.is_err() {
                                     return Ok(());
                                 }
+                                live_metrics.delivered(origin.as_deref(), span);
                             }
                             Some(Outgoing::FellBehind) | None => {
                                 let _ = tx.send(Err(status(Code::ResourceExhausted, "FELL_BEHIND", "the stream fell behind; resume from your last cursor"))).await;

@@ -27,6 +27,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use crate::cursor::{Cursor, Stream as CursorStream};
+use crate::metrics::Origin;
 use crate::projection::project;
 
 /// Deliveries queued per stream before it counts as fallen behind.
@@ -37,8 +38,9 @@ pub const STREAM_BUFFER: usize = 1024;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outgoing {
-    /// One delivery and the cursor just after it.
-    Delivery { delivery: v1::Delivery, cursor: String },
+    /// One delivery, the cursor just after it, and where its record came from (none for
+    /// consent changes).
+    Delivery { delivery: v1::Delivery, cursor: String, origin: Option<Arc<Origin>> },
     /// The stream's queue overflowed; resume from the last cursor.
     FellBehind,
 }
@@ -200,6 +202,12 @@ impl Hub {
         self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.get(aggregator_id).map_or(0, Vec::len)
     }
 
+    /// Connected streams per aggregator.
+    pub fn streams_per_aggregator(&self) -> Vec<(String, usize)> {
+        let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        shared.by_aggregator.iter().filter(|(_, s)| !s.is_empty()).map(|(a, s)| (a.clone(), s.len())).collect()
+    }
+
     /// Connected streams.
     pub fn streams(&self) -> usize {
         self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.values().map(Vec::len).sum()
@@ -215,6 +223,8 @@ impl Hub {
             None => Vec::new(),
         };
         let now = Utc::now();
+        // Made on the first delivery only: most records of a busy bus go to nobody.
+        let mut origin: Option<Arc<Origin>> = None;
         let mut shared = self.write();
         shared.position.insert((record.topic, record.partition), record.offset + 1);
         // Every stream's position moves past this record, entitled or not, so cursors stay
@@ -235,7 +245,12 @@ impl Hub {
                 if !slot.filters.wants(event) {
                     continue;
                 }
-                let out = Outgoing::Delivery { delivery: delivery.clone(), cursor: slot.cursor.encode(&self.secret) };
+                let origin = Arc::clone(origin.get_or_insert_with(|| Arc::new(origin_of(record))));
+                let out = Outgoing::Delivery {
+                    delivery: delivery.clone(),
+                    cursor: slot.cursor.encode(&self.secret),
+                    origin: Some(origin),
+                };
                 if slot.tx.try_send(out).is_err() {
                     fallen.push((aggregator.clone(), slot.id));
                 }
@@ -262,7 +277,11 @@ impl Hub {
         };
         let mut fallen = Vec::new();
         for slot in slots.iter().filter(|s| s.filters.consents) {
-            let out = Outgoing::Delivery { delivery: delivery.clone(), cursor: slot.cursor.encode(&self.secret) };
+            let out = Outgoing::Delivery {
+                delivery: delivery.clone(),
+                cursor: slot.cursor.encode(&self.secret),
+                origin: None,
+            };
             if slot.tx.try_send(out).is_err() {
                 fallen.push(slot.id);
             }
@@ -284,6 +303,17 @@ impl Hub {
 
     pub fn consents(&self) -> &Followed<ConsentView> {
         &self.consents
+    }
+}
+
+/// Where `record` came from, for its delivery span and latency.
+fn origin_of(record: &Record) -> Origin {
+    Origin {
+        parent: cardlink_telemetry::propagation::from_traceparent(record.headers.traceparent.as_deref()),
+        published_ms: record.timestamp_ms,
+        topic: record.topic,
+        partition: record.partition,
+        offset: record.offset,
     }
 }
 
@@ -448,7 +478,11 @@ pub async fn catch_up(
                 .find_map(|g| project(&event, g, &hub.secret, now))
         });
         if let Some(delivery) = delivery {
-            let out = Outgoing::Delivery { delivery, cursor: cursor.encode(&hub.secret) };
+            let out = Outgoing::Delivery {
+                delivery,
+                cursor: cursor.encode(&hub.secret),
+                origin: Some(Arc::new(origin_of(&record))),
+            };
             tx.send(out).await.map_err(|_| CatchUpError::Closed)?;
         }
     }

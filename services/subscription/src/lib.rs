@@ -7,12 +7,14 @@
 //!   account ids pseudonymous.
 //! - [`positions`]: named server-side positions (`Acknowledge`), kept on the bus.
 //! - [`access`]: the record of what was provided to whom, written to the audit topic.
+//! - [`metrics`]: deliveries, latency, streams, catch-up readers; the delivery span of each event.
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
 pub mod access;
 pub mod cursor;
 pub mod grpc;
 pub mod hub;
+pub mod metrics;
 pub mod positions;
 pub mod projection;
 pub mod server;

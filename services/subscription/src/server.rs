@@ -101,6 +101,9 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     registry.caught_up().await;
     consents.caught_up().await;
     positions.caught_up().await;
+    let (lag_registry, lag_positions) = (registry.clone(), positions.clone());
+    cardlink_telemetry::observe_view_lag("subscription.registry", move || lag_registry.lag());
+    cardlink_telemetry::observe_view_lag("subscription.positions", move || lag_positions.lag());
 
     let hub = Hub::new(consents, Arc::clone(&config.secret));
     let reader =

@@ -1,0 +1,161 @@
+//! What the subscription service reports: deliveries per aggregator, publish→deliver latency,
+//! connected streams, catch-up readers, consent-view lag — and a delivery span per event sent
+//! on a stream, continuing the trace the record carries from its ingest call.
+//!
+//! The cost on the hot path is kept to what the numbers need: attributes are built once per
+//! stream, and a delivery span is only started when the record belongs to a trace (its
+//! `traceparent` header names a valid span); sampling is the producer's decision, inherited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardlink_bus::Topic;
+use cardlink_telemetry::attr;
+use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use tokio::sync::Semaphore;
+
+use crate::hub::Hub;
+
+/// Where a delivered record came from: the trace it belongs to and when it was published.
+#[derive(Debug)]
+pub struct Origin {
+    /// The producer's span (from the record's `traceparent`); empty when it has none.
+    pub parent: Context,
+    /// The record's timestamp (set by the producer when it was published), ms since the epoch.
+    pub published_ms: Option<i64>,
+    pub topic: Topic,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How a stream is being served: reading history from a cursor, or from the shared live read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    CatchUp,
+    Live,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::CatchUp => "catch_up",
+            Self::Live => "live",
+        }
+    }
+}
+
+/// The service's instruments (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct SubscriptionMetrics {
+    deliveries: Counter<u64>,
+    latency: Histogram<f64>,
+}
+
+impl SubscriptionMetrics {
+    /// Makes the instruments and registers the gauges that read `hub` and `catch_up` when the
+    /// meter collects.
+    pub fn new(hub: &Hub, catch_up: Arc<Semaphore>, max_catch_up: usize) -> Self {
+        let meter = cardlink_telemetry::meter();
+        let streams_hub = hub.clone();
+        meter
+            .i64_observable_gauge("cardlink.subscription.streams")
+            .with_unit("{stream}")
+            .with_description("Connected subscription streams, per aggregator")
+            .with_callback(move |observer| {
+                for (aggregator, n) in streams_hub.streams_per_aggregator() {
+                    observer.observe(n as i64, &[KeyValue::new(attr::AGGREGATOR, aggregator)]);
+                }
+            })
+            .build();
+        meter
+            .i64_observable_gauge("cardlink.subscription.catch_up_readers")
+            .with_unit("{reader}")
+            .with_description("Catch-up readers (own Kafka consumers replaying from a cursor) running now")
+            .with_callback(move |observer| {
+                observer.observe(max_catch_up.saturating_sub(catch_up.available_permits()) as i64, &[]);
+            })
+            .build();
+        let consents = hub.consents().clone();
+        cardlink_telemetry::observe_view_lag("subscription.consents", move || consents.lag());
+        Self {
+            deliveries: meter
+                .u64_counter("cardlink.subscription.deliveries")
+                .with_unit("{delivery}")
+                .with_description("Events and consent changes sent to aggregators, per aggregator and mode")
+                .build(),
+            latency: meter
+                .f64_histogram("cardlink.delivery.latency")
+                .with_unit("s")
+                .with_description("From the record's publication to its delivery on a live stream")
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .build(),
+        }
+    }
+
+    /// One stream's view of the instruments.
+    pub fn stream(&self, aggregator: &str, mode: Mode) -> StreamMetrics {
+        StreamMetrics {
+            metrics: self.clone(),
+            attributes: Arc::new([
+                KeyValue::new(attr::AGGREGATOR, aggregator.to_owned()),
+                KeyValue::new(attr::DELIVERY_MODE, mode.as_str()),
+            ]),
+            aggregator: Arc::from(aggregator),
+            mode,
+        }
+    }
+}
+
+/// The instruments as one stream uses them, its attributes made once.
+#[derive(Clone, Debug)]
+pub struct StreamMetrics {
+    metrics: SubscriptionMetrics,
+    attributes: Arc<[KeyValue; 2]>,
+    aggregator: Arc<str>,
+    mode: Mode,
+}
+
+impl StreamMetrics {
+    /// Starts the delivery span of a record when it belongs to a trace.
+    pub fn delivering(&self, origin: Option<&Origin>) -> Option<Context> {
+        let origin = origin?;
+        if !origin.parent.span().span_context().is_valid() {
+            return None;
+        }
+        let tracer = cardlink_telemetry::tracer();
+        let span = tracer
+            .span_builder(format!("process {}", origin.topic.suffix()))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes([
+                KeyValue::new(attr::MESSAGING_SYSTEM, "kafka"),
+                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "process"),
+                KeyValue::new(attr::MESSAGING_DESTINATION, origin.topic.suffix()),
+                KeyValue::new(attr::MESSAGING_PARTITION, origin.partition.to_string()),
+                KeyValue::new(attr::MESSAGING_OFFSET, origin.offset),
+                KeyValue::new(attr::AGGREGATOR, self.aggregator.to_string()),
+                KeyValue::new(attr::DELIVERY_MODE, self.mode.as_str()),
+            ])
+            .start_with_context(&tracer, &origin.parent);
+        Some(origin.parent.with_span(span))
+    }
+
+    /// Counts a delivery handed to the client's stream, records its latency (live streams: a
+    /// replay's age is not latency) and ends its span.
+    pub fn delivered(&self, origin: Option<&Origin>, span: Option<Context>) {
+        self.metrics.deliveries.add(1, &self.attributes[..]);
+        if self.mode == Mode::Live
+            && let Some(published) = origin.and_then(|o| o.published_ms)
+        {
+            let now = chrono::Utc::now().timestamp_millis();
+            let latency = Duration::from_millis(now.saturating_sub(published).max(0) as u64);
+            self.metrics.latency.record(latency.as_secs_f64(), &self.attributes[..1]);
+        }
+        if let Some(cx) = span {
+            cx.span().end();
+        }
+    }
+}
