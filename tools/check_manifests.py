@@ -72,6 +72,25 @@ def main():
     jobs = by_kind.get("Job", [])
     if not any(j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "provision"] for j in jobs):
         fail("no topic provisioning job")
+    collectors = [d for d in by_kind.get("Service", []) if d["metadata"]["labels"].get("app.kubernetes.io/component") == "otel-collector"]
+    if collectors:
+        (collector,) = collectors
+        endpoint = f"http://{collector['metadata']['name']}:4317"
+        for name in SERVICES:
+            env = {e["name"]: e.get("value") for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+            if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") != endpoint or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") != "grpc":
+                fail(f"{name}: does not export to the release's collector ({endpoint}, grpc)")
+            if env.get("CARDLINK_LOG_FORMAT") not in ("json", "text"):
+                fail(f"{name}: CARDLINK_LOG_FORMAT not set")
+        monitors = by_kind.get("ServiceMonitor", [])
+        if not monitors:
+            fail("the collector is enabled in the CI values but no ServiceMonitor was rendered")
+        selector = monitors[0]["spec"]["selector"]["matchLabels"]
+        labels = collector["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in selector.items()):
+            fail("the ServiceMonitor does not select the collector's Service")
+        if not any(p["name"] == "metrics" for p in collector["spec"]["ports"]) or monitors[0]["spec"]["endpoints"][0]["port"] != "metrics":
+            fail("the ServiceMonitor must scrape the collector's metrics port")
     print(f"check_manifests: {len(docs)} manifests OK")
 
 

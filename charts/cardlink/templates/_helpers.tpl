@@ -41,8 +41,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 - name: RUST_LOG
   value: {{ .Values.telemetry.logLevel | quote }}
-{{- if .Values.telemetry.otlpEndpoint }}
+- name: CARDLINK_LOG_FORMAT
+  value: {{ .Values.telemetry.logFormat | quote }}
+{{- $endpoint := .Values.telemetry.otlpEndpoint }}
+{{- if .Values.telemetry.collector.enabled }}
+{{- $endpoint = printf "http://%s-otel-collector:4317" (include "cardlink.fullname" .) }}
+{{- end }}
+{{- if $endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ .Values.telemetry.otlpEndpoint | quote }}
+  value: {{ $endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ if .Values.telemetry.collector.enabled }}grpc{{ else }}{{ .Values.telemetry.otlpProtocol | quote }}{{ end }}
+- name: OTEL_METRIC_EXPORT_INTERVAL
+  value: {{ .Values.telemetry.metricExportIntervalMs | quote }}
 {{- end }}
 {{- end -}}

@@ -141,7 +141,7 @@ pub fn observe_goal(registry: Followed<RegistryView>, activity: PublishingActivi
     let volume_goal = goal.clone();
     meter
         .i64_observable_gauge("cardlink.goal.volume")
-        .with_unit("JPY")
+        .with_unit("{JPY}")
         .with_description(
             "Annual transaction volume (取扱高): all registered issuers, and those counted toward the goal",
         )
@@ -153,7 +153,6 @@ pub fn observe_goal(registry: Followed<RegistryView>, activity: PublishingActivi
         .build();
     meter
         .i64_observable_gauge("cardlink.goal.issuer.counts")
-        .with_unit("1")
         .with_description("1 when the issuer publishes live and has an active aggregator connection, else 0")
         .with_callback(move |observer| {
             for issuer in goal().issuers {
