@@ -18,12 +18,22 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Python with fastavro (the independent Avro decoder the tests compare against) and grpcio (the
 # Python aggregator client example, run against a real service).
 venv="$HOME/.cache/cardlink/venv"
-if ! "$venv/bin/python" -c 'import fastavro, grpc, grpc_tools, yaml' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import fastavro, grpc, grpc_tools, yaml, playwright, PIL' 2>/dev/null; then
   echo "==> setting up $venv (tools/requirements.txt)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/requirements.txt
 fi
 export CARDLINK_PYTHON="$venv/bin/python"
+
+# The end-to-end test's browser: Debian's Chromium (Playwright drives it; it never downloads a
+# browser of its own), and a Japanese font so the pages' screenshots show their text.
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -q 'Noto Sans CJK'; then
+  echo "==> installing Chromium and fonts-noto-cjk (Debian)"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk >/dev/null
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -13,6 +13,14 @@ import yaml
 SERVICES = {"registry": 50052, "ingest": 50051, "consent": 50053, "subscription": 50054}
 
 
+# Services that serve pages: the variable naming their HTTP listener, and the chart's port.
+PAGES = {
+    "registry": ("CARDLINK_REGISTRY_HTTP_LISTEN", 8081),
+    "consent": ("CARDLINK_PAGES_LISTEN", 8080),
+    "subscription": ("CARDLINK_SUBSCRIPTION_HTTP_LISTEN", 8082),
+}
+
+
 def fail(message):
     print(f"check_manifests: {message}", file=sys.stderr)
     sys.exit(1)
@@ -56,6 +64,13 @@ def main():
         svc_ports = [p["port"] for p in services[name]["spec"]["ports"]]
         if port not in svc_ports:
             fail(f"{name}: Service does not expose {port}")
+        # The pages each service serves: the listener's variable and the Service port agree.
+        if name in PAGES:
+            variable, http_port = PAGES[name]
+            if env.get(variable, {}).get("value") != f"0.0.0.0:{http_port}":
+                fail(f"{name}: {variable} must be 0.0.0.0:{http_port}")
+            if http_port not in svc_ports:
+                fail(f"{name}: Service does not expose its pages on {http_port}")
 
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     if not any(h["spec"]["scaleTargetRef"]["name"] == deployments["subscription"]["metadata"]["name"] for h in hpas):

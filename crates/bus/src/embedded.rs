@@ -29,17 +29,22 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a broker on 127.0.0.1 and an ephemeral port.
     pub async fn start_ephemeral() -> Result<Self, BusError> {
-        // Ask the OS for a free port, then hand it to the broker. Another process could take
-        // it in between; the start then fails clearly rather than silently.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| BusError::Embedded(format!("no free local port: {e}")))?
-            .port();
-        Self::start(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+        Self::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
     }
 
-    /// Starts a broker listening on `addr` and waits until it accepts connections.
+    /// Starts a broker listening on `addr` (port 0: a free port) and waits until it accepts
+    /// connections.
     pub async fn start(addr: SocketAddr) -> Result<Self, BusError> {
+        // The broker advertises the address it listens on, so it needs the real port up front:
+        // ask the OS for a free one and hand it over. Another process could take it in between;
+        // the start then fails clearly rather than silently.
+        let addr = if addr.port() == 0 {
+            TcpListener::bind((addr.ip(), 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| BusError::Embedded(format!("no free port on {}: {e}", addr.ip())))?
+        } else {
+            addr
+        };
         let embedded = |what: &str, e: &dyn std::fmt::Display| BusError::Embedded(format!("{what}: {e}"));
         let listener = url::Url::parse(&format!("tcp://{addr}")).map_err(|e| embedded("listener address", &e))?;
         let storage = url::Url::parse("memory://tansu/").map_err(|e| embedded("storage address", &e))?;

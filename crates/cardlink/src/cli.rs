@@ -29,8 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole system locally.
-    Dev(DevArgs),
+    /// Run the whole system locally, with demo participants, consents and simulated issuers.
+    Dev(crate::dev::DevArgs),
     /// Run one service.
     Serve {
         #[command(subcommand)]
@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         adapter: Adapter,
     },
+    /// Be an aggregator: request consents, exchange codes, subscribe, acknowledge.
+    Aggregator(crate::aggregator::AggregatorArgs),
     /// Manage cardlink's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -76,34 +78,6 @@ impl KafkaArgs {
     }
 }
 
-#[derive(Debug, Args)]
-struct DevArgs {
-    /// Use this Kafka cluster (host:port,...) instead of starting the embedded broker.
-    #[arg(long, env = "CARDLINK_KAFKA_BOOTSTRAP")]
-    kafka: Option<String>,
-    /// Where the embedded broker listens.
-    #[arg(long, default_value = "127.0.0.1:9092", env = "CARDLINK_EMBEDDED_BROKER")]
-    broker_listen: SocketAddr,
-    /// Where the ingest service listens.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    ingest_listen: SocketAddr,
-    /// Where the registry service listens.
-    #[arg(long, default_value = "127.0.0.1:50052")]
-    registry_listen: SocketAddr,
-    /// Where the consent service's gRPC API listens.
-    #[arg(long, default_value = "127.0.0.1:50053")]
-    consent_listen: SocketAddr,
-    /// Where the consent page (HTTP) listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pages_listen: SocketAddr,
-    /// Where the subscription service listens.
-    #[arg(long, default_value = "127.0.0.1:50054")]
-    subscription_listen: SocketAddr,
-    /// Simulated card events per second published by the demo issuer (0: none).
-    #[arg(long, default_value_t = 20)]
-    simulate_rate: u32,
-}
-
 #[derive(Debug, Subcommand)]
 enum Service {
     /// Subscription (gRPC Subscription): consented events to aggregators.
@@ -112,6 +86,9 @@ enum Service {
         kafka: KafkaArgs,
         #[arg(long, default_value = "0.0.0.0:50054", env = "CARDLINK_SUBSCRIPTION_LISTEN")]
         listen: SocketAddr,
+        /// Where the live view (`/live`, `/live.json`) is served.
+        #[arg(long, default_value = "0.0.0.0:8082", env = "CARDLINK_SUBSCRIPTION_HTTP_LISTEN")]
+        http_listen: SocketAddr,
         /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
         #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',', required = true)]
         trusted_keys: Vec<String>,
@@ -148,6 +125,9 @@ enum Service {
         kafka: KafkaArgs,
         #[arg(long, default_value = "0.0.0.0:50052", env = "CARDLINK_REGISTRY_LISTEN")]
         listen: SocketAddr,
+        /// Where the public transparency and goal pages are served.
+        #[arg(long, default_value = "0.0.0.0:8081", env = "CARDLINK_REGISTRY_HTTP_LISTEN")]
+        http_listen: SocketAddr,
         /// The platform signing key: base64url of a 32-byte Ed25519 seed.
         #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
         signing_key: String,
@@ -258,6 +238,7 @@ impl Cli {
             Command::Serve { service: Service::Registry { .. } } => "registry",
             Command::Serve { service: Service::Ingest { .. } } => "ingest",
             Command::Adapter { .. } => "adapter",
+            Command::Aggregator(_) => "aggregator-cli",
             Command::Topics { .. } | Command::Config { .. } => "admin",
         };
         format!("cardlink-{name}")
@@ -265,7 +246,8 @@ impl Cli {
 
     pub async fn run(self, file: &FileConfig) -> anyhow::Result<()> {
         match self.command {
-            Command::Dev(args) => dev(args, file).await,
+            Command::Dev(args) => crate::dev::run(args, file).await,
+            Command::Aggregator(args) => crate::aggregator::run(args).await,
             Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Topics { command: TopicsCommand::Provision { kafka, replication_factor } } => {
@@ -295,7 +277,7 @@ impl Cli {
 /// The bus configuration for `bootstrap`: the file's librdkafka settings, then
 /// `CARDLINK_KAFKA__*` (librdkafka settings such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX`
 /// from the file and the environment (the environment wins), validated.
-fn bus_config(bootstrap: String, file: &FileConfig) -> anyhow::Result<BusConfig> {
+pub(crate) fn bus_config(bootstrap: String, file: &FileConfig) -> anyhow::Result<BusConfig> {
     let mut config = BusConfig::local(bootstrap);
     config.librdkafka.extend(file.librdkafka.clone());
     let config = config.with_env(file.passed_on.iter().cloned().chain(std::env::vars()));
@@ -324,10 +306,11 @@ fn shared_secret(text: &str) -> anyhow::Result<Arc<[u8]>> {
 
 async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     match service {
-        Service::Subscription { kafka, listen, trusted_keys, secret } => {
+        Service::Subscription { kafka, listen, http_listen, trusted_keys, secret } => {
             // Check the arguments before touching Kafka.
             let config = cardlink_subscription::server::SubscriptionConfig {
                 listen,
+                http_listen: Some(http_listen),
                 trusted_keys: trusted(&trusted_keys)?,
                 secret: shared_secret(&secret)?,
             };
@@ -350,7 +333,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", demo_members.display()))?;
             let config = cardlink_consent::server::ConsentConfig {
                 grpc_listen,
-                http_listen,
+                http_listen: Some(http_listen),
                 public_url,
                 trusted_keys: keys,
                 secret,
@@ -360,13 +343,17 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Service::Registry { kafka, listen, signing_key, signing_key_id, bootstrap_operator } => {
+        Service::Registry { kafka, listen, http_listen, signing_key, signing_key_id, bootstrap_operator } => {
             let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
             println!("platform public key (give to other services): {}", signer_public(&signer));
-            let config = cardlink_registry::server::RegistryConfig { listen, ..Default::default() };
+            let config = cardlink_registry::server::RegistryConfig {
+                listen,
+                http_listen: Some(http_listen),
+                ..Default::default()
+            };
             let running = cardlink_registry::server::start(&bus, config, Arc::new(signer)).await?;
             if let Some(operator) = bootstrap_operator {
                 let credential = running.registry().bootstrap_operator(&operator).await?;
@@ -453,159 +440,14 @@ async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
     }
 }
 
-use crate::demo::{self, DEMO_ISSUER};
-
-async fn dev(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
-    // Keep the broker alive for the whole run; dropping it stops it.
-    let (_broker, bootstrap) = match args.kafka {
-        Some(kafka) => (None, kafka),
-        None => start_embedded(args.broker_listen).await?,
-    };
-    let bus = bus_config(bootstrap.clone(), file)?;
-    let report = cardlink_bus::provision(&bus).await.with_context(|| format!("provisioning topics on {bootstrap}"))?;
-    print_report(&report);
-
-    // Registry: a fresh platform key per run; the demo participants are registered through it.
-    let signer = Arc::new(cardlink_auth::TokenSigner::generate("dev"));
-    let registry = cardlink_registry::server::start(
-        &bus,
-        cardlink_registry::server::RegistryConfig { listen: args.registry_listen, ..Default::default() },
-        Arc::clone(&signer),
-    )
-    .await?;
-    let world = demo::setup(registry.registry()).await?;
-
-    // Ingest accepts the issuers' registry credentials.
-    let caller_auth = cardlink_registry::caller::CallerAuth::new(
-        cardlink_auth::TokenVerifier::new([signer.public_key()]),
-        registry.view().clone(),
-    );
-    let auth = Arc::new(cardlink_ingest::auth::RegistryIssuers(caller_auth));
-    let mut ingest = cardlink_ingest::server::start(
-        &bus,
-        IngestConfig { listen: args.ingest_listen, ..IngestConfig::default() },
-        auth,
-    )
-    .await?;
-    ingest.ready().await;
-    let endpoint = format!("http://{}", ingest.addr());
-
-    let sim_config = SimConfig::new(DEMO_ISSUER, 1, 200);
-    let accounts: Vec<String> = Simulator::new(sim_config.clone()).account_refs().map(str::to_owned).collect();
-    // Consent and subscription share the secret: aggregators must see the same pseudonyms in
-    // consents and in events.
-    let secret: Arc<[u8]> = Arc::from(rand_secret().as_slice());
-    let consent = cardlink_consent::server::start(
-        &bus,
-        cardlink_consent::server::ConsentConfig {
-            grpc_listen: args.consent_listen,
-            http_listen: args.pages_listen,
-            public_url: None,
-            trusted_keys: vec![signer.public_key()],
-            secret: Arc::clone(&secret),
-        },
-        demo::members(&accounts),
-    )
-    .await?;
-    let subscription = cardlink_subscription::server::start(
-        &bus,
-        cardlink_subscription::server::SubscriptionConfig {
-            listen: args.subscription_listen,
-            trusted_keys: vec![signer.public_key()],
-            secret,
-        },
-    )
-    .await?;
-    let demo_key = world.issuer_token.clone();
-
-    println!();
-    println!("cardlink dev is running");
-    println!("  Kafka bootstrap servers:  {bootstrap}");
-    println!("  gRPC IssuerIngest:        {endpoint}");
-    println!("  gRPC Registry:            http://{}", registry.addr());
-    println!("  gRPC ConsentService:      http://{}", consent.grpc_addr());
-    println!("  gRPC Subscription:        http://{}", subscription.addr());
-    println!("  consent pages:            http://{}/consent/<request id>", consent.http_addr());
-    println!("  member page:              http://{}/member", consent.http_addr());
-    println!("  demo issuer:              {DEMO_ISSUER}");
-    println!("  demo aggregator:          {}", demo::DEMO_AGGREGATOR);
-    println!("  demo member sign-in:      {} / {}", demo::DEMO_MEMBER.0, demo::DEMO_MEMBER.1);
-    println!();
-    println!("Credentials for this run (signed by a per-run platform key):");
-    println!("  operator:   {}", world.operator_token);
-    println!("  issuer:     {demo_key}");
-    println!("  aggregator: {}", world.aggregator_token);
-    println!();
-    println!("Try the batch-file adapter:");
-    println!("  CARDLINK_ISSUER_KEY={demo_key} cargo run --release -- adapter file --issuer {DEMO_ISSUER} \\");
-    println!(
-        "    --mapping crates/adapters/samples/core_export_sjis.toml crates/adapters/samples/core_export_sjis.dat"
-    );
-    println!("Press Ctrl-C to stop.");
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let demo_key = world.issuer_token;
-    let simulation = (args.simulate_rate > 0).then(|| {
-        let endpoint = endpoint.clone();
-        let rate = args.simulate_rate;
-        tokio::spawn(async move {
-            let mut sim = Simulator::new(sim_config);
-            let mut sink = IngestSink::connect(&endpoint, DEMO_ISSUER, &demo_key).await?;
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            simulator::pace(&mut sim, &mut sink, rate, None, stop).await.map_err(anyhow::Error::from)
-        })
-    });
-
-    stop_signal().await?;
-    println!("stopping");
-    let _ = stop_tx.send(());
-    if let Some(task) = simulation {
-        match task.await {
-            Ok(Ok((accepted, duplicate, rejected))) => {
-                println!("demo issuer published {accepted} events ({duplicate} duplicate, {rejected} rejected)");
-            }
-            Ok(Err(e)) => eprintln!("simulator stopped: {e:#}"),
-            Err(e) => eprintln!("simulator task failed: {e}"),
-        }
-    }
-    ingest.shutdown().await?;
-    subscription.shutdown().await;
-    consent.shutdown().await;
-    registry.shutdown().await?;
-    Ok(())
-}
-
-/// A per-run secret for account pseudonyms and consent-page tickets.
-fn rand_secret() -> Vec<u8> {
-    rand::random::<[u8; 32]>().to_vec()
-}
-
-#[cfg(feature = "embedded-broker")]
-async fn start_embedded(
-    listen: SocketAddr,
-) -> anyhow::Result<(Option<cardlink_bus::embedded::EmbeddedBroker>, String)> {
-    let broker = cardlink_bus::embedded::EmbeddedBroker::start(listen)
-        .await
-        .with_context(|| format!("starting the embedded broker on {listen} (choose another with --broker-listen)"))?;
-    let bootstrap = broker.bootstrap_servers();
-    Ok((Some(broker), bootstrap))
-}
-
-#[cfg(not(feature = "embedded-broker"))]
-async fn start_embedded(_listen: SocketAddr) -> anyhow::Result<(Option<()>, String)> {
-    anyhow::bail!("this build has no embedded broker (feature `embedded-broker`); pass --kafka host:port")
-}
-
-fn print_report(report: &cardlink_bus::ProvisionReport) {
+pub(crate) fn print_report(report: &cardlink_bus::ProvisionReport) {
     for (_, name, state) in &report.topics {
         println!("  topic {name}: {state:?}");
     }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Kubernetes and Docker send to stop a container).
-async fn stop_signal() -> anyhow::Result<()> {
+pub(crate) async fn stop_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,87 +1,276 @@
-//! The demo world `cardlink dev` sets up: participants registered through the real registry,
-//! connections enabled, and members who can sign in at the demo issuer login.
+//! The demo world `cardlink dev` sets up, all through the real services: card companies with
+//! their 取扱高, aggregators of three kinds, the connections between them, members who can sign
+//! in at the demo issuer login, and consents those members gave through the real consent flow
+//! (request over gRPC, sign-in and approval on the consent page over HTTP, code exchange).
+//!
+//! The companies and apps are fictional; their volumes are of the order of Japan's larger and
+//! smaller card issuers, so the goal page shows a realistic share. One issuer publishes but has
+//! no aggregator connection yet: it is what keeps the share below the 90% target.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use cardlink_auth::Role;
+use cardlink_client::aggregator::{Aggregator, ConsentAsk};
 use cardlink_consent::members::{DemoIssuerLogin, Member};
 use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, IssuerEntity, Scope};
 use cardlink_registry::caller::Caller;
 use cardlink_registry::service::Registry;
+use serde::Serialize;
 
-/// The demo issuer the simulator publishes as.
-pub const DEMO_ISSUER: &str = "demo-issuer";
-/// The demo aggregator.
-pub const DEMO_AGGREGATOR: &str = "demo-kakeibo";
-/// Demo member sign-in (development only).
-pub const DEMO_MEMBER: (&str, &str) = ("m-00001", "demo-password");
+/// The demo members' password at every demo issuer (development only).
+pub const DEMO_PASSWORD: &str = "demo-password";
 
-/// Tokens of the demo participants.
+/// A card company of the demo.
 #[derive(Debug)]
-pub struct DemoWorld {
-    pub operator_token: String,
-    pub issuer_token: String,
-    pub aggregator_token: String,
+pub struct DemoIssuer {
+    pub id: &'static str,
+    pub name: &'static str,
+    /// 取扱高 per year, yen.
+    pub annual_volume_jpy: i64,
+    /// The aggregators it enables, with the scopes it offers each.
+    pub connections: &'static [(&'static str, &'static [Scope])],
 }
 
+/// An aggregator of the demo.
+#[derive(Debug)]
+pub struct DemoAggregator {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub registration_number: &'static str,
+    pub contact: &'static str,
+}
+
+const ALL: &[Scope] = &Scope::ALL;
+const NO_MERCHANT: &[Scope] = &[Scope::Transactions, Scope::Statements];
+
+pub const ISSUERS: [DemoIssuer; 4] = [
+    DemoIssuer {
+        id: "sakura-card",
+        name: "さくらカード株式会社",
+        annual_volume_jpy: 18_200_000_000_000,
+        connections: &[("kakeibo-note", ALL), ("sme-books", ALL), ("asset-view", NO_MERCHANT)],
+    },
+    DemoIssuer {
+        id: "minato-card",
+        name: "みなとカード株式会社",
+        annual_volume_jpy: 9_600_000_000_000,
+        connections: &[("kakeibo-note", ALL), ("sme-books", ALL)],
+    },
+    DemoIssuer {
+        id: "kita-card",
+        name: "北日本カードサービス株式会社",
+        annual_volume_jpy: 2_100_000_000_000,
+        connections: &[("kakeibo-note", ALL)],
+    },
+    DemoIssuer {
+        id: "hikari-card",
+        name: "ひかりカード株式会社",
+        annual_volume_jpy: 5_400_000_000_000,
+        connections: &[],
+    },
+];
+
+pub const AGGREGATORS: [DemoAggregator; 3] = [
+    DemoAggregator {
+        id: "kakeibo-note",
+        name: "かけいぼノート（家計簿アプリ）",
+        registration_number: "関東財務局長（電代）第0001号",
+        contact: "support@kakeibo-note.example",
+    },
+    DemoAggregator {
+        id: "sme-books",
+        name: "スマート会計（中小企業・個人事業主向け会計ソフト）",
+        registration_number: "関東財務局長（電代）第0002号",
+        contact: "api@sme-books.example",
+    },
+    DemoAggregator {
+        id: "asset-view",
+        name: "資産ビュー（資産管理アプリ）",
+        registration_number: "近畿財務局長（電代）第0003号",
+        contact: "help@asset-view.example",
+    },
+];
+
+/// Members per demo issuer who can sign in (login ids `m-00001` …); member *n* holds the
+/// simulator's account *n − 1*.
+pub const MEMBERS_PER_ISSUER: usize = 3;
+const MEMBER_NAMES: [&str; MEMBERS_PER_ISSUER] = ["山田 花子", "鈴木 一郎（個人事業主）", "佐藤 美咲"];
+
+/// A consent the demo's members give at start: (issuer, member number, aggregator, scopes,
+/// purpose).
+type DemoConsent = (&'static str, usize, &'static str, &'static [Scope], &'static str);
+
+pub const CONSENTS: [DemoConsent; 5] = [
+    ("sakura-card", 1, "kakeibo-note", ALL, "家計簿への自動取り込みと月次の支出集計"),
+    ("sakura-card", 2, "sme-books", ALL, "事業用カードの利用明細からの仕訳作成"),
+    ("sakura-card", 1, "asset-view", &[Scope::Statements], "カードの請求予定額の表示"),
+    ("minato-card", 1, "kakeibo-note", &[Scope::Transactions], "家計簿への自動取り込み（店名なし）"),
+    ("kita-card", 1, "kakeibo-note", ALL, "家計簿への自動取り込みと月次の支出集計"),
+];
+
+pub fn member_login(n: usize) -> String {
+    format!("m-{n:05}")
+}
+
+/// Credentials of everyone registered, as the registry issued them.
+#[derive(Debug, Default, Serialize)]
+pub struct DemoWorld {
+    pub operator: String,
+    pub issuers: BTreeMap<String, String>,
+    pub aggregators: BTreeMap<String, String>,
+}
+
+/// Registers the demo participants and their connections through the registry.
 pub async fn setup(registry: &Registry) -> anyhow::Result<DemoWorld> {
     let operator = registry.bootstrap_operator("operator").await?;
-    let op = Caller {
-        participant_id: "operator".into(),
-        role: Role::Operator,
-        credential_id: operator.credential_id.clone(),
-    };
-    let (_, issuer) = registry
-        .register_issuer(
-            &op,
-            IssuerEntity {
-                issuer_id: DEMO_ISSUER.into(),
-                name: "デモカード株式会社".into(),
-                annual_volume_jpy: 9_800_000_000_000,
-            },
-        )
-        .await
-        .context("registering the demo issuer")?;
-    let (_, aggregator) = registry
-        .register_aggregator(
-            &op,
-            AggregatorEntity {
-                aggregator_id: DEMO_AGGREGATOR.into(),
-                name: "デモ家計簿".into(),
-                registration_number: "関東財務局長（電代）第0号".into(),
-                contact: "support@kakeibo.example".into(),
-                status: AggregatorStatus::Active,
-            },
-        )
-        .await
-        .context("registering the demo aggregator")?;
-    let issuer_caller =
-        Caller { participant_id: DEMO_ISSUER.into(), role: Role::Issuer, credential_id: issuer.credential_id.clone() };
-    registry
-        .enable_connection(&issuer_caller, DEMO_ISSUER, DEMO_AGGREGATOR, Scope::ALL.to_vec())
-        .await
-        .context("connecting the demo issuer and aggregator")?;
-    Ok(DemoWorld { operator_token: operator.token, issuer_token: issuer.token, aggregator_token: aggregator.token })
+    let op = Caller { participant_id: "operator".into(), role: Role::Operator, credential_id: operator.credential_id };
+    let mut world = DemoWorld { operator: operator.token, ..DemoWorld::default() };
+    for a in &AGGREGATORS {
+        let entity = AggregatorEntity {
+            aggregator_id: a.id.into(),
+            name: a.name.into(),
+            registration_number: a.registration_number.into(),
+            contact: a.contact.into(),
+            status: AggregatorStatus::Active,
+        };
+        let (_, credential) =
+            registry.register_aggregator(&op, entity).await.with_context(|| format!("registering {}", a.id))?;
+        world.aggregators.insert(a.id.into(), credential.token);
+    }
+    for i in &ISSUERS {
+        let entity =
+            IssuerEntity { issuer_id: i.id.into(), name: i.name.into(), annual_volume_jpy: i.annual_volume_jpy };
+        let (_, credential) =
+            registry.register_issuer(&op, entity).await.with_context(|| format!("registering {}", i.id))?;
+        // The issuer manages its own connections, with its own credential.
+        let caller =
+            Caller { participant_id: i.id.into(), role: Role::Issuer, credential_id: credential.credential_id.clone() };
+        for (aggregator, scopes) in i.connections {
+            registry
+                .enable_connection(&caller, i.id, aggregator, scopes.to_vec())
+                .await
+                .with_context(|| format!("connecting {} to {aggregator}", i.id))?;
+        }
+        world.issuers.insert(i.id.into(), credential.token);
+    }
+    Ok(world)
 }
 
-/// Members of the demo issuer: the simulator's first accounts.
-pub fn members(account_refs: &[String]) -> Arc<DemoIssuerLogin> {
+/// The demo issuers' members: member *n* holds `account_refs(issuer)[n - 1]`.
+pub fn members(account_refs: impl Fn(&str) -> Vec<String>) -> Arc<DemoIssuerLogin> {
     let mut login = DemoIssuerLogin::new();
-    let accounts = account_refs
-        .iter()
-        .take(2)
-        .enumerate()
-        .map(|(i, a)| (a.clone(), format!("デモカード {}", ["ゴールド", "家族カード"][i % 2])))
-        .collect();
-    login.add(
-        Member {
-            issuer_id: DEMO_ISSUER.into(),
-            member_ref: DEMO_MEMBER.0.into(),
-            display_name: "デモ 花子".into(),
-            accounts,
-        },
-        DEMO_MEMBER.1,
-    );
+    for issuer in &ISSUERS {
+        let accounts = account_refs(issuer.id);
+        for (n, name) in (1..=MEMBERS_PER_ISSUER).zip(MEMBER_NAMES) {
+            let Some(account) = accounts.get(n - 1) else { continue };
+            let label = format!(
+                "{} {}",
+                issuer.name.trim_end_matches("株式会社"),
+                ["ゴールド", "ビジネス", "クラシック"][n - 1]
+            );
+            login.add(
+                Member {
+                    issuer_id: issuer.id.into(),
+                    member_ref: member_login(n),
+                    display_name: name.into(),
+                    accounts: vec![(account.clone(), label)],
+                },
+                DEMO_PASSWORD,
+            );
+        }
+    }
     Arc::new(login)
+}
+
+/// A consent the demo created.
+#[derive(Debug, Serialize)]
+pub struct CreatedConsent {
+    pub consent_id: String,
+    pub issuer_id: String,
+    pub aggregator_id: String,
+    pub member: String,
+}
+
+/// Gives the demo consents the way a member would: each aggregator asks, the member signs in at
+/// the consent page and approves, the aggregator exchanges the code.
+pub async fn give_consents(
+    world: &DemoWorld,
+    consent_endpoint: &str,
+    subscription_endpoint: &str,
+) -> anyhow::Result<Vec<CreatedConsent>> {
+    let mut created = Vec::new();
+    for (issuer, member, aggregator, scopes, purpose) in CONSENTS {
+        let token = world.aggregators.get(aggregator).context("demo aggregator not registered")?;
+        let mut client = Aggregator::connect(consent_endpoint, subscription_endpoint, token)?;
+        let redirect_uri = format!("https://{aggregator}.example/cardlink/callback");
+        let state = format!("demo-{issuer}-{member}");
+        let ask = ConsentAsk {
+            issuer_id: issuer.into(),
+            scopes: scopes.iter().map(|s| cardlink_registry::grpc::scope_to_proto(*s)).collect(),
+            accounts_hint: String::new(),
+            duration_days: 180,
+            purpose: purpose.into(),
+            redirect_uri: redirect_uri.clone(),
+            state: state.clone(),
+        };
+        let requested =
+            client.request_consent(&ask).await.with_context(|| format!("{aggregator} asking at {issuer}"))?;
+        let login = member_login(member);
+        let back = cardlink_client::member::decide(&requested.authorization_url, &login, DEMO_PASSWORD, true)
+            .await
+            .with_context(|| format!("{login} approving at {issuer}"))?;
+        anyhow::ensure!(back.state.as_deref() == Some(state.as_str()), "the consent page returned another state");
+        let code = back.code.with_context(|| format!("no code in {}", back.location))?;
+        let consent = client.exchange(&code, &requested.pkce.verifier, &redirect_uri).await?;
+        created.push(CreatedConsent {
+            consent_id: consent.consent_id,
+            issuer_id: issuer.into(),
+            aggregator_id: aggregator.into(),
+            member: login,
+        });
+    }
+    Ok(created)
+}
+
+/// One demo aggregator's live stream: a real subscription client that receives (and counts)
+/// what its consents entitle it to, so the live view and the members' access history show
+/// deliveries from the first minute.
+#[derive(Debug)]
+pub struct DemoStream {
+    pub aggregator: &'static str,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl DemoStream {
+    /// Stops the stream; returns how many deliveries it received.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.send_replace(true);
+        self.task.await?
+    }
+}
+
+/// Starts a live stream for each demo aggregator.
+pub fn follow_streams(world: &DemoWorld, subscription_endpoint: &str) -> anyhow::Result<Vec<DemoStream>> {
+    use cardlink_client::subscriber::{Resumable, Start};
+    let mut streams = Vec::new();
+    for a in &AGGREGATORS {
+        let token = world.aggregators.get(a.id).context("demo aggregator not registered")?;
+        let client = Aggregator::connect(subscription_endpoint, subscription_endpoint, token)?;
+        let mut stream = Resumable::new(client, Vec::new(), Vec::new(), Start::Now, None)?;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut received = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return Ok(received),
+                    batch = stream.next(|_| {}) => received += batch?.deliveries.len() as u64,
+                }
+            }
+        });
+        streams.push(DemoStream { aggregator: a.id, stop, task });
+    }
+    Ok(streams)
 }

@@ -4,14 +4,18 @@
 //!   (or, with `--kafka`, an existing cluster), and stops cleanly on Ctrl-C.
 //! - `cardlink serve <service>` runs one service, for deployment.
 //! - `cardlink adapter file|simulate` feeds an issuer's data in through the ingest API.
+//! - `cardlink aggregator …` is an aggregator's first client: consent requests, code exchange,
+//!   subscribing with a cursor file, acknowledging.
 //! - `cardlink topics provision` creates cardlink's topics on a cluster (idempotent).
 //! - `cardlink config keys|check` lists the configuration file's keys or checks a file.
 //!
 //! The binary only parses arguments and wires libraries together; the logic lives in the crates.
 
+mod aggregator;
 mod cli;
 mod config;
 mod demo;
+mod dev;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};

@@ -35,6 +35,15 @@ impl Scope {
             Self::Statements => "STATEMENTS",
         }
     }
+
+    /// What the scope shares, as members read it on the consent and public pages.
+    pub fn label_ja(self) -> &'static str {
+        match self {
+            Self::Transactions => "利用明細（日時・金額・支払区分）",
+            Self::MerchantDetail => "利用店名・業種",
+            Self::Statements => "請求（締め日・支払日・請求額）",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

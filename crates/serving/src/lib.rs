@@ -1,6 +1,9 @@
 //! What every cardlink service does the same way when it starts and stops: bind its
 //! listeners, report why it could not start, and wait for its shutdown signal. Keeping it in one
-//! place keeps the services' `server` modules about their own wiring only.
+//! place keeps the services' `server` modules about their own wiring only. [`html`] is the frame
+//! of the pages the services serve.
+
+pub mod html;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +23,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("service task failed: {0}")]
     Task(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// HTTP/2 keepalive: a ping this often on an idle connection finds peers that vanished (a

@@ -136,7 +136,7 @@ impl TestBus {
     ) -> anyhow::Result<cardlink_consent::server::RunningConsent> {
         let config = cardlink_consent::server::ConsentConfig {
             grpc_listen: ([127, 0, 0, 1], 0).into(),
-            http_listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: Some(([127, 0, 0, 1], 0).into()),
             public_url: None,
             trusted_keys: vec![registry.public_key().clone()],
             secret: Arc::from(&b"test-secret-test-secret-test-sec"[..]),
@@ -187,30 +187,8 @@ pub async fn http(
     path: &str,
     form: Option<&str>,
 ) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let body = form.unwrap_or("");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if form.is_some() {
-        request.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await??;
-    let text = String::from_utf8(raw)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-    let mut lines = head.lines();
-    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).context("no status")?.parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
+    let r = cardlink_client::http::request(addr, method, path, form).await?;
+    Ok((r.status, r.headers, r.body))
 }
 
 /// A gRPC client of a consent service.

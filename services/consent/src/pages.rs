@@ -22,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::registry::Scope;
+use cardlink_serving::html::{self, Nav, esc};
 use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::Followed;
 use chrono::Utc;
@@ -56,37 +57,16 @@ pub fn router(state: PageState) -> Router {
         .with_state(state)
 }
 
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 fn scope_label(s: Scope) -> &'static str {
-    match s {
-        Scope::Transactions => "利用明細（日時・金額・支払区分）",
-        Scope::MerchantDetail => "利用店名・業種",
-        Scope::Statements => "請求（締め日・支払日・請求額）",
-    }
+    s.label_ja()
 }
 
 fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{}</title><style>body{{font-family:sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}\
-         .box{{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}}button{{padding:.5em 1.5em;margin-right:1em}}</style>\
-         </head><body>{body}</body></html>",
-        esc(title)
-    ))
+    html::page(title, Nav::None, body)
+}
+
+fn member_page(title: &str, body: &str) -> Html<String> {
+    html::page(title, Nav::Member, body)
 }
 
 fn error_page(status: StatusCode, message: &str) -> Response {
@@ -289,7 +269,7 @@ async fn member_login_page(State(state): State<PageState>) -> Response {
     issuers.sort();
     let options: String =
         issuers.iter().map(|(id, name)| format!("<option value=\"{}\">{}</option>", esc(id), esc(name))).collect();
-    page(
+    member_page(
         "同意の確認と取り消し",
         &format!(
             "<h1>データ提供先の確認</h1><p>カード会社の会員IDでログインすると、あなたのカード情報を受け取っている事業者と、その内容を確認・取り消しできます。</p>\
@@ -345,11 +325,11 @@ fn member_consents(state: &PageState, member: &Member, notice: &str) -> Response
         "<p>情報を提供している事業者はありません。</p>".to_owned()
     } else {
         format!(
-            "<table border=\"1\" cellpadding=\"4\"><tr><th>提供先</th><th>利用目的</th><th>情報</th><th>状態</th><th>期限</th><th></th></tr>{rows}</table>"
+            "<table id=\"consents\"><tr><th>提供先</th><th>利用目的</th><th>情報</th><th>状態</th><th>期限</th><th></th></tr>{rows}</table>"
         )
     };
     let history = access_history(state, member);
-    page(
+    member_page(
         "同意の確認と取り消し",
         &format!(
             "<h1>{} さんの情報提供先</h1>{}{table}<h2>提供の記録</h2>{history}",
@@ -391,7 +371,7 @@ fn access_history(state: &PageState, member: &Member) -> String {
         })
         .collect::<String>();
     format!(
-        "<table id=\"access-history\" border=\"1\" cellpadding=\"4\"><tr><th>日付</th><th>提供先</th><th>情報</th><th>件数</th><th>時刻 (日本時間)</th></tr>{rows}</table>"
+        "<table id=\"access-history\"><tr><th>日付</th><th>提供先</th><th>情報</th><th>件数</th><th>時刻 (日本時間)</th></tr>{rows}</table>"
     )
 }
 

@@ -41,8 +41,11 @@ impl Materialize for ConsentBook {
 #[derive(Clone, Debug)]
 pub struct ConsentConfig {
     pub grpc_listen: SocketAddr,
-    pub http_listen: SocketAddr,
-    /// The URL members' browsers reach the consent page at.
+    /// Where the consent and member pages are served; `None`: not by this service (the caller
+    /// serves [`RunningConsent::pages`] itself, as `cardlink dev` does, and must name
+    /// `public_url`).
+    pub http_listen: Option<SocketAddr>,
+    /// The URL members' browsers reach the consent page at (default: `http://<http_listen>`).
     pub public_url: Option<String>,
     /// Platform keys that sign participant credentials.
     pub trusted_keys: Vec<PublicKey>,
@@ -53,7 +56,8 @@ pub struct ConsentConfig {
 #[derive(Debug)]
 pub struct RunningConsent {
     grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    pages: axum::Router,
     consents: Consents,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -64,8 +68,14 @@ impl RunningConsent {
         self.grpc_addr
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
+    /// Where this service serves its pages, if it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The consent and member pages, to serve beside other pages.
+    pub fn pages(&self) -> axum::Router {
+        self.pages.clone()
     }
 
     pub fn consents(&self) -> &Consents {
@@ -87,7 +97,18 @@ pub async fn start(
     members: Arc<dyn MemberDirectory>,
 ) -> Result<RunningConsent, ServeError> {
     let (grpc_listener, grpc_addr) = cardlink_serving::bind(config.grpc_listen).await?;
-    let (http_listener, http_addr) = cardlink_serving::bind(config.http_listen).await?;
+    let http = match config.http_listen {
+        Some(at) => Some(cardlink_serving::bind(at).await?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|(_, addr)| *addr);
+    let public_url = match (&config.public_url, http_addr) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => {
+            return Err(ServeError::Config("the consent pages are served elsewhere: name their public URL".into()));
+        }
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (mut registry, registry_follower) = follow::spawn(
@@ -115,7 +136,6 @@ pub async fn start(
         cardlink_telemetry::observe_view_lag(name, lag);
     }
 
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
     let ready_book = book.clone();
     let consents = Consents::new(Producer::new(bus)?, book, registry.clone(), &public_url);
     let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
@@ -142,15 +162,12 @@ pub async fn start(
         }
     });
 
-    let router =
+    let pages =
         pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret), access });
-    let stop = shutdown_rx.clone();
-    let http_task = tokio::spawn(async move {
-        let served = axum::serve(http_listener, router).with_graceful_shutdown(cardlink_serving::stopped(stop)).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "consent page server failed");
-        }
-    });
+    let mut tasks = vec![grpc_task];
+    if let Some((listener, _)) = http {
+        tasks.push(cardlink_serving::html::serve(listener, pages.clone(), shutdown_rx.clone(), "consent page server"));
+    }
 
     let sweeper = consents.clone();
     let mut stop = shutdown_rx;
@@ -169,7 +186,7 @@ pub async fn start(
             }
         }
     });
-    tracing::info!(%grpc_addr, %http_addr, "consent service listening");
+    tracing::info!(%grpc_addr, http_addr = ?http_addr, %public_url, "consent service listening");
     // Awaited at shutdown so the followers' Kafka clients close before the caller goes on.
     let followers = tokio::spawn(async move {
         for (name, follower) in
@@ -180,13 +197,8 @@ pub async fn start(
             }
         }
     });
-    Ok(RunningConsent {
-        grpc_addr,
-        http_addr,
-        consents,
-        shutdown,
-        tasks: vec![grpc_task, http_task, sweep_task, followers],
-    })
+    tasks.extend([sweep_task, followers]);
+    Ok(RunningConsent { grpc_addr, http_addr, pages, consents, shutdown, tasks })
 }
 
 /// A view's lag, for the `cardlink.view.lag` gauge.

@@ -83,20 +83,24 @@ fn ask(scopes: &[v1::Scope]) -> v1::CreateConsentRequestRequest {
 
 /// The member signs in at the consent page and decides; returns the redirect's query pairs.
 async fn member_decides(w: &World, url: &str, decision: &str, extra: &str) -> Vec<(String, String)> {
-    let path = url.split_once(&w.consent.http_addr().to_string()).unwrap().1.to_owned();
-    let (status, _, body) = http(w.consent.http_addr(), "GET", &path, None).await.unwrap();
+    let path = url.split_once(&w.consent.http_addr().unwrap().to_string()).unwrap().1.to_owned();
+    let (status, _, body) = http(w.consent.http_addr().unwrap(), "GET", &path, None).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("家計簿 agg-x") && body.contains("ログイン"), "{body}");
 
     let (status, _, body) =
-        http(w.consent.http_addr(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=wrong"))
+        http(w.consent.http_addr().unwrap(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=wrong"))
             .await
             .unwrap();
     assert_eq!(status, 401, "a wrong password is refused");
-    let (status, _, body_ok) =
-        http(w.consent.http_addr(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=correct+horse"))
-            .await
-            .unwrap();
+    let (status, _, body_ok) = http(
+        w.consent.http_addr().unwrap(),
+        "POST",
+        &format!("{path}/login"),
+        Some("login_id=m-001&password=correct+horse"),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body_ok.contains("山田 花子") && body_ok.contains("ゴールド ****0042"));
     let ticket = body_ok.split("name=\"ticket\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
@@ -106,7 +110,7 @@ async fn member_decides(w: &World, url: &str, decision: &str, extra: &str) -> Ve
         form_urlencoded::byte_serialize(ticket.as_bytes()).collect::<String>()
     );
     let (status, headers, _) =
-        http(w.consent.http_addr(), "POST", &format!("{path}/decision"), Some(&form)).await.unwrap();
+        http(w.consent.http_addr().unwrap(), "POST", &format!("{path}/decision"), Some(&form)).await.unwrap();
     assert_eq!(status, 303);
     let location = headers.iter().find(|(k, _)| k == "location").unwrap().1.clone();
     assert!(location.starts_with(REDIRECT), "{location}");
@@ -378,7 +382,7 @@ async fn a_member_sees_and_revokes_consents_on_cardlinks_member_page() {
     member_decides(&w, &requested.authorization_url, "approve", "&account=acct-2&scope=STATEMENTS").await;
     let consent_id = requested.request_id;
 
-    let addr = w.consent.http_addr();
+    let addr = w.consent.http_addr().unwrap();
     let (status, _, body) = http(addr, "GET", "/member", None).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("iss-a"), "the issuer list offers iss-a: {body}");

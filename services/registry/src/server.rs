@@ -23,12 +23,19 @@ use crate::service::{DEFAULT_CREDENTIAL_TTL, Registry};
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
+    /// Where the public pages (`/transparency`, `/goal`) are served; `None`: not by this
+    /// service (the caller may serve [`RunningRegistry::pages`] itself).
+    pub http_listen: Option<SocketAddr>,
     pub credential_ttl: Duration,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50052)), credential_ttl: DEFAULT_CREDENTIAL_TTL }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            http_listen: None,
+            credential_ttl: DEFAULT_CREDENTIAL_TTL,
+        }
     }
 }
 
@@ -36,6 +43,8 @@ impl Default for RegistryConfig {
 #[derive(Debug)]
 pub struct RunningRegistry {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    pages: axum::Router,
     registry: Registry,
     view: Followed<RegistryView>,
     public_key: cardlink_auth::PublicKey,
@@ -49,6 +58,16 @@ pub struct RunningRegistry {
 impl RunningRegistry {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where this service serves its public pages, if it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The public pages, to serve beside other pages.
+    pub fn pages(&self) -> axum::Router {
+        self.pages.clone()
     }
 
     /// The registry's own logic, e.g. to bootstrap the first operator credential.
@@ -84,6 +103,10 @@ pub async fn start(
     signer: Arc<TokenSigner>,
 ) -> Result<RunningRegistry, ServeError> {
     let (listener, addr) = cardlink_serving::bind(config.listen).await?;
+    let http = match config.http_listen {
+        Some(at) => Some(cardlink_serving::bind(at).await?),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (mut view, follower) =
         follow::spawn(Consumer::new(bus, "registry-view")?, Topic::Registry, RegistryView::new(), shutdown_rx.clone());
@@ -104,6 +127,18 @@ pub async fn start(
     crate::goal::observe_goal(view.clone(), activity.clone());
     let lag_view = view.clone();
     cardlink_telemetry::observe_view_lag("registry.registry", move || lag_view.lag());
+    let pages = crate::pages::router(crate::pages::PageState { view: view.clone(), activity: activity.clone() });
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    let mut followers = Vec::new();
+    if let Some((http_listener, http_addr)) = http {
+        followers.push(cardlink_serving::html::serve(
+            http_listener,
+            pages.clone(),
+            shutdown_rx.clone(),
+            "registry pages",
+        ));
+        tracing::info!(%http_addr, "transparency and goal pages at /transparency, /goal");
+    }
     let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
     let ready_view = view.clone();
     let router = cardlink_serving::grpc_router(
@@ -124,6 +159,16 @@ pub async fn start(
             tracing::error!(error = %e, "registry view follower stopped");
         }
     });
-    let followers = vec![follower, activity_follower];
-    Ok(RunningRegistry { addr, registry, view, public_key: signer.public_key(), shutdown, followers, server })
+    followers.extend([follower, activity_follower]);
+    Ok(RunningRegistry {
+        addr,
+        http_addr,
+        pages,
+        registry,
+        view,
+        public_key: signer.public_key(),
+        shutdown,
+        followers,
+        server,
+    })
 }

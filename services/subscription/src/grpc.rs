@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::access::AccessLog;
 use crate::cursor::Cursor;
 use crate::hub::{self, CatchUpError, Filters, Hub, Outgoing, Start};
+use crate::live::DeliveryCounts;
 use crate::metrics::{Mode, SubscriptionMetrics};
 use crate::positions::{self, PositionError, PositionsView};
 
@@ -58,6 +59,11 @@ impl SubscriptionGrpc {
         let catch_up = Arc::new(Semaphore::new(MAX_CATCH_UP_READERS));
         let metrics = SubscriptionMetrics::new(&hub, Arc::clone(&catch_up), MAX_CATCH_UP_READERS);
         Self { hub, auth, bus, producer, positions, catch_up, access, metrics, shutdown }
+    }
+
+    /// Deliveries per aggregator, for the live view.
+    pub fn live_deliveries(&self) -> DeliveryCounts {
+        self.metrics.live().clone()
     }
 
     /// The catch-up reader permits, to observe how many readers run.

@@ -91,6 +91,8 @@ struct Shared {
     by_aggregator: HashMap<String, Vec<Slot>>,
     /// Next offset per (topic, partition) of the hub's reader.
     position: HashMap<(Topic, i32), i64>,
+    /// Event records read per issuer since the process started (the live view).
+    events_in: HashMap<String, u64>,
 }
 
 impl Shared {
@@ -208,6 +210,14 @@ impl Hub {
         shared.by_aggregator.iter().filter(|(_, s)| !s.is_empty()).map(|(a, s)| (a.clone(), s.len())).collect()
     }
 
+    /// Event records read per issuer since the process started.
+    pub fn events_in(&self) -> Vec<(String, u64)> {
+        let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = shared.events_in.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        out.sort();
+        out
+    }
+
     /// Connected streams.
     pub fn streams(&self) -> usize {
         self.shared.read().unwrap_or_else(PoisonError::into_inner).by_aggregator.values().map(Vec::len).sum()
@@ -227,6 +237,14 @@ impl Hub {
         let mut origin: Option<Arc<Origin>> = None;
         let mut shared = self.write();
         shared.position.insert((record.topic, record.partition), record.offset + 1);
+        if let Some(issuer) = record.issuer_id() {
+            match shared.events_in.get_mut(issuer) {
+                Some(n) => *n += 1,
+                None => {
+                    shared.events_in.insert(issuer.to_owned(), 1);
+                }
+            }
+        }
         // Every stream's position moves past this record, entitled or not, so cursors stay
         // current for streams that see little traffic.
         let mut fallen = Vec::new();

@@ -8,12 +8,14 @@
 //! - [`positions`]: named server-side positions (`Acknowledge`), kept on the bus.
 //! - [`access`]: the record of what was provided to whom, written to the audit topic.
 //! - [`metrics`]: deliveries, latency, streams, catch-up readers; the delivery span of each event.
+//! - [`live`]: the live view page (events in, deliveries, streams) and its JSON.
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
 pub mod access;
 pub mod cursor;
 pub mod grpc;
 pub mod hub;
+pub mod live;
 pub mod metrics;
 pub mod positions;
 pub mod projection;

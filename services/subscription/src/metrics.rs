@@ -7,6 +7,7 @@
 //! `traceparent` header names a valid span); sampling is the producer's decision, inherited.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cardlink_bus::Topic;
@@ -17,6 +18,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio::sync::Semaphore;
 
 use crate::hub::Hub;
+use crate::live::DeliveryCounts;
 
 /// Where a delivered record came from: the trace it belongs to and when it was published.
 #[derive(Debug)]
@@ -51,6 +53,7 @@ impl Mode {
 pub struct SubscriptionMetrics {
     deliveries: Counter<u64>,
     latency: Histogram<f64>,
+    live: DeliveryCounts,
 }
 
 impl SubscriptionMetrics {
@@ -80,6 +83,7 @@ impl SubscriptionMetrics {
         let consents = hub.consents().clone();
         cardlink_telemetry::observe_view_lag("subscription.consents", move || consents.lag());
         Self {
+            live: DeliveryCounts::default(),
             deliveries: meter
                 .u64_counter("cardlink.subscription.deliveries")
                 .with_unit("{delivery}")
@@ -96,9 +100,15 @@ impl SubscriptionMetrics {
         }
     }
 
+    /// Deliveries per aggregator for the live view.
+    pub fn live(&self) -> &DeliveryCounts {
+        &self.live
+    }
+
     /// One stream's view of the instruments.
     pub fn stream(&self, aggregator: &str, mode: Mode) -> StreamMetrics {
         StreamMetrics {
+            live: self.live.counter(aggregator),
             metrics: self.clone(),
             attributes: Arc::new([
                 KeyValue::new(attr::AGGREGATOR, aggregator.to_owned()),
@@ -114,6 +124,7 @@ impl SubscriptionMetrics {
 #[derive(Clone, Debug)]
 pub struct StreamMetrics {
     metrics: SubscriptionMetrics,
+    live: Arc<AtomicU64>,
     attributes: Arc<[KeyValue; 2]>,
     aggregator: Arc<str>,
     mode: Mode,
@@ -147,6 +158,7 @@ impl StreamMetrics {
     /// replay's age is not latency) and ends its span.
     pub fn delivered(&self, origin: Option<&Origin>, span: Option<Context>) {
         self.metrics.deliveries.add(1, &self.attributes[..]);
+        self.live.fetch_add(1, Ordering::Relaxed);
         if self.mode == Mode::Live
             && let Some(published) = origin.and_then(|o| o.published_ms)
         {

@@ -29,11 +29,15 @@ pub struct SubscriptionConfig {
     pub trusted_keys: Vec<PublicKey>,
     /// Key of account pseudonyms and cursors; the same as the consent service's.
     pub secret: Arc<[u8]>,
+    /// Where the live view page (`/live`, `/live.json`) is served; `None`: not served.
+    pub http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
 pub struct RunningSubscription {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    pages: axum::Router,
     hub: Hub,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -46,6 +50,16 @@ pub struct RunningSubscription {
 impl RunningSubscription {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the live view is served, if it is.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The live view, to serve beside other pages.
+    pub fn pages(&self) -> axum::Router {
+        self.pages.clone()
     }
 
     pub fn hub(&self) -> &Hub {
@@ -79,6 +93,10 @@ fn logged(name: &'static str, task: JoinHandle<Result<(), cardlink_bus::BusError
 /// Starts the service; returns once its views caught up and the hub is reading.
 pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<RunningSubscription, ServeError> {
     let (listener, addr) = cardlink_serving::bind(config.listen).await?;
+    let http = match config.http_listen {
+        Some(at) => Some(cardlink_serving::bind(at).await?),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (mut registry, registry_task) = follow::spawn(
         Consumer::new(bus, "subscription-registry-view")?,
@@ -134,6 +152,14 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         shutdown_rx.clone(),
     )?;
     let catch_up = grpc.catch_up_permits();
+    let live = crate::live::LiveState { hub: hub.clone(), deliveries: grpc.live_deliveries() };
+    let pages = crate::live::router(live);
+    let mut tasks = Vec::new();
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    if let Some((http_listener, http_addr)) = http {
+        tasks.push(cardlink_serving::html::serve(http_listener, pages.clone(), shutdown_rx.clone(), "live view"));
+        tracing::info!(%http_addr, "live view at /live");
+    }
     let server = tokio::spawn(async move {
         let served = router
             .add_service(
@@ -148,13 +174,13 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         }
     });
     tracing::info!(%addr, "subscription service listening");
-    let tasks = vec![
+    tasks.extend([
         server,
         logged("hub reader", reader),
         logged("consent notices", notifier),
         logged("registry view", registry_task),
         logged("consent view", consents_task),
         logged("positions", positions_task),
-    ];
-    Ok(RunningSubscription { addr, hub, shutdown, tasks, catch_up, stop_access, access: access_task })
+    ]);
+    Ok(RunningSubscription { addr, http_addr, pages, hub, shutdown, tasks, catch_up, stop_access, access: access_task })
 }

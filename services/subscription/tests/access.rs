@@ -92,7 +92,8 @@ async fn deliveries_are_recorded_and_shown_in_the_members_access_history() {
 
     // The member's own page shows it.
     let login = "issuer_id=iss-a&login_id=m-001&password=correct+horse";
-    let (status, _, body) = http(consent_service.http_addr(), "POST", "/member/login", Some(login)).await.unwrap();
+    let (status, _, body) =
+        http(consent_service.http_addr().unwrap(), "POST", "/member/login", Some(login)).await.unwrap();
     assert_eq!(status, 200);
     let history = body.split("id=\"access-history\"").nth(1).expect("an access history table");
     assert!(history.contains("家計簿 agg-x") && history.contains("3 件"), "{history}");

@@ -77,6 +77,7 @@ pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEv
         listen: ([127, 0, 0, 1], 0).into(),
         trusted_keys: vec![registry.public_key().clone()],
         secret: Arc::from(SECRET),
+        http_listen: Some(([127, 0, 0, 1], 0).into()),
     };
     let service = cardlink_subscription::server::start(bus.config(), config).await.unwrap();
     // The service knows the participants once its registry view has read the last of them.

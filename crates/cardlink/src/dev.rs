@@ -1,0 +1,373 @@
+//! `cardlink dev`: the whole system on one machine — the embedded broker (or `--kafka`), every
+//! service, all pages on one port, the demo world of [`crate::demo`] with consents given through
+//! the real flow, a simulated issuer publishing for each demo card company, and a live stream per
+//! demo aggregator. Ctrl-C (or SIGTERM) stops it all, in order: simulators and demo streams, then
+//! services, then the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cardlink_adapters::simulator::{self, SimConfig, Simulator};
+use cardlink_adapters::sink::IngestSink;
+use cardlink_ingest::server::IngestConfig;
+use cardlink_serving::html::{self, Nav, esc};
+use clap::Args;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::config::FileConfig;
+use crate::demo;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Use this Kafka cluster (host:port,...) instead of starting the embedded broker.
+    #[arg(long, env = "CARDLINK_KAFKA_BOOTSTRAP")]
+    kafka: Option<String>,
+    /// Where the embedded broker listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:9092", env = "CARDLINK_EMBEDDED_BROKER")]
+    broker_listen: SocketAddr,
+    /// Where the ingest service listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    ingest_listen: SocketAddr,
+    /// Where the registry service listens.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    registry_listen: SocketAddr,
+    /// Where the consent service's gRPC API listens.
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    consent_listen: SocketAddr,
+    /// Where the subscription service listens.
+    #[arg(long, default_value = "127.0.0.1:50054")]
+    subscription_listen: SocketAddr,
+    /// Where every page is served (consent, member, transparency, goal, live view).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pages_listen: SocketAddr,
+    /// Simulated card events per second, per demo card company (0: none).
+    #[arg(long, default_value_t = 20)]
+    simulate_rate: u32,
+    /// Simulated accounts per demo card company (the first three belong to the demo members).
+    #[arg(long, default_value_t = 50)]
+    simulate_members: usize,
+    /// Also write the endpoints and this run's credentials here (JSON, owner-readable only), for
+    /// scripts and tests.
+    #[arg(long)]
+    info_file: Option<PathBuf>,
+}
+
+/// One simulated card company publishing through the ingest API until told to stop.
+struct Simulation {
+    issuer: &'static str,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<(u64, u64, u64)>>,
+}
+
+fn sim_config(issuer: &str, seed: u64, members: usize) -> SimConfig {
+    // Simulated time starts now, so what the simulator publishes falls inside the consents given
+    // a moment before (a consent covers what happens after it is granted).
+    SimConfig { start: chrono::Utc::now(), ..SimConfig::new(issuer, seed, members) }
+}
+
+fn simulate(issuer: &'static str, seed: u64, members: usize, rate: u32, endpoint: String, token: String) -> Simulation {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut sim = Simulator::new(sim_config(issuer, seed, members));
+        let mut sink = IngestSink::connect(&endpoint, issuer, &token).await?;
+        let stop = async {
+            let _ = stopped.await;
+        };
+        simulator::pace(&mut sim, &mut sink, rate, None, stop).await.map_err(anyhow::Error::from)
+    });
+    Simulation { issuer, stop, task }
+}
+
+pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
+    // Keep the broker alive for the whole run; dropping it stops it.
+    let (_broker, bootstrap) = match args.kafka {
+        Some(kafka) => (None, kafka),
+        None => start_embedded(args.broker_listen).await?,
+    };
+    let bus = crate::cli::bus_config(bootstrap.clone(), file)?;
+    let report = cardlink_bus::provision(&bus).await.with_context(|| format!("provisioning topics on {bootstrap}"))?;
+    crate::cli::print_report(&report);
+
+    // Registry: a fresh platform key per run; the demo participants are registered through it.
+    let signer = Arc::new(cardlink_auth::TokenSigner::generate("dev"));
+    let registry = cardlink_registry::server::start(
+        &bus,
+        cardlink_registry::server::RegistryConfig { listen: args.registry_listen, ..Default::default() },
+        Arc::clone(&signer),
+    )
+    .await?;
+    let world = demo::setup(registry.registry()).await?;
+
+    // Ingest accepts the issuers' registry credentials.
+    let caller_auth = cardlink_registry::caller::CallerAuth::new(
+        cardlink_auth::TokenVerifier::new([signer.public_key()]),
+        registry.view().clone(),
+    );
+    let auth = Arc::new(cardlink_ingest::auth::RegistryIssuers(caller_auth));
+    let mut ingest = cardlink_ingest::server::start(
+        &bus,
+        IngestConfig { listen: args.ingest_listen, ..IngestConfig::default() },
+        auth,
+    )
+    .await?;
+    ingest.ready().await;
+    let ingest_endpoint = format!("http://{}", ingest.addr());
+
+    // Every page on one port: bind it first, the consent service needs its public URL.
+    let (pages_listener, pages_addr) = cardlink_serving::bind(args.pages_listen).await?;
+    let pages_url = format!("http://{pages_addr}");
+    let members = demo::members(|issuer| {
+        let sim = Simulator::new(sim_config(issuer, 0, args.simulate_members));
+        sim.account_refs().map(str::to_owned).collect()
+    });
+    // Consent and subscription share the secret: aggregators must see the same pseudonyms in
+    // consents and in events.
+    let secret: Arc<[u8]> = Arc::from(rand::random::<[u8; 32]>().as_slice());
+    let consent = cardlink_consent::server::start(
+        &bus,
+        cardlink_consent::server::ConsentConfig {
+            grpc_listen: args.consent_listen,
+            http_listen: None,
+            public_url: Some(pages_url.clone()),
+            trusted_keys: vec![signer.public_key()],
+            secret: Arc::clone(&secret),
+        },
+        members,
+    )
+    .await?;
+    let subscription = cardlink_subscription::server::start(
+        &bus,
+        cardlink_subscription::server::SubscriptionConfig {
+            listen: args.subscription_listen,
+            trusted_keys: vec![signer.public_key()],
+            secret,
+            http_listen: None,
+        },
+    )
+    .await?;
+    let endpoints = Endpoints {
+        kafka: bootstrap.clone(),
+        ingest: ingest_endpoint.clone(),
+        registry: format!("http://{}", registry.addr()),
+        consent: format!("http://{}", consent.grpc_addr()),
+        subscription: format!("http://{}", subscription.addr()),
+        pages: pages_url.clone(),
+    };
+    let (pages_stop, pages_stopped) = tokio::sync::watch::channel(false);
+    let router = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get({
+                let index = index_page(&endpoints);
+                move || async move { index.clone() }
+            }),
+        )
+        .merge(consent.pages())
+        .merge(registry.pages())
+        .merge(subscription.pages());
+    let pages = html::serve(pages_listener, router, pages_stopped, "pages server");
+
+    let consents = demo::give_consents(&world, &endpoints.consent, &endpoints.subscription)
+        .await
+        .context("giving the demo consents")?;
+    let streams = demo::follow_streams(&world, &endpoints.subscription)?;
+
+    // Seeds differ per issuer (so do their members' habits) but are fixed across runs.
+    let simulations: Vec<Simulation> = if args.simulate_rate == 0 {
+        Vec::new()
+    } else {
+        demo::ISSUERS
+            .iter()
+            .zip(1u64..)
+            .filter_map(|(issuer, seed)| {
+                let token = world.issuers.get(issuer.id)?.clone();
+                Some(simulate(
+                    issuer.id,
+                    seed,
+                    args.simulate_members,
+                    args.simulate_rate,
+                    ingest_endpoint.clone(),
+                    token,
+                ))
+            })
+            .collect()
+    };
+
+    if let Some(path) = &args.info_file {
+        let info = json!({
+            "endpoints": endpoints.json(),
+            "credentials": &world,
+            "demo_password": demo::DEMO_PASSWORD,
+            "consents": &consents,
+        });
+        cardlink_client::pending::write_private(path, serde_json::to_string_pretty(&info)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    print_banner(&endpoints, &world, &consents, args.simulate_rate);
+
+    crate::cli::stop_signal().await?;
+    println!("stopping");
+    for sim in simulations {
+        let _ = sim.stop.send(());
+        match sim.task.await {
+            Ok(Ok((accepted, duplicate, rejected))) => {
+                println!("{} published {accepted} events ({duplicate} duplicate, {rejected} rejected)", sim.issuer);
+            }
+            Ok(Err(e)) => eprintln!("{}: simulator stopped: {e:#}", sim.issuer),
+            Err(e) => eprintln!("{}: simulator task failed: {e}", sim.issuer),
+        }
+    }
+    for stream in streams {
+        let aggregator = stream.aggregator;
+        match stream.stop().await {
+            Ok(n) => println!("{aggregator} received {n} deliveries on its demo stream"),
+            Err(e) => eprintln!("{aggregator}: demo stream failed: {e:#}"),
+        }
+    }
+    pages_stop.send_replace(true);
+    ingest.shutdown().await?;
+    subscription.shutdown().await;
+    consent.shutdown().await;
+    registry.shutdown().await?;
+    let _ = pages.await;
+    Ok(())
+}
+
+/// Where everything of this run answers.
+#[derive(Debug)]
+struct Endpoints {
+    kafka: String,
+    ingest: String,
+    registry: String,
+    consent: String,
+    subscription: String,
+    pages: String,
+}
+
+impl Endpoints {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "kafka": self.kafka,
+            "ingest": self.ingest,
+            "registry": self.registry,
+            "consent": self.consent,
+            "subscription": self.subscription,
+            "pages": self.pages,
+        })
+    }
+}
+
+fn print_banner(e: &Endpoints, world: &demo::DemoWorld, consents: &[demo::CreatedConsent], rate: u32) {
+    println!();
+    println!("cardlink dev is running — open {}/", e.pages);
+    println!();
+    println!("  Kafka bootstrap servers:  {}", e.kafka);
+    println!("  gRPC IssuerIngest:        {}", e.ingest);
+    println!("  gRPC Registry:            {}", e.registry);
+    println!("  gRPC ConsentService:      {}", e.consent);
+    println!("  gRPC Subscription:        {}", e.subscription);
+    println!("  member page:              {}/member", e.pages);
+    println!("  transparency page:        {}/transparency", e.pages);
+    println!("  goal page:                {}/goal", e.pages);
+    println!("  live view:                {}/live", e.pages);
+    println!();
+    println!(
+        "Card companies (simulated, {rate} events/s each); members m-00001 … m-{:05} sign in with {}:",
+        demo::MEMBERS_PER_ISSUER,
+        demo::DEMO_PASSWORD
+    );
+    for i in &demo::ISSUERS {
+        println!("  {:<12} {}", i.id, i.name);
+    }
+    println!("Aggregators:");
+    for a in &demo::AGGREGATORS {
+        println!("  {:<12} {}", a.id, a.name);
+    }
+    println!("Consents given through the consent page at start:");
+    for c in consents {
+        println!("  {}  {} → {} ({})", c.consent_id, c.issuer_id, c.aggregator_id, c.member);
+    }
+    println!();
+    println!("Credentials for this run (signed by a per-run platform key):");
+    println!("  operator:      {}", world.operator);
+    for (id, token) in &world.issuers {
+        println!("  {id:<14} {token}");
+    }
+    for (id, token) in &world.aggregators {
+        println!("  {id:<14} {token}");
+    }
+    let kakeibo = world.aggregators.get(demo::AGGREGATORS[0].id).map(String::as_str).unwrap_or_default();
+    println!();
+    println!("Be the household-budget app (in another terminal):");
+    println!("  export CARDLINK_AGGREGATOR_TOKEN={kakeibo}");
+    println!(
+        "  cargo run --release -- aggregator consent request --issuer minato-card   # sign in as m-00002 / {}",
+        demo::DEMO_PASSWORD
+    );
+    println!("  cargo run --release -- aggregator subscribe --from-earliest --cursor-file cursor.txt");
+    println!("  cargo run --release -p cardlink-reference-aggregator --bin kakeibo");
+    if let Some(token) = world.issuers.get(demo::ISSUERS[0].id) {
+        println!("Publish a batch file as {}:", demo::ISSUERS[0].id);
+        println!(
+            "  CARDLINK_ISSUER_KEY={token} cargo run --release -- adapter file --issuer {} \\",
+            demo::ISSUERS[0].id
+        );
+        println!(
+            "    --mapping crates/adapters/samples/core_export_sjis.toml crates/adapters/samples/core_export_sjis.dat"
+        );
+    }
+    println!("Press Ctrl-C to stop.");
+}
+
+/// The landing page: what runs here and where to look.
+fn index_page(e: &Endpoints) -> axum::response::Html<String> {
+    let issuers: String =
+        demo::ISSUERS.iter().map(|i| format!("<li>{} <small>({})</small></li>", esc(i.name), esc(i.id))).collect();
+    let aggregators: String =
+        demo::AGGREGATORS.iter().map(|a| format!("<li>{} <small>({})</small></li>", esc(a.name), esc(a.id))).collect();
+    let body = format!(
+        "<h1>cardlink — カード会社とデータ連携事業者をつなぐ共通基盤（開発環境）</h1>\
+         <p>カード会社はイベントを一度だけ配信し、会員が同意した範囲だけが、同意した事業者に届きます。\
+         この画面は <code>cardlink dev</code> が起動した全システムです。</p>\
+         <h2>ページ</h2><ul>\
+         <li><a href=\"/member\">会員ページ</a>: カード会社の会員としてログインし、同意の確認・取り消しと提供の記録を見る（会員ID m-00001、パスワード {pw}）</li>\
+         <li><a href=\"/transparency\">提供先の公表</a>: カード会社ごとの API 連携先</li>\
+         <li><a href=\"/goal\">目標の進捗</a>: 取扱高 90% の API 連携に向けた進捗</li>\
+         <li><a href=\"/live\">ライブビュー</a>: 受信イベント・配信・接続中のストリーム</li></ul>\
+         <h2>gRPC エンドポイント</h2><table>\
+         <tr><th>cardlink.v1.IssuerIngest</th><td><code>{ingest}</code></td></tr>\
+         <tr><th>cardlink.v1.Registry</th><td><code>{registry}</code></td></tr>\
+         <tr><th>cardlink.v1.ConsentService</th><td><code>{consent}</code></td></tr>\
+         <tr><th>cardlink.v1.Subscription</th><td><code>{subscription}</code></td></tr>\
+         <tr><th>Kafka</th><td><code>{kafka}</code></td></tr></table>\
+         <h2>デモの参加者</h2><div style=\"display:flex;gap:3em;flex-wrap:wrap\"><div><p>カード会社</p><ul>{issuers}</ul></div>\
+         <div><p>電子決済等代行業者</p><ul>{aggregators}</ul></div></div>\
+         <p class=\"muted\">同意フローを試す: 端末に表示された <code>cardlink aggregator consent request</code> を実行し、表示された URL をブラウザで開きます。</p>",
+        pw = esc(demo::DEMO_PASSWORD),
+        ingest = esc(&e.ingest),
+        registry = esc(&e.registry),
+        consent = esc(&e.consent),
+        subscription = esc(&e.subscription),
+        kafka = esc(&e.kafka),
+    );
+    html::page("cardlink 開発環境", Nav::Home, &body)
+}
+
+#[cfg(feature = "embedded-broker")]
+async fn start_embedded(
+    listen: SocketAddr,
+) -> anyhow::Result<(Option<cardlink_bus::embedded::EmbeddedBroker>, String)> {
+    let broker = cardlink_bus::embedded::EmbeddedBroker::start(listen)
+        .await
+        .with_context(|| format!("starting the embedded broker on {listen} (choose another with --broker-listen)"))?;
+    let bootstrap = broker.bootstrap_servers();
+    Ok((Some(broker), bootstrap))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+async fn start_embedded(_listen: SocketAddr) -> anyhow::Result<(Option<()>, String)> {
+    anyhow::bail!("this build has no embedded broker (feature `embedded-broker`); pass --kafka host:port")
+}

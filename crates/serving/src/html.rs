@@ -1,0 +1,144 @@
+//! The frame every cardlink page shares: escaping, one stylesheet, the navigation between the
+//! pages, and serving a page router until shutdown.
+//!
+//! The pages are small and server-rendered (no build step, no front-end framework): the consent
+//! and member pages (consent service), the transparency and goal pages (registry), and the live
+//! view (subscription). Each service serves its own; `cardlink dev` serves them all on one port,
+//! so the navigation links every page to every other.
+
+use std::fmt::Write as _;
+
+use axum::Router;
+use axum::response::Html;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Which page of the navigation is the current one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nav {
+    /// Not a navigation page (the consent page: the member came from an aggregator's app).
+    None,
+    Home,
+    Member,
+    Transparency,
+    Goal,
+    Live,
+}
+
+const LINKS: [(Nav, &str, &str); 5] = [
+    (Nav::Home, "/", "cardlink"),
+    (Nav::Member, "/member", "会員ページ"),
+    (Nav::Transparency, "/transparency", "提供先の公表"),
+    (Nav::Goal, "/goal", "目標の進捗"),
+    (Nav::Live, "/live", "ライブビュー"),
+];
+
+const STYLE: &str = "\
+body{font-family:'Noto Sans CJK JP','Hiragino Sans',sans-serif;color:#1d2733;max-width:64em;margin:0 auto;padding:0 1em 3em;line-height:1.55}\
+nav{display:flex;gap:1.2em;flex-wrap:wrap;border-bottom:2px solid #1f5fa8;padding:.8em 0;margin-bottom:1.5em}\
+nav a{color:#1f5fa8;text-decoration:none}nav a.here{font-weight:bold;border-bottom:3px solid #1f5fa8}\
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em}\
+table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}td,th{border:1px solid #c9d2dc;padding:.35em .7em;text-align:left;vertical-align:top}\
+th{background:#eef3f8}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
+.box{border:1px solid #c9d2dc;border-radius:6px;padding:1em;margin:1em 0;background:#fafcfe}\
+.notice{border-left:4px solid #2e8540;background:#eef7f0;padding:.6em 1em}\
+button{padding:.5em 1.5em;margin-right:1em;cursor:pointer}\
+.bar{position:relative;height:2.2em;background:#e6ebf0;border-radius:4px;overflow:hidden;margin:.5em 0}\
+.bar .fill{height:100%;background:#1f5fa8}.bar .target{position:absolute;top:0;bottom:0;border-left:3px dashed #c0392b}\
+.yes{color:#2e8540;font-weight:bold}.no{color:#8a96a3}small,.muted{color:#5b6774}\
+.figure{font-size:2.4em;font-weight:bold;color:#1f5fa8}";
+
+/// `text` with HTML's special characters escaped, for element text and quoted attributes.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A whole page: `body` (already HTML) in the shared frame, with the navigation when `nav` is
+/// not [`Nav::None`].
+pub fn page(title: &str, nav: Nav, body: &str) -> Html<String> {
+    page_with_refresh(title, nav, body, None)
+}
+
+/// [`page`] that the browser reloads every `refresh_secs` (a screen on the wall that follows
+/// the figures without script).
+pub fn page_with_refresh(title: &str, nav: Nav, body: &str, refresh_secs: Option<u32>) -> Html<String> {
+    let refresh = refresh_secs.map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">")).unwrap_or_default();
+    let mut links = String::new();
+    if nav != Nav::None {
+        links.push_str("<nav>");
+        for (which, href, label) in LINKS {
+            let class = if which == nav { " class=\"here\"" } else { "" };
+            let _ = write!(links, "<a href=\"{href}\"{class}>{label}</a>");
+        }
+        links.push_str("</nav>");
+    }
+    Html(format!(
+        "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\">{refresh}\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><style>{STYLE}</style></head>\
+         <body>{links}{body}</body></html>",
+        esc(title)
+    ))
+}
+
+/// Yen in the units the industry reports 取扱高 in: 兆円 (10^12) or 億円 (10^8), one decimal.
+pub fn yen_large(amount: i64) -> String {
+    const CHO: f64 = 1e12;
+    const OKU: f64 = 1e8;
+    let a = amount as f64;
+    if a.abs() >= CHO {
+        format!("{:.1}兆円", a / CHO)
+    } else if a.abs() >= OKU {
+        format!("{:.1}億円", a / OKU)
+    } else {
+        format!("{amount}円")
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true; failures are logged as `what`.
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(crate::stopped(shutdown)).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_the_current_page_is_marked() {
+        assert_eq!(esc("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        let html = page("<t>", Nav::Goal, "<p>body</p>").0;
+        assert!(html.contains("<title>&lt;t&gt;</title>"));
+        assert!(html.contains("<a href=\"/goal\" class=\"here\">"));
+        assert!(!html.contains("<a href=\"/live\" class=\"here\">"));
+        assert!(!page("t", Nav::None, "").0.contains("<nav>"));
+    }
+
+    #[test]
+    fn large_yen_amounts_read_as_the_industry_writes_them() {
+        assert_eq!(yen_large(18_200_000_000_000), "18.2兆円");
+        assert_eq!(yen_large(950_000_000_000), "9500.0億円");
+        assert_eq!(yen_large(12_345), "12345円");
+    }
+}
