@@ -171,6 +171,18 @@ mod tests {
         assert_eq!(parse_callback(b"\xff\xfe", "s"), Err(CallbackError::NotAGet));
     }
 
+    proptest::proptest! {
+        /// The fuzz target's property (fuzz/fuzz_targets/consent_callback.rs), in every test run.
+        #[test]
+        fn any_request_gets_an_answer_and_a_code_needs_the_state(head: Vec<u8>, code in "[a-zA-Z0-9]{1,20}") {
+            let _ = parse_callback(&head, "s");
+            let with_state = format!("GET /callback?code={code}&state=s HTTP/1.1\r\n");
+            proptest::prop_assert_eq!(parse_callback(with_state.as_bytes(), "s"), Ok(Callback::Code(code.clone())));
+            let without = format!("GET /callback?code={code} HTTP/1.1\r\n");
+            proptest::prop_assert_eq!(parse_callback(without.as_bytes(), "s"), Err(CallbackError::StateMismatch));
+        }
+    }
+
     #[tokio::test]
     async fn a_browser_redirect_reaches_the_waiting_listener() {
         let loopback = Loopback::bind(0).await.unwrap();

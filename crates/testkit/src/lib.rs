@@ -120,8 +120,11 @@ impl TestBus {
     /// operator credential; returns the service and the operator's token.
     pub async fn start_registry(&self) -> anyhow::Result<(cardlink_registry::server::RunningRegistry, String)> {
         let signer = Arc::new(cardlink_auth::TokenSigner::generate("test"));
-        let config =
-            cardlink_registry::server::RegistryConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
+        let config = cardlink_registry::server::RegistryConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: Some(([127, 0, 0, 1], 0).into()),
+            ..Default::default()
+        };
         let running = cardlink_registry::server::start(&self.config, config, signer).await?;
         let operator = running.registry().bootstrap_operator("operator").await?;
         Ok((running, operator.token))

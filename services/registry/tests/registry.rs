@@ -9,7 +9,7 @@ use cardlink_api::status::reason;
 use cardlink_api::v1;
 use cardlink_bus::Topic;
 use cardlink_events::{AuditEvent, RecordType, decode_record};
-use cardlink_testkit::{TestBus, authorized, registry_client};
+use cardlink_testkit::{TestBus, authorized, http, registry_client};
 use tonic::Code;
 
 type Client = v1::registry_client::RegistryClient<tonic::transport::Channel>;
@@ -229,4 +229,23 @@ async fn the_goal_counts_issuers_that_publish_and_are_connected() {
         assert!(tokio::time::Instant::now() < deadline, "the goal never saw iss-a publish");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The public pages say the same: the goal page and its JSON, and the transparency list.
+    let pages = registry.http_addr().unwrap();
+    let (status, _, goal_page) = http(pages, "GET", "/goal", None).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(goal_page.contains("<div class=\"figure\" id=\"share\">80.0%</div>"), "{goal_page}");
+    assert!(goal_page.contains("12.0兆円") && goal_page.contains("15.0兆円"), "{goal_page}");
+    let counted = goal_page.split("data-issuer=\"iss-a\"").nth(1).unwrap().split("</tr>").next().unwrap();
+    assert!(counted.contains("算入") && counted.contains("配信中"), "{counted}");
+    let (_, _, json) = http(pages, "GET", "/goal.json", None).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["connected_volume_jpy"], 12_000_000_000_000_i64);
+    assert_eq!(json["issuers"][0]["issuer_id"], "iss-a");
+    let (status, _, listed) = http(pages, "GET", "/transparency", None).await.unwrap();
+    assert_eq!(status, 200);
+    let a = listed.split("data-issuer=\"iss-a\"").nth(1).unwrap().split("</section>").next().unwrap();
+    assert!(a.contains("<td>家計簿X</td>") && a.contains("関東財務局長"), "{a}");
+    let b = listed.split("data-issuer=\"iss-b\"").nth(1).unwrap().split("</section>").next().unwrap();
+    assert!(b.contains("API による提供先はまだありません"), "{b}");
 }

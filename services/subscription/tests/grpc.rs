@@ -361,3 +361,34 @@ async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
     let counts = futures::future::join_all(reads).await;
     assert!(counts.iter().all(|n| *n == EVENTS as usize), "{counts:?}");
 }
+
+#[tokio::test]
+async fn the_live_view_counts_events_in_deliveries_and_streams() {
+    let w = world().await;
+    let pages = w.service.http_addr().unwrap();
+    let mut c = w.client().await;
+    let mut stream =
+        c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
+    assert!(common::next(&mut stream).await.heartbeat.is_some_and(|h| h.caught_up));
+    publish(&w, "acct-1", 1).await;
+    publish(&w, "acct-2", 2).await; // read from the bus, delivered to nobody
+    deliveries(&mut stream, 1).await;
+
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let live = loop {
+        let (status, _, body) = cardlink_testkit::http(pages, "GET", "/live.json", None).await.unwrap();
+        assert_eq!(status, 200);
+        let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if live["events_in"]["iss-a"] == 2 {
+            break live;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{live}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(live["deliveries"]["agg-x"], 1, "{live}");
+    assert_eq!(live["streams"]["agg-x"], 1, "{live}");
+    assert!(live["streams"].get("agg-y").is_none(), "{live}");
+    let (status, _, page) = cardlink_testkit::http(pages, "GET", "/live", None).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"events-in\"") && page.contains("/live.json"), "{page}");
+}
