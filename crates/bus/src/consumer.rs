@@ -95,9 +95,17 @@ impl Consumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "error")
-            .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string())
-            .set("fetch.wait.max.ms", "10");
+            .set("auto.offset.reset", "error");
+        // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
+        // a short fetch wait keeps publish-to-deliver latency low; the pre-fetch bound keeps
+        // memory per consumer bounded.
+        for (key, value) in
+            [("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string()), ("fetch.wait.max.ms", "10".into())]
+        {
+            if !config.librdkafka.contains_key(key) {
+                cfg.set(key, value);
+            }
+        }
         let inner = cfg
             .create_with_context(StatsContext::new(purpose))
             .map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
@@ -163,6 +171,21 @@ impl Consumer {
         })
     }
 
+    /// [`Consumer::recv`] for a long-running reader: errors that retrying can fix (a broker
+    /// restarting, a timeout) are logged as `reader`'s and retried after [`RETRY_AFTER`]; only
+    /// the others are returned. The position is kept throughout, so nothing is skipped.
+    pub async fn recv_retrying(&self, reader: &'static str) -> Result<Record, BusError> {
+        loop {
+            match self.recv().await {
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(reader, error = %e, "could not read from Kafka; retrying");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// For each partition of `topic`, the offset of the first record at or after `timestamp_ms`
     /// (the end offset where there is none).
     pub async fn offsets_for_time(&self, topic: Topic, timestamp_ms: i64) -> Result<Vec<(i32, i64)>, BusError> {
@@ -211,6 +234,9 @@ impl Consumer {
         .await
     }
 }
+
+/// How long a long-running reader waits after a transient Kafka error before reading again.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs a blocking librdkafka call off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {

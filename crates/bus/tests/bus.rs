@@ -7,6 +7,7 @@ use cardlink_bus::admin::TopicState;
 use cardlink_bus::{BusError, OutboundRecord, RecordHeaders, StartAt, Topic, provision};
 use cardlink_events::{Event, RecordType, Schemas, decode, samples};
 use cardlink_testkit::TestBus;
+use futures::StreamExt as _;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -216,4 +217,30 @@ async fn a_consumer_positioned_inside_a_producer_batch_starts_at_that_record() {
         let first = tokio::time::timeout(WITHIN, consumer.recv()).await.unwrap().unwrap();
         assert_eq!(first.offset, wanted, "positioned at {wanted}, the first record read was {}", first.offset);
     }
+}
+
+#[tokio::test]
+async fn after_concurrent_producers_stop_the_reported_end_covers_every_record() {
+    // Several producers writing one partition at once, then nothing: the end the broker reports
+    // (and serves fetches up to) must reach the last record without waiting for another write.
+    let bus = TestBus::start().await.unwrap();
+    let producers: Vec<_> = (0..4).map(|_| bus.producer().unwrap()).collect();
+    let per_producer = 150;
+    let sends = producers.iter().enumerate().flat_map(|(i, producer)| {
+        (0..per_producer).map(move |n| {
+            let event =
+                Event::Transaction(samples::transaction("iss-a", "acct-1", u32::try_from(i).unwrap() * 1000 + n));
+            async move { producer.publish(&event, None).await }
+        })
+    });
+    let delivered: Vec<_> = futures::stream::iter(sends).buffer_unordered(64).collect().await;
+    let delivered: Vec<_> = delivered.into_iter().map(Result::unwrap).collect();
+    let partition = delivered[0].partition;
+    let written = delivered.iter().map(|d| d.offset).max().unwrap() + 1;
+    assert_eq!(written, i64::try_from(delivered.len()).unwrap());
+
+    let consumer = bus.consumer("ends").unwrap();
+    assert_eq!(consumer.watermarks(Topic::Transactions, partition).await.unwrap().1, written);
+    let read = bus.read(Topic::Transactions, delivered.len(), WITHIN).await.unwrap();
+    assert_eq!(read.len(), delivered.len());
 }

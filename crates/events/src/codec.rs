@@ -8,7 +8,12 @@
 //! Decoding reads with the writer's version and resolves to the latest version we know, so a
 //! consumer built today reads records that an older producer wrote.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use apache_avro::types::Value;
+use apache_avro::{GenericSingleObjectReader, Writer};
 
 use crate::model::{CardTransaction, Statement};
 use crate::schema::{Fingerprint, RecordType, SchemaVersion, Schemas};
@@ -112,21 +117,73 @@ pub fn encode(event: &Event) -> Result<Encoded, CodecError> {
 /// Encodes any record whose Rust type matches the latest schema of `record`.
 pub fn encode_record<T: serde::Serialize>(record: RecordType, data: &T) -> Result<Encoded, CodecError> {
     let version = Schemas::get().latest(record);
-    let value = apache_avro::to_value(data).map_err(|e| encode_error(record, e))?;
-    encode_value(version, value)
-}
-
-fn encode_value(version: &SchemaVersion, value: Value) -> Result<Encoded, CodecError> {
-    let record = version.record;
-    // `resolve` turns serde's plain shapes into the schema's (strings into enum symbols, options
-    // into union branches, longs into timestamps) and rejects what does not fit.
-    let value = value.resolve(&version.schema).map_err(|e| encode_error(record, e))?;
-    let body = apache_avro::to_avro_datum(&version.schema, value).map_err(|e| encode_error(record, e))?;
+    let body = encode_body(version, data)?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&SINGLE_OBJECT_MARKER);
     bytes.extend_from_slice(&version.fingerprint.0);
     bytes.extend_from_slice(&body);
     Ok(Encoded { record_type: record, fingerprint: version.fingerprint, bytes })
+}
+
+thread_local! {
+    /// One apache-avro writer per record type and thread: it resolves its schema's named types
+    /// once, where the one-shot functions (`to_avro_datum`, `Value::resolve`) do it again for
+    /// every record — most of the encoding cost, as the ingest profile showed.
+    static WRITERS: RefCell<HashMap<RecordType, Writer<'static, Vec<u8>>>> = RefCell::new(HashMap::new());
+}
+
+/// The Avro binary body of `data` under `version`, serialised straight from serde (no
+/// intermediate `Value` tree).
+///
+/// The writer produces an object-container data block (count, size, body, sync marker; no
+/// codec); the body is taken out of it. A writer that failed part-way is dropped, so a record
+/// that does not fit its schema cannot leave bytes behind for the next one.
+fn encode_body<T: serde::Serialize>(version: &'static SchemaVersion, data: &T) -> Result<Vec<u8>, CodecError> {
+    let record = version.record;
+    WRITERS.with(|writers| {
+        let mut writers = writers.borrow_mut();
+        let writer = writers.entry(record).or_insert_with(|| Writer::append_to(&version.schema, Vec::new(), [0; 16]));
+        let written = writer.append_ser(data).and_then(|_| writer.flush());
+        let block = std::mem::take(writer.get_mut());
+        if let Err(e) = written {
+            writers.remove(&record);
+            return Err(encode_error(record, e));
+        }
+        block_body(&block)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| CodecError::Encode { record, reason: "the Avro writer produced an unexpected block".into() })
+    })
+}
+
+/// The body of a one-record object-container block: zig-zag count (1), zig-zag size, body,
+/// 16-byte sync marker.
+fn block_body(block: &[u8]) -> Option<&[u8]> {
+    fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
+        let mut value: u64 = 0;
+        for (i, b) in bytes.iter().enumerate().take(10) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                let decoded = (value >> 1) as i64 ^ -((value & 1) as i64);
+                return Some((decoded, i + 1));
+            }
+        }
+        None
+    }
+    let (count, a) = varint(block)?;
+    let (size, b) = varint(block.get(a..)?)?;
+    let size = usize::try_from(size).ok()?;
+    let body = block.get(a + b..a + b + size)?;
+    (count == 1 && block.len() == a + b + size + 16).then_some(body)
+}
+
+/// The reference encoder: serde → `Value` → resolved to the schema → Avro. Slower; the fast
+/// path must produce the same bytes (tested).
+#[cfg(test)]
+fn encode_via_value<T: serde::Serialize>(version: &SchemaVersion, data: &T) -> Result<Vec<u8>, CodecError> {
+    let record = version.record;
+    let value = apache_avro::to_value(data).map_err(|e| encode_error(record, e))?;
+    let value = value.resolve(&version.schema).map_err(|e| encode_error(record, e))?;
+    apache_avro::to_avro_datum(&version.schema, value).map_err(|e| encode_error(record, e))
 }
 
 fn encode_error(record: RecordType, e: apache_avro::Error) -> CodecError {
@@ -174,14 +231,49 @@ fn decode_value(bytes: &[u8]) -> Result<(RecordType, u32, Value), CodecError> {
     let reader = schemas.latest(record);
     let body_error = |reason: String| CodecError::Body { record, version: writer.version, reason };
 
-    let mut body = &bytes[HEADER_LEN..];
-    let reader_schema = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
-    let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader_schema)
-        .map_err(|e| body_error(e.to_string()))?;
-    if !body.is_empty() {
-        return Err(CodecError::TrailingBytes { record, extra: body.len() });
+    let mut input = bytes;
+    let reader_of_writer =
+        single_object_reader(writer).ok_or_else(|| body_error("its schema did not resolve".into()))?;
+    let value = reader_of_writer.read_value(&mut input).map_err(|e| body_error(e.to_string()))?;
+    if !input.is_empty() {
+        return Err(CodecError::TrailingBytes { record, extra: input.len() });
     }
+    let value = if writer.fingerprint == reader.fingerprint {
+        value
+    } else {
+        value.resolve(&reader.schema).map_err(|e| body_error(e.to_string()))?
+    };
     Ok((record, writer.version, value))
+}
+
+/// Our single-object header (marker + the spec's Rabin fingerprint, which can differ from
+/// apache-avro's own; see `Fingerprint::of`).
+struct Header([u8; HEADER_LEN]);
+
+impl apache_avro::headers::HeaderBuilder for Header {
+    fn build_header(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
+/// A reader per committed version, its named types resolved once for the life of the process.
+fn single_object_reader(version: &SchemaVersion) -> Option<&'static GenericSingleObjectReader> {
+    static READERS: OnceLock<HashMap<Fingerprint, GenericSingleObjectReader>> = OnceLock::new();
+    let readers = READERS.get_or_init(|| {
+        Schemas::get()
+            .versions()
+            .iter()
+            .filter_map(|v| {
+                let mut header = [0u8; HEADER_LEN];
+                header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+                header[2..].copy_from_slice(&v.fingerprint.0);
+                let reader =
+                    GenericSingleObjectReader::new_with_header_builder(v.schema.clone(), Header(header)).ok()?;
+                Some((v.fingerprint, reader))
+            })
+            .collect()
+    });
+    readers.get(&version.fingerprint)
 }
 
 #[cfg(test)]

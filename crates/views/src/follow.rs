@@ -97,7 +97,18 @@ impl<V> Followed<V> {
     }
 }
 
-/// Starts following `topic` into `view`; returns the shared view and the task.
+/// The end offset of every partition of `topic`.
+async fn ends_of(consumer: &Consumer, topic: Topic, partitions: i32) -> Result<HashMap<i32, i64>, BusError> {
+    let mut ends = HashMap::new();
+    for p in 0..partitions {
+        ends.insert(p, consumer.watermarks(topic, p).await?.1);
+    }
+    Ok(ends)
+}
+
+/// Starts following `topic` into `view`; returns the shared view and the task. Transient Kafka
+/// errors (a broker restarting, a timeout) are retried; only errors that retrying cannot fix
+/// end the task.
 pub fn spawn<V: Materialize>(
     consumer: Consumer,
     topic: Topic,
@@ -143,13 +154,18 @@ async fn run<V: Materialize>(
             _ = shutdown.changed() => return Ok(()),
             _ = refresh.tick() => {
                 let noted_at = tokio::time::Instant::now();
-                let mut lag = 0;
-                let mut ends = HashMap::new();
-                for p in 0..partitions {
-                    let (_, high) = consumer.watermarks(topic, p).await?;
-                    lag += (high - next.get(&p).copied().unwrap_or(0)).max(0);
-                    ends.insert(p, high);
-                }
+                let ends = match ends_of(&consumer, topic, partitions).await {
+                    Ok(ends) => ends,
+                    // Kafka unreachable for a moment: the view stays as it is and its freshness
+                    // ages, so readiness (and the hub's revocation bound) notice; the next
+                    // refresh tries again.
+                    Err(e) if e.is_retriable() => {
+                        tracing::warn!(?topic, error = %e, "view freshness not refreshed; retrying");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let lag = ends.iter().map(|(p, high)| (high - next.get(p).copied().unwrap_or(0)).max(0)).sum();
                 // Keep the oldest unreached note: under steady traffic a newer one would never
                 // be reached before it too was replaced.
                 if pending.is_none() {
@@ -167,7 +183,7 @@ async fn run<V: Materialize>(
                     }
                 });
             }
-            record = consumer.recv() => {
+            record = consumer.recv_retrying("view follower") => {
                 let record = record?;
                 let applied = {
                     let mut guard = view.write().unwrap_or_else(PoisonError::into_inner);

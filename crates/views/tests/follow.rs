@@ -11,6 +11,7 @@ use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
 use cardlink_views::registry::RegistryView;
 use chrono::{TimeDelta, Utc};
+use futures::StreamExt as _;
 use tokio::sync::watch;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -98,4 +99,26 @@ async fn an_empty_topic_is_caught_up_at_once_and_registry_changes_arrive() {
     }
     // Connected needs an active aggregator too.
     assert!(!followed.read(|v| v.is_connected("iss-a", "agg-x")));
+}
+
+#[tokio::test]
+async fn a_follower_of_a_topic_written_concurrently_catches_up_with_every_record() {
+    // Many sends in flight at once, as a burst of consents is written: the batches reach the
+    // broker in several orders, and a new follower must still read to the end and say so.
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let consents: Vec<ConsentEvent> =
+        (0..300).map(|i| consent(&format!("c{i}"), &format!("acct-{i}"), ConsentStatus::Active)).collect();
+    let producer = &producer;
+    let sends = consents.iter().map(|c| async move {
+        producer.publish_record(RecordType::ConsentEvent, &c.consent_id, &c.event_id.to_string(), c).await
+    });
+    let sent: Vec<_> = futures::stream::iter(sends).buffer_unordered(256).collect().await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+
+    let (_stop, stopped) = watch::channel(false);
+    let (mut followed, _task) =
+        follow::spawn(bus.consumer("late").unwrap(), Topic::Consents, ConsentView::new(), stopped);
+    tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
+    assert_eq!(followed.read(|v| v.consents().count()), consents.len());
 }

@@ -177,7 +177,7 @@ pub async fn follow(
                 let dropped = index.sweep(Utc::now());
                 tracing::debug!(dropped, remembered = index.len(), "idempotency index swept");
             }
-            record = consumer.recv() => {
+            record = consumer.recv_retrying("idempotency index") => {
                 let record = record?;
                 let at = record.timestamp_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now);
                 match identify(&record) {

@@ -106,7 +106,7 @@ pub async fn follow_activity(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv() => {
+            record = consumer.recv_retrying("publishing activity") => {
                 let record = record?;
                 let at = record.timestamp_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now);
                 if let Some(issuer) = record.issuer_id() {

@@ -45,7 +45,32 @@ impl Tally {
     }
 }
 
-type Tallies = HashMap<(String, Scope), Tally>;
+/// Tallies per consent, one slot per kind of data ([`Scope`] order): a delivery finds its entry
+/// by the consent id it already carries, without building a key.
+type Tallies = HashMap<String, [Option<Tally>; 3]>;
+
+fn slot(item: Scope) -> usize {
+    match item {
+        Scope::Transactions => 0,
+        Scope::MerchantDetail => 1,
+        Scope::Statements => 2,
+    }
+}
+
+/// Every (consent, kind, tally) held.
+fn entries(tallies: Tallies) -> impl Iterator<Item = (String, Scope, Tally)> {
+    tallies.into_iter().flat_map(|(consent, slots)| {
+        Scope::ALL.into_iter().zip(slots).filter_map(move |(item, t)| t.map(|t| (consent.clone(), item, t)))
+    })
+}
+
+fn add(tallies: &mut Tallies, consent_id: String, item: Scope, tally: Tally) {
+    let slots = tallies.entry(consent_id).or_default();
+    match &mut slots[slot(item)] {
+        Some(t) => t.merge(tally),
+        empty => *empty = Some(tally),
+    }
+}
 
 /// Deliveries not yet written to the audit topic; cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -81,12 +106,14 @@ impl AccessLog {
         let now = Utc::now();
         let one = Tally { count: 1, first: now, last: now };
         let mut tallies = self.lock();
+        let slots = match tallies.get_mut(delivery.consent_id.as_str()) {
+            Some(slots) => slots,
+            None => tallies.entry(delivery.consent_id.clone()).or_default(),
+        };
         for item in items {
-            match tallies.get_mut(&(delivery.consent_id.clone(), *item)) {
+            match &mut slots[slot(*item)] {
                 Some(t) => t.merge(one),
-                None => {
-                    tallies.insert((delivery.consent_id.clone(), *item), one);
-                }
+                empty => *empty = Some(one),
             }
         }
         if tallies.len() >= FLUSH_AT {
@@ -100,27 +127,31 @@ impl AccessLog {
 
     fn put_back(&self, unwritten: Tallies) {
         let mut tallies = self.lock();
-        for (key, tally) in unwritten {
-            tallies.entry(key).and_modify(|t| t.merge(tally)).or_insert(tally);
+        for (consent, item, tally) in entries(unwritten) {
+            add(&mut tallies, consent, item, tally);
         }
     }
 
-    /// Writes the tallies to the audit topic; what could not be written stays for the next time.
+    /// Writes the tallies to the audit topic, [`FLUSH_CONCURRENCY`] records in flight at a
+    /// time; what could not be written stays for the next time.
     pub async fn flush(&self, consents: &Followed<ConsentView>, producer: &Producer) -> Result<usize, BusError> {
-        let tallies = self.take();
+        use futures::StreamExt as _;
+        let writes = entries(self.take()).map(|(consent_id, item, tally)| {
+            let record = consents.read(|v| audit_record(v, &consent_id, item, tally));
+            async move {
+                let written = producer.publish_audit(&record).await;
+                (consent_id, item, tally, written)
+            }
+        });
+        let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(FLUSH_CONCURRENCY).collect().await;
         let mut unwritten = Tallies::new();
         let mut written = 0;
         let mut failure = None;
-        for ((consent_id, item), tally) in tallies {
-            if failure.is_some() {
-                unwritten.insert((consent_id, item), tally);
-                continue;
-            }
-            let record = consents.read(|v| audit_record(v, &consent_id, item, tally));
-            match producer.publish_audit(&record).await {
+        for (consent_id, item, tally, result) in results {
+            match result {
                 Ok(_) => written += 1,
                 Err(e) => {
-                    unwritten.insert((consent_id, item), tally);
+                    add(&mut unwritten, consent_id, item, tally);
                     failure = Some(e);
                 }
             }
@@ -129,6 +160,10 @@ impl AccessLog {
         failure.map_or(Ok(written), Err)
     }
 }
+
+/// Audit records a flush has in flight at once: each waits for the broker's acknowledgement, and
+/// one at a time would take longer than [`FLUSH_EVERY`] once many consents are in use.
+pub const FLUSH_CONCURRENCY: usize = 256;
 
 fn audit_record(view: &ConsentView, consent_id: &str, item: Scope, tally: Tally) -> AuditEvent {
     let consent = view.consent(consent_id);
@@ -208,8 +243,8 @@ mod tests {
             published_at: None,
         };
         log.record(&notice);
-        let tallies = log.take();
-        let count = |c: &str, s: Scope| tallies.get(&(c.to_owned(), s)).map(|t| t.count);
+        let tallies: Vec<_> = entries(log.take()).collect();
+        let count = |c: &str, s: Scope| tallies.iter().find(|(id, i, _)| id == c && *i == s).map(|(_, _, t)| t.count);
         assert_eq!(count("c-1", Scope::Transactions), Some(2));
         assert_eq!(count("c-1", Scope::MerchantDetail), Some(1));
         assert_eq!(count("c-2", Scope::Transactions), Some(1));
@@ -226,7 +261,7 @@ mod tests {
         log.record(&delivery("c-1", false));
         log.put_back(unwritten);
         let tallies = log.take();
-        let t = tallies[&("c-1".to_owned(), Scope::Transactions)];
+        let t = tallies["c-1"][slot(Scope::Transactions)].unwrap();
         assert_eq!(t.count, 2);
         assert!(t.first <= t.last);
     }

@@ -82,8 +82,31 @@ struct Slot {
     id: u64,
     filters: Filters,
     tx: mpsc::Sender<Outgoing>,
-    /// The stream's own position, advanced with every record the hub has passed it.
-    cursor: Cursor,
+    /// The stream's position when it registered (its start, moved up to the hub's position
+    /// then). From there on the hub passes the stream every record it reads, so the stream's
+    /// current position is this merged with the hub's: computed when a cursor is handed out,
+    /// not kept up to date per record — a record costs nothing for streams it is not for.
+    base: Cursor,
+}
+
+impl Slot {
+    /// The stream's position now: past every record the hub has read.
+    fn cursor(&self, hub_position: &HashMap<(Topic, i32), i64>) -> Cursor {
+        let mut cursor = self.base.clone();
+        advance_to(&mut cursor, hub_position);
+        cursor
+    }
+}
+
+/// Moves `cursor` past everything before `position` (next offsets per partition).
+fn advance_to(cursor: &mut Cursor, position: &HashMap<(Topic, i32), i64>) {
+    for ((topic, partition), next) in position {
+        if let Some(stream) = cursor_stream(*topic)
+            && *next > 0
+        {
+            cursor.advance(stream, *partition, next - 1);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -151,15 +174,9 @@ impl Hub {
         let live_from = shared.position.clone();
         // Live deliveries are forwarded only after the catch-up, so their cursors may already
         // cover everything before `live_from`.
-        let mut cursor = start.clone();
-        for ((topic, partition), next) in &live_from {
-            if let Some(stream) = cursor_stream(*topic)
-                && *next > 0
-            {
-                cursor.advance(stream, *partition, next - 1);
-            }
-        }
-        shared.by_aggregator.entry(aggregator_id.to_owned()).or_default().push(Slot { id, filters, tx, cursor });
+        let mut base = start.clone();
+        advance_to(&mut base, &live_from);
+        shared.by_aggregator.entry(aggregator_id.to_owned()).or_default().push(Slot { id, filters, tx, base });
         Registration { id, rx, live_from }
     }
 
@@ -225,52 +242,64 @@ impl Hub {
 
     /// Hands one record to every entitled stream. Called by the reader, in partition order.
     pub fn dispatch(&self, record: &Record) {
-        let Some(stream_topic) = cursor_stream(record.topic) else { return };
-        let event = cardlink_events::decode(&record.payload).ok();
+        if cursor_stream(record.topic).is_none() {
+            return;
+        }
+        // The record's key names its account: the consent view says who may have it before
+        // anything is decoded, so a record for nobody costs a lookup, not a decode.
         let key = record.key_str().unwrap_or_default();
-        let grants = match &event {
-            Some(_) => self.consents.read(|v| v.grants(key).to_vec()),
-            None => Vec::new(),
-        };
+        let grants = self.consents.read(|v| v.grants(key).to_vec());
         let now = Utc::now();
         // Made on the first delivery only: most records of a busy bus go to nobody.
         let mut origin: Option<Arc<Origin>> = None;
         let mut shared = self.write();
-        shared.position.insert((record.topic, record.partition), record.offset + 1);
+        let Shared { by_aggregator, position, events_in } = &mut *shared;
+        position.insert((record.topic, record.partition), record.offset + 1);
         if let Some(issuer) = record.issuer_id() {
-            match shared.events_in.get_mut(issuer) {
+            match events_in.get_mut(issuer) {
                 Some(n) => *n += 1,
                 None => {
-                    shared.events_in.insert(issuer.to_owned(), 1);
+                    events_in.insert(issuer.to_owned(), 1);
                 }
             }
         }
-        // Every stream's position moves past this record, entitled or not, so cursors stay
-        // current for streams that see little traffic.
+        // Decided under the lock that registration takes, so a stream registering now either
+        // sees this record live or in its catch-up, never neither.
+        if !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
+            return;
+        }
+        let Ok(event) = &cardlink_events::decode(&record.payload) else { return };
+        // Only the aggregators the account's grants name are visited: the work per record grows
+        // with its entitled streams, not with the connected ones.
         let mut fallen = Vec::new();
-        for (aggregator, slots) in shared.by_aggregator.iter_mut() {
+        for (i, grant) in grants.iter().enumerate() {
+            let aggregator = &*grant.aggregator_id;
+            if grants[..i].iter().any(|g| &*g.aggregator_id == aggregator) {
+                continue; // this aggregator was served by its first grant
+            }
+            let Some(slots) = by_aggregator.get_mut(aggregator) else { continue };
             // One projection per entitled aggregator (its first grant that covers the event),
             // shared by all of its streams.
-            let delivery = event.as_ref().and_then(|event| {
-                grants
-                    .iter()
-                    .filter(|g| &*g.aggregator_id == aggregator.as_str())
-                    .find_map(|g| project(event, g, &self.secret, now))
-            });
+            let Some(mut delivery) = grants[i..]
+                .iter()
+                .filter(|g| &*g.aggregator_id == aggregator)
+                .find_map(|g| project(event, g, &self.secret, now))
+            else {
+                continue;
+            };
+            delivery.published_at = published_at(record);
             for slot in slots.iter_mut() {
-                slot.cursor.advance(stream_topic, record.partition, record.offset);
-                let (Some(event), Some(delivery)) = (&event, &delivery) else { continue };
                 if !slot.filters.wants(event) {
                     continue;
                 }
                 let origin = Arc::clone(origin.get_or_insert_with(|| Arc::new(origin_of(record))));
                 let out = Outgoing::Delivery {
                     delivery: delivery.clone(),
-                    cursor: slot.cursor.encode(&self.secret),
+                    cursor: slot.cursor(position).encode(&self.secret),
                     origin: Some(origin),
                 };
                 if slot.tx.try_send(out).is_err() {
-                    fallen.push((aggregator.clone(), slot.id));
+                    fallen.push((aggregator.to_owned(), slot.id));
                 }
             }
         }
@@ -286,7 +315,8 @@ impl Hub {
             return;
         }
         let mut shared = self.write();
-        let Some(slots) = shared.by_aggregator.get(&consent.aggregator_id) else { return };
+        let Shared { by_aggregator, position, .. } = &mut *shared;
+        let Some(slots) = by_aggregator.get(&consent.aggregator_id) else { return };
         let message = cardlink_consent::grpc::consent_message(consent, Some(&self.secret));
         let delivery = v1::Delivery {
             event: Some(v1::delivery::Event::ConsentChange(v1::ConsentChange { consent: Some(message) })),
@@ -297,7 +327,7 @@ impl Hub {
         for slot in slots.iter().filter(|s| s.filters.consents) {
             let out = Outgoing::Delivery {
                 delivery: delivery.clone(),
-                cursor: slot.cursor.encode(&self.secret),
+                cursor: slot.cursor(position).encode(&self.secret),
                 origin: None,
             };
             if slot.tx.try_send(out).is_err() {
@@ -312,7 +342,8 @@ impl Hub {
     /// The current cursor of a registered stream (for heartbeats).
     pub fn cursor(&self, aggregator_id: &str, id: u64) -> Option<String> {
         let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
-        shared.by_aggregator.get(aggregator_id)?.iter().find(|s| s.id == id).map(|s| s.cursor.encode(&self.secret))
+        let slot = shared.by_aggregator.get(aggregator_id)?.iter().find(|s| s.id == id)?;
+        Some(slot.cursor(&shared.position).encode(&self.secret))
     }
 
     pub fn secret(&self) -> &[u8] {
@@ -322,6 +353,11 @@ impl Hub {
     pub fn consents(&self) -> &Followed<ConsentView> {
         &self.consents
     }
+}
+
+/// When the record was published (its Kafka timestamp), for `Delivery.published_at`.
+fn published_at(record: &Record) -> Option<prost_types::Timestamp> {
+    record.timestamp_ms.and_then(chrono::DateTime::from_timestamp_millis).map(cardlink_api::convert::timestamp)
 }
 
 /// Where `record` came from, for its delivery span and latency.
@@ -350,7 +386,7 @@ pub async fn run_reader(hub: Hub, consumer: Consumer, mut shutdown: watch::Recei
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv() => {
+            record = consumer.recv_retrying("hub reader") => {
                 let record = record?;
                 hub.wait_until_fresh(&mut shutdown).await;
                 hub.dispatch(&record);
@@ -495,7 +531,8 @@ pub async fn catch_up(
                 .filter(|g| &*g.aggregator_id == aggregator_id)
                 .find_map(|g| project(&event, g, &hub.secret, now))
         });
-        if let Some(delivery) = delivery {
+        if let Some(mut delivery) = delivery {
+            delivery.published_at = published_at(&record);
             let out = Outgoing::Delivery {
                 delivery,
                 cursor: cursor.encode(&hub.secret),
@@ -528,7 +565,7 @@ pub async fn run_consent_notifier(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv() => {
+            record = consumer.recv_retrying("consent notices") => {
                 let record = record?;
                 match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
                     Ok(consent) => hub.notify_consent(&consent),

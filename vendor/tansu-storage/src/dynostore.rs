@@ -1194,6 +1194,22 @@ impl Storage for DynoStore {
         let mut responses = vec![];
 
         for (topition, offset_request) in offsets {
+            // cardlink patch: outside a transaction the end is the partition's high watermark
+            // (the offset after its last record), not one past the base offset of the batch
+            // written last.
+            if offset_request == &ListOffset::Latest && !stable.contains_key(topition) {
+                let high_watermark = self.offset_stage(topition).await?.high_watermark;
+                responses.push((
+                    topition.to_owned(),
+                    ListOffsetResponse {
+                        error_code: ErrorCode::None,
+                        offset: Some(high_watermark),
+                        ..Default::default()
+                    },
+                ));
+                continue;
+            }
+
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records",
                 self.cluster, topition.topic, topition.partition,
@@ -1236,10 +1252,13 @@ impl Storage for DynoStore {
                     }
                 } else {
                     match offset_request {
+                        // cardlink patch: the batch with the lowest base offset, not the one
+                        // written first (concurrent producers store batches out of order).
                         ListOffset::Earliest
-                            if candidate
-                                .as_ref()
-                                .is_none_or(|found| found.last_modified > meta.last_modified) =>
+                            if candidate.as_ref().is_none_or(|found| {
+                                found.location.parts().next_back().map(|p| p.as_ref().to_owned())
+                                    > meta.location.parts().next_back().map(|p| p.as_ref().to_owned())
+                            }) =>
                         {
                             _ = candidate.replace(meta);
                         }

@@ -19,6 +19,30 @@ fn every_sample_round_trips() {
 }
 
 #[test]
+fn the_fast_encoder_writes_the_same_bytes_as_the_reference_path() {
+    for event in every_sample() {
+        let version = Schemas::get().latest(event.record_type());
+        let fast = encode(&event).expect("encodes").bytes;
+        let reference = match &event {
+            Event::Transaction(t) => encode_via_value(version, t),
+            Event::Statement(s) => encode_via_value(version, s),
+        }
+        .expect("encodes");
+        assert_eq!(&fast[HEADER_LEN..], &reference[..], "{event:?}");
+    }
+}
+
+#[test]
+fn a_record_that_does_not_fit_fails_without_spoiling_the_next() {
+    // An audit event is not a card transaction: its shape fails the transaction schema.
+    let audit = crate::AuditEvent::now(crate::ActorType::Issuer, "iss-a", "x", "y", crate::AuditOutcome::Denied);
+    assert!(encode_record(RecordType::CardTransaction, &audit).is_err());
+    let event = every_sample().swap_remove(0);
+    let bytes = encode(&event).expect("encodes").bytes;
+    assert_eq!(decode(&bytes).expect("decodes"), event);
+}
+
+#[test]
 fn encoded_value_has_single_object_header_of_latest_schema() {
     let event = Event::Statement(samples::statement("iss-a", "acct-1"));
     let encoded = encode(&event).expect("encodes");
@@ -114,8 +138,10 @@ proptest! {
         if let Some(m) = tx.merchant.as_mut() {
             m.name_as_printed = name;
         }
+        let reference = encode_via_value(Schemas::get().latest(RecordType::CardTransaction), &tx).expect("encodes");
         let event = Event::Transaction(tx);
         let bytes = encode(&event).expect("encodes").bytes;
+        prop_assert_eq!(&bytes[HEADER_LEN..], &reference[..], "the fast encoder differs from the reference");
         prop_assert_eq!(decode(&bytes).expect("decodes"), event);
     }
 

@@ -1,0 +1,172 @@
+//! `cardlink-bench`: the benchmark of docs/benchmarks.md.
+//!
+//! ```sh
+//! cargo run --release -p cardlink-bench -- --out docs/bench            # embedded broker
+//! cargo run --release -p cardlink-bench -- --kafka host:9092 --out …   # an existing cluster
+//! ```
+//!
+//! It drives the real services over gRPC with the issuer simulator and many aggregator clients,
+//! and writes `results.json`, `results.md` and `fanout.png` to `--out`. See [`run`] for what is
+//! measured and how; the hidden subcommands are the child processes it starts ([`roles`]).
+
+mod plot;
+mod procstat;
+mod report;
+mod roles;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cardlink-bench", about = "Throughput, latency and the cost of one more connection")]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// An existing Kafka cluster (host:port,...) instead of the embedded broker.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Connected streams to measure at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    streams: Vec<usize>,
+    /// Active consents per measurement.
+    #[arg(long, default_value_t = 10_000)]
+    consents: usize,
+    /// Events per second the simulated issuer publishes during the fan-out measurements.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u32,
+    /// Events per fan-out measurement.
+    #[arg(long, default_value_t = 50_000)]
+    events: usize,
+    /// Records for the ingest measurement.
+    #[arg(long, default_value_t = 400_000)]
+    ingest_events: usize,
+    /// Concurrent ingest clients.
+    #[arg(long, default_value_t = 8)]
+    ingest_clients: usize,
+    /// Skip the per-aggregator-consumer baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Where results.json, results.md and fanout.png go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    #[command(hide = true)]
+    ServeIngest {
+        #[arg(long)]
+        kafka: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long = "issuer-key")]
+        issuer_keys: Vec<String>,
+    },
+    #[command(hide = true)]
+    ServeSubscription {
+        #[arg(long)]
+        kafka: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        trusted_key: String,
+        #[arg(long)]
+        secret: String,
+    },
+    #[command(hide = true)]
+    Baseline {
+        #[arg(long)]
+        kafka: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        aggregators: usize,
+        /// Where each partition's reading starts, `tx|st:partition:offset`.
+        #[arg(long = "start")]
+        starts: Vec<String>,
+        /// Records stamped before this (ms since the epoch) are not part of the workload.
+        #[arg(long)]
+        since_ms: i64,
+        /// How many workload records each consumer reads before it is done.
+        #[arg(long)]
+        expect: u64,
+        /// How many consents the topic holds by now (every stage adds its own).
+        #[arg(long)]
+        consents: usize,
+    },
+}
+
+fn secret(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).context("--secret: base64url")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024 / 1024);
+    format!("{cores} cores ({cpu}), {mem} GiB")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.role {
+        Some(Role::ServeIngest { kafka, prefix, issuer_keys }) => {
+            roles::serve_ingest(roles::bus(&kafka, &prefix), issuer_keys).await
+        }
+        Some(Role::ServeSubscription { kafka, prefix, trusted_key, secret: s }) => {
+            roles::serve_subscription(roles::bus(&kafka, &prefix), trusted_key, secret(&s)?).await
+        }
+        Some(Role::Baseline { kafka, prefix, secret: s, aggregators, starts, since_ms, expect, consents }) => {
+            let starts = starts.iter().map(|r| roles::Start::parse(r)).collect::<anyhow::Result<Vec<_>>>()?;
+            let aggregators = (0..aggregators).map(|i| format!("agg-{i:04}")).collect();
+            let workload = roles::Workload { starts, since_ms, expect, consents };
+            roles::baseline(roles::bus(&kafka, &prefix), aggregators, workload, secret(&s)?).await
+        }
+        None => {
+            let a = cli.run;
+            let plan = run::Plan {
+                kafka: a.kafka,
+                streams: a.streams,
+                consents: a.consents,
+                rate: a.rate,
+                events: a.events,
+                ingest_events: a.ingest_events,
+                ingest_clients: a.ingest_clients,
+                baseline: !a.no_baseline,
+            };
+            let mut report = run::run(plan).await?;
+            report.machine = machine();
+            report.write(&a.out)?;
+            println!("{}", report.markdown());
+            println!("results in {}", a.out.display());
+            Ok(())
+        }
+    }
+}

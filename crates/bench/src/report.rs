@@ -1,0 +1,135 @@
+//! The figures of one run: JSON (everything), a Markdown table (for docs/benchmarks.md), and a
+//! PNG plot of CPU per delivered event and memory per stream against connected streams, for
+//! cardlink's shared path and the per-aggregator-consumer baseline.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ingest {
+    pub records: u64,
+    pub seconds: f64,
+    pub records_per_second: f64,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_record: f64,
+    pub clients: usize,
+    pub batch: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fanout {
+    pub streams: usize,
+    pub consents: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub publish_rate: f64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_delivery: f64,
+    pub idle_kib_per_stream: f64,
+    pub active_kib_per_stream: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Streams dropped for falling behind that resumed from their cursor.
+    pub resumes: u64,
+    pub baseline_delivered: Option<u64>,
+    pub baseline_seconds: Option<f64>,
+    pub baseline_cpu_seconds: Option<f64>,
+    pub baseline_cpu_us_per_delivery: Option<f64>,
+    pub baseline_kib_per_consumer: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub plan: String,
+    pub machine: String,
+    pub ingest: Option<Ingest>,
+    pub fanout: Vec<Fanout>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// The results as Markdown tables.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        if let Some(i) = &self.ingest {
+            let _ = writeln!(out, "| ingest | records | seconds | records/s | CPU µs/record (ingest process) |");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "| {} clients × {}-record calls, acks=all | {} | {:.1} | {:.0} | {:.1} |\n",
+                i.clients, i.batch, i.records, i.seconds, i.records_per_second, i.cpu_us_per_record
+            );
+        }
+        let one = self.fanout.iter().find(|f| f.streams == 1).map(|f| f.cpu_us_per_delivery);
+        let _ = writeln!(
+            out,
+            "| streams | delivered | resumed | rate (ev/s) | CPU µs/delivery | vs 1 stream | p50 ms | p99 ms | max ms | idle KiB/stream | active KiB/stream | baseline CPU µs/delivery | baseline KiB/consumer | baseline ÷ cardlink CPU |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for f in &self.fanout {
+            let ratio = f.baseline_cpu_seconds.map(|b| b / f.cpu_seconds.max(1e-9));
+            let _ = writeln!(
+                out,
+                "| {} | {}/{} | {} | {:.0} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+                f.streams,
+                f.delivered,
+                f.published,
+                f.resumes,
+                f.publish_rate,
+                f.cpu_us_per_delivery,
+                opt(one.map(|o| f.cpu_us_per_delivery / o), 2),
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.idle_kib_per_stream,
+                f.active_kib_per_stream,
+                opt(f.baseline_cpu_us_per_delivery, 1),
+                opt(f.baseline_kib_per_consumer, 0),
+                opt(ratio, 1),
+            );
+        }
+        out
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("results.md"), self.markdown())?;
+        if !self.fanout.is_empty() {
+            crate::plot::draw(&self.fanout, &dir.join("fanout.png"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_compares_each_row_with_one_stream_and_the_baseline() {
+        let report = Report {
+            fanout: vec![
+                Fanout { streams: 1, cpu_us_per_delivery: 10.0, cpu_seconds: 1.0, ..Fanout::default() },
+                Fanout {
+                    streams: 10,
+                    cpu_us_per_delivery: 12.0,
+                    cpu_seconds: 1.2,
+                    baseline_cpu_seconds: Some(24.0),
+                    ..Fanout::default()
+                },
+            ],
+            ..Report::default()
+        };
+        let md = report.markdown();
+        assert!(md.contains("| 10 |") && md.contains("| 1.20 |") && md.contains("| 20.0 |"), "{md}");
+    }
+}

@@ -1,0 +1,566 @@
+//! The driver: builds the world, runs each measurement, collects the figures.
+//!
+//! - The broker (embedded, unless `--kafka`) and the registry run in the driver; the ingest and
+//!   subscription services and the baseline run as child processes ([`crate::roles`]) so that
+//!   each one's CPU time and memory are its own.
+//! - **Ingest**: pre-generated simulator events, flat out, from several concurrent clients, over
+//!   gRPC; acks=all (the bus producer's setting), every record acknowledged before it counts.
+//! - **Fan-out** at S streams: S aggregators, each with one stream of its own (its own HTTP/2
+//!   connection, as separate companies have), and 10,000 active consents on S aggregators' behalf
+//!   (one account each); the issuer simulator publishes at the target rate through ingest over
+//!   those accounts, so each event is for exactly one stream. Measured: the subscription
+//!   process's CPU per delivered event and its memory per idle and per active stream, and
+//!   publish→deliver latency at the client (from `Delivery.published_at`, the record's broker
+//!   timestamp).
+//! - **Baseline** at S: S Kafka consumers reading the same records and filtering them for their
+//!   aggregator ([`crate::roles::baseline`]); the same workload, side by side in the same run.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cardlink_adapters::simulator::{SimConfig, Simulator};
+use cardlink_api::v1;
+use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
+use cardlink_api::v1::subscription_client::SubscriptionClient;
+use cardlink_auth::Role;
+use cardlink_bus::{BusConfig, Consumer, Topic};
+use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, IssuerEntity, Scope};
+use cardlink_registry::caller::Caller;
+use futures::StreamExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tonic::transport::Channel;
+
+use crate::procstat;
+use crate::report::{Fanout, Ingest, Report};
+use crate::roles::Start;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub kafka: Option<String>,
+    pub streams: Vec<usize>,
+    pub consents: usize,
+    pub rate: u32,
+    pub events: usize,
+    pub ingest_events: usize,
+    pub ingest_clients: usize,
+    pub baseline: bool,
+}
+
+const BATCH: usize = 1_000;
+/// Concurrent ingest clients of the fan-out measurements, each sending 100-record calls on a
+/// schedule: enough that a slow call does not hold the rate below the target.
+const PUBLISHERS: usize = 16;
+const ALL_SCOPES: [Scope; 3] = Scope::ALL;
+
+/// The issuer whose events the S-stream measurement publishes. No digits at the end: the
+/// simulator's transaction ids append `-0000000123`, and a digit run joined by a hyphen that
+/// passes Luhn is what the ingest PAN guard must refuse.
+fn issuer_of(streams: usize) -> String {
+    format!("bench-{streams}-streams")
+}
+
+fn aggregator(i: usize) -> String {
+    format!("agg-{i:04}")
+}
+
+/// A child process speaking the roles' protocol.
+struct ChildProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChildProcess {
+    fn spawn(args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a benchmark child process")?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+        Ok(Self { child, stdin, stdout })
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("child exited")
+    }
+
+    /// The rest of the first line starting with `word`.
+    async fn expect(&mut self, word: &str, within: Duration) -> anyhow::Result<String> {
+        let read = async {
+            while let Some(line) = self.stdout.next_line().await? {
+                if let Some(rest) = line.strip_prefix(word) {
+                    return Ok(rest.trim().to_owned());
+                }
+            }
+            anyhow::bail!("child exited before saying {word:?}")
+        };
+        tokio::time::timeout(within, read).await.with_context(|| format!("child did not say {word:?} in time"))?
+    }
+
+    async fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(self.stdin.flush().await?)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.say("stop").await;
+        drop(self.stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+fn child_args(role: &str, bus: &BusConfig) -> Vec<String> {
+    vec![role.into(), "--kafka".into(), bus.bootstrap_servers.clone(), "--prefix".into(), bus.topic_prefix.clone()]
+}
+
+/// Ingest requests of `events` simulated events of `issuer` over `members` accounts.
+fn requests(issuer: &str, members: usize, events: usize, batch: usize) -> Vec<v1::PublishRequest> {
+    let mut sim = Simulator::new(SimConfig::new(issuer, 7, members));
+    let mut out = Vec::new();
+    let mut left = events;
+    while left > 0 {
+        let n = left.min(batch);
+        let records = sim.take(n).iter().map(cardlink_api::convert::ingest_record).collect();
+        out.push(v1::PublishRequest { issuer_id: issuer.into(), batch_id: uuid::Uuid::new_v4().to_string(), records });
+        left -= n;
+    }
+    out
+}
+
+fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
+}
+
+/// Sends `requests` from `clients` concurrent clients, each its own connection; at `rate`
+/// records/s if given, else as fast as they are acknowledged. Returns (accepted, seconds).
+async fn publish(
+    ingest: &str,
+    key: &str,
+    requests: Vec<v1::PublishRequest>,
+    clients: usize,
+    rate: Option<u32>,
+) -> anyhow::Result<(u64, f64)> {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let queue = Arc::new(tokio::sync::Mutex::new(requests.into_iter().enumerate()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = IssuerIngestClient::new(channel(ingest).await?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (queue, accepted, key) = (Arc::clone(&queue), Arc::clone(&accepted), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some((i, request)) = queue.lock().await.next() else { return Ok::<_, anyhow::Error>(()) };
+                if let Some(rate) = rate {
+                    // Request i is due when i batches' worth of records were due.
+                    let due = Duration::from_secs_f64((i * request.records.len()) as f64 / f64::from(rate));
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(started + due)).await;
+                }
+                let response = client.publish(authorized(request, &key)?).await?.into_inner();
+                accepted.fetch_add(u64::from(response.accepted), Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((accepted.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+}
+
+/// One aggregator's stream as the benchmark's client: counts deliveries and their latency.
+struct StreamClient {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<u32>>>,
+}
+
+/// Deliveries of events published at or after `since_ms` (a shared, movable threshold) are
+/// counted and timed; earlier ones (the warm-up's) are not. A stream the service drops for
+/// falling behind (its queue full while this machine's cores are busy) resumes from its last
+/// cursor, as an aggregator's client does; `resumes` counts those.
+async fn open_stream(
+    addr: &str,
+    token: &str,
+    received: Arc<AtomicU64>,
+    resumes: Arc<AtomicU64>,
+    since_ms: Arc<std::sync::atomic::AtomicI64>,
+) -> anyhow::Result<StreamClient> {
+    let mut client = SubscriptionClient::new(channel(addr).await?);
+    let token = token.to_owned();
+    let request = |cursor: Option<String>| v1::SubscribeRequest {
+        kinds: vec![v1::EventKind::Transaction as i32, v1::EventKind::Statement as i32],
+        start: cursor.map(v1::subscribe_request::Start::Cursor),
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(authorized(request(None), &token)?).await?.into_inner();
+    // The first message says the stream is live.
+    let first = stream.message().await?.context("stream ended at once")?;
+    anyhow::ensure!(first.heartbeat.is_some_and(|h| h.caught_up), "the first message is not the live heartbeat");
+    let mut cursor = Some(first.cursor).filter(|c| !c.is_empty());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        // Publish→deliver, in microseconds (millisecond timestamps: ±1 ms).
+        let mut latencies = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return Ok(latencies),
+                message = stream.message() => {
+                    let message = match message {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return Ok(latencies),
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted && cursor.is_some() => {
+                            resumes.fetch_add(1, Ordering::Relaxed);
+                            stream = client.subscribe(authorized(request(cursor.clone()), &token)?).await?.into_inner();
+                            continue;
+                        }
+                        Err(status) => return Err(status.into()),
+                    };
+                    if !message.cursor.is_empty() {
+                        cursor = Some(message.cursor);
+                    }
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    let since = since_ms.load(Ordering::Relaxed);
+                    for d in &message.deliveries {
+                        let published_ms = d.published_at.as_ref().map_or(i64::MAX, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000);
+                        if published_ms < since {
+                            continue;
+                        }
+                        if published_ms != i64::MAX {
+                            latencies.push(u32::try_from((now_ms - published_ms).max(0) * 1000).unwrap_or(u32::MAX));
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    Ok(StreamClient { stop, task })
+}
+
+/// End offsets of the event topics now.
+async fn ends(consumer: &Consumer) -> anyhow::Result<HashMap<(Topic, i32), i64>> {
+    let mut out = HashMap::new();
+    for topic in [Topic::Transactions, Topic::Statements] {
+        for p in 0..consumer.partition_count(topic).await? {
+            out.insert((topic, p), consumer.watermarks(topic, p).await?.1);
+        }
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Registered participants and their credentials.
+struct World {
+    aggregator_tokens: Vec<String>,
+    issuer_keys: Vec<(String, String)>,
+}
+
+async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Plan) -> anyhow::Result<World> {
+    let max = plan.streams.iter().copied().max().unwrap_or(1);
+    let operator = registry.bootstrap_operator("bench-operator").await?;
+    let op =
+        Caller { participant_id: "bench-operator".into(), role: Role::Operator, credential_id: operator.credential_id };
+    let registrations = futures::stream::iter(0..max)
+        .map(|i| {
+            let op = op.clone();
+            async move {
+                let entity = AggregatorEntity {
+                    aggregator_id: aggregator(i),
+                    name: format!("ベンチ事業者 {i}"),
+                    registration_number: format!("関東財務局長（電代）第{i:04}号"),
+                    contact: format!("ops@agg-{i}.example"),
+                    status: AggregatorStatus::Active,
+                };
+                registry.register_aggregator(&op, entity).await.map(|(_, c)| c.token)
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let aggregator_tokens = registrations.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut issuer_keys = Vec::new();
+    let issuers: Vec<(String, usize)> = std::iter::once(("bench-ingest".to_owned(), 0))
+        .chain(plan.streams.iter().map(|s| (issuer_of(*s), *s)))
+        .collect();
+    for (issuer, streams) in issuers {
+        let entity = IssuerEntity {
+            issuer_id: issuer.clone(),
+            name: format!("{issuer} カード"),
+            annual_volume_jpy: 1_000_000_000_000,
+        };
+        let (_, credential) = registry.register_issuer(&op, entity).await?;
+        let caller =
+            Caller { participant_id: issuer.clone(), role: Role::Issuer, credential_id: credential.credential_id };
+        futures::stream::iter(0..streams)
+            .map(|i| {
+                let (caller, issuer) = (caller.clone(), issuer.clone());
+                async move { registry.enable_connection(&caller, &issuer, &aggregator(i), ALL_SCOPES.to_vec()).await }
+            })
+            .buffered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        issuer_keys.push((issuer.clone(), format!("bench-key-{issuer}-{}", uuid::Uuid::new_v4().simple())));
+    }
+    Ok(World { aggregator_tokens, issuer_keys })
+}
+
+/// `plan.consents` active consents of the S-stream issuer's accounts, spread over S aggregators.
+async fn write_consents(bus: &BusConfig, plan: &Plan, streams: usize) -> anyhow::Result<()> {
+    let producer = cardlink_bus::Producer::new(bus)?;
+    let issuer = issuer_of(streams);
+    let granted = chrono::Utc::now() - chrono::TimeDelta::days(400);
+    let expires = chrono::Utc::now() + chrono::TimeDelta::days(30);
+    let sends = (0..plan.consents).map(|i| {
+        let account = format!("{issuer}-acct-{i:05}");
+        let consent = cardlink_events::samples::active_consent(
+            &format!("cns-{issuer}-{i:05}"),
+            &issuer,
+            &aggregator(i % streams),
+            &[&account],
+            &ALL_SCOPES,
+            granted,
+            expires,
+        );
+        let producer = &producer;
+        async move {
+            producer
+                .publish_record(
+                    cardlink_events::RecordType::ConsentEvent,
+                    &consent.consent_id,
+                    &consent.event_id.to_string(),
+                    &consent,
+                )
+                .await
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(sends).buffer_unordered(256).collect().await;
+    results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}
+
+pub async fn run(plan: Plan) -> anyhow::Result<Report> {
+    // The broker: embedded in this process unless a cluster is named.
+    #[cfg(feature = "embedded-broker")]
+    let (_broker, kafka) = match &plan.kafka {
+        Some(k) => (None, k.clone()),
+        None => {
+            let broker = cardlink_bus::embedded::EmbeddedBroker::start_ephemeral().await?;
+            let bootstrap = broker.bootstrap_servers();
+            (Some(broker), bootstrap)
+        }
+    };
+    #[cfg(not(feature = "embedded-broker"))]
+    let kafka = plan.kafka.clone().context("built without the embedded broker: pass --kafka")?;
+    let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let bus = crate::roles::bus(&kafka, &prefix);
+    cardlink_bus::provision(&bus).await.context("provisioning the benchmark's topics")?;
+    eprintln!("bench: broker {kafka}, topics {prefix}.*");
+
+    let signer = Arc::new(cardlink_auth::TokenSigner::generate("bench"));
+    let registry_config =
+        cardlink_registry::server::RegistryConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
+    let registry = cardlink_registry::server::start(&bus, registry_config, Arc::clone(&signer)).await?;
+    let world = build_world(registry.registry(), &plan).await?;
+    eprintln!("bench: registered {} aggregators and their connections", world.aggregator_tokens.len());
+
+    let keys: Vec<String> = world.issuer_keys.iter().map(|(i, k)| format!("{i}={k}")).collect();
+    let mut ingest_args = child_args("serve-ingest", &bus);
+    for k in &keys {
+        ingest_args.extend(["--issuer-key".into(), k.clone()]);
+    }
+    let mut ingest = ChildProcess::spawn(&ingest_args)?;
+    let ingest_addr = ingest.expect("ready", Duration::from_secs(300)).await.context("the ingest service")?;
+    let secret = rand::random::<[u8; 32]>().to_vec();
+    let secret_b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)
+    };
+    let mut sub_args = child_args("serve-subscription", &bus);
+    sub_args.extend(["--trusted-key".into(), signer.public_key().to_config(), "--secret".into(), secret_b64.clone()]);
+    let mut subscription = ChildProcess::spawn(&sub_args)?;
+    let sub_addr = subscription.expect("ready", Duration::from_secs(300)).await.context("the subscription service")?;
+    let key_of =
+        |issuer: &str| world.issuer_keys.iter().find(|(i, _)| i == issuer).map(|(_, k)| k.clone()).unwrap_or_default();
+
+    let mut report = Report { plan: format!("{plan:?}"), ..Report::default() };
+
+    // Ingest, flat out.
+    let requests_in = requests("bench-ingest", 10_000, plan.ingest_events, BATCH);
+    let before = procstat::sample(ingest.pid()?)?;
+    let (accepted, seconds) =
+        publish(&ingest_addr, &key_of("bench-ingest"), requests_in, plan.ingest_clients, None).await?;
+    let after = procstat::sample(ingest.pid()?)?;
+    let cpu = (after.cpu - before.cpu).as_secs_f64();
+    report.ingest = Some(Ingest {
+        records: accepted,
+        seconds,
+        records_per_second: accepted as f64 / seconds,
+        cpu_seconds: cpu,
+        cpu_us_per_record: cpu * 1e6 / accepted.max(1) as f64,
+        clients: plan.ingest_clients,
+        batch: BATCH,
+    });
+    eprintln!("bench: ingest {accepted} records in {seconds:.1} s = {:.0}/s", accepted as f64 / seconds);
+
+    let probe = Consumer::new(&bus, "bench-probe")?;
+    for (stage, &streams) in plan.streams.iter().enumerate() {
+        write_consents(&bus, &plan, streams).await?;
+        let issuer = issuer_of(streams);
+        let warmup = (plan.rate as usize).min(5_000);
+        let mut reqs = requests(&issuer, plan.consents, warmup + plan.events, 100);
+        let measured = reqs.split_off(warmup / 100);
+        // Streams connect; idle memory first.
+        let pid = subscription.pid()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let empty = procstat::sample(pid)?;
+        let received = Arc::new(AtomicU64::new(0));
+        let since_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let resumes = Arc::new(AtomicU64::new(0));
+        let clients = futures::stream::iter(0..streams)
+            .map(|i| {
+                let token = &world.aggregator_tokens[i];
+                open_stream(&sub_addr, token, Arc::clone(&received), Arc::clone(&resumes), Arc::clone(&since_ms))
+            })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = procstat::sample(pid)?;
+        // Warm up: the consent view has the new consents once these arrive.
+        let (warmup, _) = publish(&ingest_addr, &key_of(&issuer), reqs, PUBLISHERS, Some(plan.rate)).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received.load(Ordering::Relaxed) < warmup && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = received.load(Ordering::Relaxed);
+        if got < warmup {
+            let ended: Vec<String> = futures::future::join_all(
+                clients
+                    .into_iter()
+                    .filter(|c| c.task.is_finished())
+                    .map(|c| async move { format!("{:?}", c.task.await) }),
+            )
+            .await;
+            anyhow::bail!("{got} of {warmup} warm-up events delivered; streams that ended: {ended:?}");
+        }
+        // Stragglers of the warm-up must not count toward the measurement.
+        let mut last = received.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = received.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        // Reported ends are valid starting points for the baseline; any record past them that
+        // belongs to the warm-up is older than `since_ms` and skipped.
+        let start_offsets = ends(&probe).await?;
+        // From here on only the measured events count (their broker timestamps are later).
+        let since = chrono::Utc::now().timestamp_millis();
+        since_ms.store(since, Ordering::Relaxed);
+        received.store(0, Ordering::Relaxed);
+        let cpu0 = procstat::sample(pid)?;
+        let (published, seconds) =
+            publish(&ingest_addr, &key_of(&issuer), measured, PUBLISHERS, Some(plan.rate)).await?;
+        let active = procstat::sample(pid)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered = received.load(Ordering::Relaxed);
+        let cpu1 = procstat::sample(pid)?;
+        let drained = seconds.max(0.001);
+        let mut latencies = Vec::new();
+        for c in clients {
+            c.stop.send_replace(true);
+            latencies.extend(c.task.await??);
+        }
+        latencies.sort_unstable();
+        let cpu = (cpu1.cpu - cpu0.cpu).as_secs_f64();
+        let mut row = Fanout {
+            streams,
+            consents: plan.consents,
+            published,
+            delivered,
+            publish_rate: published as f64 / seconds,
+            seconds: drained,
+            cpu_seconds: cpu,
+            cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+            idle_kib_per_stream: (idle.rss as f64 - empty.rss as f64) / 1024.0 / streams as f64,
+            active_kib_per_stream: (active.rss.max(cpu1.rss) as f64 - empty.rss as f64) / 1024.0 / streams as f64,
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+            max_ms: latencies.last().map_or(0.0, |l| f64::from(*l) / 1000.0),
+            resumes: resumes.load(Ordering::Relaxed),
+            ..Fanout::default()
+        };
+        eprintln!(
+            "bench: {streams} streams: {delivered}/{published} delivered, {:.1} µs CPU each, p99 {:.1} ms, idle {:.1} KiB/stream, {} resumed",
+            row.cpu_us_per_delivery, row.p99_ms, row.idle_kib_per_stream, row.resumes
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        if plan.baseline {
+            let mut args = child_args("baseline", &bus);
+            args.extend(["--secret".into(), secret_b64.clone(), "--aggregators".into(), streams.to_string()]);
+            args.extend(["--since-ms".into(), since.to_string(), "--expect".into(), published.to_string()]);
+            args.extend(["--consents".into(), (plan.consents * (stage + 1)).to_string()]);
+            for (&(topic, partition), &from) in &start_offsets {
+                args.extend(["--start".into(), Start { topic, partition, from }.to_arg()]);
+            }
+            let mut baseline = ChildProcess::spawn(&args)?;
+            let consumers_bytes: f64 = baseline.expect("ready", Duration::from_secs(600)).await?.parse().unwrap_or(0.0);
+            let b0 = procstat::sample(baseline.pid()?)?;
+            baseline.say("go").await?;
+            let done: serde_json::Value =
+                serde_json::from_str(&baseline.expect("done", Duration::from_secs(3_600)).await?)?;
+            let b1 = procstat::sample(baseline.pid()?)?;
+            let b_cpu = (b1.cpu - b0.cpu).as_secs_f64();
+            let kept = done["kept"].as_u64().unwrap_or(0);
+            let read = done["read"].as_u64().unwrap_or(0);
+            row.baseline_cpu_seconds = Some(b_cpu);
+            row.baseline_cpu_us_per_delivery = Some(b_cpu * 1e6 / kept.max(1) as f64);
+            row.baseline_kib_per_consumer = Some(consumers_bytes / 1024.0 / streams as f64);
+            row.baseline_delivered = Some(kept);
+            row.baseline_seconds = done["seconds"].as_f64();
+            eprintln!(
+                "bench: baseline {streams} consumers: {read} read, {kept} kept, {b_cpu:.1} s CPU ({:.1}× cardlink)",
+                b_cpu / cpu.max(1e-9)
+            );
+            baseline.stop().await;
+        }
+        report.fanout.push(row);
+    }
+    subscription.stop().await;
+    ingest.stop().await;
+    registry.shutdown().await?;
+    Ok(report)
+}

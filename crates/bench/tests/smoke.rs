@@ -1,0 +1,31 @@
+//! The benchmark still runs end to end: a tiny workload through the same code path as the
+//! documented command, checking what it counted and that it wrote its report and plot. No
+//! figure is asserted (speed is shown in docs/benchmarks.md, never tested).
+
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+#[test]
+fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cardlink-bench"))
+        .args(["--streams", "1,3", "--events", "300", "--ingest-events", "2000", "--consents", "60", "--rate", "500"])
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "error")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(report["ingest"]["records"], 2000, "{report}");
+    let rows = report["fanout"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["delivered"], row["published"], "every published event reaches its one stream: {row}");
+        assert_eq!(row["baseline_delivered"], row["published"], "the baseline reads the same workload: {row}");
+    }
+    let png = std::fs::read(out.path().join("fanout.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(std::fs::read_to_string(out.path().join("results.md")).unwrap().contains("| 3 |"));
+}
