@@ -178,10 +178,7 @@ pub async fn baseline(
                 let account = record.key_str().unwrap_or_default();
                 let now = chrono::Utc::now();
                 let delivery = view.read(|v| {
-                    v.grants(account)
-                        .iter()
-                        .filter(|g| *g.aggregator_id == *aggregator)
-                        .find_map(|g| cardlink_subscription::projection::project(&event, g, &secret, now))
+                    cardlink_subscription::projection::project_for(&event, v.grants(account), &aggregator, &secret, now)
                 });
                 kept += u64::from(delivery.is_some());
             }

@@ -65,7 +65,10 @@ fn entries(tallies: Tallies) -> impl Iterator<Item = (String, Scope, Tally)> {
 }
 
 fn add(tallies: &mut Tallies, consent_id: String, item: Scope, tally: Tally) {
-    let slots = tallies.entry(consent_id).or_default();
+    merge_into(tallies.entry(consent_id).or_default(), item, tally);
+}
+
+fn merge_into(slots: &mut [Option<Tally>; 3], item: Scope, tally: Tally) {
     match &mut slots[slot(item)] {
         Some(t) => t.merge(tally),
         empty => *empty = Some(tally),
@@ -111,10 +114,7 @@ impl AccessLog {
             None => tallies.entry(delivery.consent_id.clone()).or_default(),
         };
         for item in items {
-            match &mut slots[slot(*item)] {
-                Some(t) => t.merge(one),
-                empty => *empty = Some(one),
-            }
+            merge_into(slots, *item, one);
         }
         if tallies.len() >= FLUSH_AT {
             self.full.notify_one();

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cursor::{Cursor, Stream as CursorStream};
 use crate::metrics::Origin;
-use crate::projection::project;
+use crate::projection::project_for;
 
 /// Deliveries queued per stream before it counts as fallen behind.
 pub const STREAM_BUFFER: usize = 1024;
@@ -280,11 +280,7 @@ impl Hub {
             let Some(slots) = by_aggregator.get_mut(aggregator) else { continue };
             // One projection per entitled aggregator (its first grant that covers the event),
             // shared by all of its streams.
-            let Some(mut delivery) = grants[i..]
-                .iter()
-                .filter(|g| &*g.aggregator_id == aggregator)
-                .find_map(|g| project(event, g, &self.secret, now))
-            else {
+            let Some(mut delivery) = project_for(event, &grants[i..], aggregator, &self.secret, now) else {
                 continue;
             };
             delivery.published_at = published_at(record);
@@ -525,12 +521,8 @@ pub async fn catch_up(
         }
         let record_key = record.key_str().unwrap_or_default();
         let now = Utc::now();
-        let delivery = hub.consents.read(|v| {
-            v.grants(record_key)
-                .iter()
-                .filter(|g| &*g.aggregator_id == aggregator_id)
-                .find_map(|g| project(&event, g, &hub.secret, now))
-        });
+        let delivery =
+            hub.consents.read(|v| project_for(&event, v.grants(record_key), aggregator_id, &hub.secret, now));
         if let Some(mut delivery) = delivery {
             delivery.published_at = published_at(&record);
             let out = Outgoing::Delivery {

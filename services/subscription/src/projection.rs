@@ -23,6 +23,18 @@ fn statement_instant(s: &Statement) -> i64 {
 }
 
 /// Projects `event` for the grant's aggregator at `now`, or `None` if the grant does not cover it.
+/// What `aggregator_id` may receive of `event` under the account's `grants`: the projection of
+/// its first grant that covers the event, if any.
+pub fn project_for(
+    event: &Event,
+    grants: &[Grant],
+    aggregator_id: &str,
+    pseudonym_secret: &[u8],
+    now: DateTime<Utc>,
+) -> Option<v1::Delivery> {
+    grants.iter().filter(|g| &*g.aggregator_id == aggregator_id).find_map(|g| project(event, g, pseudonym_secret, now))
+}
+
 pub fn project(event: &Event, grant: &Grant, pseudonym_secret: &[u8], now: DateTime<Utc>) -> Option<v1::Delivery> {
     let now = now.timestamp_micros();
     let pseudonym = |issuer: &str, account: &str| {
