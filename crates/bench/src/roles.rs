@@ -115,14 +115,14 @@ pub async fn baseline(
     workload: Workload,
     secret: Vec<u8>,
 ) -> anyhow::Result<()> {
-    // Tuned as one would for a thousand consumers in one place: Kafka's usual long-poll wait
-    // rather than cardlink's 10 ms (a thousand consumers polling every 10 ms measure the
-    // broker's overload, not the design), and 1 MiB of pre-fetch each instead of 16 (16 GiB in
-    // all does not fit the machine).
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     // The consent view reads as cardlink's does (the tuning below is for the many consumers).
     let (mut view, _follower) =
         follow::spawn(Consumer::new(&bus, "baseline-consents")?, Topic::Consents, ConsentView::new(), stopped);
+    // Tuned as one would for a thousand consumers in one place: Kafka's usual long-poll wait
+    // rather than cardlink's 10 ms (a thousand consumers polling every 10 ms measure the
+    // broker's overload, not the design), and 1 MiB of pre-fetch each instead of 16 (16 GiB in
+    // all does not fit the machine).
     bus.librdkafka.insert("fetch.wait.max.ms".into(), "500".into());
     bus.librdkafka.insert("queued.max.messages.kbytes".into(), "1024".into());
     tokio::time::timeout(std::time::Duration::from_secs(60), view.caught_up())
