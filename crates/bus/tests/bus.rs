@@ -244,3 +244,24 @@ async fn after_concurrent_producers_stop_the_reported_end_covers_every_record() 
     let read = bus.read(Topic::Transactions, delivered.len(), WITHIN).await.unwrap();
     assert_eq!(read.len(), delivered.len());
 }
+
+#[tokio::test]
+async fn a_waiting_fetch_returns_when_a_record_arrives_not_when_its_wait_runs_out() {
+    // A consumer whose fetches may wait 20 s: a record produced while one waits must come back
+    // at once. (The development broker used to sleep out every fetch's whole wait.)
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let first = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 1)), None).await.unwrap();
+    let mut config = bus.config().clone();
+    config.librdkafka.insert("fetch.wait.max.ms".into(), "20000".into());
+    let consumer = cardlink_bus::Consumer::new(&config, "long-poll").unwrap();
+    consumer.assign(&[(Topic::Transactions, first.partition, StartAt::Offset(first.offset + 1))]).unwrap();
+    // Let the consumer's first fetch reach the broker and start waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", 2)), None).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        .await
+        .expect("the record waited for the fetch's whole 20 s wait")
+        .unwrap();
+    assert_eq!((got.partition, got.offset), (second.partition, second.offset));
+}

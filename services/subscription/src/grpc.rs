@@ -1,11 +1,9 @@
 //! The gRPC face of the subscription service: authenticate the aggregator, open a stream on the
-//! hub (catching up first when it starts from a cursor), and forward deliveries, heartbeats and
-//! the end of the stream.
+//! hub, and hand tonic the stream's responses ([`crate::stream`]), its catch-up reader started
+//! first when it starts from a cursor.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cardlink_api::convert::timestamp;
 use cardlink_api::status::status;
 use cardlink_api::v1;
 use cardlink_api::v1::subscription_server::Subscription;
@@ -13,21 +11,17 @@ use cardlink_auth::Role;
 use cardlink_bus::{BusConfig, Consumer, Producer};
 use cardlink_registry::caller::{Caller, CallerAuth};
 use cardlink_views::follow::Followed;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::{Code, Request, Response, Status};
 
 use crate::access::AccessLog;
 use crate::cursor::Cursor;
-use crate::hub::{self, CatchUpError, Filters, Hub, Outgoing, Start};
+use crate::hub::{self, CatchUpError, Filters, Hub, Start};
 use crate::live::DeliveryCounts;
 use crate::metrics::{Mode, SubscriptionMetrics};
 use crate::positions::{self, PositionError, PositionsView};
+use crate::stream::{CATCH_UP_BUFFER, CatchUp, Recorders, SubscribeStream};
 
-/// Responses buffered per gRPC stream before the forwarding task waits for the client.
-pub const RESPONSE_BUFFER: usize = 64;
-/// How often an idle stream gets a heartbeat.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Streams one aggregator may hold open at once.
 pub const MAX_STREAMS_PER_AGGREGATOR: usize = 16;
 /// Catch-up readers (each its own Kafka consumer) running at once; others wait their turn.
@@ -129,28 +123,9 @@ fn filters(request: &v1::SubscribeRequest) -> Result<Filters, Status> {
     })
 }
 
-fn heartbeat(caught_up: bool, cursor: String) -> v1::SubscribeResponse {
-    v1::SubscribeResponse {
-        deliveries: Vec::new(),
-        heartbeat: Some(v1::Heartbeat { at: Some(timestamp(chrono::Utc::now())), caught_up }),
-        cursor,
-    }
-}
-
-/// The cursor a heartbeat carries. The hub's cursor for the stream also covers records it passed
-/// over (so a quiet stream's cursor stays current), but it may cover deliveries still queued for
-/// the client: it is only safe once the queue is empty, checked after reading it (the hub
-/// advances the cursor and queues under one lock). Otherwise, the last delivery's cursor.
-fn heartbeat_cursor(hub: &Hub, aggregator: &str, id: u64, queue: &mpsc::Receiver<Outgoing>, last_sent: &str) -> String {
-    match hub.cursor(aggregator, id) {
-        Some(cursor) if queue.is_empty() => cursor,
-        _ => last_sent.to_owned(),
-    }
-}
-
 #[tonic::async_trait]
 impl Subscription for SubscriptionGrpc {
-    type SubscribeStream = ReceiverStream<Result<v1::SubscribeResponse, Status>>;
+    type SubscribeStream = SubscribeStream;
 
     async fn subscribe(
         &self,
@@ -184,96 +159,43 @@ impl Subscription for SubscriptionGrpc {
             Start::After(c) => c.clone(),
             _ => Cursor::new(&aggregator),
         };
-        let mut registration = self.hub.register(&aggregator, filters.clone(), &initial);
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let (hub, bus, permits, access, mut shutdown) = (
+        let registration = self.hub.register(&aggregator, filters.clone(), &initial);
+        let catch_up = match start {
+            Start::Live => None,
+            start => {
+                let (tx, rx) = mpsc::channel(CATCH_UP_BUFFER);
+                let (done_tx, done) = oneshot::channel();
+                let (hub, bus, permits, until) =
+                    (self.hub.clone(), self.bus.clone(), Arc::clone(&self.catch_up), registration.live_from.clone());
+                let aggregator = aggregator.clone();
+                tokio::spawn(async move {
+                    let read = async {
+                        let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
+                        let consumer = Consumer::new(&bus, "catch-up")?;
+                        hub::catch_up(&hub, &consumer, &aggregator, &filters, &start, &until, &tx).await
+                    };
+                    // Said before the sender is dropped: the stream reads it once `rx` ends. A
+                    // client that left (the stream dropped) ends the reader at its next send.
+                    let _ = done_tx.send(read.await);
+                    drop(tx);
+                });
+                Some(CatchUp { rx, done })
+            }
+        };
+        let recorders = Recorders {
+            access: self.access.clone(),
+            live: self.metrics.stream(&aggregator, Mode::Live),
+            catch_up: self.metrics.stream(&aggregator, Mode::CatchUp),
+        };
+        Ok(Response::new(SubscribeStream::new(
             self.hub.clone(),
-            self.bus.clone(),
-            Arc::clone(&self.catch_up),
-            self.access.clone(),
+            aggregator,
+            registration,
+            initial.encode(&secret),
+            catch_up,
             self.shutdown.clone(),
-        );
-        let (live_metrics, catch_up_metrics) =
-            (self.metrics.stream(&aggregator, Mode::Live), self.metrics.stream(&aggregator, Mode::CatchUp));
-        tokio::spawn(async move {
-            let id = registration.id;
-            // The cursor just after the last delivery this stream sent.
-            let mut last_sent = initial.encode(&secret);
-            let result = async {
-                if !matches!(start, Start::Live) {
-                    let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
-                    let consumer = Consumer::new(&bus, "catch-up")?;
-                    let (catch_tx, catch_rx) = mpsc::channel(RESPONSE_BUFFER);
-                    // The reader owns the sender, so the forwarder ends when the catch-up does.
-                    let reader = async {
-                        let catch_tx = catch_tx;
-                        hub::catch_up(&hub, &consumer, &aggregator, &filters, &start, &registration.live_from, &catch_tx).await
-                    };
-                    // The forwarder owns the receiver, so a client that leaves ends the reader too.
-                    let forward = async {
-                        let mut catch_rx = catch_rx;
-                        while let Some(Outgoing::Delivery { delivery, cursor, origin }) = catch_rx.recv().await {
-                            last_sent.clone_from(&cursor);
-                            access.record(&delivery);
-                            let span = catch_up_metrics.delivering(origin.as_deref());
-                            let response = v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor };
-                            if tx.send(Ok(response)).await.is_err() {
-                                return;
-                            }
-                            catch_up_metrics.delivered(origin.as_deref(), span);
-                        }
-                    };
-                    let (read, ()) = tokio::join!(reader, forward);
-                    read?;
-                }
-                let _ = tx.send(Ok(heartbeat(true, heartbeat_cursor(&hub, &aggregator, id, &registration.rx, &last_sent)))).await;
-                let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
-                beat.tick().await;
-                loop {
-                    tokio::select! {
-                        // A client that went away frees its slot at once, not at the next send.
-                        _ = tx.closed() => return Ok(()),
-                        _ = shutdown.changed() => {
-                            let _ = tx.send(Err(status(Code::Unavailable, "SERVER_SHUTTING_DOWN", "the service is restarting; resume from your last cursor"))).await;
-                            return Ok(());
-                        }
-                        _ = beat.tick() => {
-                            let cursor = heartbeat_cursor(&hub, &aggregator, id, &registration.rx, &last_sent);
-                            if tx.send(Ok(heartbeat(true, cursor))).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                        next = registration.rx.recv() => match next {
-                            Some(Outgoing::Delivery { delivery, cursor, origin }) => {
-                                last_sent.clone_from(&cursor);
-                                access.record(&delivery);
-                                let span = live_metrics.delivering(origin.as_deref());
-                                if tx.send(Ok(v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor })).await.is_err() {
-                                    return Ok(());
-                                }
-                                live_metrics.delivered(origin.as_deref(), span);
-                            }
-                            Some(Outgoing::FellBehind) | None => {
-                                let _ = tx.send(Err(status(Code::ResourceExhausted, "FELL_BEHIND", "the stream fell behind; resume from your last cursor"))).await;
-                                return Ok(());
-                            }
-                        },
-                    }
-                }
-            }
-            .await;
-            hub.unregister(&aggregator, id);
-            if let Err(e) = result {
-                let s = match &e {
-                    CatchUpError::OutOfRange { .. } | CatchUpError::AheadOfBus { .. } => {
-                        status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string())
-                    }
-                    _ => status(Code::Unavailable, "BUS_UNAVAILABLE", e.to_string()),
-                };
-                let _ = tx.send(Err(s)).await;
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+            recorders,
+        )))
     }
 
     async fn acknowledge(

@@ -9,6 +9,7 @@
 //! - [`access`]: the record of what was provided to whom, written to the audit topic.
 //! - [`metrics`]: deliveries, latency, streams, catch-up readers; the delivery span of each event.
 //! - [`live`]: the live view page (events in, deliveries, streams) and its JSON.
+//! - [`stream`]: one subscription's responses: catch-up, live deliveries, heartbeats, the end.
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
 pub mod access;
@@ -20,3 +21,4 @@ pub mod metrics;
 pub mod positions;
 pub mod projection;
 pub mod server;
+pub mod stream;

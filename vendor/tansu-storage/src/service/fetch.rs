@@ -12,7 +12,12 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, LazyLock, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use rama::{Context, Service};
 use tansu_sans_io::{
@@ -24,10 +29,23 @@ use tansu_sans_io::{
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
 };
-use tokio::time::sleep;
+use tokio::sync::{Notify, futures::OwnedNotified};
 use tracing::{debug, error, instrument};
 
 use crate::{Error, Result, Storage, Topition};
+
+/// cardlink patch: one signal per topic, notified after every successful produce to it, so that
+/// the fetches waiting on that topic look again (and no others).
+static PRODUCED: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Default::default);
+
+/// cardlink patch: the signal of `topic` (see [`PRODUCED`]).
+pub(crate) fn produced(topic: &str) -> Arc<Notify> {
+    let mut signals = PRODUCED.lock().unwrap_or_else(PoisonError::into_inner);
+    match signals.get(topic) {
+        Some(signal) => Arc::clone(signal),
+        None => Arc::clone(signals.entry(topic.to_owned()).or_default()),
+    }
+}
 
 /// A [`Service`] using [`Storage`] as [`Context`] taking [`FetchRequest`] returning [`FetchResponse`].
 /// ```
@@ -249,6 +267,7 @@ impl FetchService {
         isolation: IsolationLevel,
         fetch: &FetchTopic,
         _is_first: bool,
+        names: &mut Vec<String>,
     ) -> Result<FetchableTopicResponse>
     where
         G: Storage,
@@ -263,6 +282,7 @@ impl FetchService {
             ..
         }) = metadata.topics().first()
         {
+            names.push(name.to_owned());
             let mut partitions = Vec::new();
 
             for fetch_partition in fetch.partitions.as_ref().unwrap_or(&Vec::new()) {
@@ -307,19 +327,32 @@ impl FetchService {
         if topics.is_empty() {
             Ok(vec![])
         } else {
+            // cardlink patch: answer as soon as `min_bytes` of records are there, and wake when
+            // a produce lands rather than sleeping out `max_wait` (which every fetch did, data or
+            // not: each one cost its consumer the full wait in latency).
             let start = Instant::now();
+            let limit = *max_bytes;
             let mut responses = vec![];
-            let mut iteration = 0;
-            let mut elapsed = Duration::from_millis(0);
-            let mut bytes = 0;
+            // The topics' names, learnt on the first pass (a request may name them by id).
+            let mut names: Vec<String> = vec![];
 
-            while elapsed <= max_wait && bytes <= min_bytes {
-                debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
+            loop {
+                // Registered before the pass, so a produce landing during it still wakes us.
+                let mut wakers: Vec<Pin<Box<OwnedNotified>>> = names
+                    .iter()
+                    .map(|name| {
+                        let mut waker = Box::pin(produced(name).notified_owned());
+                        _ = waker.as_mut().enable();
+                        waker
+                    })
+                    .collect();
 
-                let enumerate = topics.iter().enumerate();
                 responses.clear();
+                // Every pass reads afresh, within the request's whole limit.
+                *max_bytes = limit;
+                let mut seen = vec![];
 
-                for (i, fetch) in enumerate {
+                for (i, fetch) in topics.iter().enumerate() {
                     let fetch_response = self
                         .fetch_topic(
                             ctx.clone(),
@@ -329,35 +362,38 @@ impl FetchService {
                             isolation,
                             fetch,
                             i == 0,
+                            &mut seen,
                         )
                         .await?;
 
                     responses.push(fetch_response);
                 }
 
-                bytes += u32::try_from(responses.byte_size())?;
+                let bytes = responses.byte_size();
+                let elapsed = start.elapsed();
+                debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
 
-                let now = Instant::now();
-                elapsed = now.duration_since(start);
-                let remaining = max_wait.saturating_sub(elapsed);
+                if bytes >= u64::from(min_bytes.max(1)) || elapsed >= max_wait {
+                    break;
+                }
 
-                debug!(
-                    ?iteration,
-                    ?max_wait,
-                    ?elapsed,
-                    ?remaining,
-                    ?bytes,
-                    ?min_bytes
-                );
+                if wakers.is_empty() || seen != names {
+                    // Not yet listening to these topics: listen, then look once more.
+                    names = seen;
+                    if !names.is_empty() {
+                        continue;
+                    }
+                }
 
-                sleep(if remaining.as_millis() >= 250 {
-                    remaining / 2
+                if wakers.is_empty() {
+                    tokio::time::sleep(max_wait - elapsed).await;
                 } else {
-                    remaining
-                })
-                .await;
-
-                iteration += 1;
+                    _ = tokio::time::timeout(
+                        max_wait - elapsed,
+                        futures::future::select_all(wakers.iter_mut().map(|w| w.as_mut())),
+                    )
+                    .await;
+                }
             }
 
             Ok(responses)

@@ -173,7 +173,11 @@ impl ProduceService {
                         }
                         otherwise => error!(?otherwise),
                     }) {
-                    Ok(offset) => _ = base_offset.get_or_insert(offset),
+                    Ok(offset) => {
+                        _ = base_offset.get_or_insert(offset);
+                        // cardlink patch: wake the fetches waiting for records.
+                        super::fetch::produced(name).notify_waiters();
+                    }
 
                     Err(Error::Api(error_code)) => {
                         debug!(?self, ?error_code);

@@ -1,0 +1,223 @@
+//! One subscription's response stream, as tonic sends it.
+//!
+//! A stream that starts from a cursor first relays what its catch-up reader (a task of its own,
+//! holding one of the bounded reader permits) finds between the cursor and the hub's position at
+//! registration; then it says it is caught up and serves live deliveries straight from its hub
+//! queue, a heartbeat every [`HEARTBEAT_EVERY`] while quiet, and a reconnect status at shutdown.
+//!
+//! The stream is polled by the connection that carries it: a live delivery goes from the hub's
+//! queue to the wire with no task or channel of its own in between — with many streams each
+//! getting a few events, that hop was a wake-up per delivery. Dropping the stream (the client went
+//! away, or it ended) removes its hub slot at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cardlink_api::convert::timestamp;
+use cardlink_api::status::status;
+use cardlink_api::v1;
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+use tonic::{Code, Status};
+
+use crate::access::AccessLog;
+use crate::hub::{CatchUpError, Hub, Outgoing, Registration};
+use crate::metrics::{Origin, StreamMetrics};
+
+/// How often an idle stream gets a heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// Deliveries the catch-up reader reads ahead of what the client has taken.
+pub const CATCH_UP_BUFFER: usize = 64;
+
+/// What the catch-up reader hands the stream: its deliveries on `rx`, then how it ended.
+#[derive(Debug)]
+pub struct CatchUp {
+    pub rx: mpsc::Receiver<Outgoing>,
+    pub done: oneshot::Receiver<Result<(), CatchUpError>>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    CatchingUp(CatchUp),
+    /// Live; `greeted` once the caught-up heartbeat went out.
+    Live { greeted: bool },
+    Done,
+}
+
+/// The instruments and records a stream keeps per delivery.
+#[derive(Debug)]
+pub struct Recorders {
+    pub access: AccessLog,
+    pub live: StreamMetrics,
+    pub catch_up: StreamMetrics,
+}
+
+/// The response stream of one `Subscribe` call.
+pub struct SubscribeStream {
+    phase: Phase,
+    hub: Hub,
+    aggregator: String,
+    registration: Registration,
+    /// The cursor just after the last delivery sent.
+    last_sent: String,
+    heartbeat: Interval,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    recorders: Recorders,
+}
+
+impl std::fmt::Debug for SubscribeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeStream")
+            .field("aggregator", &self.aggregator)
+            .field("id", &self.registration.id)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubscribeStream {
+    /// A stream registered on `hub` as `registration`, starting at `initial` (encoded), with the
+    /// catch-up reader's hand-over if it starts before the live tail.
+    pub fn new(
+        hub: Hub,
+        aggregator: String,
+        registration: Registration,
+        initial: String,
+        catch_up: Option<CatchUp>,
+        mut shutdown: watch::Receiver<bool>,
+        recorders: Recorders,
+    ) -> Self {
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shutdown = Box::pin(async move {
+            // A dropped sender means the service is going away too.
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        });
+        let phase = match catch_up {
+            Some(catch_up) => Phase::CatchingUp(catch_up),
+            None => Phase::Live { greeted: false },
+        };
+        Self { phase, hub, aggregator, registration, last_sent: initial, heartbeat, shutdown, recorders }
+    }
+
+    /// The cursor a heartbeat carries. The hub's cursor for the stream also covers records it
+    /// passed over (so a quiet stream's cursor stays current), but it may cover deliveries still
+    /// queued for the client: it is only safe once the queue is empty, checked after reading it
+    /// (the hub advances the cursor and queues under one lock). Otherwise, the last delivery's.
+    fn heartbeat(&mut self) -> v1::SubscribeResponse {
+        self.heartbeat.reset();
+        let cursor = match self.hub.cursor(&self.aggregator, self.registration.id) {
+            Some(cursor) if self.registration.rx.is_empty() => cursor,
+            _ => self.last_sent.clone(),
+        };
+        v1::SubscribeResponse {
+            deliveries: Vec::new(),
+            heartbeat: Some(v1::Heartbeat { at: Some(timestamp(chrono::Utc::now())), caught_up: true }),
+            cursor,
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        live: bool,
+        delivery: v1::Delivery,
+        cursor: String,
+        origin: Option<Arc<Origin>>,
+    ) -> v1::SubscribeResponse {
+        self.last_sent.clone_from(&cursor);
+        self.recorders.access.record(&delivery);
+        let metrics = if live { &self.recorders.live } else { &self.recorders.catch_up };
+        let span = metrics.delivering(origin.as_deref());
+        metrics.delivered(origin.as_deref(), span);
+        v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor }
+    }
+
+    /// Ends the stream with `status` (the next poll ends it).
+    fn end(&mut self, status: Status) -> Poll<Option<Result<v1::SubscribeResponse, Status>>> {
+        self.phase = Phase::Done;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+fn catch_up_status(e: &CatchUpError) -> Status {
+    match e {
+        CatchUpError::OutOfRange { .. } | CatchUpError::AheadOfBus { .. } => {
+            status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string())
+        }
+        _ => status(Code::Unavailable, "BUS_UNAVAILABLE", e.to_string()),
+    }
+}
+
+fn fell_behind() -> Status {
+    status(Code::ResourceExhausted, "FELL_BEHIND", "the stream fell behind; resume from your last cursor")
+}
+
+impl Stream for SubscribeStream {
+    type Item = Result<v1::SubscribeResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if matches!(this.phase, Phase::Done) {
+                return Poll::Ready(None);
+            }
+            if this.shutdown.as_mut().poll(cx).is_ready() {
+                return this.end(status(
+                    Code::Unavailable,
+                    "SERVER_SHUTTING_DOWN",
+                    "the service is restarting; resume from your last cursor",
+                ));
+            }
+            match &mut this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::CatchingUp(catch_up) => match catch_up.rx.poll_recv(cx) {
+                    Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
+                        return Poll::Ready(Some(Ok(this.deliver(false, delivery, cursor, origin))));
+                    }
+                    Poll::Ready(Some(Outgoing::FellBehind)) => return this.end(fell_behind()),
+                    // The reader dropped its sender after saying how it ended.
+                    Poll::Ready(None) => match catch_up.done.try_recv() {
+                        Ok(Ok(())) => this.phase = Phase::Live { greeted: false },
+                        Ok(Err(e)) => return this.end(catch_up_status(&e)),
+                        Err(_) => {
+                            return this.end(status(
+                                Code::Unavailable,
+                                "BUS_UNAVAILABLE",
+                                "the catch-up reader stopped; resume from your last cursor",
+                            ));
+                        }
+                    },
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Live { greeted } => {
+                    if !*greeted {
+                        *greeted = true;
+                        return Poll::Ready(Some(Ok(this.heartbeat())));
+                    }
+                    match this.registration.rx.poll_recv(cx) {
+                        Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
+                            return Poll::Ready(Some(Ok(this.deliver(true, delivery, cursor, origin))));
+                        }
+                        Poll::Ready(Some(Outgoing::FellBehind) | None) => return this.end(fell_behind()),
+                        Poll::Pending => {}
+                    }
+                    if this.heartbeat.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Some(Ok(this.heartbeat())));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SubscribeStream {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.aggregator, self.registration.id);
+    }
+}
