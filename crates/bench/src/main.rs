@@ -129,6 +129,11 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB")
 }
 
+/// mimalloc rather than glibc's malloc: the services allocate per event (decode, projection,
+/// protobuf), and the benchmark's profiles showed glibc's allocator at a quarter of their CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

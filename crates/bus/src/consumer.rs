@@ -85,8 +85,21 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// A consumer for `purpose` (shows in the client id, e.g. `consent-view`).
+    /// A consumer for `purpose` (shows in the client id, e.g. `consent-view`), tuned for
+    /// latency: a fetch returns as soon as a record is there, and waits at most 10 ms otherwise.
     pub fn new(config: &BusConfig, purpose: &str) -> Result<Self, BusError> {
+        Self::build(config, purpose, &[("fetch.wait.max.ms", "10")])
+    }
+
+    /// A consumer for a reader that follows busy topics in the background and can be a moment
+    /// behind (the ingest's duplicate index, the registry's publishing activity): a fetch waits
+    /// for 64 KiB or 100 ms, so at high volume it makes a few large round trips instead of many
+    /// small ones, which costs the broker and this process less.
+    pub fn tailer(config: &BusConfig, purpose: &str) -> Result<Self, BusError> {
+        Self::build(config, purpose, &[("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "65536")])
+    }
+
+    fn build(config: &BusConfig, purpose: &str, pace: &[(&str, &str)]) -> Result<Self, BusError> {
         config.validate()?;
         let mut cfg = config.client_config(purpose);
         // librdkafka wants a group id even for manual assignment; with auto-commit and offset
@@ -97,11 +110,9 @@ impl Consumer {
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "error");
         // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
-        // a short fetch wait keeps publish-to-deliver latency low; the pre-fetch bound keeps
-        // memory per consumer bounded.
-        for (key, value) in
-            [("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string()), ("fetch.wait.max.ms", "10".into())]
-        {
+        // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
+        let prefetch = PREFETCH_MAX_KBYTES.to_string();
+        for &(key, value) in std::iter::once(&("queued.max.messages.kbytes", prefetch.as_str())).chain(pace) {
             if !config.librdkafka.contains_key(key) {
                 cfg.set(key, value);
             }

@@ -91,7 +91,7 @@ pub async fn start(
     let (ready_tx, ready) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let follower_consumer = Consumer::new(bus, "ingest-dedup")?;
+    let follower_consumer = Consumer::tailer(bus, "ingest-dedup")?;
     let follower = tokio::spawn(dedup::follow(Arc::clone(&index), follower_consumer, ready_tx, shutdown_rx.clone()));
 
     let ingest = Ingest::new(producer.clone(), index, ready.clone(), config.max_records_per_call);

@@ -116,7 +116,7 @@ pub async fn start(
     let registry = Registry::new(producer, view.clone(), Arc::clone(&signer), config.credential_ttl);
     let auth = CallerAuth::new(TokenVerifier::new([signer.public_key()]), view.clone());
     let activity = PublishingActivity::default();
-    let activity_consumer = Consumer::new(bus, "registry-publishing-activity")?;
+    let activity_consumer = Consumer::tailer(bus, "registry-publishing-activity")?;
     let activity_shutdown = shutdown_rx.clone();
     let activity_task = activity.clone();
     let activity_follower = tokio::spawn(async move {

@@ -64,6 +64,23 @@ fn entries(tallies: Tallies) -> impl Iterator<Item = (String, Scope, Tally)> {
     })
 }
 
+/// The audit records of `tallies`: one per consent and tally, naming every kind of data that has
+/// that same tally — a transaction delivered with its merchant counts once for both kinds, so the
+/// two make one record rather than two.
+fn records(tallies: Tallies) -> impl Iterator<Item = (String, Vec<Scope>, Tally)> {
+    tallies.into_iter().flat_map(|(consent, slots)| {
+        let mut grouped: Vec<(Vec<Scope>, Tally)> = Vec::with_capacity(slots.len());
+        for (item, tally) in Scope::ALL.into_iter().zip(slots) {
+            let Some(tally) = tally else { continue };
+            match grouped.iter_mut().find(|(_, t)| *t == tally) {
+                Some((items, _)) => items.push(item),
+                None => grouped.push((vec![item], tally)),
+            }
+        }
+        grouped.into_iter().map(move |(items, tally)| (consent.clone(), items, tally))
+    })
+}
+
 fn add(tallies: &mut Tallies, consent_id: String, item: Scope, tally: Tally) {
     merge_into(tallies.entry(consent_id).or_default(), item, tally);
 }
@@ -136,22 +153,24 @@ impl AccessLog {
     /// time; what could not be written stays for the next time.
     pub async fn flush(&self, consents: &Followed<ConsentView>, producer: &Producer) -> Result<usize, BusError> {
         use futures::StreamExt as _;
-        let writes = entries(self.take()).map(|(consent_id, item, tally)| {
-            let record = consents.read(|v| audit_record(v, &consent_id, item, tally));
+        let writes = records(self.take()).map(|(consent_id, items, tally)| {
+            let record = consents.read(|v| audit_record(v, &consent_id, &items, tally));
             async move {
                 let written = producer.publish_audit(&record).await;
-                (consent_id, item, tally, written)
+                (consent_id, items, tally, written)
             }
         });
         let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(FLUSH_CONCURRENCY).collect().await;
         let mut unwritten = Tallies::new();
         let mut written = 0;
         let mut failure = None;
-        for (consent_id, item, tally, result) in results {
+        for (consent_id, items, tally, result) in results {
             match result {
                 Ok(_) => written += 1,
                 Err(e) => {
-                    add(&mut unwritten, consent_id, item, tally);
+                    for item in items {
+                        add(&mut unwritten, consent_id.clone(), item, tally);
+                    }
                     failure = Some(e);
                 }
             }
@@ -165,7 +184,7 @@ impl AccessLog {
 /// one at a time would take longer than [`FLUSH_EVERY`] once many consents are in use.
 pub const FLUSH_CONCURRENCY: usize = 256;
 
-fn audit_record(view: &ConsentView, consent_id: &str, item: Scope, tally: Tally) -> AuditEvent {
+fn audit_record(view: &ConsentView, consent_id: &str, items: &[Scope], tally: Tally) -> AuditEvent {
     let consent = view.consent(consent_id);
     let aggregator = consent.map_or("", |c| c.aggregator_id.as_str());
     let mut record = AuditEvent::now(
@@ -179,7 +198,7 @@ fn audit_record(view: &ConsentView, consent_id: &str, item: Scope, tally: Tally)
     record.period_start = Some(tally.first);
     record.count = tally.count;
     record.consent_id = Some(consent_id.to_owned());
-    record.data_items = vec![item.as_str().to_owned()];
+    record.data_items = items.iter().map(|item| item.as_str().to_owned()).collect();
     if let Some(c) = consent {
         record.issuer_id = Some(c.issuer_id.clone());
         record.aggregator_id = Some(c.aggregator_id.clone());
@@ -254,6 +273,25 @@ mod tests {
     }
 
     #[test]
+    fn kinds_of_data_delivered_together_make_one_record() {
+        let log = AccessLog::default();
+        log.record(&delivery("c-1", true));
+        log.record(&delivery("c-1", true));
+        log.record(&delivery("c-2", true));
+        log.record(&delivery("c-2", false));
+        let mut records: Vec<_> = records(log.take()).map(|(c, items, t)| (c, items, t.count)).collect();
+        records.sort_by_key(|(c, items, _)| (c.clone(), format!("{items:?}")));
+        assert_eq!(
+            records,
+            [
+                ("c-1".to_owned(), vec![Scope::Transactions, Scope::MerchantDetail], 2),
+                ("c-2".to_owned(), vec![Scope::MerchantDetail], 1),
+                ("c-2".to_owned(), vec![Scope::Transactions], 2),
+            ]
+        );
+    }
+
+    #[test]
     fn tallies_put_back_after_a_failed_write_merge_with_new_ones() {
         let log = AccessLog::default();
         log.record(&delivery("c-1", false));
@@ -280,7 +318,7 @@ mod tests {
             Utc::now() + chrono::TimeDelta::days(30),
         ));
         let now = Utc::now();
-        let r = audit_record(&view, "c-1", Scope::Transactions, Tally { count: 7, first: granted, last: now });
+        let r = audit_record(&view, "c-1", &[Scope::Transactions], Tally { count: 7, first: granted, last: now });
         assert_eq!(r.action, ACTION);
         assert_eq!(
             (r.aggregator_id.as_deref(), r.issuer_id.as_deref(), r.member_ref.as_deref()),

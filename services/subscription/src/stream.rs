@@ -44,7 +44,9 @@ pub struct CatchUp {
 enum Phase {
     CatchingUp(CatchUp),
     /// Live; `greeted` once the caught-up heartbeat went out.
-    Live { greeted: bool },
+    Live {
+        greeted: bool,
+    },
     Done,
 }
 
@@ -91,8 +93,7 @@ impl SubscribeStream {
         mut shutdown: watch::Receiver<bool>,
         recorders: Recorders,
     ) -> Self {
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = Box::pin(async move {
             // A dropped sender means the service is going away too.
@@ -125,7 +126,7 @@ impl SubscribeStream {
     fn deliver(
         &mut self,
         live: bool,
-        delivery: v1::Delivery,
+        delivery: Box<v1::Delivery>,
         cursor: String,
         origin: Option<Arc<Origin>>,
     ) -> v1::SubscribeResponse {
@@ -134,7 +135,7 @@ impl SubscribeStream {
         let metrics = if live { &self.recorders.live } else { &self.recorders.catch_up };
         let span = metrics.delivering(origin.as_deref());
         metrics.delivered(origin.as_deref(), span);
-        v1::SubscribeResponse { deliveries: vec![delivery], heartbeat: None, cursor }
+        v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor }
     }
 
     /// Ends the stream with `status` (the next poll ends it).

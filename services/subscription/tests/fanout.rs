@@ -80,7 +80,7 @@ async fn take(rx: &mut mpsc::Receiver<Outgoing>, n: usize) -> Vec<(v1::Delivery,
     let mut out = Vec::new();
     while out.len() < n {
         match tokio::time::timeout(WITHIN, rx.recv()).await.expect("delivery in time") {
-            Some(Outgoing::Delivery { delivery, cursor, .. }) => out.push((delivery, cursor)),
+            Some(Outgoing::Delivery { delivery, cursor, .. }) => out.push((*delivery, cursor)),
             other => panic!("unexpected {other:?}"),
         }
     }

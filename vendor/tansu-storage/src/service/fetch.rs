@@ -393,6 +393,12 @@ impl FetchService {
                         futures::future::select_all(wakers.iter_mut().map(|w| w.as_mut())),
                     )
                     .await;
+                    if min_bytes > 1 {
+                        // Waiting for a quantity: every pass reads all there is again, so look
+                        // at most ten times per wait rather than at every produce.
+                        let elapsed = start.elapsed();
+                        tokio::time::sleep((max_wait / 10).min(max_wait.saturating_sub(elapsed))).await;
+                    }
                 }
             }
 
