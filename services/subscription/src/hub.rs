@@ -15,7 +15,7 @@
 //! event is delivered once per stream in partition order, with no gap at the hand-over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use cardlink_api::v1;
@@ -137,6 +137,9 @@ pub struct Hub {
     consents: Followed<ConsentView>,
     secret: Arc<[u8]>,
     next_id: Arc<AtomicU64>,
+    /// Set when the shared reader has stopped for good (an error retrying cannot fix): no
+    /// stream would get anything more, so the replica is no longer ready.
+    reader_stopped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -157,7 +160,13 @@ pub struct Registration {
 impl Hub {
     /// `secret` keys both the account pseudonyms and the cursors.
     pub fn new(consents: Followed<ConsentView>, secret: Arc<[u8]>) -> Self {
-        Self { shared: Arc::default(), consents, secret, next_id: Arc::new(AtomicU64::new(1)) }
+        Self {
+            shared: Arc::default(),
+            consents,
+            secret,
+            next_id: Arc::new(AtomicU64::new(1)),
+            reader_stopped: Arc::default(),
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shared> {
@@ -208,6 +217,11 @@ impl Hub {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
             }
         }
+    }
+
+    /// Whether the shared reader stopped with an error: the service serves nothing more.
+    pub fn reader_stopped(&self) -> bool {
+        self.reader_stopped.load(Ordering::Relaxed)
     }
 
     /// Whether the shared reader has positioned itself on the event topics.
@@ -366,8 +380,17 @@ fn origin_of(record: &Record) -> Origin {
     }
 }
 
-/// The shared reader: tails the event topics from their ends and dispatches every record.
-pub async fn run_reader(hub: Hub, consumer: Consumer, mut shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+/// The shared reader: tails the event topics from their ends and dispatches every record. An
+/// error it returns marks the hub as stopped ([`Hub::reader_stopped`]), which readiness reports.
+pub async fn run_reader(hub: Hub, consumer: Consumer, shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+    let read = read_and_dispatch(&hub, consumer, shutdown).await;
+    if read.is_err() {
+        hub.reader_stopped.store(true, Ordering::Relaxed);
+    }
+    read
+}
+
+async fn read_and_dispatch(hub: &Hub, consumer: Consumer, mut shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
     let mut positions = Vec::new();
     for topic in [Topic::Transactions, Topic::Statements] {
         let partitions = consumer.partition_count(topic).await?;

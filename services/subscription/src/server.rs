@@ -145,10 +145,10 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
     );
     let grpc = SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), producer, positions, access, shutdown_rx.clone());
-    let ready_consents = hub.consents().clone();
+    let ready_hub = hub.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),
-        Box::new(move || ready_consents.is_fresh(cardlink_serving::READY_WITHIN)),
+        Box::new(move || !ready_hub.reader_stopped() && ready_hub.consents().is_fresh(cardlink_serving::READY_WITHIN)),
         shutdown_rx.clone(),
     )?;
     let catch_up = grpc.catch_up_permits();

@@ -15,7 +15,7 @@
 //! Dynamic Object Storage engine (S3, memory, ...)
 
 use std::{
-    collections::{BTreeMap, BTreeSet, btree_map::Entry},
+    collections::{BTreeMap, btree_map::Entry},
     fmt::{Debug, Display},
     str::FromStr,
     sync::{Arc, Mutex},
@@ -1001,26 +1001,74 @@ impl Storage for DynoStore {
 
         debug!(high_watermark);
 
-        // cardlink patch: batches are stored under their base offsets, and each one's base plus
-        // its record count is the next one's; read them by name. Listing every batch of the
-        // partition on every fetch (below) cost time in proportion to all the partition ever
-        // held. The listing stays for an offset inside a batch, which no name matches.
+        // cardlink patch (replaces the listing of every batch the partition ever held, which
+        // cost each fetch time in proportion to the partition's history and could serve a batch
+        // that ends before `offset`, or skip one still being stored): batches are stored under
+        // their base offsets and each one's base plus its record count is the next one's, so
+        // they are read by name. The first must hold `offset` — Kafka serves the batch holding
+        // it and the client drops the records before it; when that batch is counted in the high
+        // watermark but not stored yet (a produce in flight), nothing is served until it is.
+        if offset >= high_watermark {
+            return Ok(vec![]);
+        }
+
+        let location = |base: i64| {
+            Path::from(format!(
+                "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
+                self.cluster, topition.topic, topition.partition, base,
+            ))
+        };
+
+        let first = match self.object_store.head(&location(offset)).await {
+            Ok(_) => offset,
+            // Inside a batch (a reader positioned by a cursor or by time): find the batch that
+            // starts before it, the one time the partition is listed.
+            Err(object_store::Error::NotFound { .. }) => {
+                let prefix = Path::from(format!(
+                    "clusters/{}/topics/{}/partitions/{:0>10}/records/",
+                    self.cluster, topition.topic, topition.partition
+                ));
+                let mut list_stream = self.object_store.list(Some(&prefix));
+                let mut before = None;
+
+                while let Some(meta) = list_stream
+                    .next()
+                    .await
+                    .transpose()
+                    .inspect_err(|error| error!(?error, ?topition, ?offset))
+                    .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
+                {
+                    let Some(name) = meta.location.parts().next_back() else {
+                        continue;
+                    };
+                    let base = i64::from_str(&name.as_ref()[0..20])?;
+                    if base < offset && before.is_none_or(|b| base > b) {
+                        before = Some(base);
+                    }
+                }
+
+                match before {
+                    Some(base) => base,
+                    None => return Ok(vec![]),
+                }
+            }
+            Err(error) => {
+                error!(?error, ?topition, ?offset);
+                return Err(Error::Api(ErrorCode::UnknownServerError));
+            }
+        };
+
         let mut batches = vec![];
         let mut bytes = max_bytes as u64;
-        let mut next = offset;
+        let mut next = first;
 
         while next < high_watermark {
-            let location = Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
-                self.cluster, topition.topic, topition.partition, next,
-            ));
+            let location = location(next);
 
             let get_result = match self.object_store.get(&location).await {
                 Ok(get_result) => get_result,
-                // Inside a batch: the listing below finds the one holding it.
-                Err(object_store::Error::NotFound { .. }) if batches.is_empty() => break,
                 // Counted in the high watermark, not stored yet: the next fetch has it.
-                Err(object_store::Error::NotFound { .. }) => return Ok(batches),
+                Err(object_store::Error::NotFound { .. }) => break,
                 Err(error) => {
                     error!(?error, ?topition, ?next, ?min_bytes, ?max_bytes);
                     return Err(Error::Api(ErrorCode::UnknownServerError));
@@ -1037,88 +1085,12 @@ impl Storage for DynoStore {
                 .and_then(|encoded| self.decode(encoded))?;
             batch.base_offset = next;
             next += batch.last_offset_delta as i64 + 1;
-            batches.push(batch);
 
-            if size > bytes {
+            if next <= offset {
+                // The batch before `offset` ends before it: the one holding it is in flight.
                 break;
-            } else {
-                bytes = bytes.saturating_sub(size);
             }
-        }
 
-        if !batches.is_empty() {
-            return Ok(batches);
-        }
-
-        let mut offsets = BTreeSet::new();
-
-        if offset < high_watermark {
-            let location = Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/",
-                self.cluster, topition.topic, topition.partition
-            ));
-
-            let mut list_stream = self.object_store.list(Some(&location));
-
-            while let Some(meta) = list_stream
-                .next()
-                .await
-                .inspect(|meta| debug!(?meta))
-                .transpose()
-                .inspect_err(|error| error!(?error, ?topition, ?offset, ?min_bytes, ?max_bytes))
-                .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
-            {
-                let Some(offset) = meta.location.parts().next_back() else {
-                    continue;
-                };
-
-                let offset = i64::from_str(&offset.as_ref()[0..20])?;
-                debug!(offset);
-
-                if offset < high_watermark {
-                    _ = offsets.insert(offset);
-                }
-            }
-        }
-
-        let mut batches = vec![];
-
-        let mut bytes = max_bytes as u64;
-
-        // cardlink patch: a batch whose base offset is below the wanted offset may still contain
-        // it. Kafka serves that batch and the client skips the records before the offset; serving
-        // only batches that start at or after it silently skipped records.
-        let mut wanted = offsets.split_off(&offset);
-        if !wanted.contains(&offset)
-            && let Some(containing) = offsets.last().copied()
-        {
-            _ = wanted.insert(containing);
-        }
-
-        for offset in wanted {
-            debug!(?offset);
-
-            let location = Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
-                self.cluster, topition.topic, topition.partition, offset,
-            ));
-
-            let get_result = self
-                .object_store
-                .get(&location)
-                .await
-                .inspect_err(|error| error!(?error, ?topition, ?offset, ?min_bytes, ?max_bytes))
-                .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?;
-
-            let size = get_result.meta.size;
-
-            let mut batch = get_result
-                .bytes()
-                .await
-                .inspect_err(|error| error!(?error, %location))
-                .map_err(|_| Error::Api(ErrorCode::UnknownServerError))
-                .and_then(|encoded| self.decode(encoded))?;
-            batch.base_offset = offset;
             batches.push(batch);
 
             if size > bytes {
