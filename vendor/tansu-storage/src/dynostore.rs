@@ -377,6 +377,35 @@ impl DynoStore {
         Self { lake, ..self }
     }
 
+    /// cardlink patch: the base offset of the last batch of `topition` starting before `offset`
+    /// (listing the partition; see `fetch`).
+    async fn batch_before(&self, topition: &Topition, offset: i64) -> Result<Option<i64>> {
+        let prefix = Path::from(format!(
+            "clusters/{}/topics/{}/partitions/{:0>10}/records/",
+            self.cluster, topition.topic, topition.partition
+        ));
+        let mut list_stream = self.object_store.list(Some(&prefix));
+        let mut before = None;
+
+        while let Some(meta) = list_stream
+            .next()
+            .await
+            .transpose()
+            .inspect_err(|error| error!(?error, ?topition, ?offset))
+            .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
+        {
+            let Some(name) = meta.location.parts().next_back() else {
+                continue;
+            };
+            let base = i64::from_str(&name.as_ref()[0..20])?;
+            if base < offset && before.is_none_or(|b| base > b) {
+                before = Some(base);
+            }
+        }
+
+        Ok(before)
+    }
+
     async fn topic_metadata(&self, topic: &TopicId) -> Result<Option<TopicMetadata>> {
         debug!(?topic);
 
@@ -1019,54 +1048,26 @@ impl Storage for DynoStore {
             ))
         };
 
-        let first = match self.object_store.head(&location(offset)).await {
-            Ok(_) => offset,
-            // Inside a batch (a reader positioned by a cursor or by time): find the batch that
-            // starts before it, the one time the partition is listed.
-            Err(object_store::Error::NotFound { .. }) => {
-                let prefix = Path::from(format!(
-                    "clusters/{}/topics/{}/partitions/{:0>10}/records/",
-                    self.cluster, topition.topic, topition.partition
-                ));
-                let mut list_stream = self.object_store.list(Some(&prefix));
-                let mut before = None;
-
-                while let Some(meta) = list_stream
-                    .next()
-                    .await
-                    .transpose()
-                    .inspect_err(|error| error!(?error, ?topition, ?offset))
-                    .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
-                {
-                    let Some(name) = meta.location.parts().next_back() else {
-                        continue;
-                    };
-                    let base = i64::from_str(&name.as_ref()[0..20])?;
-                    if base < offset && before.is_none_or(|b| base > b) {
-                        before = Some(base);
-                    }
-                }
-
-                match before {
-                    Some(base) => base,
-                    None => return Ok(vec![]),
-                }
-            }
-            Err(error) => {
-                error!(?error, ?topition, ?offset);
-                return Err(Error::Api(ErrorCode::UnknownServerError));
-            }
-        };
-
         let mut batches = vec![];
         let mut bytes = max_bytes as u64;
-        let mut next = first;
+        let mut next = offset;
 
         while next < high_watermark {
             let location = location(next);
 
             let get_result = match self.object_store.get(&location).await {
                 Ok(get_result) => get_result,
+                // Inside a batch (a reader positioned by a cursor or by time): start from the
+                // batch that starts before it, the one time the partition is listed.
+                Err(object_store::Error::NotFound { .. }) if next == offset => {
+                    match self.batch_before(topition, offset).await? {
+                        Some(base) => {
+                            next = base;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
                 // Counted in the high watermark, not stored yet: the next fetch has it.
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(error) => {
