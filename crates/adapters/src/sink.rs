@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
-use cardlink_api::{convert, v1};
+use cardlink_api::{Reason, convert, v1};
 use cardlink_events::Event;
 use tonic::transport::Channel;
 
@@ -133,7 +133,7 @@ impl IngestSink {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| SinkOutcome::Rejected {
-                    reason: "NO_RESULT".into(),
+                    reason: Reason::NoResult.as_str().into(),
                     field: String::new(),
                     message: "the ingest service returned no result for this record".into(),
                 })
@@ -142,6 +142,8 @@ impl IngestSink {
     }
 }
 
+/// Whether a record rejected for `reason` may be sent again (a reason this version does not
+/// know is not retried).
 fn is_retriable(reason: &str) -> bool {
-    matches!(reason, "BUS_UNAVAILABLE" | "IN_FLIGHT")
+    Reason::from_name(reason).is_some_and(Reason::is_retriable)
 }

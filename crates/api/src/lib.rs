@@ -1,11 +1,18 @@
 //! cardlink's gRPC contracts, generated from `proto/cardlink/v1` at build time.
 //!
 //! This is the contract aggregators and issuers code against in any language; the Rust types
-//! here are what cardlink's own services and CLIs use. Conversions between these messages and
-//! the domain types of `cardlink-events` live with the services that need them.
+//! here are what cardlink's own services and CLIs use.
+//!
+//! - [`convert`]: domain types (`cardlink-events`) to their messages, one function each, shared
+//!   by every service that sends them.
+//! - [`reason`]: every reason a call or a record can fail, with its gRPC code ([`Reason`]).
+//! - [`status`]: the one function that turns a typed error into a `Status`.
 
 pub mod convert;
+pub mod reason;
 pub mod status;
+
+pub use reason::{ApiError, Reason};
 
 /// Package `cardlink.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]

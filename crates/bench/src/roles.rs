@@ -31,9 +31,13 @@ async fn until_stdin_closes() {
 }
 
 pub async fn serve_ingest(bus: BusConfig, issuer_keys: Vec<String>) -> anyhow::Result<()> {
-    let keys = cardlink_ingest::auth::StaticIssuerKeys::new(&issuer_keys).context("issuer keys")?;
-    let config = cardlink_ingest::server::IngestConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
-    let mut running = cardlink_ingest::server::start(&bus, config, Arc::new(keys)).await?;
+    let keys = cardlink_authn::BootstrapIssuerKeys::new(&issuer_keys).context("issuer keys")?;
+    let config = cardlink_ingest::server::IngestConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        bootstrap_issuer_keys: Some(Arc::new(keys)),
+        ..Default::default()
+    };
+    let mut running = cardlink_ingest::server::start(&bus, config).await?;
     running.ready().await;
     println!("ready {}", running.addr());
     until_stdin_closes().await;

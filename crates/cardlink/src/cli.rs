@@ -9,12 +9,13 @@ use anyhow::Context as _;
 use cardlink_adapters::file::{FileRun, Mapping, run_file};
 use cardlink_adapters::simulator::{self, SimConfig, Simulator};
 use cardlink_adapters::sink::IngestSink;
+use cardlink_authn::BootstrapIssuerKeys;
 use cardlink_bus::BusConfig;
-use cardlink_ingest::auth::StaticIssuerKeys;
 use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::FileConfig;
+use crate::runtime;
 
 #[derive(Debug, Parser)]
 #[command(name = "cardlink", version, about = "The shared broker between card issuers and account aggregators")]
@@ -74,7 +75,7 @@ impl KafkaArgs {
     /// The bus configuration: these arguments, then `CARDLINK_KAFKA__*` (librdkafka settings
     /// such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX` from the environment, validated.
     fn bus(&self, file: &FileConfig) -> anyhow::Result<BusConfig> {
-        bus_config(self.bootstrap.clone(), file)
+        runtime::bus_config(self.bootstrap.clone(), file)
     }
 }
 
@@ -144,14 +145,15 @@ enum Service {
         kafka: KafkaArgs,
         #[arg(long, default_value = "0.0.0.0:50051", env = "CARDLINK_INGEST_LISTEN")]
         listen: SocketAddr,
-        /// Issuer credentials as issuer_id=key (repeat, or comma-separate in the variable).
-        #[arg(
-            long = "issuer-key",
-            env = "CARDLINK_ISSUER_KEYS",
-            value_delimiter = ',',
-            required = true,
-            hide_env_values = true
-        )]
+        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
+        /// Issuers authenticate with the credentials the registry issues them (rotatable,
+        /// revocable).
+        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',')]
+        trusted_keys: Vec<String>,
+        /// Bootstrap only: configured issuer keys as issuer_id=key (repeat, or comma-separate in
+        /// the variable), for issuers without a registry credential yet. They cannot be rotated
+        /// or revoked through the registry.
+        #[arg(long = "issuer-key", env = "CARDLINK_ISSUER_KEYS", value_delimiter = ',', hide_env_values = true)]
         issuer_keys: Vec<String>,
         /// How long a retried event is recognised as a duplicate.
         #[arg(long, default_value_t = 168, env = "CARDLINK_DEDUP_WINDOW_HOURS")]
@@ -252,7 +254,7 @@ impl Cli {
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Topics { command: TopicsCommand::Provision { kafka, replication_factor } } => {
                 let config = BusConfig { replication_factor, ..kafka.bus(file)? };
-                print_report(&cardlink_bus::provision(&config).await?);
+                runtime::print_report(&cardlink_bus::provision(&config).await?);
                 Ok(())
             }
             Command::Config { command: ConfigCommand::Keys } => {
@@ -274,36 +276,6 @@ impl Cli {
     }
 }
 
-/// The bus configuration for `bootstrap`: the file's librdkafka settings, then
-/// `CARDLINK_KAFKA__*` (librdkafka settings such as TLS and SASL) and `CARDLINK_TOPIC_PREFIX`
-/// from the file and the environment (the environment wins), validated.
-pub(crate) fn bus_config(bootstrap: String, file: &FileConfig) -> anyhow::Result<BusConfig> {
-    let mut config = BusConfig::local(bootstrap);
-    config.librdkafka.extend(file.librdkafka.clone());
-    let config = config.with_env(file.passed_on.iter().cloned().chain(std::env::vars()));
-    config.validate().context("Kafka configuration")?;
-    Ok(config)
-}
-
-fn trusted(keys: &[String]) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
-    keys.iter()
-        .map(|k| {
-            cardlink_auth::PublicKey::from_config(k).map_err(|_| {
-                anyhow::anyhow!("--trusted-key {k:?}: expected kid:base64url of a 32-byte Ed25519 public key")
-            })
-        })
-        .collect()
-}
-
-fn shared_secret(text: &str) -> anyhow::Result<Arc<[u8]>> {
-    use base64::Engine as _;
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text.trim())
-        .context("--secret / CARDLINK_CONSENT_SECRET: not base64url")?;
-    anyhow::ensure!(secret.len() >= 32, "--secret / CARDLINK_CONSENT_SECRET: at least 32 bytes");
-    Ok(Arc::from(secret.as_slice()))
-}
-
 async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     match service {
         Service::Subscription { kafka, listen, http_listen, trusted_keys, secret } => {
@@ -311,20 +283,20 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             let config = cardlink_subscription::server::SubscriptionConfig {
                 listen,
                 http_listen: Some(http_listen),
-                trusted_keys: trusted(&trusted_keys)?,
-                secret: shared_secret(&secret)?,
+                trusted_keys: runtime::trusted(&trusted_keys)?,
+                secret: runtime::shared_secret(&secret)?,
             };
             let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
-            stop_signal().await?;
+            runtime::stop_signal().await?;
             running.shutdown().await;
             Ok(())
         }
         Service::Consent { kafka, grpc_listen, http_listen, public_url, trusted_keys, secret, demo_members } => {
             // Check the arguments before touching Kafka.
-            let keys = trusted(&trusted_keys)?;
-            let secret = shared_secret(&secret)?;
+            let keys = runtime::trusted(&trusted_keys)?;
+            let secret = runtime::shared_secret(&secret)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::provision(&bus).await.context("provisioning topics")?;
             let text = std::fs::read_to_string(&demo_members)
@@ -339,7 +311,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
                 secret,
             };
             let running = cardlink_consent::server::start(&bus, config, Arc::new(members)).await?;
-            stop_signal().await?;
+            runtime::stop_signal().await?;
             running.shutdown().await;
             Ok(())
         }
@@ -359,28 +331,44 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
                 let credential = running.registry().bootstrap_operator(&operator).await?;
                 println!("operator {operator} credential (shown once): {}", credential.token);
             }
-            stop_signal().await?;
+            runtime::stop_signal().await?;
             running.shutdown().await?;
             Ok(())
         }
-        Service::Ingest { kafka, listen, issuer_keys, dedup_window_hours, max_records_per_call } => {
-            let bus = kafka.bus(file)?;
-            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
-            let keys = StaticIssuerKeys::new(&issuer_keys).context("--issuer-key / CARDLINK_ISSUER_KEYS")?;
+        Service::Ingest { kafka, listen, trusted_keys, issuer_keys, dedup_window_hours, max_records_per_call } => {
+            // Check the arguments before touching Kafka. An empty variable (the chart's default
+            // for bootstrap keys) names no key.
+            let issuer_keys: Vec<String> = issuer_keys.into_iter().filter(|k| !k.trim().is_empty()).collect();
+            let trusted_keys: Vec<String> = trusted_keys.into_iter().filter(|k| !k.trim().is_empty()).collect();
+            anyhow::ensure!(
+                !trusted_keys.is_empty() || !issuer_keys.is_empty(),
+                "issuers cannot authenticate: give the platform's public key (--trusted-key / CARDLINK_TRUSTED_KEYS) for registry credentials, or bootstrap issuer keys (--issuer-key / CARDLINK_ISSUER_KEYS)"
+            );
+            let trusted_keys = runtime::trusted(&trusted_keys)?;
+            let bootstrap = match issuer_keys.is_empty() {
+                true => None,
+                false => Some(Arc::new(
+                    BootstrapIssuerKeys::new(&issuer_keys).context("--issuer-key / CARDLINK_ISSUER_KEYS")?,
+                )),
+            };
             let config = IngestConfig {
                 listen,
                 max_records_per_call,
                 dedup_window: Duration::from_secs(dedup_window_hours * 3600),
+                trusted_keys,
+                bootstrap_issuer_keys: bootstrap,
                 ..IngestConfig::default()
             };
-            let running = cardlink_ingest::server::start(&bus, config, Arc::new(keys)).await?;
+            let bus = kafka.bus(file)?;
+            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            let running = cardlink_ingest::server::start(&bus, config).await?;
             shutdown_on_ctrl_c(running).await
         }
     }
 }
 
 async fn shutdown_on_ctrl_c(running: RunningIngest) -> anyhow::Result<()> {
-    stop_signal().await?;
+    runtime::stop_signal().await?;
     tracing::info!("shutting down");
     running.shutdown().await?;
     Ok(())
@@ -438,26 +426,4 @@ async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-pub(crate) fn print_report(report: &cardlink_bus::ProvisionReport) {
-    for (_, name, state) in &report.topics {
-        println!("  topic {name}: {state:?}");
-    }
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Kubernetes and Docker send to stop a container).
-pub(crate) async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C")?,
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Ok(())
 }

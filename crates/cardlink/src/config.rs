@@ -282,4 +282,27 @@ mod tests {
             assert!(keys.iter().any(|(k, _, _)| k == key), "{key} missing");
         }
     }
+
+    /// A `serve` flag without an environment variable could be set neither from the file nor
+    /// from the chart: every setting a deployment makes needs one.
+    #[test]
+    fn every_serve_setting_has_an_environment_variable() {
+        // Said once, on the first start, by a person: not a setting.
+        const ONE_OFF: [&str; 1] = ["bootstrap_operator"];
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let mut missing = Vec::new();
+        for service in serve.get_subcommands() {
+            for arg in service.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || matches!(id, "help" | "version" | "config") || ONE_OFF.contains(&id) {
+                    continue;
+                }
+                if arg.get_env().is_none() {
+                    missing.push(format!("serve {} --{id}", service.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "settings without an environment variable: {missing:?}");
+    }
 }

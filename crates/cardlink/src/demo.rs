@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cardlink_auth::Role;
+use cardlink_authn::Caller;
 use cardlink_client::aggregator::{Aggregator, ConsentAsk};
 use cardlink_consent::members::{DemoIssuerLogin, Member};
 use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, IssuerEntity, Scope};
-use cardlink_registry::caller::Caller;
 use cardlink_registry::service::Registry;
 use serde::Serialize;
 
@@ -208,7 +208,7 @@ pub async fn give_consents(
         let state = format!("demo-{issuer}-{member}");
         let ask = ConsentAsk {
             issuer_id: issuer.into(),
-            scopes: scopes.iter().map(|s| cardlink_registry::grpc::scope_to_proto(*s)).collect(),
+            scopes: scopes.iter().map(|s| cardlink_api::convert::scope(*s)).collect(),
             accounts_hint: String::new(),
             duration_days: 180,
             purpose: purpose.into(),

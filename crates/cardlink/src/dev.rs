@@ -87,9 +87,9 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
         Some(kafka) => (None, kafka),
         None => start_embedded(args.broker_listen).await?,
     };
-    let bus = crate::cli::bus_config(bootstrap.clone(), file)?;
+    let bus = crate::runtime::bus_config(bootstrap.clone(), file)?;
     let report = cardlink_bus::provision(&bus).await.with_context(|| format!("provisioning topics on {bootstrap}"))?;
-    crate::cli::print_report(&report);
+    crate::runtime::print_report(&report);
 
     // Registry: a fresh platform key per run; the demo participants are registered through it.
     let signer = Arc::new(cardlink_auth::TokenSigner::generate("dev"));
@@ -102,15 +102,9 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     let world = demo::setup(registry.registry()).await?;
 
     // Ingest accepts the issuers' registry credentials.
-    let caller_auth = cardlink_registry::caller::CallerAuth::new(
-        cardlink_auth::TokenVerifier::new([signer.public_key()]),
-        registry.view().clone(),
-    );
-    let auth = Arc::new(cardlink_ingest::auth::RegistryIssuers(caller_auth));
     let mut ingest = cardlink_ingest::server::start(
         &bus,
-        IngestConfig { listen: args.ingest_listen, ..IngestConfig::default() },
-        auth,
+        IngestConfig { listen: args.ingest_listen, trusted_keys: vec![signer.public_key()], ..IngestConfig::default() },
     )
     .await?;
     ingest.ready().await;
@@ -208,7 +202,7 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     }
     print_banner(&endpoints, &world, &consents, args.simulate_rate);
 
-    crate::cli::stop_signal().await?;
+    crate::runtime::stop_signal().await?;
     println!("stopping");
     for sim in simulations {
         let _ = sim.stop.send(());

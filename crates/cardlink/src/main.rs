@@ -16,6 +16,7 @@ mod cli;
 mod config;
 mod demo;
 mod dev;
+mod runtime;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};

@@ -11,7 +11,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use cardlink_api::v1;
+use cardlink_api::{Reason, v1};
 use tonic::Code;
 
 use crate::ClientError;
@@ -96,7 +96,7 @@ pub fn event_key(d: &v1::Delivery) -> Option<(String, String)> {
 pub fn retryable(status: &tonic::Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::Cancelled | Code::Unknown => true,
-        Code::ResourceExhausted => cardlink_api::status::reason(status).as_deref() == Some("FELL_BEHIND"),
+        Code::ResourceExhausted => Reason::of(status) == Some(Reason::FellBehind),
         _ => false,
     }
 }
@@ -292,10 +292,10 @@ mod tests {
 
     #[test]
     fn only_restarts_and_falling_behind_are_retried() {
-        let fell = cardlink_api::status::status(Code::ResourceExhausted, "FELL_BEHIND", "slow");
-        let too_many = cardlink_api::status::status(Code::ResourceExhausted, "TOO_MANY_STREAMS", "16");
-        let shutting = cardlink_api::status::status(Code::Unavailable, "SERVER_SHUTTING_DOWN", "bye");
-        let range = cardlink_api::status::status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", "old");
+        let fell = cardlink_api::status::status(Reason::FellBehind, "slow");
+        let too_many = cardlink_api::status::status(Reason::TooManyStreams, "16");
+        let shutting = cardlink_api::status::status(Reason::ServerShuttingDown, "bye");
+        let range = cardlink_api::status::status(Reason::CursorOutOfRange, "old");
         assert!(retryable(&fell) && retryable(&shutting));
         assert!(!retryable(&too_many) && !retryable(&range));
         assert!(!retryable(&tonic::Status::unauthenticated("revoked")));

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
+use cardlink_authn::BootstrapIssuerKeys;
 use cardlink_bus::embedded::EmbeddedBroker;
 use cardlink_bus::{BusConfig, Consumer, Producer, Record, StartAt, Topic};
-use cardlink_ingest::auth::StaticIssuerKeys;
 use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use tonic::transport::Channel;
 
@@ -104,12 +104,17 @@ impl TestBus {
         Ok(records)
     }
 
-    /// Starts an ingest service on an ephemeral port that knows [`TEST_ISSUERS`], and waits
-    /// until it is ready.
+    /// Starts an ingest service on an ephemeral port that knows [`TEST_ISSUERS`] (as bootstrap
+    /// keys, unless `config` names its own) and the registry credentials `config.trusted_keys`
+    /// sign, and waits until it is ready.
     pub async fn start_ingest(&self, config: IngestConfig) -> anyhow::Result<RunningIngest> {
-        let keys = StaticIssuerKeys::new(TEST_ISSUERS.iter().map(|(id, key)| format!("{id}={key}")))?;
-        let config = IngestConfig { listen: ([127, 0, 0, 1], 0).into(), ..config };
-        let mut running = cardlink_ingest::server::start(&self.config, config, Arc::new(keys)).await?;
+        let bootstrap = match &config.bootstrap_issuer_keys {
+            Some(keys) => Arc::clone(keys),
+            None => Arc::new(BootstrapIssuerKeys::new(TEST_ISSUERS.iter().map(|(id, key)| format!("{id}={key}")))?),
+        };
+        let config =
+            IngestConfig { listen: ([127, 0, 0, 1], 0).into(), bootstrap_issuer_keys: Some(bootstrap), ..config };
+        let mut running = cardlink_ingest::server::start(&self.config, config).await?;
         tokio::time::timeout(Duration::from_secs(30), running.ready())
             .await
             .context("ingest service not ready within 30 s")?;

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 
+use cardlink_api::{ApiError, Reason};
 use cardlink_events::ActorType;
 use cardlink_events::EventId;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
@@ -96,24 +97,23 @@ pub enum ConsentError {
     RedirectMismatch,
 }
 
-impl ConsentError {
-    /// The stable reason code clients see.
-    pub fn reason(&self) -> &'static str {
+impl ApiError for ConsentError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::NotFound => "CONSENT_NOT_FOUND",
-            Self::NotYours => "NOT_YOUR_CONSENT",
-            Self::WrongState(_) => "WRONG_CONSENT_STATE",
-            Self::NotConnected { .. } => "NOT_CONNECTED",
-            Self::ScopeNotConnected(_) => "SCOPE_NOT_CONNECTED",
-            Self::InvalidScopes(_) => "INVALID_SCOPES",
-            Self::InvalidDuration => "INVALID_DURATION",
-            Self::InvalidRedirect => "INVALID_REDIRECT_URI",
-            Self::InvalidChallenge => "INVALID_CODE_CHALLENGE",
-            Self::InvalidPurpose => "INVALID_PURPOSE",
-            Self::NoAccounts => "NO_ACCOUNTS",
-            Self::InvalidCode => "INVALID_CODE",
-            Self::PkceMismatch => "PKCE_MISMATCH",
-            Self::RedirectMismatch => "REDIRECT_URI_MISMATCH",
+            Self::NotFound => Reason::ConsentNotFound,
+            Self::NotYours => Reason::NotYourConsent,
+            Self::WrongState(_) => Reason::WrongConsentState,
+            Self::NotConnected { .. } => Reason::NotConnected,
+            Self::ScopeNotConnected(_) => Reason::ScopeNotConnected,
+            Self::InvalidScopes(_) => Reason::InvalidScopes,
+            Self::InvalidDuration => Reason::InvalidDuration,
+            Self::InvalidRedirect => Reason::InvalidRedirectUri,
+            Self::InvalidChallenge => Reason::InvalidCodeChallenge,
+            Self::InvalidPurpose => Reason::InvalidPurpose,
+            Self::NoAccounts => Reason::NoAccounts,
+            Self::InvalidCode => Reason::InvalidCode,
+            Self::PkceMismatch => Reason::PkceMismatch,
+            Self::RedirectMismatch => Reason::RedirectUriMismatch,
         }
     }
 }

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use cardlink_api::v1::consent_service_server::ConsentServiceServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
+use cardlink_authn::{AuthLayer, Authenticator};
 use cardlink_bus::{BusConfig, Consumer, Producer, Record, Topic};
-use cardlink_registry::caller::CallerAuth;
 use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
 
@@ -138,10 +139,12 @@ pub async fn start(
 
     let ready_book = book.clone();
     let consents = Consents::new(Producer::new(bus)?, book, registry.clone(), &public_url);
-    let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
+    let auth = Authenticator::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
 
-    let grpc =
-        ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), auth, Arc::clone(&config.secret), access.clone()));
+    let grpc = InterceptedService::new(
+        ConsentServiceServer::new(ConsentGrpc::new(consents.clone(), Arc::clone(&config.secret), access.clone())),
+        AuthLayer::required(auth),
+    );
     let ready_registry = registry.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use cardlink_api::{ApiError, Reason};
 use cardlink_bus::{BusError, Delivered, Producer};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::{AuditEvent, AuditOutcome, RecordType};
@@ -28,12 +29,12 @@ pub enum ServiceError {
     NotConfirmed,
 }
 
-impl ServiceError {
-    pub fn reason(&self) -> &'static str {
+impl ApiError for ServiceError {
+    fn reason(&self) -> Reason {
         match self {
             Self::Consent(e) => e.reason(),
-            Self::Bus(_) => "BUS_UNAVAILABLE",
-            Self::NotConfirmed => "NOT_CONFIRMED",
+            Self::Bus(_) => Reason::BusUnavailable,
+            Self::NotConfirmed => Reason::NotConfirmed,
         }
     }
 }
@@ -127,7 +128,7 @@ impl Consents {
         };
         let mut audit =
             AuditEvent::now(actor_type, &actor_id, action, &format!("consent/{consent_id}"), AuditOutcome::Denied);
-        audit.reason = Some(error.reason().to_owned());
+        audit.reason = Some(error.reason().as_str().to_owned());
         audit.consent_id = (!consent_id.is_empty()).then(|| consent_id.to_owned());
         if let Err(e) = self.producer.publish_audit(&audit).await {
             tracing::error!(error = %e, action, "could not write audit event");

@@ -1,17 +1,18 @@
-//! The gRPC face of the ingest service: authenticate, translate, delegate, translate back.
+//! The gRPC face of the ingest service: translate, delegate, translate back. Callers are
+//! authenticated by the [`cardlink_authn::AuthLayer`] the server wraps this in (before a request's
+//! body is read); every method is an issuer's.
 
-use std::sync::Arc;
-
-use cardlink_api::status::status;
+use cardlink_api::status::to_status;
 use cardlink_api::v1;
 use cardlink_api::v1::issuer_ingest_server::IssuerIngest;
+use cardlink_authn::{Role, caller_as};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{AuthError, Authenticator, IssuerIdentity, bearer};
-use crate::service::{Batch, BatchResult, Ingest, IngestError, Outcome};
+use crate::outcome::{BatchResult, Outcome};
+use crate::service::{Batch, Ingest, IngestError};
 
 /// Responses buffered per PublishStream before the server waits for the client to read.
 pub const STREAM_RESPONSE_BUFFER: usize = 16;
@@ -19,33 +20,16 @@ pub const STREAM_RESPONSE_BUFFER: usize = 16;
 #[derive(Debug, Clone)]
 pub struct IngestGrpc {
     ingest: Ingest,
-    auth: Arc<dyn Authenticator>,
 }
 
 impl IngestGrpc {
-    pub fn new(ingest: Ingest, auth: Arc<dyn Authenticator>) -> Self {
-        Self { ingest, auth }
+    pub fn new(ingest: Ingest) -> Self {
+        Self { ingest }
     }
-
-    fn caller<T>(&self, request: &Request<T>) -> Result<IssuerIdentity, Status> {
-        let header = request.metadata().get("authorization").map(|v| v.to_str().map_err(|_| AuthError::Malformed));
-        let header = header.transpose().map_err(auth_status)?;
-        let credential = bearer(header).map_err(auth_status)?;
-        self.auth.authenticate(credential).map_err(auth_status)
-    }
-}
-
-fn auth_status(e: AuthError) -> Status {
-    status(Code::Unauthenticated, e.reason(), e.to_string())
 }
 
 fn ingest_status(e: IngestError) -> Status {
-    let code = match &e {
-        IngestError::PermissionDenied { .. } => Code::PermissionDenied,
-        IngestError::TooManyRecords { .. } => Code::InvalidArgument,
-        IngestError::NotReady => Code::Unavailable,
-    };
-    status(code, e.reason(), e.to_string())
+    to_status(&e)
 }
 
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
@@ -85,7 +69,7 @@ fn response(result: BatchResult) -> v1::PublishResponse {
 #[tonic::async_trait]
 impl IssuerIngest for IngestGrpc {
     async fn publish(&self, request: Request<v1::PublishRequest>) -> Result<Response<v1::PublishResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller_as(&request, Role::Issuer)?;
         let tp = traceparent(&request);
         let result = self.ingest.publish(&caller, batch(request.into_inner(), tp)).await.map_err(ingest_status)?;
         Ok(Response::new(response(result)))
@@ -97,7 +81,7 @@ impl IssuerIngest for IngestGrpc {
         &self,
         request: Request<Streaming<v1::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller_as(&request, Role::Issuer)?;
         let tp = traceparent(&request);
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_BUFFER);

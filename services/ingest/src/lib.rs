@@ -6,20 +6,20 @@
 //! record. A bad record never fails or delays the others.
 //!
 //! - [`service`]: the logic, as plain async functions over domain types.
-//! - [`grpc`]: the thin tonic layer that authenticates and translates.
-//! - [`auth`]: who is calling.
+//! - [`outcome`]: what happened to each record, with its `cardlink_api::Reason`.
+//! - [`grpc`]: the thin tonic layer that translates (callers are authenticated by
+//!   `cardlink_authn`, wired in [`server`]).
 //! - [`server`]: serving it, with limits and graceful shutdown.
 //! - [`metrics`]: records in per issuer and outcome; the producer span of each record.
 
-pub mod auth;
 pub mod currency;
 pub mod dedup;
 pub mod grpc;
 pub mod metrics;
+pub mod outcome;
 pub mod pan;
-pub mod reason;
 pub mod server;
 pub mod service;
 pub mod validate;
 
-pub use reason::{ReasonCode, Rejection};
+pub use outcome::{BatchResult, Outcome, RecordResult, Rejection};

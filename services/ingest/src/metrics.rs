@@ -12,7 +12,7 @@ use opentelemetry::metrics::Counter;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
-use crate::service::Outcome;
+use crate::outcome::Outcome;
 
 #[derive(Clone, Debug)]
 pub struct IngestMetrics {

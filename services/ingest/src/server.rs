@@ -1,19 +1,23 @@
-//! Running the ingest service: bus clients, the idempotency follower, the gRPC server, limits,
-//! and shutdown.
+//! Running the ingest service: bus clients, the registry view that credentials are checked
+//! against, the idempotency follower, the gRPC server, limits, and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cardlink_api::v1::issuer_ingest_server::IssuerIngestServer;
-use cardlink_bus::{BusConfig, BusError, Consumer, Producer};
+use cardlink_auth::{PublicKey, TokenVerifier};
+use cardlink_authn::{AuthLayer, Authenticator, BootstrapIssuerKeys};
+use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Topic};
+use cardlink_views::follow;
+use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
 
-use crate::auth::Authenticator;
 use crate::dedup::{self, DedupIndex};
 use crate::grpc::IngestGrpc;
 use crate::service::{DEFAULT_MAX_RECORDS, Ingest};
@@ -22,8 +26,8 @@ use crate::service::{DEFAULT_MAX_RECORDS, Ingest};
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Concurrent requests handled per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// How long in-flight calls get to finish at shutdown before the producer is flushed.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the producer gets, once the server has stopped, to deliver what it still holds.
+pub const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the ingest service.
 #[derive(Clone, Debug)]
@@ -32,6 +36,12 @@ pub struct IngestConfig {
     pub max_records_per_call: usize,
     pub max_request_bytes: usize,
     pub dedup_window: Duration,
+    /// Platform keys that sign registry credentials (rotatable, revocable): how issuers
+    /// authenticate.
+    pub trusted_keys: Vec<PublicKey>,
+    /// Configured issuer keys, the explicit bootstrap option for issuers without a registry
+    /// credential (they cannot be rotated or revoked through the registry).
+    pub bootstrap_issuer_keys: Option<Arc<BootstrapIssuerKeys>>,
 }
 
 impl Default for IngestConfig {
@@ -41,6 +51,8 @@ impl Default for IngestConfig {
             max_records_per_call: DEFAULT_MAX_RECORDS,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             dedup_window: dedup::DEFAULT_WINDOW,
+            trusted_keys: Vec::new(),
+            bootstrap_issuer_keys: None,
         }
     }
 }
@@ -52,7 +64,7 @@ pub struct RunningIngest {
     ready: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), ServeError>>,
-    follower: JoinHandle<Result<(), BusError>>,
+    followers: Vec<JoinHandle<Result<(), BusError>>>,
 }
 
 impl RunningIngest {
@@ -73,17 +85,17 @@ impl RunningIngest {
             Some(r) => r,
             None => Err(ServeError::Task("the gRPC server did not stop within the grace period".into())),
         };
-        let _ = self.follower.await;
+        for follower in self.followers {
+            let _ = follower.await;
+        }
         result
     }
 }
 
-/// Starts the ingest service on `config.listen` (port 0 for an ephemeral one).
-pub async fn start(
-    bus: &BusConfig,
-    config: IngestConfig,
-    auth: Arc<dyn Authenticator>,
-) -> Result<RunningIngest, ServeError> {
+/// Starts the ingest service on `config.listen` (port 0 for an ephemeral one); returns once the
+/// registry view has caught up (the idempotency index may still be catching up: see
+/// [`RunningIngest::ready`]).
+pub async fn start(bus: &BusConfig, config: IngestConfig) -> Result<RunningIngest, ServeError> {
     let (listener, addr) = cardlink_serving::bind(config.listen).await?;
 
     let producer = Producer::new(bus)?;
@@ -91,18 +103,37 @@ pub async fn start(
     let (ready_tx, ready) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
+    let (mut registry, registry_follower) = follow::spawn(
+        Consumer::new(bus, "ingest-registry-view")?,
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown_rx.clone(),
+    );
+    registry.caught_up().await;
+    let lag_registry = registry.clone();
+    cardlink_telemetry::observe_view_lag("ingest.registry", move || lag_registry.lag());
+    let mut auth = Authenticator::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
+    if let Some(keys) = &config.bootstrap_issuer_keys {
+        auth = auth.with_bootstrap_issuer_keys(Arc::clone(keys));
+    }
+
     let follower_consumer = Consumer::tailer(bus, "ingest-dedup")?;
     let follower = tokio::spawn(dedup::follow(Arc::clone(&index), follower_consumer, ready_tx, shutdown_rx.clone()));
 
     let ingest = Ingest::new(producer.clone(), index, ready.clone(), config.max_records_per_call);
-    let service = IssuerIngestServer::new(IngestGrpc::new(ingest, auth))
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(config.max_request_bytes);
+    let service = InterceptedService::new(
+        IssuerIngestServer::new(IngestGrpc::new(ingest))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.max_request_bytes),
+        AuthLayer::required(auth),
+    );
 
     let index_ready = ready.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server().max_concurrent_streams(MAX_CONCURRENT_STREAMS),
-        Box::new(move || *index_ready.borrow()),
+        // Credentials are checked against the registry view: a stale one could let a revoked
+        // credential in.
+        Box::new(move || *index_ready.borrow() && registry.is_fresh(cardlink_serving::READY_WITHIN)),
         shutdown_rx.clone(),
     )?;
     let stop = shutdown_rx;
@@ -111,9 +142,9 @@ pub async fn start(
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
             .await?;
-        producer.flush(DRAIN_TIMEOUT).await?;
+        producer.flush(PRODUCER_FLUSH_TIMEOUT).await?;
         Ok(())
     });
     tracing::info!(%addr, "ingest service listening");
-    Ok(RunningIngest { addr, ready, shutdown, server, follower })
+    Ok(RunningIngest { addr, ready, shutdown, server, followers: vec![follower, registry_follower] })
 }

@@ -14,10 +14,12 @@ use chrono::Utc;
 use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
 
-use crate::auth::IssuerIdentity;
+use cardlink_api::{ApiError, Reason};
+use cardlink_authn::Caller;
+
 use crate::dedup::{Claim, DedupIndex};
 use crate::metrics::{IngestMetrics, end_send_span, send_span, topic_of};
-use crate::reason::{ReasonCode, Rejection};
+use crate::outcome::{BatchResult, Outcome, RecordResult, Rejection};
 use crate::validate::validate_record;
 
 /// Default maximum records in one request.
@@ -34,33 +36,6 @@ pub struct Batch {
     pub traceparent: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted,
-    Duplicate,
-    Rejected(Rejection),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordResult {
-    pub index: usize,
-    /// The record's event id as sent (may be empty or malformed when rejected).
-    pub event_id: String,
-    pub outcome: Outcome,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchResult {
-    pub batch_id: String,
-    pub results: Vec<RecordResult>,
-}
-
-impl BatchResult {
-    pub fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
-        self.results.iter().filter(|r| pred(&r.outcome)).count()
-    }
-}
-
 /// Why a whole call failed. Record-level problems are never errors; they are results.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -72,12 +47,12 @@ pub enum IngestError {
     NotReady,
 }
 
-impl IngestError {
-    pub fn reason(&self) -> &'static str {
+impl ApiError for IngestError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::PermissionDenied { .. } => "ISSUER_MISMATCH",
-            Self::TooManyRecords { .. } => "TOO_MANY_RECORDS",
-            Self::NotReady => "NOT_READY",
+            Self::PermissionDenied { .. } => Reason::IssuerMismatch,
+            Self::TooManyRecords { .. } => Reason::TooManyRecords,
+            Self::NotReady => Reason::NotReady,
         }
     }
 }
@@ -101,10 +76,14 @@ impl Ingest {
         *self.ready.borrow()
     }
 
-    pub async fn publish(&self, caller: &IssuerIdentity, batch: Batch) -> Result<BatchResult, IngestError> {
-        if batch.issuer_id != caller.issuer_id {
-            self.audit_denied(caller, &batch.issuer_id, "ISSUER_MISMATCH").await;
-            return Err(IngestError::PermissionDenied { caller: caller.issuer_id.clone(), requested: batch.issuer_id });
+    /// Publishes `batch` for `caller`, an authenticated issuer.
+    pub async fn publish(&self, caller: &Caller, batch: Batch) -> Result<BatchResult, IngestError> {
+        if batch.issuer_id != caller.participant_id {
+            self.audit_denied(caller, &batch.issuer_id, Reason::IssuerMismatch).await;
+            return Err(IngestError::PermissionDenied {
+                caller: caller.participant_id.clone(),
+                requested: batch.issuer_id,
+            });
         }
         if batch.records.len() > self.max_records {
             return Err(IngestError::TooManyRecords { count: batch.records.len(), max: self.max_records });
@@ -113,7 +92,7 @@ impl Ingest {
             return Err(IngestError::NotReady);
         }
 
-        let issuer = caller.issuer_id.as_str();
+        let issuer = caller.participant_id.as_str();
         let mut results = Vec::with_capacity(batch.records.len());
         let mut to_publish: Vec<(usize, Event)> = Vec::new();
         let mut foreign_records = 0usize;
@@ -121,7 +100,7 @@ impl Ingest {
             let event_id = sent_event_id(record);
             let outcome = match validate_record(issuer, record) {
                 Err(rejection) => {
-                    if rejection.reason == ReasonCode::IssuerMismatch {
+                    if rejection.reason == Reason::IssuerMismatch {
                         foreign_records += 1;
                     }
                     Outcome::Rejected(rejection)
@@ -129,7 +108,7 @@ impl Ingest {
                 Ok(event) => match self.index.claim(issuer, event.event_id().0) {
                     Claim::Duplicate => Outcome::Duplicate,
                     Claim::InFlight => Outcome::Rejected(Rejection::new(
-                        ReasonCode::InFlight,
+                        Reason::InFlight,
                         "event_id",
                         "another call is publishing this event right now; retry",
                     )),
@@ -143,7 +122,7 @@ impl Ingest {
             results.push(RecordResult { index, event_id, outcome });
         }
         if foreign_records > 0 {
-            self.audit_denied(caller, "(records naming another issuer)", "ISSUER_MISMATCH").await;
+            self.audit_denied(caller, "(records naming another issuer)", Reason::IssuerMismatch).await;
         }
 
         // Hand every record to the producer in request order, then wait for all acknowledgements.
@@ -182,17 +161,17 @@ impl Ingest {
         Ok(BatchResult { batch_id: batch.batch_id, results })
     }
 
-    async fn audit_denied(&self, caller: &IssuerIdentity, requested: &str, reason: &str) {
+    async fn audit_denied(&self, caller: &Caller, requested: &str, reason: Reason) {
         let mut audit = AuditEvent::now(
             ActorType::Issuer,
-            &caller.issuer_id,
+            &caller.participant_id,
             "ingest.publish",
             &format!("issuer/{requested}"),
             AuditOutcome::Denied,
         );
-        audit.reason = Some(reason.to_owned());
-        audit.issuer_id = Some(caller.issuer_id.clone());
-        tracing::warn!(caller = %caller.issuer_id, requested, reason, "publish refused");
+        audit.reason = Some(reason.as_str().to_owned());
+        audit.issuer_id = Some(caller.participant_id.clone());
+        tracing::warn!(caller = %caller.participant_id, requested, %reason, "publish refused");
         if let Err(e) = self.producer.publish_audit(&audit).await {
             // The refusal itself stands; losing its audit record is an operational alert.
             tracing::error!(error = %e, "could not write audit event for a refused publish");
@@ -211,13 +190,13 @@ fn sent_event_id(record: &v1::IngestRecord) -> String {
 fn bus_rejection(e: &BusError) -> Rejection {
     match e {
         BusError::MessageTooLarge { max, .. } => Rejection::new(
-            ReasonCode::RecordTooLarge,
+            Reason::RecordTooLarge,
             "",
             format!("the encoded record is larger than the bus limit of {max} bytes"),
         ),
         other => {
             tracing::warn!(error = %other, "publish to the bus failed");
-            Rejection::new(ReasonCode::BusUnavailable, "", "the bus did not acknowledge the record; retry later")
+            Rejection::new(Reason::BusUnavailable, "", "the bus did not acknowledge the record; retry later")
         }
     }
 }

@@ -121,7 +121,8 @@ async fn wrong_or_missing_credentials_are_unauthenticated() {
     let ingest = bus.start_ingest(IngestConfig::default()).await.unwrap();
     let mut client = ingest_client(&ingest).await.unwrap();
     let err = client.publish(authorized(request(&[tx(1)]), "not-a-key-at-all-000000")).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_UNKNOWN")));
+    // Was CREDENTIAL_UNKNOWN before the unified reasons (CHANGELOG.md).
+    assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_INVALID")));
     let err = client.publish(tonic::Request::new(request(&[tx(1)]))).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_MISSING")));
 }
@@ -221,34 +222,27 @@ async fn publish_stream_answers_each_batch_in_order() {
 
 #[tokio::test]
 async fn registry_credentials_work_until_revoked_and_only_for_issuers() {
-    use cardlink_ingest::auth::{Authenticator, RegistryIssuers};
-    use std::sync::Arc;
-
     let bus = TestBus::start().await.unwrap();
     let (registry, operator) = bus.start_registry().await.unwrap();
     let mut r = cardlink_testkit::registry_client(&registry).await.unwrap();
     let issuer = cardlink_testkit::register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap();
     let aggregator = cardlink_testkit::register_aggregator(&mut r, &operator, "agg-x").await.unwrap();
 
-    let caller_auth = cardlink_registry::caller::CallerAuth::new(
-        cardlink_auth::TokenVerifier::new([registry.public_key().clone()]),
-        registry.view().clone(),
-    );
-    let auth: Arc<dyn Authenticator> = Arc::new(RegistryIssuers(caller_auth));
-    let config = IngestConfig { listen: ([127, 0, 0, 1], 0).into(), ..IngestConfig::default() };
-    let mut ingest = cardlink_ingest::server::start(bus.config(), config, auth).await.unwrap();
-    ingest.ready().await;
+    let config = IngestConfig { trusted_keys: vec![registry.public_key().clone()], ..IngestConfig::default() };
+    let ingest = bus.start_ingest(config).await.unwrap();
     let mut client = ingest_client(&ingest).await.unwrap();
 
     let response = client.publish(authorized(request(&[tx(1)]), &issuer.token)).await.unwrap().into_inner();
     assert_eq!(response.accepted, 1);
 
     let e = client.publish(authorized(request(&[tx(2)]), &aggregator.token)).await.unwrap_err();
-    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("NOT_AN_ISSUER")));
+    // Was UNAUTHENTICATED / NOT_AN_ISSUER before the unified reasons (CHANGELOG.md).
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::PermissionDenied, Some("ISSUERS_ONLY")));
 
     r.revoke_credential(authorized(v1::RevokeCredentialRequest { credential_id: issuer.credential_id }, &operator))
         .await
         .unwrap();
     let e = client.publish(authorized(request(&[tx(3)]), &issuer.token)).await.unwrap_err();
-    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_UNKNOWN")));
+    // Was CREDENTIAL_UNKNOWN before the unified reasons (CHANGELOG.md).
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_REVOKED")));
 }

@@ -1,69 +1,32 @@
-//! The gRPC face of the registry: authenticate, translate, delegate, translate back.
+//! The gRPC face of the registry: translate, delegate, translate back. Callers are authenticated
+//! by the [`cardlink_authn::AuthLayer`] the server wraps this in (optional: the transparency list
+//! and the goal are public).
 
-use cardlink_api::convert::timestamp;
-use cardlink_api::status::status;
-use cardlink_api::v1;
+use cardlink_api::convert::{scope, scopes, timestamp};
+use cardlink_api::status::{status, to_status};
 use cardlink_api::v1::registry_server::Registry as RegistryApi;
-use cardlink_events::registry::{
-    AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, IssuerEntity, Scope,
-};
-use tonic::{Code, Request, Response, Status};
+use cardlink_api::{Reason, v1};
+use cardlink_authn::caller;
+use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, IssuerEntity};
+use tonic::{Request, Response, Status};
 
-use crate::caller::{Caller, CallerAuth, CallerError};
 use crate::goal::{self, PublishingActivity};
 use crate::service::{IssuedCredential, Registry, RegistryError};
 
 #[derive(Debug, Clone)]
 pub struct RegistryGrpc {
     registry: Registry,
-    auth: CallerAuth,
     activity: PublishingActivity,
 }
 
 impl RegistryGrpc {
-    pub fn new(registry: Registry, auth: CallerAuth, activity: PublishingActivity) -> Self {
-        Self { registry, auth, activity }
+    pub fn new(registry: Registry, activity: PublishingActivity) -> Self {
+        Self { registry, activity }
     }
-
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.auth.authenticate(header).map_err(caller_status)
-    }
-}
-
-fn caller_status(e: CallerError) -> Status {
-    status(Code::Unauthenticated, e.reason(), e.to_string())
 }
 
 fn registry_status(e: RegistryError) -> Status {
-    let code = match &e {
-        RegistryError::Forbidden(_) => Code::PermissionDenied,
-        RegistryError::NotFound { .. } => Code::NotFound,
-        RegistryError::AlreadyExists { .. } => Code::AlreadyExists,
-        RegistryError::Invalid { .. } => Code::InvalidArgument,
-        RegistryError::Bus(_) => Code::Unavailable,
-    };
-    status(code, e.reason(), e.to_string())
-}
-
-pub fn scope_to_proto(s: Scope) -> v1::Scope {
-    match s {
-        Scope::Transactions => v1::Scope::Transactions,
-        Scope::MerchantDetail => v1::Scope::MerchantDetail,
-        Scope::Statements => v1::Scope::Statements,
-    }
-}
-
-pub fn scopes_from_proto(scopes: &[i32]) -> Result<Vec<Scope>, Status> {
-    scopes
-        .iter()
-        .map(|s| match v1::Scope::try_from(*s) {
-            Ok(v1::Scope::Transactions) => Ok(Scope::Transactions),
-            Ok(v1::Scope::MerchantDetail) => Ok(Scope::MerchantDetail),
-            Ok(v1::Scope::Statements) => Ok(Scope::Statements),
-            _ => Err(status(Code::InvalidArgument, "INVALID_ARGUMENT", "unknown scope")),
-        })
-        .collect()
+    to_status(&e)
 }
 
 fn credential(c: IssuedCredential) -> v1::IssuedCredential {
@@ -96,7 +59,7 @@ fn connection(c: &ConnectionEntity) -> v1::Connection {
     v1::Connection {
         issuer_id: c.issuer_id.clone(),
         aggregator_id: c.aggregator_id.clone(),
-        scopes: c.scopes.iter().map(|s| scope_to_proto(*s) as i32).collect(),
+        scopes: c.scopes.iter().map(|s| scope(*s) as i32).collect(),
         status: match c.status {
             ConnectionStatus::Active => v1::ConnectionStatus::Active,
             ConnectionStatus::Suspended => v1::ConnectionStatus::Suspended,
@@ -111,7 +74,7 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::RegisterIssuerRequest>,
     ) -> Result<Response<v1::RegisterIssuerResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let entity = IssuerEntity { issuer_id: r.issuer_id, name: r.name, annual_volume_jpy: r.annual_volume_jpy };
         let (i, c) = self.registry.register_issuer(&caller, entity).await.map_err(registry_status)?;
@@ -122,7 +85,7 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::RegisterAggregatorRequest>,
     ) -> Result<Response<v1::RegisterAggregatorResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let entity = AggregatorEntity {
             aggregator_id: r.aggregator_id,
@@ -142,12 +105,12 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::SetAggregatorStatusRequest>,
     ) -> Result<Response<v1::Aggregator>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let status_value = match v1::AggregatorStatus::try_from(r.status) {
             Ok(v1::AggregatorStatus::Active) => AggregatorStatus::Active,
             Ok(v1::AggregatorStatus::Suspended) => AggregatorStatus::Suspended,
-            _ => return Err(status(Code::InvalidArgument, "INVALID_ARGUMENT", "status must be ACTIVE or SUSPENDED")),
+            _ => return Err(status(Reason::InvalidArgument, "status must be ACTIVE or SUSPENDED")),
         };
         let a = self
             .registry
@@ -161,9 +124,9 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::EnableConnectionRequest>,
     ) -> Result<Response<v1::Connection>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
-        let scopes = scopes_from_proto(&r.scopes)?;
+        let scopes = scopes(&r.scopes).map_err(|e| to_status(&e))?;
         let c = self
             .registry
             .enable_connection(&caller, &r.issuer_id, &r.aggregator_id, scopes)
@@ -176,7 +139,7 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::SuspendConnectionRequest>,
     ) -> Result<Response<v1::Connection>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let c = self
             .registry
@@ -201,7 +164,7 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::RotateCredentialRequest>,
     ) -> Result<Response<v1::IssuedCredential>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let c = self.registry.rotate_credential(&caller, &r.participant_id).await.map_err(registry_status)?;
         Ok(Response::new(credential(c)))
@@ -235,7 +198,7 @@ impl RegistryApi for RegistryGrpc {
         &self,
         request: Request<v1::RevokeCredentialRequest>,
     ) -> Result<Response<v1::RevokeCredentialResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = caller(&request)?;
         let r = request.into_inner();
         self.registry.revoke_credential(&caller, &r.credential_id).await.map_err(registry_status)?;
         Ok(Response::new(v1::RevokeCredentialResponse {}))

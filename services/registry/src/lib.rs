@@ -9,11 +9,9 @@
 //!
 //! - [`service`]: the rules, over the registry view.
 //! - [`goal`]: progress toward the 90% goal, from the registry and observed publishing.
-//! - [`caller`]: who is calling, from a bearer token.
 //! - [`pages`]: the public transparency and goal pages.
 //! - [`grpc`]: the thin tonic layer; [`server`]: running it.
 
-pub mod caller;
 pub mod goal;
 pub mod grpc;
 pub mod pages;

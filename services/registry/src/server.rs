@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use cardlink_api::v1::registry_server::RegistryServer;
 use cardlink_auth::{TokenSigner, TokenVerifier};
+use cardlink_authn::{AuthLayer, Authenticator};
 use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
 use cardlink_views::follow::{self, Followed};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
 
-use crate::caller::CallerAuth;
 use crate::goal::PublishingActivity;
 use crate::grpc::RegistryGrpc;
 use crate::service::{DEFAULT_CREDENTIAL_TTL, Registry};
@@ -114,7 +115,7 @@ pub async fn start(
 
     let producer = Producer::new(bus)?;
     let registry = Registry::new(producer, view.clone(), Arc::clone(&signer), config.credential_ttl);
-    let auth = CallerAuth::new(TokenVerifier::new([signer.public_key()]), view.clone());
+    let auth = Authenticator::new(TokenVerifier::new([signer.public_key()]), view.clone());
     let activity = PublishingActivity::default();
     let activity_consumer = Consumer::tailer(bus, "registry-publishing-activity")?;
     let activity_shutdown = shutdown_rx.clone();
@@ -139,7 +140,10 @@ pub async fn start(
         ));
         tracing::info!(%http_addr, "transparency and goal pages at /transparency, /goal");
     }
-    let service = RegistryServer::new(RegistryGrpc::new(registry.clone(), auth, activity));
+    let service = InterceptedService::new(
+        RegistryServer::new(RegistryGrpc::new(registry.clone(), activity)),
+        AuthLayer::optional(auth),
+    );
     let ready_view = view.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),

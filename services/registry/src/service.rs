@@ -5,6 +5,7 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use cardlink_api::{ApiError, Reason};
 use cardlink_auth::{Role, TokenSigner};
 use cardlink_bus::{BusError, Producer};
 use cardlink_events::registry::{
@@ -16,7 +17,7 @@ use cardlink_views::follow::Followed;
 use cardlink_views::registry::RegistryView;
 use chrono::{DateTime, Utc};
 
-use crate::caller::Caller;
+use cardlink_authn::Caller;
 
 /// Default lifetime of an issued credential.
 pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -35,14 +36,14 @@ pub enum RegistryError {
     Bus(#[from] BusError),
 }
 
-impl RegistryError {
-    pub fn reason(&self) -> &'static str {
+impl ApiError for RegistryError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::Forbidden(_) => "FORBIDDEN",
-            Self::NotFound { .. } => "NOT_FOUND",
-            Self::AlreadyExists { .. } => "ALREADY_EXISTS",
-            Self::Invalid { .. } => "INVALID_ARGUMENT",
-            Self::Bus(_) => "BUS_UNAVAILABLE",
+            Self::Forbidden(_) => Reason::Forbidden,
+            Self::NotFound { .. } => Reason::NotFound,
+            Self::AlreadyExists { .. } => Reason::AlreadyExists,
+            Self::Invalid { .. } => Reason::InvalidArgument,
+            Self::Bus(_) => Reason::BusUnavailable,
         }
     }
 }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use cardlink_api::{ApiError, Reason};
+use cardlink_bus::Topic;
 
 const PREFIX: &str = "cur1";
 const VERSION: u8 = 1;
@@ -18,18 +20,27 @@ const MAC_LEN: usize = 16;
 /// Longest cursor accepted, in bytes (a few hundred partitions).
 pub const MAX_CURSOR_BYTES: usize = 8 * 1024;
 
-/// An event topic a cursor covers.
+/// An event topic a cursor covers (its code is what the cursor's bytes hold).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stream {
+pub enum EventTopic {
     Transactions = 1,
     Statements = 2,
 }
 
-impl Stream {
+impl EventTopic {
     fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Self::Transactions),
             2 => Some(Self::Statements),
+            _ => None,
+        }
+    }
+
+    /// The event topic `topic` is, if it is one (cursors cover only the event topics).
+    pub fn of(topic: Topic) -> Option<Self> {
+        match topic {
+            Topic::Transactions => Some(Self::Transactions),
+            Topic::Statements => Some(Self::Statements),
             _ => None,
         }
     }
@@ -45,12 +56,12 @@ pub enum CursorError {
     WrongAggregator,
 }
 
-impl CursorError {
-    pub fn reason(self) -> &'static str {
+impl ApiError for CursorError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::Malformed => "CURSOR_MALFORMED",
-            Self::Tampered => "CURSOR_TAMPERED",
-            Self::WrongAggregator => "CURSOR_NOT_YOURS",
+            Self::Malformed => Reason::CursorMalformed,
+            Self::Tampered => Reason::CursorTampered,
+            Self::WrongAggregator => Reason::CursorNotYours,
         }
     }
 }
@@ -59,7 +70,7 @@ impl CursorError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub aggregator_id: String,
-    positions: BTreeMap<(Stream, i32), i64>,
+    positions: BTreeMap<(EventTopic, i32), i64>,
 }
 
 impl Cursor {
@@ -68,18 +79,18 @@ impl Cursor {
     }
 
     /// The next offset to deliver on a partition, if the cursor has one.
-    pub fn next(&self, stream: Stream, partition: i32) -> Option<i64> {
-        self.positions.get(&(stream, partition)).copied()
+    pub fn next(&self, topic: EventTopic, partition: i32) -> Option<i64> {
+        self.positions.get(&(topic, partition)).copied()
     }
 
-    pub fn positions(&self) -> impl Iterator<Item = ((Stream, i32), i64)> + '_ {
+    pub fn positions(&self) -> impl Iterator<Item = ((EventTopic, i32), i64)> + '_ {
         self.positions.iter().map(|(k, v)| (*k, *v))
     }
 
     /// Records that `offset` on the partition has been delivered. Never moves backwards.
-    pub fn advance(&mut self, stream: Stream, partition: i32, offset: i64) {
+    pub fn advance(&mut self, topic: EventTopic, partition: i32, offset: i64) {
         let next = offset.saturating_add(1);
-        let entry = self.positions.entry((stream, partition)).or_insert(next);
+        let entry = self.positions.entry((topic, partition)).or_insert(next);
         if next > *entry {
             *entry = next;
         }
@@ -91,8 +102,8 @@ impl Cursor {
         let id = self.aggregator_id.as_bytes();
         out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(&id[..id.len().min(255)]);
-        for ((stream, partition), next) in &self.positions {
-            out.push(*stream as u8);
+        for ((topic, partition), next) in &self.positions {
+            out.push(*topic as u8);
             out.extend_from_slice(&partition.to_be_bytes());
             out.extend_from_slice(&next.to_be_bytes());
         }
@@ -139,13 +150,13 @@ impl Cursor {
         let mut cursor = Self::new(std::str::from_utf8(id).ok()?);
         while !rest.is_empty() {
             let (entry, tail) = rest.split_at_checked(13)?;
-            let stream = Stream::from_code(entry[0])?;
+            let topic = EventTopic::from_code(entry[0])?;
             let partition = i32::from_be_bytes(entry[1..5].try_into().ok()?);
             let next = i64::from_be_bytes(entry[5..13].try_into().ok()?);
             if partition < 0 || next < 0 {
                 return None;
             }
-            cursor.positions.insert((stream, partition), next);
+            cursor.positions.insert((topic, partition), next);
             rest = tail;
         }
         Some(cursor)
@@ -166,7 +177,7 @@ mod tests {
     fn build(aggregator: &str, entries: &[(bool, i32, i64)]) -> Cursor {
         let mut c = Cursor::new(aggregator);
         for (tx, p, o) in entries {
-            c.advance(if *tx { Stream::Transactions } else { Stream::Statements }, *p, *o);
+            c.advance(if *tx { EventTopic::Transactions } else { EventTopic::Statements }, *p, *o);
         }
         c
     }
@@ -214,13 +225,13 @@ mod tests {
         fn positions_never_move_back(entries in positions()) {
             let c = build("agg-x", &entries);
             for (tx, p, _) in &entries {
-                let stream = if *tx { Stream::Transactions } else { Stream::Statements };
+                let topic = if *tx { EventTopic::Transactions } else { EventTopic::Statements };
                 let max = entries
                     .iter()
                     .filter(|(t, q, _)| t == tx && q == p)
                     .map(|(_, _, o)| o + 1)
                     .max();
-                prop_assert_eq!(c.next(stream, *p), max);
+                prop_assert_eq!(c.next(topic, *p), max);
             }
         }
     }

@@ -1,40 +1,35 @@
-//! The gRPC face of the subscription service: authenticate the aggregator, open a stream on the
-//! hub, and hand tonic the stream's responses ([`crate::stream`]), its catch-up reader started
-//! first when it starts from a cursor.
+//! The gRPC face of the subscription service: open a stream on the hub, and hand tonic the
+//! stream's responses ([`crate::stream`]), its catch-up reader ([`crate::catch_up`]) started first
+//! when it starts before the live tail. Callers are authenticated by the
+//! [`cardlink_authn::AuthLayer`] the server wraps this in; every method is an aggregator's.
 
-use std::sync::Arc;
-
-use cardlink_api::status::status;
-use cardlink_api::v1;
+use cardlink_api::status::to_status;
 use cardlink_api::v1::subscription_server::Subscription;
-use cardlink_auth::Role;
-use cardlink_bus::{BusConfig, Consumer, Producer};
-use cardlink_registry::caller::{Caller, CallerAuth};
+use cardlink_api::{ApiError, Reason, v1};
+use cardlink_authn::{Role, caller_as};
+use cardlink_bus::{BusConfig, Producer};
 use cardlink_views::follow::Followed;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tonic::{Code, Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
 
 use crate::access::AccessLog;
+use crate::catch_up::{CatchUpReaders, Start};
 use crate::cursor::Cursor;
-use crate::hub::{self, CatchUpError, Filters, Hub, Start};
-use crate::live::DeliveryCounts;
-use crate::metrics::{Mode, SubscriptionMetrics};
+use crate::hub::Hub;
+use crate::metrics::{DeliveryCounts, Mode, SubscriptionMetrics};
 use crate::positions::{self, PositionError, PositionsView};
-use crate::stream::{CATCH_UP_BUFFER, CatchUp, Recorders, SubscribeStream};
+use crate::stream::{Recorders, SubscribeStream};
+use crate::streams::Filters;
 
 /// Streams one aggregator may hold open at once.
 pub const MAX_STREAMS_PER_AGGREGATOR: usize = 16;
-/// Catch-up readers (each its own Kafka consumer) running at once; others wait their turn.
-pub const MAX_CATCH_UP_READERS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct SubscriptionGrpc {
     hub: Hub,
-    auth: CallerAuth,
-    bus: BusConfig,
     producer: Producer,
     positions: Followed<PositionsView>,
-    catch_up: Arc<Semaphore>,
+    catch_up: CatchUpReaders,
     access: AccessLog,
     metrics: SubscriptionMetrics,
     shutdown: watch::Receiver<bool>,
@@ -43,16 +38,15 @@ pub struct SubscriptionGrpc {
 impl SubscriptionGrpc {
     pub fn new(
         hub: Hub,
-        auth: CallerAuth,
         bus: BusConfig,
         producer: Producer,
         positions: Followed<PositionsView>,
         access: AccessLog,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let catch_up = Arc::new(Semaphore::new(MAX_CATCH_UP_READERS));
-        let metrics = SubscriptionMetrics::new(&hub, Arc::clone(&catch_up), MAX_CATCH_UP_READERS);
-        Self { hub, auth, bus, producer, positions, catch_up, access, metrics, shutdown }
+        let catch_up = CatchUpReaders::new(bus);
+        let metrics = SubscriptionMetrics::new(&hub, catch_up.clone());
+        Self { hub, producer, positions, catch_up, access, metrics, shutdown }
     }
 
     /// Deliveries per aggregator, for the live view.
@@ -60,29 +54,35 @@ impl SubscriptionGrpc {
         self.metrics.live().clone()
     }
 
-    /// The catch-up reader permits, to observe how many readers run.
-    pub fn catch_up_permits(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.catch_up)
+    /// The catch-up readers, to observe how many run.
+    pub fn catch_up_readers(&self) -> CatchUpReaders {
+        self.catch_up.clone()
     }
+}
 
-    fn aggregator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let caller =
-            self.auth.authenticate(header).map_err(|e| status(Code::Unauthenticated, e.reason(), e.to_string()))?;
-        if caller.role != Role::Aggregator {
-            return Err(status(Code::PermissionDenied, "AGGREGATORS_ONLY", "only aggregators subscribe"));
+/// A `Subscribe` request that cannot be served as asked.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("event kind {0} is not one of TRANSACTION, STATEMENT, CONSENT")]
+    UnknownEventKind(i32),
+    #[error("at most {MAX_ISSUER_FILTERS} issuers per stream; open another stream or filter on your side")]
+    TooManyIssuerFilters,
+    #[error("at most {MAX_STREAMS_PER_AGGREGATOR} streams per aggregator")]
+    TooManyStreams,
+}
+
+impl ApiError for RequestError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::UnknownEventKind(_) => Reason::UnknownEventKind,
+            Self::TooManyIssuerFilters => Reason::TooManyIssuerFilters,
+            Self::TooManyStreams => Reason::TooManyStreams,
         }
-        Ok(caller)
     }
 }
 
 fn position_status(e: PositionError) -> Status {
-    match e {
-        PositionError::InvalidName => status(Code::InvalidArgument, "INVALID_POSITION_NAME", e.to_string()),
-        PositionError::Cursor(c) => status(Code::InvalidArgument, c.reason(), c.to_string()),
-        PositionError::Unknown(_) => status(Code::NotFound, "POSITION_NOT_FOUND", e.to_string()),
-        PositionError::Bus(b) => status(Code::Unavailable, "BUS_UNAVAILABLE", b.to_string()),
-    }
+    to_status(&e)
 }
 
 /// Largest `SubscribeRequest` accepted (filters and a cursor; real ones are a few hundred bytes).
@@ -98,21 +98,11 @@ fn filters(request: &v1::SubscribeRequest) -> Result<Filters, Status> {
         match v1::EventKind::try_from(k) {
             Ok(kind) if kind != v1::EventKind::Unspecified => kinds.push(kind),
             // Ignoring an unknown kind would widen the filter to everything.
-            _ => {
-                return Err(status(
-                    Code::InvalidArgument,
-                    "UNKNOWN_EVENT_KIND",
-                    format!("event kind {k} is not one of TRANSACTION, STATEMENT, CONSENT"),
-                ));
-            }
+            _ => return Err(to_status(&RequestError::UnknownEventKind(k))),
         }
     }
     if request.issuer_ids.len() > MAX_ISSUER_FILTERS {
-        return Err(status(
-            Code::InvalidArgument,
-            "TOO_MANY_ISSUER_FILTERS",
-            format!("at most {MAX_ISSUER_FILTERS} issuers per stream; open another stream or filter on your side"),
-        ));
+        return Err(to_status(&RequestError::TooManyIssuerFilters));
     }
     let all = kinds.is_empty();
     Ok(Filters {
@@ -131,29 +121,23 @@ impl Subscription for SubscriptionGrpc {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = self.aggregator(&request)?;
-        let aggregator = caller.participant_id;
+        let aggregator = caller_as(&request, Role::Aggregator)?.participant_id;
         let request = request.into_inner();
         let filters = filters(&request)?;
-        let secret = self.hub.secret().to_vec();
+        let secret = self.hub.secret();
         let start = match &request.start {
             None => Start::Live,
             Some(v1::subscribe_request::Start::FromEarliest(true)) => Start::Earliest,
             Some(v1::subscribe_request::Start::FromEarliest(false)) => Start::Live,
-            Some(v1::subscribe_request::Start::Cursor(text)) => Start::After(
-                Cursor::decode(&secret, text, &aggregator)
-                    .map_err(|e| status(Code::InvalidArgument, e.reason(), e.to_string()))?,
-            ),
+            Some(v1::subscribe_request::Start::Cursor(text)) => {
+                Start::After(Cursor::decode(secret, text, &aggregator).map_err(|e| to_status(&e))?)
+            }
             Some(v1::subscribe_request::Start::PositionName(name)) => {
-                Start::After(positions::resolve(&self.positions, &secret, &aggregator, name).map_err(position_status)?)
+                Start::After(positions::resolve(&self.positions, secret, &aggregator, name).map_err(position_status)?)
             }
         };
-        if self.hub.streams_of(&aggregator) >= MAX_STREAMS_PER_AGGREGATOR {
-            return Err(status(
-                Code::ResourceExhausted,
-                "TOO_MANY_STREAMS",
-                format!("at most {MAX_STREAMS_PER_AGGREGATOR} streams per aggregator"),
-            ));
+        if self.hub.streams().streams_of(&aggregator) >= MAX_STREAMS_PER_AGGREGATOR {
+            return Err(to_status(&RequestError::TooManyStreams));
         }
         let initial = match &start {
             Start::After(c) => c.clone(),
@@ -163,23 +147,7 @@ impl Subscription for SubscriptionGrpc {
         let catch_up = match start {
             Start::Live => None,
             start => {
-                let (tx, rx) = mpsc::channel(CATCH_UP_BUFFER);
-                let (done_tx, done) = oneshot::channel();
-                let (hub, bus, permits, until) =
-                    (self.hub.clone(), self.bus.clone(), Arc::clone(&self.catch_up), registration.live_from.clone());
-                let aggregator = aggregator.clone();
-                tokio::spawn(async move {
-                    let read = async {
-                        let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
-                        let consumer = Consumer::new(&bus, "catch-up")?;
-                        hub::catch_up(&hub, &consumer, &aggregator, &filters, &start, &until, &tx).await
-                    };
-                    // Said before the sender is dropped: the stream reads it once `rx` ends. A
-                    // client that left (the stream dropped) ends the reader at its next send.
-                    let _ = done_tx.send(read.await);
-                    drop(tx);
-                });
-                Some(CatchUp { rx, done })
+                Some(self.catch_up.spawn(&self.hub, aggregator.clone(), filters, start, registration.live_from.clone()))
             }
         };
         let recorders = Recorders {
@@ -187,11 +155,12 @@ impl Subscription for SubscriptionGrpc {
             live: self.metrics.stream(&aggregator, Mode::Live),
             catch_up: self.metrics.stream(&aggregator, Mode::CatchUp),
         };
+        let initial = initial.encode(secret);
         Ok(Response::new(SubscribeStream::new(
             self.hub.clone(),
             aggregator,
             registration,
-            initial.encode(&secret),
+            initial,
             catch_up,
             self.shutdown.clone(),
             recorders,
@@ -202,7 +171,7 @@ impl Subscription for SubscriptionGrpc {
         &self,
         request: Request<v1::AcknowledgeRequest>,
     ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
-        let caller = self.aggregator(&request)?;
+        let caller = caller_as(&request, Role::Aggregator)?;
         let r = request.into_inner();
         positions::acknowledge(
             &self.producer,

@@ -2,7 +2,13 @@
 //! events their consents entitle them to.
 //!
 //! - [`cursor`]: opaque, tamper-evident stream positions bound to one aggregator.
-//! - [`hub`]: one shared read of the bus fanned out to the entitled streams, with catch-up.
+//! - [`hub`]: the shared fan-out state every job below works through.
+//! - [`streams`]: the stream registry — who is connected, their queues and positions.
+//! - [`dispatch`]: one shared read of the bus handed to every entitled stream, never on a consent
+//!   view older than the revocation bound.
+//! - [`catch_up`]: a stream's own reader from its cursor up to where it joined the hub.
+//! - [`notices`]: consent changes told to the aggregator's streams.
+//! - [`delivery`]: the one place a delivery is built, with its cursor and publication time.
 //! - [`projection`]: one event, as one aggregator may see it under one grant — scopes applied,
 //!   account ids pseudonymous.
 //! - [`positions`]: named server-side positions (`Acknowledge`), kept on the bus.
@@ -13,12 +19,17 @@
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
 pub mod access;
+pub mod catch_up;
 pub mod cursor;
+pub mod delivery;
+pub mod dispatch;
 pub mod grpc;
 pub mod hub;
 pub mod live;
 pub mod metrics;
+pub mod notices;
 pub mod positions;
 pub mod projection;
 pub mod server;
 pub mod stream;
+pub mod streams;

@@ -6,10 +6,6 @@
 //! balancer; the metrics aggregate across replicas). The page computes rates from successive
 //! snapshots in the browser, so the server keeps no history.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -19,25 +15,7 @@ use cardlink_serving::html::{self, Nav};
 use serde_json::json;
 
 use crate::hub::Hub;
-
-/// Deliveries per aggregator, counted by the streams as they send (one atomic add each).
-#[derive(Clone, Debug, Default)]
-pub struct DeliveryCounts(Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>);
-
-impl DeliveryCounts {
-    /// The counter a stream of `aggregator` adds to.
-    pub fn counter(&self, aggregator: &str) -> Arc<AtomicU64> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(aggregator.to_owned()).or_default())
-    }
-
-    fn snapshot(&self) -> Vec<(String, u64)> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = map.iter().map(|(a, n)| (a.clone(), n.load(Ordering::Relaxed))).collect();
-        out.sort();
-        out
-    }
-}
+use crate::metrics::DeliveryCounts;
 
 #[derive(Clone, Debug)]
 pub struct LiveState {
@@ -50,11 +28,11 @@ pub struct LiveState {
 pub fn snapshot(state: &LiveState) -> serde_json::Value {
     let map =
         |pairs: Vec<(String, u64)>| pairs.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>();
-    let mut streams = state.hub.streams_per_aggregator();
+    let mut streams = state.hub.streams().streams_per_aggregator();
     streams.sort();
     json!({
         "at": chrono::Utc::now().to_rfc3339(),
-        "events_in": map(state.hub.events_in()),
+        "events_in": map(state.hub.streams().events_in()),
         "deliveries": map(state.deliveries.snapshot()),
         "streams": map(streams.into_iter().map(|(a, n)| (a, n as u64)).collect()),
     })

@@ -6,30 +6,39 @@
 //! stream, and a delivery span is only started when the record belongs to a trace (its
 //! `traceparent` header names a valid span); sampling is the producer's decision, inherited.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cardlink_bus::Topic;
 use cardlink_telemetry::attr;
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use tokio::sync::Semaphore;
 
+use crate::catch_up::CatchUpReaders;
+use crate::delivery::Origin;
 use crate::hub::Hub;
-use crate::live::DeliveryCounts;
 
-/// Where a delivered record came from: the trace it belongs to and when it was published.
-#[derive(Debug)]
-pub struct Origin {
-    /// The producer's span (from the record's `traceparent`); empty when it has none.
-    pub parent: Context,
-    /// The record's timestamp (set by the producer when it was published), ms since the epoch.
-    pub published_ms: Option<i64>,
-    pub topic: Topic,
-    pub partition: i32,
-    pub offset: i64,
+/// Deliveries per aggregator, counted by the streams as they send (one atomic add each), for the
+/// live view.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryCounts(Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>);
+
+impl DeliveryCounts {
+    /// The counter a stream of `aggregator` adds to.
+    pub fn counter(&self, aggregator: &str) -> Arc<AtomicU64> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(aggregator.to_owned()).or_default())
+    }
+
+    /// Deliveries so far per aggregator, sorted by aggregator.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = map.iter().map(|(a, n)| (a.clone(), n.load(Ordering::Relaxed))).collect();
+        out.sort();
+        out
+    }
 }
 
 /// How a stream is being served: reading history from a cursor, or from the shared live read.
@@ -59,15 +68,15 @@ pub struct SubscriptionMetrics {
 impl SubscriptionMetrics {
     /// Makes the instruments and registers the gauges that read `hub` and `catch_up` when the
     /// meter collects.
-    pub fn new(hub: &Hub, catch_up: Arc<Semaphore>, max_catch_up: usize) -> Self {
+    pub fn new(hub: &Hub, catch_up: CatchUpReaders) -> Self {
         let meter = cardlink_telemetry::meter();
-        let streams_hub = hub.clone();
+        let streams = hub.streams().clone();
         meter
             .i64_observable_gauge("cardlink.subscription.streams")
             .with_unit("{stream}")
             .with_description("Connected subscription streams, per aggregator")
             .with_callback(move |observer| {
-                for (aggregator, n) in streams_hub.streams_per_aggregator() {
+                for (aggregator, n) in streams.streams_per_aggregator() {
                     observer.observe(n as i64, &[KeyValue::new(attr::AGGREGATOR, aggregator)]);
                 }
             })
@@ -77,7 +86,7 @@ impl SubscriptionMetrics {
             .with_unit("{reader}")
             .with_description("Catch-up readers (own Kafka consumers replaying from a cursor) running now")
             .with_callback(move |observer| {
-                observer.observe(max_catch_up.saturating_sub(catch_up.available_permits()) as i64, &[]);
+                observer.observe(catch_up.running() as i64, &[]);
             })
             .build();
         let consents = hub.consents().clone();

@@ -10,6 +10,8 @@ use cardlink_events::{RecordType, SubscriptionPosition};
 use cardlink_views::follow::{Followed, Materialize};
 use chrono::Utc;
 
+use cardlink_api::{ApiError, Reason};
+
 use crate::cursor::{Cursor, CursorError};
 
 /// Longest position name.
@@ -25,6 +27,17 @@ pub enum PositionError {
     Unknown(String),
     #[error(transparent)]
     Bus(#[from] BusError),
+}
+
+impl ApiError for PositionError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::InvalidName => Reason::InvalidPositionName,
+            Self::Cursor(c) => c.reason(),
+            Self::Unknown(_) => Reason::PositionNotFound,
+            Self::Bus(_) => Reason::BusUnavailable,
+        }
+    }
 }
 
 /// Latest cursor per (aggregator, name), and the topic offset it came from.

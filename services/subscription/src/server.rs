@@ -6,21 +6,24 @@ use std::sync::Arc;
 
 use cardlink_api::v1::subscription_server::SubscriptionServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
+use cardlink_authn::{AuthLayer, Authenticator};
 use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
-use cardlink_registry::caller::CallerAuth;
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
 
 use crate::access::{self, AccessLog};
+use crate::catch_up::CatchUpReaders;
 use crate::grpc::SubscriptionGrpc;
-use crate::hub::{self, Hub};
+use crate::hub::Hub;
 use crate::positions::PositionsView;
+use crate::{dispatch, notices};
 
 #[derive(Clone, Debug)]
 pub struct SubscriptionConfig {
@@ -41,7 +44,7 @@ pub struct RunningSubscription {
     hub: Hub,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    catch_up: Arc<tokio::sync::Semaphore>,
+    catch_up: CatchUpReaders,
     /// Stopped after the streams, so their last deliveries are on the record.
     stop_access: watch::Sender<bool>,
     access: JoinHandle<()>,
@@ -66,9 +69,9 @@ impl RunningSubscription {
         &self.hub
     }
 
-    /// Catch-up readers running now (at most [`crate::grpc::MAX_CATCH_UP_READERS`]).
+    /// Catch-up readers running now (at most [`crate::catch_up::MAX_CATCH_UP_READERS`]).
     pub fn catch_up_readers(&self) -> usize {
-        crate::grpc::MAX_CATCH_UP_READERS.saturating_sub(self.catch_up.available_permits())
+        self.catch_up.running()
     }
 
     /// Ends every stream with a reconnect status, stops the readers, and waits for them.
@@ -125,8 +128,8 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
 
     let hub = Hub::new(consents, Arc::clone(&config.secret));
     let reader =
-        tokio::spawn(hub::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
-    while !hub.is_reading() {
+        tokio::spawn(dispatch::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
+    while !hub.streams().is_reading() {
         if reader.is_finished() {
             break;
         }
@@ -134,9 +137,9 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     }
 
     let notices = Consumer::new(bus, "subscription-consent-notices")?;
-    hub::position_consent_notifier(&notices).await?;
-    let notifier = tokio::spawn(hub::run_consent_notifier(hub.clone(), notices, shutdown_rx.clone()));
-    let auth = CallerAuth::new(TokenVerifier::new(config.trusted_keys.clone()), registry);
+    notices::position_consent_notifier(&notices).await?;
+    let notifier = tokio::spawn(notices::run_consent_notifier(hub.clone(), notices, shutdown_rx.clone()));
+    let auth = Authenticator::new(TokenVerifier::new(config.trusted_keys.clone()), registry);
     let producer = Producer::new(bus)?;
     let access = AccessLog::default();
     let (stop_access, stop_access_rx) = watch::channel(false);
@@ -144,14 +147,14 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         "access records",
         tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
     );
-    let grpc = SubscriptionGrpc::new(hub.clone(), auth, bus.clone(), producer, positions, access, shutdown_rx.clone());
+    let grpc = SubscriptionGrpc::new(hub.clone(), bus.clone(), producer, positions, access, shutdown_rx.clone());
     let ready_hub = hub.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),
         Box::new(move || !ready_hub.reader_stopped() && ready_hub.consents().is_fresh(cardlink_serving::READY_WITHIN)),
         shutdown_rx.clone(),
     )?;
-    let catch_up = grpc.catch_up_permits();
+    let catch_up = grpc.catch_up_readers();
     let live = crate::live::LiveState { hub: hub.clone(), deliveries: grpc.live_deliveries() };
     let pages = crate::live::router(live);
     let mut tasks = Vec::new();
@@ -162,11 +165,12 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     }
     let server = tokio::spawn(async move {
         let served = router
-            .add_service(
+            .add_service(InterceptedService::new(
                 SubscriptionServer::new(grpc)
                     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
                     .max_encoding_message_size(crate::grpc::MAX_RESPONSE_BYTES),
-            )
+                AuthLayer::required(auth),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(shutdown_rx))
             .await;
         if let Err(e) = served {

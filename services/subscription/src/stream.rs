@@ -17,28 +17,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cardlink_api::convert::timestamp;
-use cardlink_api::status::status;
-use cardlink_api::v1;
+use cardlink_api::status::{status, to_status};
+use cardlink_api::{Reason, v1};
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::access::AccessLog;
-use crate::hub::{CatchUpError, Hub, Outgoing, Registration};
-use crate::metrics::{Origin, StreamMetrics};
+use crate::catch_up::CatchUp;
+use crate::delivery::{Origin, Outgoing};
+use crate::hub::Hub;
+use crate::metrics::StreamMetrics;
+use crate::streams::Registration;
 
 /// How often an idle stream gets a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-/// Deliveries the catch-up reader reads ahead of what the client has taken.
-pub const CATCH_UP_BUFFER: usize = 64;
-
-/// What the catch-up reader hands the stream: its deliveries on `rx`, then how it ended.
-#[derive(Debug)]
-pub struct CatchUp {
-    pub rx: mpsc::Receiver<Outgoing>,
-    pub done: oneshot::Receiver<Result<(), CatchUpError>>,
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -145,17 +139,8 @@ impl SubscribeStream {
     }
 }
 
-fn catch_up_status(e: &CatchUpError) -> Status {
-    match e {
-        CatchUpError::OutOfRange { .. } | CatchUpError::AheadOfBus { .. } => {
-            status(Code::OutOfRange, "CURSOR_OUT_OF_RANGE", e.to_string())
-        }
-        _ => status(Code::Unavailable, "BUS_UNAVAILABLE", e.to_string()),
-    }
-}
-
 fn fell_behind() -> Status {
-    status(Code::ResourceExhausted, "FELL_BEHIND", "the stream fell behind; resume from your last cursor")
+    status(Reason::FellBehind, "the stream fell behind; resume from your last cursor")
 }
 
 impl Stream for SubscribeStream {
@@ -169,8 +154,7 @@ impl Stream for SubscribeStream {
             }
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 return this.end(status(
-                    Code::Unavailable,
-                    "SERVER_SHUTTING_DOWN",
+                    Reason::ServerShuttingDown,
                     "the service is restarting; resume from your last cursor",
                 ));
             }
@@ -184,11 +168,10 @@ impl Stream for SubscribeStream {
                     // The reader dropped its sender after saying how it ended.
                     Poll::Ready(None) => match catch_up.done.try_recv() {
                         Ok(Ok(())) => this.phase = Phase::Live { greeted: false },
-                        Ok(Err(e)) => return this.end(catch_up_status(&e)),
+                        Ok(Err(e)) => return this.end(to_status(&e)),
                         Err(_) => {
                             return this.end(status(
-                                Code::Unavailable,
-                                "BUS_UNAVAILABLE",
+                                Reason::BusUnavailable,
                                 "the catch-up reader stopped; resume from your last cursor",
                             ));
                         }
@@ -219,6 +202,6 @@ impl Stream for SubscribeStream {
 
 impl Drop for SubscribeStream {
     fn drop(&mut self) {
-        self.hub.unregister(&self.aggregator, self.registration.id);
+        self.hub.streams().unregister(&self.aggregator, self.registration.id);
     }
 }

@@ -12,8 +12,12 @@ use cardlink_bus::{Consumer, Topic};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
 use cardlink_events::{Event, RecordType, samples};
+use cardlink_subscription::catch_up::{self, Start};
 use cardlink_subscription::cursor::Cursor;
-use cardlink_subscription::hub::{self, Filters, Hub, Outgoing, Start};
+use cardlink_subscription::delivery::Outgoing;
+use cardlink_subscription::dispatch::{self, REVOCATION_BOUND};
+use cardlink_subscription::hub::Hub;
+use cardlink_subscription::streams::{Filters, STREAM_BUFFER};
 use cardlink_testkit::TestBus;
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
@@ -54,9 +58,9 @@ async fn setup(consents: &[ConsentEvent]) -> Setup {
         follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown.clone());
     tokio::time::timeout(WITHIN, view.caught_up()).await.unwrap();
     let hub = Hub::new(view, Arc::from(SECRET));
-    tokio::spawn(hub::run_reader(hub.clone(), bus.consumer("hub").unwrap(), shutdown));
+    tokio::spawn(dispatch::run_reader(hub.clone(), bus.consumer("hub").unwrap(), shutdown));
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while !hub.is_reading() {
+    while !hub.streams().is_reading() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -103,7 +107,7 @@ async fn each_aggregator_receives_exactly_what_its_consents_cover() {
     let mut x = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
     let mut y = s.hub.register("agg-y", Filters::all(), &Cursor::new("agg-y"));
     let mut z = s.hub.register("agg-z", Filters::all(), &Cursor::new("agg-z"));
-    assert_eq!(s.hub.streams(), 3);
+    assert_eq!(s.hub.streams().streams(), 3);
 
     let producer = s.bus.producer().unwrap();
     let events = vec![
@@ -158,7 +162,7 @@ async fn resuming_from_a_cursor_continues_exactly_after_it() {
     let got = take(&mut rx, 10).await;
     // The client stops after the 4th delivery; its cursor is the 4th's.
     let cursor_text = got[3].1.clone();
-    s.hub.unregister("agg-x", first.id);
+    s.hub.streams().unregister("agg-x", first.id);
     for n in 10..15 {
         producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
     }
@@ -169,7 +173,7 @@ async fn resuming_from_a_cursor_continues_exactly_after_it() {
     let mut resumed = s.hub.register("agg-x", Filters::all(), &cursor);
     let (tx, mut out) = mpsc::channel(64);
     let consumer = Consumer::new(s.bus.config(), "catch-up").unwrap();
-    hub::catch_up(&s.hub, &consumer, "agg-x", &Filters::all(), &Start::After(cursor), &resumed.live_from, &tx)
+    catch_up::catch_up(&s.hub, &consumer, "agg-x", &Filters::all(), &Start::After(cursor), &resumed.live_from, &tx)
         .await
         .unwrap();
     drop(tx);
@@ -197,7 +201,7 @@ async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
     let mut stalled = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
     let mut fast = s.hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
     let producer = s.bus.producer().unwrap();
-    let total = hub::STREAM_BUFFER + 50;
+    let total = STREAM_BUFFER + 50;
     let publish = tokio::spawn(async move {
         for n in 0..total {
             producer
@@ -225,14 +229,14 @@ async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
             None => panic!("closed without telling the stream it fell behind"),
         }
     }
-    assert_eq!(delivered, hub::STREAM_BUFFER);
+    assert_eq!(delivered, STREAM_BUFFER);
     let cursor = Cursor::decode(SECRET, &last_cursor, "agg-x").unwrap();
     assert_eq!(
         cursor.positions().map(|(_, next)| next).sum::<i64>(),
-        hub::STREAM_BUFFER as i64,
+        STREAM_BUFFER as i64,
         "the cursor covers exactly what was delivered"
     );
-    assert_eq!(s.hub.streams(), 1, "the stalled stream was removed from the hub");
+    assert_eq!(s.hub.streams().streams(), 1, "the stalled stream was removed from the hub");
 }
 
 #[tokio::test]
@@ -291,6 +295,6 @@ async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_ev
         "the stream was delivering before the revocation ({} deliveries)",
         times.len()
     );
-    let late: Vec<_> = times.iter().filter(|t| **t > revoked_at + hub::REVOCATION_BOUND).collect();
-    assert!(late.is_empty(), "{} deliveries more than {:?} after the revocation", late.len(), hub::REVOCATION_BOUND);
+    let late: Vec<_> = times.iter().filter(|t| **t > revoked_at + REVOCATION_BOUND).collect();
+    assert!(late.is_empty(), "{} deliveries more than {:?} after the revocation", late.len(), REVOCATION_BOUND);
 }

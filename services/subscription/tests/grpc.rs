@@ -223,7 +223,7 @@ async fn streams_per_aggregator_are_bounded_and_a_closed_stream_frees_its_slot_a
     // With no traffic at all, a dropped stream still gives its slot back well before a heartbeat.
     drop(open.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while w.service.hub().streams_of("agg-x") >= MAX_STREAMS_PER_AGGREGATOR {
+    while w.service.hub().streams().streams_of("agg-x") >= MAX_STREAMS_PER_AGGREGATOR {
         assert!(tokio::time::Instant::now() < deadline, "the closed stream still holds its slot");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -232,7 +232,7 @@ async fn streams_per_aggregator_are_bounded_and_a_closed_stream_frees_its_slot_a
 
 #[tokio::test]
 async fn a_cursor_the_bus_cannot_honour_gets_out_of_range_never_a_silent_skip() {
-    use cardlink_subscription::cursor::{Cursor, Stream};
+    use cardlink_subscription::cursor::{Cursor, EventTopic};
     let w = world().await;
     let mut c = w.client().await;
     publish(&w, "acct-1", 1).await;
@@ -240,7 +240,7 @@ async fn a_cursor_the_bus_cannot_honour_gets_out_of_range_never_a_silent_skip() 
     // e.g. the topics were recreated. Resuming would wait for offsets to grow back, skipping
     // every event until then.
     let mut ahead = Cursor::new("agg-x");
-    ahead.advance(Stream::Transactions, 0, 1_000_000);
+    ahead.advance(EventTopic::Transactions, 0, 1_000_000);
     let request = start_after(&ahead.encode(common::SECRET));
     let mut stream = c.subscribe(authorized(request, w.token("agg-x"))).await.unwrap().into_inner();
     let status = tokio::time::timeout(WITHIN, async {
@@ -322,7 +322,7 @@ async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
 
 #[tokio::test]
 async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
-    use cardlink_subscription::grpc::MAX_CATCH_UP_READERS;
+    use cardlink_subscription::catch_up::MAX_CATCH_UP_READERS;
     let w = world().await;
     const EVENTS: u32 = 1_000;
     let events: Vec<Event> =

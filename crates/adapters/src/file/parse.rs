@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use cardlink_api::Reason;
 use cardlink_events as ev;
 use sha2::{Digest, Sha256};
 
@@ -16,12 +17,12 @@ use super::normalize;
 pub struct LineRejection {
     /// Stable code: MISSING_FIELD, UNPARSEABLE_AMOUNT, UNPARSEABLE_DATE, UNMAPPED_VALUE,
     /// ENCODING_ERROR, SHORT_LINE, MALFORMED_CSV, INVALID_NUMBER.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub field: String,
     pub message: String,
 }
 
-fn reject(reason: &'static str, field: Field, message: impl Into<String>) -> LineRejection {
+fn reject(reason: Reason, field: Field, message: impl Into<String>) -> LineRejection {
     LineRejection { reason, field: field.name().to_owned(), message: message.into() }
 }
 
@@ -95,7 +96,7 @@ impl Parser {
                 return Err(FileError::HeaderEncoding { encoding });
             }
             return Ok(Line::Record(Err(LineRejection {
-                reason: "ENCODING_ERROR",
+                reason: Reason::EncodingError,
                 field: String::new(),
                 message: format!("the line is not valid {encoding}"),
             })));
@@ -104,7 +105,7 @@ impl Parser {
             Some(fields) => fields,
             None => {
                 return Ok(Line::Record(Err(LineRejection {
-                    reason: "MALFORMED_CSV",
+                    reason: Reason::MalformedCsv,
                     field: String::new(),
                     message: "the line is not well-formed CSV (unbalanced quotes?)".into(),
                 })));
@@ -150,13 +151,15 @@ impl Parser {
                 let end = start - 1 + length;
                 let slice = raw.get(start - 1..end).ok_or_else(|| {
                     reject(
-                        "SHORT_LINE",
+                        Reason::ShortLine,
                         field,
                         format!("the line has {} bytes; this field ends at byte {end}", raw.len()),
                     )
                 })?;
                 self.decode(slice)
-                    .ok_or_else(|| reject("ENCODING_ERROR", field, "bytes that are not valid in the file's encoding"))?
+                    .ok_or_else(|| {
+                        reject(Reason::EncodingError, field, "bytes that are not valid in the file's encoding")
+                    })?
                     .into_owned()
             }
             // Mapping::check rules out the other combinations.
@@ -180,12 +183,12 @@ impl Parser {
     }
 
     fn require(&self, values: &Values<'_>, field: Field) -> Result<String, LineRejection> {
-        self.get(values, field)?.ok_or_else(|| reject("MISSING_FIELD", field, "empty or not mapped"))
+        self.get(values, field)?.ok_or_else(|| reject(Reason::MissingField, field, "empty or not mapped"))
     }
 
     fn integer(&self, values: &Values<'_>, field: Field) -> Result<Option<i64>, LineRejection> {
         self.get(values, field)?
-            .map(|v| normalize::amount(&v).ok_or_else(|| reject("INVALID_NUMBER", field, "not a whole number")))
+            .map(|v| normalize::amount(&v).ok_or_else(|| reject(Reason::InvalidNumber, field, "not a whole number")))
             .transpose()
     }
 
@@ -193,19 +196,19 @@ impl Parser {
         let account_ref = normalize::text(&self.require(values, Field::AccountRef)?);
         let used = self.require(values, Field::UsedAt)?;
         let occurred_at = normalize::instant(&used).ok_or_else(|| {
-            reject("UNPARSEABLE_DATE", Field::UsedAt, "a date such as 2026/11/23, 20261123 or 2026-11-23")
+            reject(Reason::UnparseableDate, Field::UsedAt, "a date such as 2026/11/23, 20261123 or 2026-11-23")
         })?;
         let local_date = occurred_at.with_timezone(&normalize::jst()).date_naive();
         let posted_date = self
             .get(values, Field::PostedDate)?
             .map(|d| {
                 normalize::date(&d)
-                    .ok_or_else(|| reject("UNPARSEABLE_DATE", Field::PostedDate, "a date such as 2026/11/23"))
+                    .ok_or_else(|| reject(Reason::UnparseableDate, Field::PostedDate, "a date such as 2026/11/23"))
             })
             .transpose()?;
         let amount_text = self.require(values, Field::Amount)?;
         let minor_units = normalize::amount(&amount_text)
-            .ok_or_else(|| reject("UNPARSEABLE_AMOUNT", Field::Amount, "a whole amount such as ¥1,234 or -500"))?;
+            .ok_or_else(|| reject(Reason::UnparseableAmount, Field::Amount, "a whole amount such as ¥1,234 or -500"))?;
         let currency = self
             .get(values, Field::Currency)?
             .map(|c| normalize::text(&c).to_uppercase())
@@ -228,16 +231,18 @@ impl Parser {
             })?,
         };
         let installment_count = match self.integer(values, Field::InstallmentCount)? {
-            Some(n) => {
-                Some(i32::try_from(n).map_err(|_| reject("INVALID_NUMBER", Field::InstallmentCount, "out of range"))?)
-            }
+            Some(n) => Some(
+                i32::try_from(n).map_err(|_| reject(Reason::InvalidNumber, Field::InstallmentCount, "out of range"))?,
+            ),
             None => count_from_method,
         };
         // A count of 1 in a 支払回数 column of a lump-sum line carries no information.
         let installment_count = if method.has_installments() { installment_count } else { None };
         let installment_number = self
             .integer(values, Field::InstallmentNumber)?
-            .map(|n| i32::try_from(n).map_err(|_| reject("INVALID_NUMBER", Field::InstallmentNumber, "out of range")))
+            .map(|n| {
+                i32::try_from(n).map_err(|_| reject(Reason::InvalidNumber, Field::InstallmentNumber, "out of range"))
+            })
             .transpose()?;
 
         let issuer_transaction_id = match self.get(values, Field::IssuerTransactionId)? {
@@ -268,13 +273,13 @@ impl Parser {
                         .get(values, Field::ForeignCurrency)?
                         .map(|c| normalize::text(&c).to_uppercase())
                         .ok_or_else(|| {
-                            reject("MISSING_FIELD", Field::ForeignCurrency, "a foreign amount needs its currency")
+                            reject(Reason::MissingField, Field::ForeignCurrency, "a foreign amount needs its currency")
                         })?,
                 },
                 fx_rate: self
                     .get(values, Field::FxRate)?
                     .map(|r| normalize::text(&r).replace(',', ""))
-                    .ok_or_else(|| reject("MISSING_FIELD", Field::FxRate, "a foreign amount needs its rate"))?,
+                    .ok_or_else(|| reject(Reason::MissingField, Field::FxRate, "a foreign amount needs its rate"))?,
                 fx_rate_date: None,
                 overseas_fee: None,
             }),
@@ -312,7 +317,7 @@ impl Parser {
                 .get(values, Field::BillingMonth)?
                 .map(|m| {
                     normalize::month(&m).ok_or_else(|| {
-                        reject("UNPARSEABLE_DATE", Field::BillingMonth, "a month such as 2026/12 or 202612")
+                        reject(Reason::UnparseableDate, Field::BillingMonth, "a month such as 2026/12 or 202612")
                     })
                 })
                 .transpose()?,
@@ -334,7 +339,7 @@ impl Parser {
 
 fn unmapped(field: Field, expected: &str) -> LineRejection {
     reject(
-        "UNMAPPED_VALUE",
+        Reason::UnmappedValue,
         field,
         format!("value not in the mapping's [values.{}] table; expected {expected}", field.name()),
     )
@@ -454,7 +459,9 @@ mod tests {
         line.extend_from_slice(&[0x82, 0xFF, 0x82, 0xFF]); // not Shift_JIS
         line.resize(98, b' ');
         match parser.parse_line(&line).expect("not a file error") {
-            Line::Record(Err(r)) => assert_eq!((r.reason, r.field.as_str()), ("ENCODING_ERROR", "merchant_name")),
+            Line::Record(Err(r)) => {
+                assert_eq!((r.reason.as_str(), r.field.as_str()), ("ENCODING_ERROR", "merchant_name"))
+            }
             other => panic!("{other:?}"),
         }
     }

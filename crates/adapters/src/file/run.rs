@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use cardlink_api::Reason;
 use cardlink_events::Event;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -185,7 +186,12 @@ pub async fn run_file<S: EventSink>(run: FileRun, sink: &mut S) -> Result<Summar
             if line_no > checkpoint.line {
                 summary.read += 1;
                 summary.rejected += 1;
-                rejects.reject(line_no, "LINE_TOO_LONG", "", &format!("longer than {MAX_LINE_BYTES} bytes"))?;
+                rejects.reject(
+                    line_no,
+                    Reason::LineTooLong.as_str(),
+                    "",
+                    &format!("longer than {MAX_LINE_BYTES} bytes"),
+                )?;
             }
             continue;
         }
@@ -203,7 +209,7 @@ pub async fn run_file<S: EventSink>(run: FileRun, sink: &mut S) -> Result<Summar
             Line::Record(Err(r)) => {
                 summary.read += 1;
                 summary.rejected += 1;
-                rejects.reject(line_no, r.reason, &r.field, &r.message)?;
+                rejects.reject(line_no, r.reason.as_str(), &r.field, &r.message)?;
             }
             Line::Record(Ok(tx)) => {
                 summary.read += 1;

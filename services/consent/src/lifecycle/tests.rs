@@ -76,7 +76,7 @@ fn request_rules() {
     let check = |mutate: fn(&mut NewRequest), want: &str| {
         let mut r = request("iss-a");
         mutate(&mut r);
-        assert_eq!(book.request("agg-x", r, Some(&connected()), now).unwrap_err().reason(), want);
+        assert_eq!(book.request("agg-x", r, Some(&connected()), now).unwrap_err().reason().as_str(), want);
     };
     check(|r| r.duration_days = 366, "INVALID_DURATION");
     check(|r| r.duration_days = 0, "INVALID_DURATION");
@@ -99,7 +99,7 @@ fn granted_scopes_must_be_requested() {
     let id = r.consent_id.clone();
     book.apply(r);
     let wider = Approval { scopes: vec![Scope::Transactions, Scope::Statements], ..approval() };
-    assert_eq!(book.approve("iss-a", &id, wider, now).unwrap_err().reason(), "INVALID_SCOPES");
+    assert_eq!(book.approve("iss-a", &id, wider, now).unwrap_err().reason().as_str(), "INVALID_SCOPES");
     let none = Approval { account_refs: vec![], ..approval() };
     assert_eq!(book.approve("iss-a", &id, none, now).unwrap_err(), ConsentError::NoAccounts);
 }

@@ -1,0 +1,249 @@
+//! Catch-up: a stream's own reader, from the stream's start up to where it joined the hub.
+//!
+//! A stream that starts from a cursor (or the earliest retained events) registers first (so live
+//! events from that moment are queued for it), notes the hub's position at registration, and
+//! reads the gap between its start and that position here, with its own short-lived Kafka
+//! consumer; then it drains the queued live events. Every event is delivered once per stream in
+//! partition order, with no gap at the hand-over.
+//!
+//! Readers are bounded per replica ([`MAX_CATCH_UP_READERS`]); the others wait their turn.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardlink_bus::{BusConfig, BusError, Consumer, StartAt, Topic};
+use chrono::Utc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::cursor::{Cursor, EventTopic};
+use crate::delivery::{Origin, Outgoing};
+use crate::hub::Hub;
+use crate::projection::project_for;
+use crate::streams::Filters;
+
+/// Catch-up readers (each its own Kafka consumer) running at once; others wait their turn.
+pub const MAX_CATCH_UP_READERS: usize = 8;
+/// Deliveries a catch-up reader reads ahead of what the client has taken.
+pub const CATCH_UP_BUFFER: usize = 64;
+/// How long a cursor ahead of a partition's reported end is given to become valid.
+pub const AHEAD_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error(
+        "the cursor points before what the bus still retains ({topic:?} partition {partition}: {wanted} < {oldest}); start again from the earliest retained events"
+    )]
+    OutOfRange { topic: Topic, partition: i32, wanted: i64, oldest: i64 },
+    #[error(
+        "the cursor points past the end of {topic:?} partition {partition} (which ends at {end}): the topic was recreated or the cursor belongs to another deployment; start again from the earliest retained events"
+    )]
+    AheadOfBus { topic: Topic, partition: i32, end: i64 },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the stream was closed")]
+    Closed,
+}
+
+impl cardlink_api::ApiError for CatchUpError {
+    fn reason(&self) -> cardlink_api::Reason {
+        match self {
+            Self::OutOfRange { .. } | Self::AheadOfBus { .. } => cardlink_api::Reason::CursorOutOfRange,
+            Self::Bus(_) | Self::Closed => cardlink_api::Reason::BusUnavailable,
+        }
+    }
+}
+
+/// Why a cursor's offset cannot be resumed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Retention already deleted the events after the cursor.
+    BeforeOldest,
+    /// The partition ends before the cursor: the topic was recreated, or the cursor is from
+    /// another cluster. Waiting for offsets to grow back would silently skip events.
+    AfterEnd,
+}
+
+/// The offset to resume a partition from, given the cursor's next offset (`None`: the cursor
+/// never saw the partition) and the partition's retained range `low..high`.
+pub fn resume_offset(next: Option<i64>, low: i64, high: i64) -> Result<i64, Bound> {
+    match next {
+        // A partition the cursor never saw: from the start of what is retained.
+        None => Ok(low),
+        Some(next) if next < low => Err(Bound::BeforeOldest),
+        Some(next) if next > high => Err(Bound::AfterEnd),
+        Some(next) => Ok(next),
+    }
+}
+
+/// Where a stream starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Only events from now on.
+    Live,
+    /// Everything still retained that the aggregator's consents cover.
+    Earliest,
+    /// Right after this cursor.
+    After(Cursor),
+}
+
+/// What a running catch-up reader hands its stream: its deliveries on `rx`, then how it ended.
+#[derive(Debug)]
+pub struct CatchUp {
+    pub rx: mpsc::Receiver<Outgoing>,
+    pub done: oneshot::Receiver<Result<(), CatchUpError>>,
+}
+
+/// The readers of one replica: how many may run at once.
+#[derive(Clone, Debug)]
+pub struct CatchUpReaders {
+    bus: BusConfig,
+    permits: Arc<Semaphore>,
+}
+
+impl CatchUpReaders {
+    pub fn new(bus: BusConfig) -> Self {
+        Self { bus, permits: Arc::new(Semaphore::new(MAX_CATCH_UP_READERS)) }
+    }
+
+    /// Readers running now.
+    pub fn running(&self) -> usize {
+        MAX_CATCH_UP_READERS.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Starts a reader for a stream of `aggregator` that registered at `until` (a task of its
+    /// own, once a permit is free). A client that leaves ends the reader at its next send.
+    pub fn spawn(
+        &self,
+        hub: &Hub,
+        aggregator: String,
+        filters: Filters,
+        start: Start,
+        until: HashMap<(Topic, i32), i64>,
+    ) -> CatchUp {
+        let (tx, rx) = mpsc::channel(CATCH_UP_BUFFER);
+        let (done_tx, done) = oneshot::channel();
+        let (hub, bus, permits) = (hub.clone(), self.bus.clone(), Arc::clone(&self.permits));
+        tokio::spawn(async move {
+            let read = async {
+                let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
+                let consumer = Consumer::new(&bus, "catch-up")?;
+                catch_up(&hub, &consumer, &aggregator, &filters, &start, &until, &tx).await
+            };
+            // Said before the sender is dropped: the stream reads it once `rx` ends.
+            let _ = done_tx.send(read.await);
+            drop(tx);
+        });
+        CatchUp { rx, done }
+    }
+}
+
+/// Delivers, on `tx`, the entitled events between the stream's start and the hub position
+/// `until` (exclusive), reading with `consumer` (the stream's own, short-lived reader).
+pub async fn catch_up(
+    hub: &Hub,
+    consumer: &Consumer,
+    aggregator_id: &str,
+    filters: &Filters,
+    start: &Start,
+    until: &HashMap<(Topic, i32), i64>,
+    tx: &mpsc::Sender<Outgoing>,
+) -> Result<(), CatchUpError> {
+    let mut cursor = match start {
+        Start::After(c) => c.clone(),
+        _ => Cursor::new(aggregator_id),
+    };
+    let mut assignment = Vec::new();
+    let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
+    for (&(topic, partition), &end) in until {
+        let Some(event_topic) = EventTopic::of(topic) else { continue };
+        let (low, reported_end) = consumer.watermarks(topic, partition).await?;
+        // The partition's end is at least what this process's shared reader has already read:
+        // a reported end can trail it (a new leader, a lagging replica, a broker's stale answer).
+        let mut high = reported_end.max(end);
+        if let Start::After(c) = start {
+            // Still ahead: give the bus a moment before calling the cursor impossible.
+            let deadline = tokio::time::Instant::now() + AHEAD_GRACE;
+            while c.next(event_topic, partition).is_some_and(|next| next > high)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                high = high.max(consumer.watermarks(topic, partition).await?.1);
+            }
+        }
+        let from = match start {
+            Start::Live => continue,
+            Start::Earliest => low,
+            Start::After(c) => {
+                let next = c.next(event_topic, partition);
+                resume_offset(next, low, high).map_err(|bound| match bound {
+                    Bound::BeforeOldest => {
+                        CatchUpError::OutOfRange { topic, partition, wanted: next.unwrap_or(low), oldest: low }
+                    }
+                    Bound::AfterEnd => CatchUpError::AheadOfBus { topic, partition, end: high },
+                })?
+            }
+        };
+        if from < end {
+            assignment.push((topic, partition, StartAt::Offset(from)));
+            remaining.insert((topic, partition), end);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    while !remaining.is_empty() {
+        let record = consumer.recv().await?;
+        let key = (record.topic, record.partition);
+        let Some(&end) = remaining.get(&key) else { continue };
+        if record.offset >= end {
+            remaining.remove(&key);
+            continue;
+        }
+        if let Some(event_topic) = EventTopic::of(record.topic) {
+            cursor.advance(event_topic, record.partition, record.offset);
+        }
+        if record.offset + 1 >= end {
+            remaining.remove(&key);
+        }
+        let Ok(event) = cardlink_events::decode(&record.payload) else { continue };
+        if !filters.wants(&event) {
+            continue;
+        }
+        let record_key = record.key_str().unwrap_or_default();
+        let now = Utc::now();
+        let projected =
+            hub.consents.read(|v| project_for(&event, v.grants(record_key), aggregator_id, &hub.secret, now));
+        if let Some(projected) = projected {
+            let out = Outgoing::event(&projected, &Arc::new(Origin::of(&record)), cursor.encode(&hub.secret));
+            tx.send(out).await.map_err(|_| CatchUpError::Closed)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_cursor_resumes_exactly_where_it_points_or_is_refused(
+            low in 0i64..1_000,
+            len in 0i64..1_000,
+            next in proptest::option::of(-10i64..2_100),
+        ) {
+            let high = low + len;
+            match (next, resume_offset(next, low, high)) {
+                (None, Ok(from)) => prop_assert_eq!(from, low),
+                (Some(n), Ok(from)) => prop_assert!(from == n && (low..=high).contains(&n)),
+                (Some(n), Err(Bound::BeforeOldest)) => prop_assert!(n < low),
+                (Some(n), Err(Bound::AfterEnd)) => prop_assert!(n > high),
+                (None, Err(e)) => prop_assert!(false, "no cursor position, yet {:?}", e),
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Dispatch: one shared read of the bus, handed to every entitled stream.
+//!
+//! One reader per process tails the event topics. For each record it looks up the consent view
+//! once, by the record's key (`issuer_id/account_ref`) — before anything is decoded, so a record
+//! nobody may have costs a lookup — decodes the event once, and queues one projected delivery for
+//! each stream of each entitled aggregator: the work per event grows with the entitled streams,
+//! not with the connected ones.
+//!
+//! Nothing is dispatched on a stale consent view: before each record the reader waits until the
+//! view reflects every consent change written up to [`REVOCATION_BOUND`] ago.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::cursor::EventTopic;
+use crate::delivery::{Origin, Outgoing};
+use crate::hub::Hub;
+use crate::projection::project_for;
+use crate::streams::Registered;
+
+/// The revocation bound: no event is handed to a stream on a consent view older than this.
+/// Once `RevokeConsent` has returned, no replica delivers under that consent later than this
+/// after (plus the time to put one message on the wire).
+pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
+
+/// How often a paused reader looks again at the consent view's freshness.
+const FRESHNESS_POLL: Duration = Duration::from_millis(10);
+
+impl Hub {
+    /// Waits until the consent view reflects every change written up to [`REVOCATION_BOUND`]
+    /// ago. Normally immediate; while the view lags (its follower is slow or cut off from the
+    /// bus), deliveries pause rather than go out on stale consents.
+    pub async fn wait_until_fresh(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut warned = false;
+        loop {
+            let fresh = self.consents.watermark.borrow().fresh_as_of;
+            if fresh.is_some_and(|at| at.elapsed() <= REVOCATION_BOUND) {
+                return;
+            }
+            if !warned {
+                tracing::warn!("consent view is behind the revocation bound; deliveries paused");
+                warned = true;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(FRESHNESS_POLL) => {}
+            }
+        }
+    }
+
+    /// Hands one record to every entitled stream. Called by the reader, in partition order.
+    pub fn dispatch(&self, record: &Record) {
+        if EventTopic::of(record.topic).is_none() {
+            return;
+        }
+        let key = record.key_str().unwrap_or_default();
+        let grants = self.consents.read(|v| v.grants(key).to_vec());
+        let now = Utc::now();
+        // Made on the first delivery only: most records of a busy bus go to nobody.
+        let mut origin: Option<Arc<Origin>> = None;
+        let mut registered = self.streams.write();
+        let Registered { by_aggregator, position, events_in } = &mut *registered;
+        position.insert((record.topic, record.partition), record.offset + 1);
+        if let Some(issuer) = record.issuer_id() {
+            match events_in.get_mut(issuer) {
+                Some(n) => *n += 1,
+                None => {
+                    events_in.insert(issuer.to_owned(), 1);
+                }
+            }
+        }
+        // Decided under the lock that registration takes, so a stream registering now either
+        // sees this record live or in its catch-up, never neither.
+        if !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
+            return;
+        }
+        let Ok(event) = &cardlink_events::decode(&record.payload) else { return };
+        let mut fallen = Vec::new();
+        for (i, grant) in grants.iter().enumerate() {
+            let aggregator = &*grant.aggregator_id;
+            if grants[..i].iter().any(|g| &*g.aggregator_id == aggregator) {
+                continue; // this aggregator was served by its first grant
+            }
+            let Some(slots) = by_aggregator.get_mut(aggregator) else { continue };
+            // One projection per entitled aggregator (its first grant that covers the event),
+            // shared by all of its streams.
+            let Some(projected) = project_for(event, &grants[i..], aggregator, &self.secret, now) else {
+                continue;
+            };
+            for slot in slots.iter_mut() {
+                if !slot.filters.wants(event) {
+                    continue;
+                }
+                let origin = origin.get_or_insert_with(|| Arc::new(Origin::of(record)));
+                let out = Outgoing::event(&projected, origin, slot.cursor(position).encode(&self.secret));
+                if slot.tx.try_send(out).is_err() {
+                    fallen.push((aggregator.to_owned(), slot.id));
+                }
+            }
+        }
+        for (aggregator, id) in fallen {
+            registered.drop_fallen(&aggregator, id);
+        }
+    }
+}
+
+/// The shared reader: tails the event topics from their ends and dispatches every record. An
+/// error it returns marks the hub as stopped ([`Hub::reader_stopped`]), which readiness reports.
+pub async fn run_reader(hub: Hub, consumer: Consumer, shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+    let read = read_and_dispatch(&hub, consumer, shutdown).await;
+    if read.is_err() {
+        hub.reader_stopped.store(true, Ordering::Relaxed);
+    }
+    read
+}
+
+async fn read_and_dispatch(hub: &Hub, consumer: Consumer, mut shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+    let mut positions = Vec::new();
+    for topic in [Topic::Transactions, Topic::Statements] {
+        let partitions = consumer.partition_count(topic).await?;
+        for p in 0..partitions {
+            let (_, end) = consumer.watermarks(topic, p).await?;
+            hub.streams.write().position.insert((topic, p), end);
+            positions.push((topic, p, StartAt::Offset(end)));
+        }
+    }
+    consumer.assign(&positions)?;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            record = consumer.recv_retrying("hub reader") => {
+                let record = record?;
+                hub.wait_until_fresh(&mut shutdown).await;
+                hub.dispatch(&record);
+            }
+        }
+    }
+}
