@@ -40,3 +40,14 @@ pub enum ClientError {
     #[error("{path}: {source}")]
     File { path: String, source: std::io::Error },
 }
+
+impl ClientError {
+    /// The service's reason for refusing, when a service refused (branch on this, not on the
+    /// message; `docs/reasons.md` lists them).
+    pub fn reason(&self) -> Option<cardlink_api::Reason> {
+        match self {
+            Self::Status(status) => cardlink_api::Reason::of(status),
+            _ => None,
+        }
+    }
+}

@@ -185,8 +185,13 @@ async fn limits_give_clear_errors() {
     if let Some(v1::ingest_record::Event::Transaction(t)) = big.records[0].event.as_mut() {
         t.merchant.as_mut().unwrap().normalized_name = "x".repeat(100 * 1024);
     }
-    let err = client.publish(authorized(big, KEY_A)).await.unwrap_err();
+    let err = client.publish(authorized(big.clone(), KEY_A)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+
+    // The credential is checked before the body is read: an unknown caller's oversized request
+    // is refused as unauthenticated, not read and measured.
+    let err = client.publish(authorized(big, "not-a-key-at-all-000000")).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_INVALID")));
 }
 
 #[tokio::test]

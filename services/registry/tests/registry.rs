@@ -249,3 +249,25 @@ async fn the_goal_counts_issuers_that_publish_and_are_connected() {
     let b = listed.split("data-issuer=\"iss-b\"").nth(1).unwrap().split("</section>").next().unwrap();
     assert!(b.contains("API による提供先はまだありません"), "{b}");
 }
+
+#[tokio::test]
+async fn a_suspended_aggregator_is_refused_until_reactivated_while_public_calls_stay_open() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (_, aggregator_token) = register(&mut client, &operator).await;
+    let set_status = |status: v1::AggregatorStatus| {
+        authorized(v1::SetAggregatorStatusRequest { aggregator_id: "agg-x".into(), status: status as i32 }, &operator)
+    };
+    let rotate = || authorized(v1::RotateCredentialRequest { participant_id: "agg-x".into() }, &aggregator_token);
+
+    client.set_aggregator_status(set_status(v1::AggregatorStatus::Suspended)).await.unwrap();
+    let e = client.rotate_credential(rotate()).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_deref()), (Code::PermissionDenied, Some("PARTICIPANT_SUSPENDED")));
+    // The transparency list is public: a refused credential on it changes nothing.
+    let listed = authorized(v1::ListConnectionsRequest::default(), &aggregator_token);
+    client.list_connections(listed).await.unwrap();
+
+    client.set_aggregator_status(set_status(v1::AggregatorStatus::Active)).await.unwrap();
+    client.rotate_credential(rotate()).await.unwrap();
+}

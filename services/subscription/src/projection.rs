@@ -22,7 +22,6 @@ fn statement_instant(s: &Statement) -> i64 {
         .map_or(i64::MIN, |t| t.timestamp_micros())
 }
 
-/// Projects `event` for the grant's aggregator at `now`, or `None` if the grant does not cover it.
 /// What `aggregator_id` may receive of `event` under the account's `grants`: the projection of
 /// its first grant that covers the event, if any.
 pub fn project_for(
@@ -35,6 +34,7 @@ pub fn project_for(
     grants.iter().filter(|g| &*g.aggregator_id == aggregator_id).find_map(|g| project(event, g, pseudonym_secret, now))
 }
 
+/// Projects `event` for the grant's aggregator at `now`, or `None` if the grant does not cover it.
 pub fn project(event: &Event, grant: &Grant, pseudonym_secret: &[u8], now: DateTime<Utc>) -> Option<v1::Delivery> {
     let now = now.timestamp_micros();
     let pseudonym = |issuer: &str, account: &str| {
