@@ -42,7 +42,7 @@ impl Authenticator {
     }
 
     fn authenticate_at(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, AuthError> {
-        let is_token = token.starts_with(&format!("{}.", cardlink_auth::TOKEN_PREFIX));
+        let is_token = token.strip_prefix(cardlink_auth::TOKEN_PREFIX).is_some_and(|rest| rest.starts_with('.'));
         if !is_token && let Some(keys) = &self.bootstrap {
             let issuer = keys.issuer_of(token).ok_or(AuthError::UnknownKey)?;
             return Ok(Caller {

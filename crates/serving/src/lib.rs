@@ -62,7 +62,9 @@ pub const READINESS_EVERY: Duration = Duration::from_secs(1);
 /// Whether a service can do its job right now (its views are current, Kafka answers).
 pub type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
-/// `server` (normally [`grpc_server`]) with `grpc.health.v1` and gRPC reflection (v1) added.
+/// `server` (normally [`grpc_server`]) with `grpc.health.v1` and gRPC reflection added, in both
+/// `grpc.reflection.v1` and `v1alpha` (many tools, and Python's `grpcio-reflection`, speak only
+/// v1alpha).
 ///
 /// Health: `""` is readiness, re-evaluated with `ready` every [`READINESS_EVERY`]; [`LIVENESS`]
 /// is serving until shutdown. Both turn NOT_SERVING when `shutdown` does, so load balancers stop
@@ -74,11 +76,14 @@ pub fn grpc_router(
 ) -> Result<tonic::transport::server::Router<Layers>, ServeError> {
     use tonic_health::ServingStatus;
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(cardlink_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Task(format!("gRPC reflection: {e}")))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cardlink_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Task(format!("gRPC reflection v1: {e}")))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| ServeError::Task(format!("gRPC reflection v1alpha: {e}")))?;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(READINESS_EVERY);
         let mut was_ready = None;
@@ -101,7 +106,7 @@ pub fn grpc_router(
             }
         }
     });
-    Ok(server.add_service(health).add_service(reflection))
+    Ok(server.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha))
 }
 
 /// Binds `addr` (port 0 for an ephemeral port); returns the listener and the address it got.

@@ -247,7 +247,18 @@ async fn registry_credentials_work_until_revoked_and_only_for_issuers() {
     r.revoke_credential(authorized(v1::RevokeCredentialRequest { credential_id: issuer.credential_id }, &operator))
         .await
         .unwrap();
-    let e = client.publish(authorized(request(&[tx(3)]), &issuer.token)).await.unwrap_err();
+    // Ingest follows the registry topic: the revocation takes effect once its view has read it
+    // (milliseconds), and from then on every call is refused.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let e = loop {
+        match client.publish(authorized(request(&[tx(3)]), &issuer.token)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(tokio::time::Instant::now() < deadline, "the revocation never took effect"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     // Was CREDENTIAL_UNKNOWN before the unified reasons (CHANGELOG.md).
     assert_eq!((e.code(), reason(&e).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_REVOKED")));
+    let e = client.publish(authorized(request(&[tx(4)]), &issuer.token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "refused for good");
 }

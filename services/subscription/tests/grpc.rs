@@ -287,7 +287,7 @@ async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
     assert_eq!(status(cardlink_serving::LIVENESS).await.unwrap(), ServingStatus::Serving as i32);
 
     // Reflection lists the service, so grpcurl and friends work without the proto files.
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let ask = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -300,6 +300,25 @@ async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"cardlink.v1.Subscription".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    // The same through v1alpha, the only version many tools (and Python's grpcio-reflection) speak.
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+        let ask = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        };
+        let mut alpha = Alpha::new(channel.clone());
+        let mut answers = alpha.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+        let Some(AlphaResponse::ListServicesResponse(list)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("not a service list (v1alpha)")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"cardlink.v1.Subscription".to_owned()), "v1alpha: {names:?}");
+    }
 
     // While streams drain at shutdown, probes say not ready, then not live.
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
