@@ -3,7 +3,11 @@
 
 Run by scripts/check-deploy.sh in CI: what helm lint cannot know — every service has a
 Deployment and a Service, probes on grpc.health, the subscription service scales and has a
-disruption budget, Kafka TLS/SASL settings come from Secrets, no secret is rendered empty.
+disruption budget, Kafka TLS/SASL settings come from Secrets, no secret is rendered empty; every
+pod is hardened (non-root, seccomp RuntimeDefault, read-only root, no capabilities, no privilege
+escalation, requests and limits); every component has a NetworkPolicy allowing only its own ports
+in and DNS, Kafka and telemetry out; topics are provisioned with the configured replication factor
+and min.insync.replicas.
 """
 
 import sys
@@ -24,6 +28,41 @@ PAGES = {
 def fail(message):
     print(f"check_manifests: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def check_hardened(what, pod):
+    """A pod the chart runs: non-root, seccomp RuntimeDefault, hardened containers with limits."""
+    security = pod.get("securityContext", {})
+    if security.get("runAsNonRoot") is not True:
+        fail(f"{what}: must not run as root")
+    if security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        fail(f"{what}: seccompProfile must be RuntimeDefault")
+    for container in pod["containers"]:
+        c = container.get("securityContext", {})
+        if c.get("readOnlyRootFilesystem") is not True:
+            fail(f"{what}/{container['name']}: root filesystem must be read-only")
+        if c.get("allowPrivilegeEscalation") is not False:
+            fail(f"{what}/{container['name']}: allowPrivilegeEscalation must be false")
+        if c.get("capabilities", {}).get("drop") != ["ALL"]:
+            fail(f"{what}/{container['name']}: all capabilities must be dropped")
+        resources = container.get("resources", {})
+        if "requests" not in resources or "limits" not in resources:
+            fail(f"{what}/{container['name']}: resource requests and limits expected")
+
+
+def check_network_policy(name, policy, ports):
+    """Only the component's own ports in (`ports`, empty: nothing); DNS and Kafka among the egress."""
+    if set(policy["spec"].get("policyTypes", [])) != {"Ingress", "Egress"}:
+        fail(f"{name}: the NetworkPolicy must restrict both ingress and egress")
+    allowed_in = sorted(p["port"] for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", []))
+    if allowed_in != sorted(ports):
+        fail(f"{name}: NetworkPolicy lets in {allowed_in}, expected {sorted(ports)}")
+    egress = policy["spec"].get("egress", [])
+    egress_ports = {p["port"] for rule in egress for p in rule.get("ports", [])}
+    if any(rule == {} for rule in egress):
+        fail(f"{name}: NetworkPolicy allows all egress")
+    if 53 not in egress_ports or not egress_ports & {9092, 9093}:
+        fail(f"{name}: NetworkPolicy egress must allow DNS and Kafka, allows {sorted(egress_ports)}")
 
 
 def main():
@@ -59,8 +98,7 @@ def main():
             fail(f"{name}: the Kafka CA is not configured")
         if not any(m["mountPath"] == "/etc/cardlink/kafka-ca" for m in container.get("volumeMounts", [])):
             fail(f"{name}: the Kafka CA is not mounted")
-        if pod["securityContext"].get("runAsNonRoot") is not True:
-            fail(f"{name}: must not run as root")
+        check_hardened(name, pod)
         svc_ports = [p["port"] for p in services[name]["spec"]["ports"]]
         if port not in svc_ports:
             fail(f"{name}: Service does not expose {port}")
@@ -84,12 +122,37 @@ def main():
         for key, value in secret.get("stringData", {}).items():
             if key != "issuer-keys" and not value:
                 fail(f"secret {key} rendered empty")
-    jobs = by_kind.get("Job", [])
-    if not any(j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "provision"] for j in jobs):
+    jobs = [j for j in by_kind.get("Job", []) if j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "provision"]]
+    if not jobs:
         fail("no topic provisioning job")
+    check_hardened("topics job", jobs[0]["spec"]["template"]["spec"])
+    args = jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    def flag(name):
+        return args[args.index(name) + 1] if name in args else None
+    replication, min_insync = flag("--replication-factor"), flag("--min-insync-replicas")
+    if replication is None or min_insync is None:
+        fail(f"topics job: replication factor and min.insync.replicas must be set ({args})")
+    if replication == "3" and min_insync != "2":
+        fail(f"topics job: with 3 replicas, min.insync.replicas must default to 2 (got {min_insync})")
+    if int(min_insync) > int(replication):
+        fail("topics job: min.insync.replicas above the replication factor")
+
+    # One NetworkPolicy per component, only what it needs.
+    policies = {d["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component"): d for d in by_kind.get("NetworkPolicy", [])}
+    for name, port in SERVICES.items():
+        if name not in policies:
+            fail(f"{name}: no NetworkPolicy")
+        check_network_policy(name, policies[name], [port] + ([PAGES[name][1]] if name in PAGES else []))
+    if "topics" not in policies:
+        fail("topics job: no NetworkPolicy")
+    check_network_policy("topics job", policies["topics"], [])
     collectors = [d for d in by_kind.get("Service", []) if d["metadata"]["labels"].get("app.kubernetes.io/component") == "otel-collector"]
     if collectors:
         (collector,) = collectors
+        (collector_deployment,) = [d for d in by_kind.get("Deployment", []) if d["metadata"]["labels"].get("app.kubernetes.io/component") == "otel-collector"]
+        check_hardened("otel-collector", collector_deployment["spec"]["template"]["spec"])
+        if "otel-collector" not in policies:
+            fail("otel-collector: no NetworkPolicy")
         endpoint = f"http://{collector['metadata']['name']}:4317"
         for name in SERVICES:
             env = {e["name"]: e.get("value") for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -56,3 +56,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.telemetry.metricExportIntervalMs | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* Egress every cardlink component needs: DNS, the Kafka brokers, the release's collector. */}}
+{{- define "cardlink.egress" -}}
+- ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+- ports:
+    {{- range .Values.kafka.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with .Values.networkPolicy.kafkaPeers }}
+  to: {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .Values.telemetry.collector.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/instance: {{ .Release.Name }}
+          app.kubernetes.io/component: otel-collector
+  ports: [{protocol: TCP, port: 4317}, {protocol: TCP, port: 4318}]
+{{- end }}
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -70,6 +70,46 @@ impl TokenError {
     }
 }
 
+/// What is wrong with a configured key (the signing seed, a trusted public key, a secret).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the key is empty")]
+    Empty,
+    #[error("not base64url (letters, digits, `-` and `_`, no padding): {0}")]
+    NotBase64(String),
+    #[error("{actual} bytes where {expected} are needed")]
+    WrongLength { expected: usize, actual: usize },
+    #[error("a trusted key is `kid:base64url-public-key`; this one has no `:` (make one with `cardlink keys public`)")]
+    MissingKeyId,
+    #[error("the key id is empty")]
+    EmptyKeyId,
+    #[error("not an Ed25519 public key")]
+    NotAPublicKey,
+}
+
+/// Decodes `text` (base64url, no padding; surrounding white space ignored) into exactly `N`
+/// bytes.
+fn key_bytes<const N: usize>(text: &str) -> Result<[u8; N], KeyError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    let bytes = B64.decode(text).map_err(|e| KeyError::NotBase64(e.to_string()))?;
+    let actual = bytes.len();
+    bytes.try_into().map_err(|_| KeyError::WrongLength { expected: N, actual })
+}
+
+/// A new random 32-byte signing seed, as configuration holds it (base64url).
+pub fn generate_seed() -> String {
+    B64.encode(rand::random::<[u8; 32]>())
+}
+
+/// A new random secret of `bytes` bytes, as configuration holds it (base64url).
+pub fn generate_secret(bytes: usize) -> String {
+    let secret: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    B64.encode(secret)
+}
+
 /// Issues tokens. Held only by the registry.
 pub struct TokenSigner {
     kid: String,
@@ -94,10 +134,11 @@ impl TokenSigner {
     }
 
     /// A signer from a base64url seed, as configuration holds it.
-    pub fn from_base64_seed(kid: &str, seed: &str) -> Result<Self, TokenError> {
-        let bytes = B64.decode(seed.trim()).map_err(|_| TokenError::Malformed)?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| TokenError::Malformed)?;
-        Ok(Self::from_seed(kid, seed))
+    pub fn from_base64_seed(kid: &str, seed: &str) -> Result<Self, KeyError> {
+        if kid.trim().is_empty() {
+            return Err(KeyError::EmptyKeyId);
+        }
+        Ok(Self::from_seed(kid.trim(), key_bytes::<32>(seed)?))
     }
 
     pub fn kid(&self) -> &str {
@@ -146,12 +187,13 @@ impl PublicKey {
         format!("{}:{}", self.kid, B64.encode(self.key.as_bytes()))
     }
 
-    pub fn from_config(text: &str) -> Result<Self, TokenError> {
-        let (kid, key) = text.trim().split_once(':').ok_or(TokenError::Malformed)?;
-        let bytes: [u8; 32] =
-            B64.decode(key).map_err(|_| TokenError::Malformed)?.try_into().map_err(|_| TokenError::Malformed)?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| TokenError::Malformed)?;
-        Ok(Self { kid: kid.to_owned(), key })
+    pub fn from_config(text: &str) -> Result<Self, KeyError> {
+        let (kid, key) = text.trim().split_once(':').ok_or(KeyError::MissingKeyId)?;
+        if kid.trim().is_empty() {
+            return Err(KeyError::EmptyKeyId);
+        }
+        let key = VerifyingKey::from_bytes(&key_bytes::<32>(key)?).map_err(|_| KeyError::NotAPublicKey)?;
+        Ok(Self { kid: kid.trim().to_owned(), key })
     }
 }
 
@@ -258,7 +300,27 @@ mod tests {
         let signer = TokenSigner::generate("2026-11");
         let public = PublicKey::from_config(&signer.public_key().to_config()).unwrap();
         assert_eq!(public, signer.public_key());
-        assert!(PublicKey::from_config("nokid").is_err());
+        assert_eq!(PublicKey::from_config("nokid"), Err(KeyError::MissingKeyId));
+    }
+
+    #[test]
+    fn a_bad_key_says_what_is_wrong_with_it() {
+        assert_eq!(TokenSigner::from_base64_seed("k1", "").unwrap_err(), KeyError::Empty);
+        assert!(matches!(TokenSigner::from_base64_seed("k1", "not base64!"), Err(KeyError::NotBase64(_))));
+        assert_eq!(
+            TokenSigner::from_base64_seed("k1", &B64.encode([7u8; 16])).unwrap_err(),
+            KeyError::WrongLength { expected: 32, actual: 16 }
+        );
+        assert_eq!(TokenSigner::from_base64_seed(" ", &generate_seed()).unwrap_err(), KeyError::EmptyKeyId);
+        assert_eq!(PublicKey::from_config(":AAAA").unwrap_err(), KeyError::EmptyKeyId);
+        assert_eq!(
+            PublicKey::from_config(&format!("k1:{}", B64.encode([1u8; 31]))).unwrap_err(),
+            KeyError::WrongLength { expected: 32, actual: 31 }
+        );
+        // A generated seed is a signer whose public key round-trips through configuration.
+        let signer = TokenSigner::from_base64_seed("k1", &generate_seed()).unwrap();
+        assert_eq!(PublicKey::from_config(&signer.public_key().to_config()).unwrap(), signer.public_key());
+        assert_eq!(B64.decode(generate_secret(32)).unwrap().len(), 32);
     }
 
     proptest::proptest! {

@@ -1,9 +1,13 @@
-//! Provisioning: make the cluster hold every topic of the catalogue.
+//! Provisioning: make the cluster hold every topic of the catalogue — and, for services started
+//! against a production cluster, only check that it does.
 //!
-//! Safe to run at every start of every replica: topics that exist are left as they are (a topic's
+//! [`provision`] is what `cardlink topics provision` (the chart's Job, docker-compose's `topics`
+//! service) and the development runs do: topics that exist are left as they are (a topic's
 //! partition count is never changed by cardlink, because that would move keys between
 //! partitions and break per-account ordering), and the report says what differs from the
-//! catalogue so an operator can act.
+//! catalogue so an operator can act. [`check_topics`] is what `cardlink serve` does: a service
+//! never creates a topic, so a topic is never made with a development replication factor on a
+//! production cluster by a service that happened to start first.
 
 use std::time::Duration;
 
@@ -102,6 +106,30 @@ pub async fn provision(config: &BusConfig) -> Result<ProvisionReport, BusError> 
             TopicState::Created
         } else {
             TopicState::Existed
+        };
+        report.topics.push((spec.topic, spec.name.clone(), state));
+    }
+    Ok(report)
+}
+
+/// Checks that every topic of the catalogue exists (without creating any); a missing one is
+/// [`BusError::TopicMissing`], which says how to create it.
+pub async fn check_topics(config: &BusConfig) -> Result<ProvisionReport, BusError> {
+    config.validate()?;
+    let catalogue = Catalogue::new(config);
+    let checker = Consumer::new(config, "topic-check")?;
+    let mut report = ProvisionReport { topics: Vec::with_capacity(catalogue.specs().len()) };
+    for spec in catalogue.specs() {
+        let actual = match checker.partition_count(spec.topic).await {
+            Ok(n) => n,
+            Err(BusError::UnknownTopic(name)) => return Err(BusError::TopicMissing(name)),
+            Err(e) => return Err(e),
+        };
+        let state = if actual == spec.partitions {
+            TopicState::Existed
+        } else {
+            tracing::warn!(topic = %spec.name, expected = spec.partitions, actual, "topic partition count differs from the catalogue");
+            TopicState::PartitionMismatch { expected: spec.partitions, actual }
         };
         report.topics.push((spec.topic, spec.name.clone(), state));
     }

@@ -38,6 +38,10 @@ pub struct BusConfig {
     pub topic_prefix: String,
     /// Replicas per partition when provisioning. 1 for a single dev broker; 3 in production.
     pub replication_factor: i32,
+    /// Replicas that must hold a record before an `acks=all` write succeeds, set on the topics
+    /// when provisioning. `None`: 2 from 3 replicas up (one broker may be down, no acknowledged
+    /// write rests on a single disk), else 1.
+    pub min_insync_replicas: Option<i32>,
     /// Partitions of the event topics (transactions, statements). More partitions, more
     /// parallel readers; the number cannot shrink later.
     pub event_partitions: i32,
@@ -63,6 +67,7 @@ impl Default for BusConfig {
             client_id: "cardlink".to_owned(),
             topic_prefix: "cardlink".to_owned(),
             replication_factor: 1,
+            min_insync_replicas: None,
             event_partitions: 8,
             delivery_timeout: Duration::from_secs(30),
             max_message_bytes: 1024 * 1024,
@@ -95,6 +100,12 @@ impl BusConfig {
         self
     }
 
+    /// The `min.insync.replicas` the topics get: the configured one, or the default for the
+    /// replication factor.
+    pub fn effective_min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas.unwrap_or(if self.replication_factor >= 3 { 2 } else { 1 })
+    }
+
     pub fn validate(&self) -> Result<(), BusError> {
         let bad = |key: &str, reason: String| Err(BusError::Config { key: key.to_owned(), reason });
         if self.bootstrap_servers.split(',').any(|s| s.trim().is_empty() || !s.contains(':')) {
@@ -113,6 +124,14 @@ impl BusConfig {
         }
         if !(1..=16).contains(&self.replication_factor) {
             return bad("replication_factor", format!("{} is not between 1 and 16", self.replication_factor));
+        }
+        if let Some(n) = self.min_insync_replicas
+            && !(1..=self.replication_factor).contains(&n)
+        {
+            return bad(
+                "min_insync_replicas",
+                format!("{n} is not between 1 and the replication factor ({})", self.replication_factor),
+            );
         }
         if !(1..=1024).contains(&self.event_partitions) {
             return bad("event_partitions", format!("{} is not between 1 and 1024", self.event_partitions));

@@ -21,6 +21,10 @@ pub enum BusError {
     QueueFull,
     #[error("provisioning topic {topic}: {reason}")]
     Provision { topic: String, reason: String },
+    #[error(
+        "topic {0} does not exist: services never create topics; run `cardlink topics provision --replication-factor <n>` first (the Helm chart's topics Job and docker-compose's `topics` service do)"
+    )]
+    TopicMissing(String),
     #[error("Kafka {operation} failed: {source}")]
     Kafka {
         operation: &'static str,
@@ -56,6 +60,7 @@ impl BusError {
             Self::UnknownTopic(_) => "unknown_topic",
             Self::QueueFull => "queue_full",
             Self::Provision { .. } => "provision",
+            Self::TopicMissing(_) => "topic_missing",
             Self::Kafka { .. } => "kafka",
             Self::Embedded(_) => "embedded",
             Self::Task(_) => "task",

@@ -24,7 +24,7 @@ pub mod producer;
 pub mod telemetry;
 pub mod topics;
 
-pub use admin::{ProvisionReport, provision};
+pub use admin::{ProvisionReport, check_topics, provision};
 pub use config::BusConfig;
 pub use consumer::{Consumer, Record, StartAt};
 pub use error::BusError;

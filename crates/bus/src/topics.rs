@@ -75,6 +75,7 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub replication_factor: i32,
+    pub min_insync_replicas: i32,
     pub cleanup: Cleanup,
     pub max_message_bytes: usize,
 }
@@ -83,6 +84,10 @@ impl TopicSpec {
     /// Kafka topic configuration entries.
     pub fn configs(&self) -> Vec<(&'static str, String)> {
         let mut configs = vec![("max.message.bytes", self.max_message_bytes.to_string())];
+        // With one replica the broker's default (1) is the only possible value: leave it unset.
+        if self.replication_factor > 1 {
+            configs.push(("min.insync.replicas", self.min_insync_replicas.to_string()));
+        }
         match self.cleanup {
             Cleanup::Delete(retention) => {
                 configs.push(("cleanup.policy", "delete".to_owned()));
@@ -125,6 +130,7 @@ impl Catalogue {
                     name: format!("{}.{}", config.topic_prefix, topic.suffix()),
                     partitions,
                     replication_factor: config.replication_factor,
+                    min_insync_replicas: config.effective_min_insync_replicas(),
                     cleanup,
                     max_message_bytes: config.max_message_bytes,
                 }
@@ -177,6 +183,23 @@ mod tests {
         let events = cat.spec(Topic::Transactions);
         assert_eq!(events.partitions, 8);
         assert!(events.configs().contains(&("retention.ms", (30u64 * 24 * 3600 * 1000).to_string())));
+    }
+
+    #[test]
+    fn replicated_topics_need_two_in_sync_replicas_by_default() {
+        let min_insync = |config: BusConfig| {
+            let cat = Catalogue::new(&config);
+            let configs = cat.spec(Topic::Consents).configs();
+            configs.iter().find(|(k, _)| *k == "min.insync.replicas").map(|(_, v)| v.clone())
+        };
+        assert_eq!(min_insync(BusConfig { replication_factor: 3, ..BusConfig::default() }).as_deref(), Some("2"));
+        assert_eq!(min_insync(BusConfig { replication_factor: 2, ..BusConfig::default() }).as_deref(), Some("1"));
+        let five_of_three = BusConfig { replication_factor: 5, min_insync_replicas: Some(3), ..BusConfig::default() };
+        assert_eq!(min_insync(five_of_three).as_deref(), Some("3"));
+        // One replica: the broker's default is the only possible value; nothing is set.
+        assert_eq!(min_insync(BusConfig::default()), None);
+        let impossible = BusConfig { replication_factor: 3, min_insync_replicas: Some(4), ..BusConfig::default() };
+        assert!(impossible.validate().is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cardlink_bus::admin::TopicState;
-use cardlink_bus::{BusError, OutboundRecord, RecordHeaders, StartAt, Topic, provision};
+use cardlink_bus::{BusError, OutboundRecord, RecordHeaders, StartAt, Topic, check_topics, provision};
 use cardlink_events::{Event, RecordType, Schemas, decode, samples};
 use cardlink_testkit::TestBus;
 use futures::StreamExt as _;
@@ -24,6 +24,26 @@ async fn provisioning_creates_every_topic_once() {
     let consumer = bus.consumer("check").unwrap();
     assert_eq!(consumer.partition_count(Topic::Transactions).await.unwrap(), bus.config().event_partitions);
     assert_eq!(consumer.partition_count(Topic::Consents).await.unwrap(), 3);
+}
+
+/// What `cardlink serve` does at start: check, never create, and name what is missing.
+#[tokio::test]
+async fn services_check_topics_without_creating_them() {
+    let bus = TestBus::start_unprovisioned().await.unwrap();
+    match check_topics(bus.config()).await {
+        Err(BusError::TopicMissing(name)) => {
+            assert!(name.starts_with(&bus.config().topic_prefix), "{name}");
+            let message = BusError::TopicMissing(name).to_string();
+            assert!(message.contains("cardlink topics provision"), "{message}");
+        }
+        other => panic!("expected a missing topic, got {other:?}"),
+    }
+    // The check created nothing: provisioning still creates every topic.
+    let created = provision(bus.config()).await.unwrap();
+    assert!(created.topics.iter().all(|(_, _, s)| *s == TopicState::Created), "{created:?}");
+    let checked = check_topics(bus.config()).await.unwrap();
+    assert_eq!(checked.topics.len(), Topic::ALL.len());
+    assert!(checked.topics.iter().all(|(_, _, s)| *s == TopicState::Existed), "{checked:?}");
 }
 
 #[tokio::test]

@@ -44,6 +44,11 @@ enum Command {
     },
     /// Be an aggregator: request consents, exchange codes, subscribe, acknowledge.
     Aggregator(crate::aggregator::AggregatorArgs),
+    /// Make the platform's keys and secrets (no code needed): `generate`, `public`.
+    Keys {
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
     /// Manage cardlink's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -223,6 +228,10 @@ enum TopicsCommand {
         /// Replicas per partition (3 for a production cluster).
         #[arg(long, default_value_t = 1, env = "CARDLINK_REPLICATION_FACTOR")]
         replication_factor: i32,
+        /// Replicas that must hold a record before a write succeeds (default: 2 from a replication
+        /// factor of 3 up, else 1).
+        #[arg(long, env = "CARDLINK_MIN_INSYNC_REPLICAS")]
+        min_insync_replicas: Option<i32>,
     },
 }
 
@@ -241,7 +250,7 @@ impl Cli {
             Command::Serve { service: Service::Ingest { .. } } => "ingest",
             Command::Adapter { .. } => "adapter",
             Command::Aggregator(_) => "aggregator-cli",
-            Command::Topics { .. } | Command::Config { .. } => "admin",
+            Command::Topics { .. } | Command::Config { .. } | Command::Keys { .. } => "admin",
         };
         format!("cardlink-{name}")
     }
@@ -252,8 +261,11 @@ impl Cli {
             Command::Aggregator(args) => crate::aggregator::run(args).await,
             Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
-            Command::Topics { command: TopicsCommand::Provision { kafka, replication_factor } } => {
-                let config = BusConfig { replication_factor, ..kafka.bus(file)? };
+            Command::Keys { command } => crate::keys::run(command),
+            Command::Topics {
+                command: TopicsCommand::Provision { kafka, replication_factor, min_insync_replicas },
+            } => {
+                let config = BusConfig { replication_factor, min_insync_replicas, ..kafka.bus(file)? };
                 runtime::print_report(&cardlink_bus::provision(&config).await?);
                 Ok(())
             }
@@ -287,7 +299,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
                 secret: runtime::shared_secret(&secret)?,
             };
             let bus = kafka.bus(file)?;
-            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
             runtime::stop_signal().await?;
             running.shutdown().await;
@@ -298,7 +310,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             let keys = runtime::trusted(&trusted_keys)?;
             let secret = runtime::shared_secret(&secret)?;
             let bus = kafka.bus(file)?;
-            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let text = std::fs::read_to_string(&demo_members)
                 .with_context(|| format!("reading {}", demo_members.display()))?;
             let members = cardlink_consent::members::DemoIssuerLogin::from_toml(&text)
@@ -317,7 +329,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
         }
         Service::Registry { kafka, listen, http_listen, signing_key, signing_key_id, bootstrap_operator } => {
             let bus = kafka.bus(file)?;
-            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
             println!("platform public key (give to other services): {}", signer_public(&signer));
@@ -360,7 +372,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
                 ..IngestConfig::default()
             };
             let bus = kafka.bus(file)?;
-            cardlink_bus::provision(&bus).await.context("provisioning topics")?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_ingest::server::start(&bus, config).await?;
             shutdown_on_ctrl_c(running).await
         }

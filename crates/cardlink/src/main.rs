@@ -6,6 +6,8 @@
 //! - `cardlink adapter file|simulate` feeds an issuer's data in through the ingest API.
 //! - `cardlink aggregator …` is an aggregator's first client: consent requests, code exchange,
 //!   subscribing with a cursor file, acknowledging.
+//! - `cardlink keys generate|public` makes the platform signing key, its public key and the
+//!   consent secret.
 //! - `cardlink topics provision` creates cardlink's topics on a cluster (idempotent).
 //! - `cardlink config keys|check` lists the configuration file's keys or checks a file.
 //!
@@ -16,6 +18,7 @@ mod cli;
 mod config;
 mod demo;
 mod dev;
+mod keys;
 mod runtime;
 
 use anyhow::Context as _;

@@ -23,9 +23,9 @@ pub(crate) fn bus_config(bootstrap: String, file: &FileConfig) -> anyhow::Result
 pub(crate) fn trusted(keys: &[String]) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
     keys.iter()
         .map(|k| {
-            cardlink_auth::PublicKey::from_config(k).map_err(|_| {
-                anyhow::anyhow!("--trusted-key {k:?}: expected kid:base64url of a 32-byte Ed25519 public key")
-            })
+            // Public keys are not secret: naming the value helps find the wrong one.
+            cardlink_auth::PublicKey::from_config(k)
+                .map_err(|e| anyhow::anyhow!("--trusted-key / CARDLINK_TRUSTED_KEYS {k:?}: {e}"))
         })
         .collect()
 }
