@@ -309,12 +309,12 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             // Check the arguments before touching Kafka.
             let keys = runtime::trusted(&trusted_keys)?;
             let secret = runtime::shared_secret(&secret)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let text = std::fs::read_to_string(&demo_members)
                 .with_context(|| format!("reading {}", demo_members.display()))?;
             let members = cardlink_consent::members::DemoIssuerLogin::from_toml(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", demo_members.display()))?;
+            let bus = kafka.bus(file)?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let config = cardlink_consent::server::ConsentConfig {
                 grpc_listen,
                 http_listen: Some(http_listen),
@@ -328,10 +328,11 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Service::Registry { kafka, listen, http_listen, signing_key, signing_key_id, bootstrap_operator } => {
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+            // Check the arguments before touching Kafka.
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+            let bus = kafka.bus(file)?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             println!("platform public key (give to other services): {}", signer_public(&signer));
             let config = cardlink_registry::server::RegistryConfig {
                 listen,
