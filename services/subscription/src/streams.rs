@@ -120,7 +120,9 @@ pub struct StreamRegistry {
 
 impl std::fmt::Debug for StreamRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamRegistry").field("streams", &self.streams()).finish_non_exhaustive()
+        // Never waits for the lock: formatting may happen while this thread holds it.
+        let streams = self.registered.try_read().map(|r| r.by_aggregator.values().map(Vec::len).sum::<usize>());
+        f.debug_struct("StreamRegistry").field("streams", &streams.ok()).finish_non_exhaustive()
     }
 }
 
