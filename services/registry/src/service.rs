@@ -172,8 +172,8 @@ impl Registry {
         if issuer.annual_volume_jpy < 0 {
             return Err(RegistryError::Invalid { field: "annual_volume_jpy", message: "cannot be negative" });
         }
-        if self.view.read(|v| v.issuer(&issuer.issuer_id).is_some()) {
-            return Err(RegistryError::AlreadyExists { kind: "issuer", id: issuer.issuer_id });
+        if let Some(kind) = self.view.read(|v| registered_as(v, &issuer.issuer_id)) {
+            return Err(RegistryError::AlreadyExists { kind, id: issuer.issuer_id });
         }
         let resource = format!("issuer/{}", issuer.issuer_id);
         self.publish(actor(caller), Entity::Issuer(issuer.clone()), "registry.issuer.register", resource).await?;
@@ -204,8 +204,8 @@ impl Registry {
                 message: "the 電子決済等代行業 registration number is required",
             });
         }
-        if self.view.read(|v| v.aggregator(&aggregator.aggregator_id).is_some()) {
-            return Err(RegistryError::AlreadyExists { kind: "aggregator", id: aggregator.aggregator_id });
+        if let Some(kind) = self.view.read(|v| registered_as(v, &aggregator.aggregator_id)) {
+            return Err(RegistryError::AlreadyExists { kind, id: aggregator.aggregator_id });
         }
         let aggregator = AggregatorEntity { status: AggregatorStatus::Active, ..aggregator };
         let resource = format!("aggregator/{}", aggregator.aggregator_id);
@@ -327,19 +327,7 @@ impl Registry {
         if !(caller.participant_id == participant_id || is_operator(caller)) {
             return Err(RegistryError::Forbidden("a participant rotates only its own credentials"));
         }
-        let role = self.view.read(|v| {
-            if v.issuer(participant_id).is_some() {
-                Some(Role::Issuer)
-            } else if v.aggregator(participant_id).is_some() {
-                Some(Role::Aggregator)
-            } else if caller.participant_id == participant_id {
-                Some(caller.role)
-            } else {
-                None
-            }
-        });
-        let role =
-            role.ok_or_else(|| RegistryError::NotFound { kind: "participant", id: participant_id.to_owned() })?;
+        let role = self.view.read(|v| rotation_role(v, caller, participant_id))?;
         self.issue_credential(actor(caller), participant_id, role).await
     }
 
@@ -366,9 +354,83 @@ impl Registry {
     }
 }
 
+/// What `id` is already registered as, if anything: one id names one participant, whatever its
+/// role, so that a credential and an audit record are never ambiguous.
+fn registered_as(view: &RegistryView, id: &str) -> Option<&'static str> {
+    if view.issuer(id).is_some() {
+        Some("issuer")
+    } else if view.aggregator(id).is_some() {
+        Some("aggregator")
+    } else {
+        None
+    }
+}
+
+/// The role of the credential a rotation issues. A participant rotating its own keeps the role of
+/// the credential it called with — never one chosen by looking its id up, which an id registered
+/// in two roles (before ids were exclusive) would make a way to change role. An operator rotating
+/// another's gets the one role the id is registered in, or a refusal if it is ambiguous.
+fn rotation_role(view: &RegistryView, caller: &Caller, participant_id: &str) -> Result<Role, RegistryError> {
+    if caller.participant_id == participant_id {
+        return Ok(caller.role);
+    }
+    match (view.issuer(participant_id).is_some(), view.aggregator(participant_id).is_some()) {
+        (true, false) => Ok(Role::Issuer),
+        (false, true) => Ok(Role::Aggregator),
+        (true, true) => Err(RegistryError::Invalid {
+            field: "participant_id",
+            message: "names both an issuer and an aggregator; the participant rotates its own credential",
+        }),
+        (false, false) => Err(RegistryError::NotFound { kind: "participant", id: participant_id.to_owned() }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use cardlink_events::registry::RegistryEvent;
+
     use super::*;
+
+    fn caller(id: &str, role: Role) -> Caller {
+        Caller { participant_id: id.into(), role, credential_id: "c".into() }
+    }
+
+    fn view_with_both_roles(id: &str) -> RegistryView {
+        let mut view = RegistryView::new();
+        let issuer = IssuerEntity { issuer_id: id.into(), name: "I".into(), annual_volume_jpy: 1 };
+        let aggregator = AggregatorEntity {
+            aggregator_id: id.into(),
+            name: "A".into(),
+            registration_number: "1".into(),
+            contact: String::new(),
+            status: AggregatorStatus::Active,
+        };
+        view.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Issuer(issuer)));
+        view.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Aggregator(aggregator)));
+        view
+    }
+
+    /// An aggregator whose id is also an issuer's (registered before ids were exclusive) must not
+    /// get an issuer's credential by rotating its own: the role is the caller's.
+    #[test]
+    fn a_rotated_credential_keeps_the_role_of_the_callers_own() {
+        let view = view_with_both_roles("dual");
+        assert_eq!(rotation_role(&view, &caller("dual", Role::Aggregator), "dual").ok(), Some(Role::Aggregator));
+        assert_eq!(rotation_role(&view, &caller("dual", Role::Issuer), "dual").ok(), Some(Role::Issuer));
+        // The operator cannot tell which one is meant: refused rather than guessed.
+        assert!(matches!(
+            rotation_role(&view, &caller("op", Role::Operator), "dual"),
+            Err(RegistryError::Invalid { field: "participant_id", .. })
+        ));
+        let mut single = RegistryView::new();
+        let issuer = IssuerEntity { issuer_id: "iss-a".into(), name: "I".into(), annual_volume_jpy: 1 };
+        single.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Issuer(issuer)));
+        assert_eq!(rotation_role(&single, &caller("op", Role::Operator), "iss-a").ok(), Some(Role::Issuer));
+        assert!(matches!(
+            rotation_role(&single, &caller("op", Role::Operator), "nobody"),
+            Err(RegistryError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn participant_ids() {

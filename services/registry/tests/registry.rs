@@ -271,3 +271,20 @@ async fn a_suspended_aggregator_is_refused_until_reactivated_while_public_calls_
     client.set_aggregator_status(set_status(v1::AggregatorStatus::Active)).await.unwrap();
     client.rotate_credential(rotate()).await.unwrap();
 }
+
+/// One id, one participant: an aggregator cannot take an issuer's id (or the reverse), which would
+/// make credentials and audit records ambiguous.
+#[tokio::test]
+async fn an_id_names_one_participant_whatever_its_role() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    cardlink_testkit::register_issuer(&mut client, &operator, "dual", 1).await.unwrap();
+    let e = cardlink_testkit::register_aggregator(&mut client, &operator, "dual").await.unwrap_err();
+    let status = e.downcast_ref::<tonic::Status>().expect("a gRPC refusal");
+    assert_eq!((status.code(), reason(status).as_deref()), (Code::AlreadyExists, Some("ALREADY_EXISTS")));
+    cardlink_testkit::register_aggregator(&mut client, &operator, "agg-only").await.unwrap();
+    let e = cardlink_testkit::register_issuer(&mut client, &operator, "agg-only", 1).await.unwrap_err();
+    let status = e.downcast_ref::<tonic::Status>().expect("a gRPC refusal");
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
