@@ -113,6 +113,7 @@ pub fn serve(
     shutdown: watch::Receiver<bool>,
     what: &'static str,
 ) -> JoinHandle<()> {
+    let router = router.layer(axum::middleware::map_response(protect));
     tokio::spawn(async move {
         let served = axum::serve(listener, router).with_graceful_shutdown(crate::stopped(shutdown)).await;
         if let Err(e) = served {
@@ -121,9 +122,58 @@ pub fn serve(
     })
 }
 
+/// What every page response carries: no other site may frame it (a consent page in a frame is a
+/// click-jacking target), no type sniffing, no referrer with a consent id leaving for another
+/// site; and pages are never stored by browsers or proxies (the consent and member pages show a
+/// member's data; the public pages change every minute). A route that chose its own caching keeps
+/// it.
+async fn protect(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_page_forbids_framing_and_storing() {
+        let (listener, addr) = crate::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let router =
+            Router::new().route("/p", axum::routing::get(|| async { page("t", Nav::None, "<p>x</p>") })).route(
+                "/cached",
+                axum::routing::get(|| async { ([(axum::http::header::CACHE_CONTROL, "max-age=60")], "x") }),
+            );
+        let (stop, stopped) = watch::channel(false);
+        let task = serve(listener, router, stopped, "test pages");
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            conn.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            conn.read_to_string(&mut response).await.unwrap();
+            response.to_ascii_lowercase()
+        };
+        let page = get("/p").await;
+        assert!(page.contains("content-security-policy: frame-ancestors 'none'"), "{page}");
+        assert!(page.contains("x-frame-options: deny") && page.contains("x-content-type-options: nosniff"), "{page}");
+        assert!(page.contains("cache-control: no-store"), "{page}");
+        let cached = get("/cached").await;
+        assert!(cached.contains("cache-control: max-age=60") && !cached.contains("no-store"), "{cached}");
+        assert!(cached.contains("frame-ancestors 'none'"), "{cached}");
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
 
     #[test]
     fn text_is_escaped_and_the_current_page_is_marked() {
