@@ -22,6 +22,11 @@ pub fn to_status<E: ApiError + ?Sized>(error: &E) -> Status {
     status(error.reason(), error.to_string())
 }
 
+/// [`to_status`] taking the error by value, for `map_err`.
+pub fn into_status<E: ApiError>(error: E) -> Status {
+    to_status(&error)
+}
+
 /// A `Status` for `reason` with a human `message`.
 pub fn status(reason: Reason, message: impl Into<String>) -> Status {
     let details = ErrorDetails::with_error_info(

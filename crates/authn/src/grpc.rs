@@ -7,7 +7,7 @@
 //! transparency list and goal) uses [`AuthLayer::optional`], and its authenticated methods get
 //! the same error from [`caller`].
 
-use cardlink_api::status::to_status;
+use cardlink_api::status::{into_status, to_status};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -34,6 +34,14 @@ impl AuthLayer {
     pub fn optional(auth: Authenticator) -> Self {
         Self { auth, required: false }
     }
+
+    fn refuse(&self, mut request: Request<()>, error: AuthError) -> Result<Request<()>, Status> {
+        if self.required {
+            return Err(to_status(&error));
+        }
+        request.extensions_mut().insert(Authenticated(Err(error)));
+        Ok(request)
+    }
 }
 
 impl Interceptor for AuthLayer {
@@ -55,20 +63,10 @@ impl Interceptor for AuthLayer {
     }
 }
 
-impl AuthLayer {
-    fn refuse(&self, mut request: Request<()>, error: AuthError) -> Result<Request<()>, Status> {
-        if self.required {
-            return Err(to_status(&error));
-        }
-        request.extensions_mut().insert(Authenticated(Err(error)));
-        Ok(request)
-    }
-}
-
 /// The authenticated caller of a call that came through an [`AuthLayer`].
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     match request.extensions().get::<Authenticated>() {
-        Some(Authenticated(outcome)) => outcome.clone().map_err(|e| to_status(&e)),
+        Some(Authenticated(outcome)) => outcome.clone().map_err(into_status),
         // Only a service wired without its layer gets here: refuse rather than guess.
         None => Err(to_status(&AuthError::Missing)),
     }
@@ -77,6 +75,6 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 /// The authenticated caller, if it has `role` (`ISSUERS_ONLY`, `AGGREGATORS_ONLY` otherwise).
 pub fn caller_as<T>(request: &Request<T>, role: crate::Role) -> Result<Caller, Status> {
     let caller = caller(request)?;
-    caller.require(role).map_err(|e| to_status(&e))?;
+    caller.require(role).map_err(into_status)?;
     Ok(caller)
 }

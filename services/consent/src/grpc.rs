@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cardlink_api::convert::{self, scope, scopes, timestamp};
-use cardlink_api::status::{status, to_status};
+use cardlink_api::status::{into_status, status, to_status};
 use cardlink_api::v1::consent_service_server::ConsentService;
 use cardlink_api::{Reason, v1};
 use cardlink_auth::Role;
@@ -16,7 +16,7 @@ use cardlink_views::follow::Followed;
 use tonic::{Request, Response, Status};
 
 use crate::lifecycle::{Actor, ConsentError, NewRequest};
-use crate::service::{Consents, ServiceError};
+use crate::service::Consents;
 
 #[derive(Debug, Clone)]
 pub struct ConsentGrpc {
@@ -51,10 +51,6 @@ fn actor(caller: &Caller) -> Actor {
     }
 }
 
-fn service_status(e: ServiceError) -> Status {
-    to_status(&e)
-}
-
 #[tonic::async_trait]
 impl ConsentService for ConsentGrpc {
     async fn create_consent_request(
@@ -68,14 +64,14 @@ impl ConsentService for ConsentGrpc {
         }
         let new = NewRequest {
             issuer_id: r.issuer_id,
-            scopes: scopes(&r.scopes).map_err(|e| to_status(&e))?,
+            scopes: scopes(&r.scopes).map_err(into_status)?,
             duration_days: i32::try_from(r.duration_days).unwrap_or(i32::MAX),
             purpose: r.purpose,
             redirect_uri: r.redirect_uri,
             code_challenge: r.code_challenge,
             state: (!r.state.is_empty()).then_some(r.state),
         };
-        let (event, url) = self.consents.request(&caller.participant_id, new).await.map_err(service_status)?;
+        let (event, url) = self.consents.request(&caller.participant_id, new).await.map_err(into_status)?;
         Ok(Response::new(v1::CreateConsentRequestResponse {
             request_id: event.consent_id,
             authorization_url: url,
@@ -90,14 +86,14 @@ impl ConsentService for ConsentGrpc {
             .consents
             .exchange(&caller.participant_id, &r.code, &r.code_verifier, &r.redirect_uri)
             .await
-            .map_err(service_status)?;
+            .map_err(into_status)?;
         Ok(Response::new(self.to_proto(&event, &caller)))
     }
 
     async fn get_consent(&self, request: Request<v1::GetConsentRequest>) -> Result<Response<v1::Consent>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().consent_id;
-        let c = self.consents.get(&actor(&caller), &id).map_err(|e| to_status(&e))?;
+        let c = self.consents.get(&actor(&caller), &id).map_err(into_status)?;
         Ok(Response::new(self.to_proto(&c, &caller)))
     }
 
@@ -151,7 +147,7 @@ impl ConsentService for ConsentGrpc {
     ) -> Result<Response<v1::Consent>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let event = self.consents.revoke(&actor(&caller), &r.consent_id).await.map_err(service_status)?;
+        let event = self.consents.revoke(&actor(&caller), &r.consent_id).await.map_err(into_status)?;
         Ok(Response::new(self.to_proto(&event, &caller)))
     }
 }

@@ -2,7 +2,7 @@
 //! authenticated by the [`cardlink_authn::AuthLayer`] the server wraps this in (before a request's
 //! body is read); every method is an issuer's.
 
-use cardlink_api::status::to_status;
+use cardlink_api::status::into_status;
 use cardlink_api::v1;
 use cardlink_api::v1::issuer_ingest_server::IssuerIngest;
 use cardlink_authn::{Role, caller_as};
@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::outcome::{BatchResult, Outcome};
-use crate::service::{Batch, Ingest, IngestError};
+use crate::service::{Batch, Ingest};
 
 /// Responses buffered per PublishStream before the server waits for the client to read.
 pub const STREAM_RESPONSE_BUFFER: usize = 16;
@@ -26,10 +26,6 @@ impl IngestGrpc {
     pub fn new(ingest: Ingest) -> Self {
         Self { ingest }
     }
-}
-
-fn ingest_status(e: IngestError) -> Status {
-    to_status(&e)
 }
 
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
@@ -71,7 +67,7 @@ impl IssuerIngest for IngestGrpc {
     async fn publish(&self, request: Request<v1::PublishRequest>) -> Result<Response<v1::PublishResponse>, Status> {
         let caller = caller_as(&request, Role::Issuer)?;
         let tp = traceparent(&request);
-        let result = self.ingest.publish(&caller, batch(request.into_inner(), tp)).await.map_err(ingest_status)?;
+        let result = self.ingest.publish(&caller, batch(request.into_inner(), tp)).await.map_err(into_status)?;
         Ok(Response::new(response(result)))
     }
 
@@ -92,7 +88,7 @@ impl IssuerIngest for IngestGrpc {
             while let Some(next) = incoming.next().await {
                 let reply = match next {
                     Ok(request) => {
-                        ingest.publish(&caller, batch(request, tp.clone())).await.map(response).map_err(ingest_status)
+                        ingest.publish(&caller, batch(request, tp.clone())).await.map(response).map_err(into_status)
                     }
                     Err(status) => Err(status),
                 };

@@ -3,7 +3,7 @@
 //! and the goal are public).
 
 use cardlink_api::convert::{scope, scopes, timestamp};
-use cardlink_api::status::{status, to_status};
+use cardlink_api::status::{into_status, status};
 use cardlink_api::v1::registry_server::Registry as RegistryApi;
 use cardlink_api::{Reason, v1};
 use cardlink_authn::caller;
@@ -11,7 +11,7 @@ use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, ConnectionEn
 use tonic::{Request, Response, Status};
 
 use crate::goal::{self, PublishingActivity};
-use crate::service::{IssuedCredential, Registry, RegistryError};
+use crate::service::{IssuedCredential, Registry};
 
 #[derive(Debug, Clone)]
 pub struct RegistryGrpc {
@@ -23,10 +23,6 @@ impl RegistryGrpc {
     pub fn new(registry: Registry, activity: PublishingActivity) -> Self {
         Self { registry, activity }
     }
-}
-
-fn registry_status(e: RegistryError) -> Status {
-    to_status(&e)
 }
 
 fn credential(c: IssuedCredential) -> v1::IssuedCredential {
@@ -77,7 +73,7 @@ impl RegistryApi for RegistryGrpc {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let entity = IssuerEntity { issuer_id: r.issuer_id, name: r.name, annual_volume_jpy: r.annual_volume_jpy };
-        let (i, c) = self.registry.register_issuer(&caller, entity).await.map_err(registry_status)?;
+        let (i, c) = self.registry.register_issuer(&caller, entity).await.map_err(into_status)?;
         Ok(Response::new(v1::RegisterIssuerResponse { issuer: Some(issuer(&i)), credential: Some(credential(c)) }))
     }
 
@@ -94,7 +90,7 @@ impl RegistryApi for RegistryGrpc {
             contact: r.contact,
             status: AggregatorStatus::Active,
         };
-        let (a, c) = self.registry.register_aggregator(&caller, entity).await.map_err(registry_status)?;
+        let (a, c) = self.registry.register_aggregator(&caller, entity).await.map_err(into_status)?;
         Ok(Response::new(v1::RegisterAggregatorResponse {
             aggregator: Some(aggregator(&a)),
             credential: Some(credential(c)),
@@ -112,11 +108,8 @@ impl RegistryApi for RegistryGrpc {
             Ok(v1::AggregatorStatus::Suspended) => AggregatorStatus::Suspended,
             _ => return Err(status(Reason::InvalidArgument, "status must be ACTIVE or SUSPENDED")),
         };
-        let a = self
-            .registry
-            .set_aggregator_status(&caller, &r.aggregator_id, status_value)
-            .await
-            .map_err(registry_status)?;
+        let a =
+            self.registry.set_aggregator_status(&caller, &r.aggregator_id, status_value).await.map_err(into_status)?;
         Ok(Response::new(aggregator(&a)))
     }
 
@@ -126,12 +119,12 @@ impl RegistryApi for RegistryGrpc {
     ) -> Result<Response<v1::Connection>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let scopes = scopes(&r.scopes).map_err(|e| to_status(&e))?;
+        let scopes = scopes(&r.scopes).map_err(into_status)?;
         let c = self
             .registry
             .enable_connection(&caller, &r.issuer_id, &r.aggregator_id, scopes)
             .await
-            .map_err(registry_status)?;
+            .map_err(into_status)?;
         Ok(Response::new(connection(&c)))
     }
 
@@ -145,7 +138,7 @@ impl RegistryApi for RegistryGrpc {
             .registry
             .suspend_connection(&caller, &r.issuer_id, &r.aggregator_id, &r.reason)
             .await
-            .map_err(registry_status)?;
+            .map_err(into_status)?;
         Ok(Response::new(connection(&c)))
     }
 
@@ -166,7 +159,7 @@ impl RegistryApi for RegistryGrpc {
     ) -> Result<Response<v1::IssuedCredential>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let c = self.registry.rotate_credential(&caller, &r.participant_id).await.map_err(registry_status)?;
+        let c = self.registry.rotate_credential(&caller, &r.participant_id).await.map_err(into_status)?;
         Ok(Response::new(credential(c)))
     }
 
@@ -200,7 +193,7 @@ impl RegistryApi for RegistryGrpc {
     ) -> Result<Response<v1::RevokeCredentialResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        self.registry.revoke_credential(&caller, &r.credential_id).await.map_err(registry_status)?;
+        self.registry.revoke_credential(&caller, &r.credential_id).await.map_err(into_status)?;
         Ok(Response::new(v1::RevokeCredentialResponse {}))
     }
 }

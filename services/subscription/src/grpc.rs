@@ -3,7 +3,7 @@
 //! when it starts before the live tail. Callers are authenticated by the
 //! [`cardlink_authn::AuthLayer`] the server wraps this in; every method is an aggregator's.
 
-use cardlink_api::status::to_status;
+use cardlink_api::status::{into_status, to_status};
 use cardlink_api::v1::subscription_server::Subscription;
 use cardlink_api::{ApiError, Reason, v1};
 use cardlink_authn::{Role, caller_as};
@@ -17,7 +17,7 @@ use crate::catch_up::{CatchUpReaders, Start};
 use crate::cursor::Cursor;
 use crate::hub::Hub;
 use crate::metrics::{DeliveryCounts, Mode, SubscriptionMetrics};
-use crate::positions::{self, PositionError, PositionsView};
+use crate::positions::{self, PositionsView};
 use crate::stream::{Recorders, SubscribeStream};
 use crate::streams::Filters;
 
@@ -81,10 +81,6 @@ impl ApiError for RequestError {
     }
 }
 
-fn position_status(e: PositionError) -> Status {
-    to_status(&e)
-}
-
 /// Largest `SubscribeRequest` accepted (filters and a cursor; real ones are a few hundred bytes).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest response sent: one delivery and its cursor. gRPC clients accept 4 MiB by default.
@@ -130,10 +126,10 @@ impl Subscription for SubscriptionGrpc {
             Some(v1::subscribe_request::Start::FromEarliest(true)) => Start::Earliest,
             Some(v1::subscribe_request::Start::FromEarliest(false)) => Start::Live,
             Some(v1::subscribe_request::Start::Cursor(text)) => {
-                Start::After(Cursor::decode(secret, text, &aggregator).map_err(|e| to_status(&e))?)
+                Start::After(Cursor::decode(secret, text, &aggregator).map_err(into_status)?)
             }
             Some(v1::subscribe_request::Start::PositionName(name)) => {
-                Start::After(positions::resolve(&self.positions, secret, &aggregator, name).map_err(position_status)?)
+                Start::After(positions::resolve(&self.positions, secret, &aggregator, name).map_err(into_status)?)
             }
         };
         if self.hub.streams().streams_of(&aggregator) >= MAX_STREAMS_PER_AGGREGATOR {
@@ -182,7 +178,7 @@ impl Subscription for SubscriptionGrpc {
             &r.cursor,
         )
         .await
-        .map_err(position_status)?;
+        .map_err(into_status)?;
         Ok(Response::new(v1::AcknowledgeResponse {}))
     }
 }
