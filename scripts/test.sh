@@ -35,6 +35,13 @@ if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -q 'Not
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk >/dev/null
 fi
 
+# The OpenID Provider the sign-in tests run against: panva's oidc-provider (OpenID Certified),
+# pinned by tools/oidc-provider/package-lock.json, started by the tests with Node.js.
+if [ ! -d tools/oidc-provider/node_modules/oidc-provider ]; then
+  echo "==> installing oidc-provider (npm ci, tools/oidc-provider)"
+  npm ci --prefix tools/oidc-provider --no-audit --no-fund --loglevel=error
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -71,10 +71,15 @@ def consent(page, args):
     page.goto(args.url)
     result["login_heading"] = page.inner_text("h1")
     result["request"] = page.inner_text(".box")
+    # Sign-in happens at the card company's own login (its OpenID Provider), not on cardlink.
+    page.click("#sign-in")
+    page.wait_for_selector("input[name=login_id]")
+    result["provider_url"] = page.url
+    result["provider_heading"] = page.inner_text("h1")
     result["login_screenshot"] = shoot(page, args.out, "consent-login")
     page.fill("input[name=login_id]", args.login)
     page.fill("input[name=password]", args.password)
-    page.click("button[type=submit]")
+    page.click("button[value=login]")
     page.wait_for_selector("input[name=account]")
     result["accounts"] = [page.inner_text(f"label:has(input[value='{v}'])") for v in
                           page.eval_on_selector_all("input[name=account]", "els => els.map(e => e.value)")]
@@ -93,9 +98,11 @@ def member_sign_in(page, args):
     """Sign in on the member page, as the card company's member."""
     page.goto(args.base + "/member")
     page.select_option("select[name=issuer_id]", args.issuer)
+    page.click("#sign-in")
+    page.wait_for_selector("input[name=login_id]")
     page.fill("input[name=login_id]", args.login)
     page.fill("input[name=password]", args.password)
-    page.click("button[type=submit]")
+    page.click("button[value=login]")
     page.wait_for_selector("#consents")
 
 

@@ -25,6 +25,9 @@ pub enum Applies {
     /// A line of an issuer's batch file that the file adapter could not read (in its rejects
     /// file; nothing was sent).
     Line,
+    /// A member's sign-in at their card company, from the consent or member page: in the audit
+    /// record, with a page telling the member what happened (no consent is given).
+    SignIn,
 }
 
 impl Applies {
@@ -34,6 +37,7 @@ impl Applies {
             Self::Record => "record",
             Self::Both => "call, record",
             Self::Line => "file line",
+            Self::SignIn => "member sign-in",
         }
     }
 }
@@ -198,6 +202,21 @@ reasons! {
         "The same event is being published by another call right now; retry.";
     NoResult = "NO_RESULT", Internal, Record, true,
         "The service returned no result for this record (reported by the client libraries); send it again.";
+    // Member sign-in at the issuer's OpenID Provider (consent and member pages).
+    LoginNotConfigured = "LOGIN_NOT_CONFIGURED", FailedPrecondition, SignIn, false,
+        "The issuer has not registered its OpenID Provider (`SetIssuerLogin`), or the consent service lacks its client secret or key.";
+    LoginProviderUnavailable = "LOGIN_PROVIDER_UNAVAILABLE", Unavailable, SignIn, true,
+        "The issuer's OpenID Provider could not be reached, or its discovery document or keys could not be read.";
+    LoginCancelled = "LOGIN_CANCELLED", PermissionDenied, SignIn, false,
+        "The member cancelled at the provider (`access_denied`), or the provider refused the sign-in.";
+    LoginSessionInvalid = "LOGIN_SESSION_INVALID", PermissionDenied, SignIn, false,
+        "The browser came back without the sign-in it started here, with another `state`, or too late: start again.";
+    LoginTokenRejected = "LOGIN_TOKEN_REJECTED", Unauthenticated, SignIn, false,
+        "The provider refused the code, or its ID token failed verification (signature, `iss`, `aud`, `exp`, `nonce`).";
+    LoginReplayed = "LOGIN_REPLAYED", Unauthenticated, SignIn, false,
+        "This sign-in's nonce was already used: an ID token or callback was replayed.";
+    MemberWithoutAccounts = "MEMBER_WITHOUT_ACCOUNTS", PermissionDenied, SignIn, false,
+        "The provider named no card accounts of the member in the configured claim (or not the ones the request needs).";
     // Batch files (the file adapter, before anything is sent).
     LineTooLong = "LINE_TOO_LONG", InvalidArgument, Line, false,
         "The line is longer than the adapter reads.";
@@ -333,6 +352,13 @@ mod tests {
             ("RECORD_TOO_LARGE", InvalidArgument),
             ("IN_FLIGHT", Aborted),
             ("NO_RESULT", Internal),
+            ("LOGIN_NOT_CONFIGURED", FailedPrecondition),
+            ("LOGIN_PROVIDER_UNAVAILABLE", Unavailable),
+            ("LOGIN_CANCELLED", PermissionDenied),
+            ("LOGIN_SESSION_INVALID", PermissionDenied),
+            ("LOGIN_TOKEN_REJECTED", Unauthenticated),
+            ("LOGIN_REPLAYED", Unauthenticated),
+            ("MEMBER_WITHOUT_ACCOUNTS", PermissionDenied),
             ("LINE_TOO_LONG", InvalidArgument),
             ("ENCODING_ERROR", InvalidArgument),
             ("MALFORMED_CSV", InvalidArgument),
@@ -352,7 +378,15 @@ mod tests {
         let retriable: Vec<&str> = Reason::ALL.iter().filter(|r| r.is_retriable()).map(|r| r.as_str()).collect();
         assert_eq!(
             retriable,
-            ["FELL_BEHIND", "SERVER_SHUTTING_DOWN", "NOT_READY", "IN_FLIGHT", "NO_RESULT", "BUS_UNAVAILABLE"]
+            [
+                "FELL_BEHIND",
+                "SERVER_SHUTTING_DOWN",
+                "NOT_READY",
+                "IN_FLIGHT",
+                "NO_RESULT",
+                "LOGIN_PROVIDER_UNAVAILABLE",
+                "BUS_UNAVAILABLE"
+            ]
         );
     }
 

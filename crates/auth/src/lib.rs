@@ -150,6 +150,28 @@ impl TokenSigner {
         PublicKey { kid: self.kid.clone(), key: self.key.verifying_key() }
     }
 
+    /// A standard JWT (compact JWS, `alg` EdDSA, with this key's `kid`) over `claims`: what an
+    /// OpenID Provider accepts as a `private_key_jwt` client assertion, or what the demo
+    /// provider issues as an ID token.
+    pub fn sign_jwt(&self, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": self.kid });
+        let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+        let signature = B64.encode(self.key.sign(signed.as_bytes()).to_bytes());
+        format!("{signed}.{signature}")
+    }
+
+    /// The public key as a JSON Web Key (RFC 8037: `kty` OKP, `crv` Ed25519), for a JWKS.
+    pub fn public_jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": B64.encode(self.key.verifying_key().as_bytes()),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "EdDSA",
+        })
+    }
+
     /// Signs a token for `participant` valid until `expires_at`; returns (credential id, token).
     pub fn issue(
         &self,
@@ -258,6 +280,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_value_opens_only_unchanged_with_its_secret_and_purpose() {
+        let sealed = seal(b"secret", "ticket", b"payload");
+        assert_eq!(unseal(b"secret", "ticket", &sealed).as_deref(), Some(&b"payload"[..]));
+        assert_eq!(unseal(b"other", "ticket", &sealed), None);
+        assert_eq!(unseal(b"secret", "sign-in", &sealed), None);
+        let (_, mac) = sealed.split_once('.').unwrap();
+        assert_eq!(unseal(b"secret", "ticket", &format!("{}.{mac}", B64.encode("payloaD"))), None);
+        assert_eq!(unseal(b"secret", "ticket", "no-dot"), None);
+    }
+
+    #[test]
+    fn a_signed_jwt_verifies_with_the_published_jwk() {
+        let signer = TokenSigner::from_seed("client-1", [7; 32]);
+        let jwt = signer.sign_jwt(&serde_json::json!({ "iss": "cardlink", "n": 1 }));
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: serde_json::Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!((header["alg"].as_str(), header["kid"].as_str()), (Some("EdDSA"), Some("client-1")));
+        let jwk = signer.public_jwk();
+        let x: [u8; 32] = B64.decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let key = VerifyingKey::from_bytes(&x).unwrap();
+        let signature = ed25519_dalek::Signature::from_slice(&B64.decode(parts[2]).unwrap()).unwrap();
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        assert!(key.verify_strict(signed.as_bytes(), &signature).is_ok());
+        assert!(key.verify_strict(b"other", &signature).is_err());
+    }
+
+    #[test]
     fn tampering_with_any_part_fails() {
         let (signer, verifier) = setup();
         let now = Utc::now();
@@ -345,6 +395,23 @@ pub fn account_pseudonym(secret: &[u8], aggregator_id: &str, issuer_id: &str, ac
 /// digests and PKCE challenges). Different lengths compare unequal at once: lengths are public.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `payload` made tamper-evident with `secret` for one `purpose` (a value readable by whoever
+/// holds it, e.g. a browser, but not changeable): base64url(payload) `.` base64url(HMAC). The
+/// purpose keeps a value sealed for one use from being accepted for another.
+pub fn seal(secret: &[u8], purpose: &str, payload: &[u8]) -> String {
+    let mac = hmac_sha256(secret, &[purpose.as_bytes(), b"\n", payload]);
+    format!("{}.{}", B64.encode(payload), B64.encode(mac))
+}
+
+/// The payload of a [`seal`]ed value, if it was sealed with `secret` for `purpose` and not
+/// changed since.
+pub fn unseal(secret: &[u8], purpose: &str, sealed: &str) -> Option<Vec<u8>> {
+    let (payload, mac) = sealed.split_once('.')?;
+    let payload = B64.decode(payload).ok()?;
+    let expected = hmac_sha256(secret, &[purpose.as_bytes(), b"\n", &payload]);
+    constant_time_eq(&B64.decode(mac).ok()?, &expected).then_some(payload)
 }
 
 /// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.

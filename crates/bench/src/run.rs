@@ -310,6 +310,7 @@ async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Pla
             issuer_id: issuer.clone(),
             name: format!("{issuer} カード"),
             annual_volume_jpy: 1_000_000_000_000,
+            login: None,
         };
         let (_, credential) = registry.register_issuer(&op, entity).await?;
         let caller =

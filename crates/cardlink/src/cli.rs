@@ -120,10 +120,17 @@ enum Service {
         /// Secret for account pseudonyms and page tickets: base64url of 32+ bytes.
         #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
         secret: String,
-        /// Members of the built-in demo issuer login (TOML); production fronts the page with
-        /// the issuer's own login instead.
-        #[arg(long, env = "CARDLINK_DEMO_MEMBERS")]
-        demo_members: PathBuf,
+        /// OpenID Connect client secrets for issuers registered with CLIENT_SECRET_BASIC: a
+        /// directory with one file per issuer id (a mounted Secret), read at each sign-in.
+        #[arg(long, env = "CARDLINK_OIDC_CLIENT_SECRETS_DIR")]
+        oidc_client_secrets_dir: Option<PathBuf>,
+        /// Seed (base64url, 32 bytes) of the key that signs PRIVATE_KEY_JWT client assertions;
+        /// its public key is served at <public URL>/oidc/jwks.json.
+        #[arg(long, env = "CARDLINK_OIDC_CLIENT_KEY", hide_env_values = true)]
+        oidc_client_key: Option<String>,
+        /// The client key's id (`kid`); change it when rotating the key.
+        #[arg(long, env = "CARDLINK_OIDC_CLIENT_KEY_ID", default_value = "consent-1")]
+        oidc_client_key_id: String,
     },
     /// The participants registry (gRPC Registry).
     Registry {
@@ -305,24 +312,48 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Service::Consent { kafka, grpc_listen, http_listen, public_url, trusted_keys, secret, demo_members } => {
+        Service::Consent {
+            kafka,
+            grpc_listen,
+            http_listen,
+            public_url,
+            trusted_keys,
+            secret,
+            oidc_client_secrets_dir,
+            oidc_client_key,
+            oidc_client_key_id,
+        } => {
             // Check the arguments before touching Kafka.
             let keys = runtime::trusted(&trusted_keys)?;
             let secret = runtime::shared_secret(&secret)?;
-            let text = std::fs::read_to_string(&demo_members)
-                .with_context(|| format!("reading {}", demo_members.display()))?;
-            let members = cardlink_consent::members::DemoIssuerLogin::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", demo_members.display()))?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+            let client_secrets = match oidc_client_secrets_dir {
+                Some(dir) if !dir.is_dir() => {
+                    anyhow::bail!(
+                        "--oidc-client-secrets-dir / CARDLINK_OIDC_CLIENT_SECRETS_DIR: {} is not a directory",
+                        dir.display()
+                    )
+                }
+                Some(dir) => cardlink_consent::login::ClientSecrets::Dir(dir),
+                None => cardlink_consent::login::ClientSecrets::None,
+            };
+            let client_key = match oidc_client_key.filter(|k| !k.trim().is_empty()) {
+                Some(seed) => Some(Arc::new(
+                    cardlink_auth::TokenSigner::from_base64_seed(&oidc_client_key_id, &seed)
+                        .map_err(|e| anyhow::anyhow!("--oidc-client-key / CARDLINK_OIDC_CLIENT_KEY: {e}"))?,
+                )),
+                None => None,
+            };
             let config = cardlink_consent::server::ConsentConfig {
                 grpc_listen,
                 http_listen: Some(http_listen),
                 public_url,
                 trusted_keys: keys,
                 secret,
+                login: cardlink_consent::login::LoginSettings { client_secrets, client_key },
             };
-            let running = cardlink_consent::server::start(&bus, config, Arc::new(members)).await?;
+            let bus = kafka.bus(file)?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+            let running = cardlink_consent::server::start(&bus, config).await?;
             runtime::stop_signal().await?;
             running.shutdown().await;
             Ok(())

@@ -1,21 +1,22 @@
 //! The demo world `cardlink dev` sets up, all through the real services: card companies with
-//! their 取扱高, aggregators of three kinds, the connections between them, members who can sign
-//! in at the demo issuer login, and consents those members gave through the real consent flow
-//! (request over gRPC, sign-in and approval on the consent page over HTTP, code exchange).
+//! their 取扱高, aggregators of three kinds, the connections between them, members who sign in
+//! at their demo card company's OpenID Provider (`cardlink-demo-login`, registered by each
+//! issuer like a real one), and consents those members gave through the real consent flow
+//! (request over gRPC, sign-in at the provider and approval on the consent page over HTTP, code
+//! exchange).
 //!
 //! The companies and apps are fictional; their volumes are of the order of Japan's larger and
 //! smaller card issuers, so the goal page shows a realistic share. One issuer publishes but has
 //! no aggregator connection yet: it is what keeps the share below the 90% target.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use cardlink_auth::Role;
 use cardlink_authn::Caller;
 use cardlink_client::aggregator::{Aggregator, ConsentAsk};
-use cardlink_consent::members::{DemoIssuerLogin, Member};
-use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, IssuerEntity, Scope};
+use cardlink_demo_login::{ACCOUNT_CLAIM, DemoClient, DemoLogin, DemoMember};
+use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, ClientAuth, IssuerEntity, IssuerLogin, Scope};
 use cardlink_registry::service::Registry;
 use serde::Serialize;
 
@@ -122,8 +123,9 @@ pub struct DemoWorld {
     pub aggregators: BTreeMap<String, String>,
 }
 
-/// Registers the demo participants and their connections through the registry.
-pub async fn setup(registry: &Registry) -> anyhow::Result<DemoWorld> {
+/// Registers the demo participants, their connections and the issuers' login providers
+/// (`logins`, by issuer id) through the registry.
+pub async fn setup(registry: &Registry, logins: &BTreeMap<String, DemoClient>) -> anyhow::Result<DemoWorld> {
     let operator = registry.bootstrap_operator("operator").await?;
     let op = Caller { participant_id: "operator".into(), role: Role::Operator, credential_id: operator.credential_id };
     let mut world = DemoWorld { operator: operator.token, ..DemoWorld::default() };
@@ -140,13 +142,29 @@ pub async fn setup(registry: &Registry) -> anyhow::Result<DemoWorld> {
         world.aggregators.insert(a.id.into(), credential.token);
     }
     for i in &ISSUERS {
-        let entity =
-            IssuerEntity { issuer_id: i.id.into(), name: i.name.into(), annual_volume_jpy: i.annual_volume_jpy };
+        let entity = IssuerEntity {
+            issuer_id: i.id.into(),
+            name: i.name.into(),
+            annual_volume_jpy: i.annual_volume_jpy,
+            login: None,
+        };
         let (_, credential) =
             registry.register_issuer(&op, entity).await.with_context(|| format!("registering {}", i.id))?;
         // The issuer manages its own connections, with its own credential.
         let caller =
             Caller { participant_id: i.id.into(), role: Role::Issuer, credential_id: credential.credential_id.clone() };
+        // Like a real card company, each registers where its members sign in.
+        let client = logins.get(i.id).with_context(|| format!("no demo login provider for {}", i.id))?;
+        let login = IssuerLogin {
+            issuer_url: client.issuer_url.clone(),
+            client_id: client.client_id.clone(),
+            client_auth: ClientAuth::ClientSecretBasic,
+            account_claim: ACCOUNT_CLAIM.to_owned(),
+        };
+        registry
+            .set_issuer_login(&caller, i.id, login)
+            .await
+            .with_context(|| format!("{}: setting its login", i.id))?;
         for (aggregator, scopes) in i.connections {
             registry
                 .enable_connection(&caller, i.id, aggregator, scopes.to_vec())
@@ -158,10 +176,18 @@ pub async fn setup(registry: &Registry) -> anyhow::Result<DemoWorld> {
     Ok(world)
 }
 
-/// The demo issuers' members: member *n* holds `account_refs(issuer)[n - 1]`.
-pub fn members(account_refs: impl Fn(&str) -> Vec<String>) -> Arc<DemoIssuerLogin> {
-    let mut login = DemoIssuerLogin::new();
+/// The demo card companies' login providers, served under `pages_url`, for the consent page's
+/// `redirect_uri`; member *n* holds `account_refs(issuer)[n - 1]`. Returns the providers and
+/// what each issuer registers (with the client secret the consent service is given).
+pub fn login_providers(
+    pages_url: &str,
+    redirect_uri: &str,
+    account_refs: impl Fn(&str) -> Vec<String>,
+) -> (DemoLogin, BTreeMap<String, DemoClient>) {
+    let mut login = DemoLogin::new(pages_url, redirect_uri);
+    let mut clients = BTreeMap::new();
     for issuer in &ISSUERS {
+        clients.insert(issuer.id.to_owned(), login.add_issuer(issuer.id, issuer.name));
         let accounts = account_refs(issuer.id);
         for (n, name) in (1..=MEMBERS_PER_ISSUER).zip(MEMBER_NAMES) {
             let Some(account) = accounts.get(n - 1) else { continue };
@@ -170,18 +196,15 @@ pub fn members(account_refs: impl Fn(&str) -> Vec<String>) -> Arc<DemoIssuerLogi
                 issuer.name.trim_end_matches("株式会社"),
                 ["ゴールド", "ビジネス", "クラシック"][n - 1]
             );
-            login.add(
-                Member {
-                    issuer_id: issuer.id.into(),
-                    member_ref: member_login(n),
-                    display_name: name.into(),
-                    accounts: vec![(account.clone(), label)],
-                },
-                DEMO_PASSWORD,
-            );
+            let member = DemoMember {
+                member_ref: member_login(n),
+                display_name: name.into(),
+                accounts: vec![(account.clone(), label)],
+            };
+            login.add_member(issuer.id, member, DEMO_PASSWORD);
         }
     }
-    Arc::new(login)
+    (login, clients)
 }
 
 /// A consent the demo created.

@@ -99,7 +99,18 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
         Arc::clone(&signer),
     )
     .await?;
-    let world = demo::setup(registry.registry()).await?;
+    // Every page on one port: bind it first, the consent service and the demo card companies'
+    // login providers need its public URL.
+    let (pages_listener, pages_addr) = cardlink_serving::bind(args.pages_listen).await?;
+    let pages_url = format!("http://{pages_addr}");
+    let (demo_login, logins) = demo::login_providers(
+        &pages_url,
+        &format!("{pages_url}{}", cardlink_consent::login::CALLBACK_PATH),
+        |issuer| {
+            Simulator::new(sim_config(issuer, 0, args.simulate_members)).account_refs().map(str::to_owned).collect()
+        },
+    );
+    let world = demo::setup(registry.registry(), &logins).await?;
 
     // Ingest accepts the issuers' registry credentials.
     let mut ingest = cardlink_ingest::server::start(
@@ -110,13 +121,8 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     ingest.ready().await;
     let ingest_endpoint = format!("http://{}", ingest.addr());
 
-    // Every page on one port: bind it first, the consent service needs its public URL.
-    let (pages_listener, pages_addr) = cardlink_serving::bind(args.pages_listen).await?;
-    let pages_url = format!("http://{pages_addr}");
-    let members = demo::members(|issuer| {
-        let sim = Simulator::new(sim_config(issuer, 0, args.simulate_members));
-        sim.account_refs().map(str::to_owned).collect()
-    });
+    let client_secrets: std::collections::HashMap<String, String> =
+        logins.iter().map(|(issuer, client)| (issuer.clone(), client.client_secret.clone())).collect();
     // Consent and subscription share the secret: aggregators must see the same pseudonyms in
     // consents and in events.
     let secret: Arc<[u8]> = Arc::from(rand::random::<[u8; 32]>().as_slice());
@@ -128,8 +134,11 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
             public_url: Some(pages_url.clone()),
             trusted_keys: vec![signer.public_key()],
             secret: Arc::clone(&secret),
+            login: cardlink_consent::login::LoginSettings {
+                client_secrets: cardlink_consent::login::ClientSecrets::Fixed(Arc::new(client_secrets)),
+                client_key: None,
+            },
         },
-        members,
     )
     .await?;
     let subscription = cardlink_subscription::server::start(
@@ -160,6 +169,7 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
             }),
         )
         .merge(consent.pages())
+        .merge(Arc::new(demo_login).router())
         .merge(registry.pages())
         .merge(subscription.pages());
     let pages = html::serve(pages_listener, router, pages_stopped, "pages server");

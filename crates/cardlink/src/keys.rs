@@ -2,8 +2,8 @@
 //!
 //! - `generate` makes the platform signing key (an Ed25519 seed, for the registry's Secret), its
 //!   public key as `kid:base64url` (for `trustedKeys` / `CARDLINK_TRUSTED_KEYS` of the other
-//!   services) and the consent secret (pseudonyms, cursors, page tickets), as text or as a Helm
-//!   values file.
+//!   services), the consent secret (pseudonyms, cursors, page tickets) and the consent service's
+//!   OpenID Connect client key (`private_key_jwt`), as text or as a Helm values file.
 //! - `public` derives the public key line from an existing seed.
 
 use std::io::Read as _;
@@ -17,13 +17,13 @@ const CONSENT_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// A new signing key, its public key and a consent secret.
+    /// A new signing key, its public key, a consent secret and an OpenID Connect client key.
     Generate {
         /// The signing key's id, carried in every token (a new one per rotation).
         #[arg(long, default_value = "k1")]
         key_id: String,
-        /// Print a Helm values file (`secrets.signingKey`, `secrets.consentSecret`, `trustedKeys`)
-        /// instead of text.
+        /// Print a Helm values file (`secrets.signingKey`, `secrets.consentSecret`,
+        /// `secrets.oidcClientKey`, `trustedKeys`) instead of text.
         #[arg(long)]
         helm_values: bool,
     },
@@ -43,6 +43,8 @@ pub struct Generated {
     pub signing_key: String,
     pub trusted_key: String,
     pub consent_secret: String,
+    /// The consent service's client key for `private_key_jwt` at issuers' OpenID Providers.
+    pub oidc_client_key: String,
 }
 
 pub fn generate(key_id: &str) -> anyhow::Result<Generated> {
@@ -53,6 +55,7 @@ pub fn generate(key_id: &str) -> anyhow::Result<Generated> {
         trusted_key: signer.public_key().to_config(),
         signing_key,
         consent_secret: cardlink_auth::generate_secret(CONSENT_SECRET_BYTES),
+        oidc_client_key: cardlink_auth::generate_seed(),
     })
 }
 
@@ -64,8 +67,10 @@ impl Generated {
              # Its public key (not secret): trustedKeys, CARDLINK_TRUSTED_KEYS of ingest, consent and subscription\n\
              trusted-key: {}\n\
              # Consent secret (consent and subscription, the same on both; keep it secret): Secret key `consent-secret`, CARDLINK_CONSENT_SECRET\n\
-             consent-secret: {}\n",
-            self.signing_key, self.trusted_key, self.consent_secret
+             consent-secret: {}\n\
+             # Client key at issuers' OpenID Providers (consent only; keep it secret): Secret key `oidc-client-key`, CARDLINK_OIDC_CLIENT_KEY\n\
+             oidc-client-key: {}\n",
+            self.signing_key, self.trusted_key, self.consent_secret, self.oidc_client_key
         )
     }
 
@@ -74,8 +79,8 @@ impl Generated {
         format!(
             "# Made by `cardlink keys generate --helm-values`. Holds secrets: keep it out of version control.\n\
              trustedKeys:\n  - \"{}\"\n\
-             secrets:\n  signingKey: \"{}\"\n  consentSecret: \"{}\"\n",
-            self.trusted_key, self.signing_key, self.consent_secret
+             secrets:\n  signingKey: \"{}\"\n  consentSecret: \"{}\"\n  oidcClientKey: \"{}\"\n",
+            self.trusted_key, self.signing_key, self.consent_secret, self.oidc_client_key
         )
     }
 }
@@ -119,6 +124,8 @@ mod tests {
         assert_eq!(public("2026-12", &g.signing_key).unwrap(), g.trusted_key);
         assert!(crate::runtime::trusted(std::slice::from_ref(&g.trusted_key)).is_ok());
         assert!(crate::runtime::shared_secret(&g.consent_secret).is_ok());
+        assert!(TokenSigner::from_base64_seed("consent-1", &g.oidc_client_key).is_ok());
+        assert_ne!(g.oidc_client_key, g.signing_key);
         // Two runs never make the same secrets.
         let h = generate("2026-12").unwrap();
         assert_ne!(
@@ -131,8 +138,15 @@ mod tests {
     fn the_helm_values_name_what_the_chart_reads() {
         let g = generate("k1").unwrap();
         let values = g.helm_values();
-        for needle in ["trustedKeys:", "signingKey:", "consentSecret:", g.trusted_key.as_str(), g.signing_key.as_str()]
-        {
+        for needle in [
+            "trustedKeys:",
+            "signingKey:",
+            "consentSecret:",
+            "oidcClientKey:",
+            g.trusted_key.as_str(),
+            g.signing_key.as_str(),
+            g.oidc_client_key.as_str(),
+        ] {
             assert!(values.contains(needle), "{needle} missing from {values}");
         }
     }

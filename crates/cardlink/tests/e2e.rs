@@ -228,6 +228,9 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
             .await;
     assert!(consented["login_heading"].as_str().unwrap().contains("みなとカード"), "{consented}");
     assert!(consented["request"].as_str().unwrap().contains("かけいぼノート"), "{consented}");
+    // The member signed in at the card company's OpenID Provider, not on a cardlink form.
+    assert!(consented["provider_url"].as_str().unwrap().contains("/demo-login/minato-card/authorize"), "{consented}");
+    assert!(consented["provider_heading"].as_str().unwrap().contains("みなとカード"), "{consented}");
     assert_eq!(consented["scopes"], serde_json::json!(["TRANSACTIONS", "MERCHANT_DETAIL"]));
     assert_eq!(consented["accounts"].as_array().unwrap().len(), 1, "{consented}");
     assert!(consented["callback_text"].as_str().unwrap().contains("同意が完了しました"), "{consented}");

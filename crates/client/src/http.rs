@@ -27,14 +27,38 @@ impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    /// The `name=value` part of every `Set-Cookie`, joined for a `Cookie` header.
+    pub fn cookies(&self) -> String {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .filter_map(|(_, v)| v.split(';').next())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Sends `method path` to `addr`, with `form` as an `application/x-www-form-urlencoded` body.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, form: Option<&str>) -> Result<Response, ClientError> {
+    request_with_cookie(addr, method, path, form, None).await
+}
+
+/// [`request`] sending `cookie` (`name=value; …`) as the `Cookie` header.
+pub async fn request_with_cookie(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+    cookie: Option<&str>,
+) -> Result<Response, ClientError> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let body = form.unwrap_or("");
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(cookie) = cookie {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
         if form.is_some() {
             head.push_str(&format!(
                 "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",

@@ -46,12 +46,48 @@ impl Scope {
     }
 }
 
+/// A participant id: 2-63 lowercase letters, digits or hyphens, starting with a letter or digit
+/// (safe in URLs, Kafka keys and file names).
+pub fn is_plain_id(id: &str) -> bool {
+    (2..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerEntity {
     pub issuer_id: String,
     pub name: String,
     /// 取扱高 per year, in yen.
     pub annual_volume_jpy: i64,
+    /// Where the issuer's members sign in; `None` until the issuer's OpenID Provider is
+    /// registered (until then nobody can consent at this issuer).
+    #[serde(default)]
+    pub login: Option<IssuerLogin>,
+}
+
+/// How the consent page authenticates to an issuer's OpenID Provider's token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientAuth {
+    /// HTTP Basic with a client secret the consent service holds (never on the bus).
+    ClientSecretBasic,
+    /// A JWT signed with the consent service's client key (RFC 7523); the provider knows its
+    /// public key from the consent service's JWKS.
+    PrivateKeyJwt,
+}
+
+/// An issuer's OpenID Provider, as registered for member sign-in. Holds nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerLogin {
+    /// The provider's issuer identifier (`iss`); discovery is at
+    /// `<issuer_url>/.well-known/openid-configuration`.
+    pub issuer_url: String,
+    /// cardlink's client id at that provider.
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// The ID token or userinfo claim listing the member's card accounts.
+    pub account_claim: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,6 +16,8 @@ use cardlink_bus::{BusConfig, Consumer, Producer, Record, StartAt, Topic};
 use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use tonic::transport::Channel;
 
+pub mod login;
+
 /// Issuers known to test ingest services, with their keys (synthetic, tests only).
 pub const TEST_ISSUERS: [(&str, &str); 2] =
     [("iss-a", "test-key-iss-a-0123456789"), ("iss-b", "test-key-iss-b-0123456789")];
@@ -135,12 +137,12 @@ impl TestBus {
         Ok((running, operator.token))
     }
 
-    /// Starts a consent service trusting `registry`'s credentials, with a demo issuer login
-    /// holding `members`.
+    /// Starts a consent service trusting `registry`'s credentials, signing members in at their
+    /// issuers' providers with `login`.
     pub async fn start_consent(
         &self,
         registry: &cardlink_registry::server::RunningRegistry,
-        members: cardlink_consent::members::DemoIssuerLogin,
+        login: cardlink_consent::login::LoginSettings,
     ) -> anyhow::Result<cardlink_consent::server::RunningConsent> {
         let config = cardlink_consent::server::ConsentConfig {
             grpc_listen: ([127, 0, 0, 1], 0).into(),
@@ -148,8 +150,9 @@ impl TestBus {
             public_url: None,
             trusted_keys: vec![registry.public_key().clone()],
             secret: Arc::from(&b"test-secret-test-secret-test-sec"[..]),
+            login,
         };
-        Ok(cardlink_consent::server::start(&self.config, config, Arc::new(members)).await?)
+        Ok(cardlink_consent::server::start(&self.config, config).await?)
     }
 
     /// Stops the broker (its records are gone).
@@ -199,6 +202,18 @@ pub async fn http(
     Ok((r.status, r.headers, r.body))
 }
 
+/// Registers where `issuer`'s members sign in (`SetIssuerLogin`, with the operator's or the
+/// issuer's own `token`).
+pub async fn set_issuer_login(
+    client: &mut RegistryClient,
+    token: &str,
+    issuer: &str,
+    login: cardlink_api::v1::IssuerLogin,
+) -> anyhow::Result<cardlink_api::v1::Issuer> {
+    let request = cardlink_api::v1::SetIssuerLoginRequest { issuer_id: issuer.into(), login: Some(login) };
+    Ok(client.set_issuer_login(authorized(request, token)).await?.into_inner())
+}
+
 /// A gRPC client of a consent service.
 pub async fn consent_client(
     running: &cardlink_consent::server::RunningConsent,
@@ -217,7 +232,7 @@ pub struct Registered {
     pub credential_id: String,
 }
 
-type RegistryClient = cardlink_api::v1::registry_client::RegistryClient<Channel>;
+pub type RegistryClient = cardlink_api::v1::registry_client::RegistryClient<Channel>;
 
 fn registered(credential: Option<cardlink_api::v1::IssuedCredential>) -> anyhow::Result<Registered> {
     let c = credential.context("registration returned no credential")?;

@@ -8,10 +8,12 @@
 //!
 //! - [`lifecycle`]: the rules, as a pure state machine over consent records.
 //! - [`pkce`]: PKCE S256 and one-time codes.
+//! - [`login`]: the member's sign-in at their card company (OpenID Connect relying party).
+//! - [`pages`]: the consent and member pages.
 
 pub mod grpc;
 pub mod lifecycle;
-pub mod members;
+pub mod login;
 pub mod pages;
 pub mod pkce;
 pub mod server;

@@ -1,12 +1,15 @@
 //! The consent page: where a member, signed in at their card company, approves or denies an
 //! aggregator's request.
 //!
-//! `GET /consent/{id}` shows the request and the issuer's sign-in; `POST /consent/{id}/login`
-//! signs the member in and shows their accounts and the requested scopes to choose from;
+//! `GET /consent/{id}` shows the request; `POST /consent/{id}/login` sends the member to their
+//! card company's OpenID Provider ([`crate::login`]); the provider sends them back to
+//! `GET /oidc/callback`, which shows their accounts and the requested scopes to choose from;
 //! `POST /consent/{id}/decision` records the choice and redirects the browser to the
 //! aggregator's `redirect_uri` with the one-time `code` (or `error=access_denied`) and `state`.
-//! Between the two posts the member's identity travels in a short-lived ticket signed with the
-//! service's secret, so the page keeps no session state.
+//! Between the callback and the decision the member travels in a short-lived ticket signed with
+//! the service's secret, so the page keeps no session state. A failed sign-in is a page saying
+//! what happened and an audit record (`consent.sign_in`, FAILED, with its reason), never a
+//! consent.
 //!
 //! `/member` is the member's own page: sign in at the card company, see every consent given
 //! (to whom, which data, until when) and revoke any of them at once.
@@ -14,22 +17,21 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use cardlink_api::ApiError as _;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
-use cardlink_events::registry::Scope;
+use cardlink_events::registry::{IssuerLogin, Scope};
 use cardlink_serving::html::{self, Nav, esc};
 use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::Followed;
 use chrono::Utc;
 
 use crate::lifecycle::Approval;
-use crate::members::{Member, MemberDirectory};
-use crate::service::Consents;
+use crate::login::{CALLBACK_PATH, JWKS_PATH, LoginError, Member, Pending, Purpose, RelyingParty, SESSION_COOKIE};
+use crate::service::{Consents, SignIn};
 
 /// How long a signed-in member has to decide.
 pub const TICKET_TTL_SECS: i64 = 600;
@@ -39,10 +41,12 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub struct PageState {
     pub consents: Consents,
-    pub members: Arc<dyn MemberDirectory>,
+    pub login: Arc<RelyingParty>,
     pub secret: Arc<[u8]>,
     /// Who received what: shown on the member's page.
     pub access: Followed<AccessHistory>,
+    /// Whether the pages are served over https (the session cookie is then `Secure`).
+    pub secure: bool,
 }
 
 pub fn router(state: PageState) -> Router {
@@ -53,6 +57,8 @@ pub fn router(state: PageState) -> Router {
         .route("/member", get(member_login_page))
         .route("/member/login", post(member_login))
         .route("/member/revoke", post(member_revoke))
+        .route(CALLBACK_PATH, get(callback))
+        .route(JWKS_PATH, get(jwks))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(state)
 }
@@ -103,27 +109,38 @@ fn pending(state: &PageState, id: &str) -> Result<(ConsentEvent, String), Respon
     Ok((consent, name))
 }
 
+fn issuer_name(state: &PageState, issuer_id: &str) -> String {
+    state
+        .consents
+        .registry()
+        .read(|r| r.issuer(issuer_id).map(|i| i.name.clone()))
+        .unwrap_or_else(|| issuer_id.to_owned())
+}
+
+fn issuer_login(state: &PageState, issuer_id: &str) -> Result<IssuerLogin, LoginError> {
+    state
+        .consents
+        .registry()
+        .read(|r| r.issuer(issuer_id).and_then(|i| i.login.clone()))
+        .ok_or_else(|| LoginError::NotConfigured(format!("issuer {issuer_id} has registered no OpenID Provider")))
+}
+
 async fn show(State(state): State<PageState>, Path(id): Path<String>) -> Response {
     let (consent, name) = match pending(&state, &id) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let issuer = state
-        .consents
-        .registry()
-        .read(|r| r.issuer(&consent.issuer_id).map(|i| i.name.clone()))
-        .unwrap_or(consent.issuer_id.clone());
+    let issuer = issuer_name(&state, &consent.issuer_id);
     page(
         "カード会社でのログイン",
         &format!(
-            "<h1>{} ログイン</h1>{}<form method=\"post\" action=\"/consent/{}/login\">\
-             <p><label>会員ID <input name=\"login_id\" autocomplete=\"username\" required></label></p>\
-             <p><label>パスワード <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
-             <button type=\"submit\">ログイン</button></form>\
-             <p><small>パスワードはカード会社にのみ送られ、{} には渡りません。</small></p>",
+            "<h1>{} でログイン</h1>{}<form method=\"post\" action=\"/consent/{}/login\">\
+             <button type=\"submit\" id=\"sign-in\">{} のログイン画面へ</button></form>\
+             <p><small>ログインはカード会社の画面で行います。会員IDやパスワードは {} にも cardlink にも渡りません。</small></p>",
             esc(&issuer),
             request_summary(&consent, &name),
             esc(&id),
+            esc(&issuer),
             esc(&name)
         ),
     )
@@ -138,41 +155,201 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-fn ticket(secret: &[u8], consent_id: &str, member: &Member) -> String {
-    let expires = Utc::now().timestamp() + TICKET_TTL_SECS;
-    let payload = format!("{consent_id}\n{}\n{}\n{expires}", member.issuer_id, member.member_ref);
-    let mac = cardlink_auth::hmac_sha256(secret, &[payload.as_bytes()]);
-    format!("{}.{}", B64.encode(payload.as_bytes()), B64.encode(mac))
+/// What a ticket carries: the consent (or page) it is for, the member, and until when.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ticket {
+    purpose: String,
+    member: Member,
+    expires: i64,
 }
 
-/// The member a ticket was issued to, if it is genuine, unexpired and for this consent.
-fn check_ticket(secret: &[u8], consent_id: &str, ticket: &str) -> Option<(String, String)> {
-    let (payload, mac) = ticket.split_once('.')?;
-    let payload = B64.decode(payload).ok()?;
-    let expected = cardlink_auth::hmac_sha256(secret, &[&payload]);
-    let presented = B64.decode(mac).ok()?;
-    if !cardlink_auth::constant_time_eq(&presented, &expected) {
-        return None;
+fn ticket(secret: &[u8], purpose: &str, member: &Member) -> String {
+    let ticket = Ticket {
+        purpose: purpose.to_owned(),
+        member: member.clone(),
+        expires: Utc::now().timestamp() + TICKET_TTL_SECS,
+    };
+    // Serialising a struct of strings and integers cannot fail.
+    cardlink_auth::seal(secret, "ticket", &serde_json::to_vec(&ticket).unwrap_or_default())
+}
+
+/// The member a ticket was issued to, if it is genuine, unexpired and for this purpose.
+fn check_ticket(secret: &[u8], purpose: &str, ticket: &str) -> Option<Member> {
+    let ticket: Ticket = serde_json::from_slice(&cardlink_auth::unseal(secret, "ticket", ticket)?).ok()?;
+    (ticket.purpose == purpose && Utc::now().timestamp() < ticket.expires).then_some(ticket.member)
+}
+
+/// A failed sign-in: audited, and a page telling the member what happened.
+async fn sign_in_failed(state: &PageState, issuer_id: &str, purpose: Option<&Purpose>, error: LoginError) -> Response {
+    tracing::warn!(issuer_id, error = %error, reason = error.reason().as_str(), "member sign-in failed");
+    let consent_id = match purpose {
+        Some(Purpose::Consent(id)) => Some(id.as_str()),
+        _ => None,
+    };
+    state.consents.audit_sign_in(SignIn::Failed { issuer_id, consent_id, error: &error }).await;
+    let status = match error {
+        LoginError::ProviderUnavailable(_) => StatusCode::BAD_GATEWAY,
+        LoginError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
+        LoginError::Session(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut response = error_page(status, error.page_message());
+    clear_session(&mut response);
+    response
+}
+
+fn session_cookie(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+    // Lax: the provider's redirect back is a top-level cross-site navigation.
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path={CALLBACK_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .ok()
+}
+
+fn clear_session(response: &mut Response) {
+    if let Some(v) = session_cookie("", 0, false) {
+        response.headers_mut().append(header::SET_COOKIE, v);
     }
-    let text = String::from_utf8(payload).ok()?;
-    let mut parts = text.split('\n');
-    let (id, issuer, member, expires) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?.parse::<i64>().ok()?);
-    (id == consent_id && Utc::now().timestamp() < expires).then(|| (issuer.to_owned(), member.to_owned()))
 }
 
-async fn login(State(state): State<PageState>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
-    let (consent, name) = match pending(&state, &id) {
+/// Sends the browser to `issuer_id`'s provider.
+async fn start_sign_in(state: &PageState, issuer_id: &str, purpose: Purpose) -> Response {
+    let started = match issuer_login(state, issuer_id) {
+        Ok(login) => state.login.begin(issuer_id, &login, purpose.clone()).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok((url, pending)) => {
+            let cookie = session_cookie(&pending.seal(&state.secret), crate::login::SIGN_IN_TTL_SECS, state.secure);
+            match (HeaderValue::from_str(&url), cookie) {
+                (Ok(location), Some(cookie)) => {
+                    (StatusCode::SEE_OTHER, [(header::LOCATION, location), (header::SET_COOKIE, cookie)])
+                        .into_response()
+                }
+                _ => {
+                    sign_in_failed(
+                        state,
+                        issuer_id,
+                        Some(&purpose),
+                        LoginError::ProviderUnavailable("unusable authorization URL".into()),
+                    )
+                    .await
+                }
+            }
+        }
+        Err(e) => sign_in_failed(state, issuer_id, Some(&purpose), e).await,
+    }
+}
+
+async fn login(State(state): State<PageState>, Path(id): Path<String>) -> Response {
+    let (consent, _) = match pending(&state, &id) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let form = form(&body);
-    let (Some(login_id), Some(password)) = (field(&form, "login_id"), field(&form, "password")) else {
-        return error_page(StatusCode::BAD_REQUEST, "会員IDとパスワードを入力してください。");
+    start_sign_in(&state, &consent.issuer_id, Purpose::Consent(id)).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    /// RFC 9207: the provider that answered, where it says so.
+    iss: Option<String>,
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Where the provider sends the member back.
+async fn callback(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    Query(params): Query<CallbackParams>,
+) -> Response {
+    let Some(pending) = cookie(&headers, SESSION_COOKIE).and_then(|c| Pending::open(&state.secret, c)) else {
+        return sign_in_failed(
+            &state,
+            "",
+            None,
+            LoginError::Session("no sign-in was started from this browser, or it expired"),
+        )
+        .await;
     };
-    let Some(member) = state.members.sign_in(&consent.issuer_id, login_id, password) else {
-        return error_page(StatusCode::UNAUTHORIZED, "会員IDまたはパスワードが正しくありません。");
+    let issuer_id = pending.issuer_id.clone();
+    let state_matches = params
+        .state
+        .as_deref()
+        .is_some_and(|s| cardlink_auth::constant_time_eq(s.as_bytes(), pending.state.as_bytes()));
+    if !state_matches {
+        return sign_in_failed(
+            &state,
+            &issuer_id,
+            Some(&pending.purpose),
+            LoginError::Session("the state does not match this browser's sign-in"),
+        )
+        .await;
+    }
+    if let Some(error) = params.error {
+        let detail = match params.error_description {
+            Some(d) => format!("{error}: {d}"),
+            None => error,
+        };
+        return sign_in_failed(&state, &issuer_id, Some(&pending.purpose), LoginError::Cancelled(detail)).await;
+    }
+    let Some(code) = params.code else {
+        return sign_in_failed(
+            &state,
+            &issuer_id,
+            Some(&pending.purpose),
+            LoginError::Token("the provider sent no code".into()),
+        )
+        .await;
     };
+    let signed_in = match issuer_login(&state, &issuer_id) {
+        // A response from another provider than the one the sign-in went to (mix-up attack).
+        Ok(login) if params.iss.as_deref().is_some_and(|iss| iss != login.issuer_url) => {
+            Err(LoginError::Session("the response names another provider than the issuer's"))
+        }
+        Ok(login) => state.login.finish(&login, &pending, &code).await,
+        Err(e) => Err(e),
+    };
+    let member = match signed_in {
+        Ok(member) => member,
+        Err(e) => return sign_in_failed(&state, &issuer_id, Some(&pending.purpose), e).await,
+    };
+    let consent_id = match &pending.purpose {
+        Purpose::Consent(id) => Some(id.as_str()),
+        Purpose::MemberPage => None,
+    };
+    state.consents.audit_sign_in(SignIn::Succeeded { member: &member, consent_id }).await;
+    let mut response = match &pending.purpose {
+        Purpose::Consent(id) => choose(&state, id, &member),
+        Purpose::MemberPage => member_consents(&state, &member, ""),
+    };
+    clear_session(&mut response);
+    response
+}
+
+/// The signed-in member chooses accounts and scopes for consent `id`.
+fn choose(state: &PageState, id: &str, member: &Member) -> Response {
+    let (consent, name) = match pending(state, id) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if consent.issuer_id != member.issuer_id {
+        return error_page(StatusCode::FORBIDDEN, "この同意リクエストは別のカード会社のものです。");
+    }
     let accounts: String = member
         .accounts
         .iter()
@@ -205,8 +382,8 @@ async fn login(State(state): State<PageState>, Path(id): Path<String>, body: axu
              <button type=\"submit\" name=\"decision\" value=\"deny\">同意しない</button></form>",
             esc(&member.display_name),
             request_summary(&consent, &name),
-            esc(&id),
-            esc(&ticket(&state.secret, &id, &member))
+            esc(id),
+            esc(&ticket(&state.secret, id, member))
         ),
     )
     .into_response()
@@ -228,20 +405,18 @@ async fn decide(State(state): State<PageState>, Path(id): Path<String>, body: ax
         Err(r) => return r,
     };
     let form = form(&body);
-    let Some((issuer_id, member_ref)) = field(&form, "ticket").and_then(|t| check_ticket(&state.secret, &id, t)) else {
+    let Some(member) = field(&form, "ticket").and_then(|t| check_ticket(&state.secret, &id, t)) else {
         return error_page(StatusCode::UNAUTHORIZED, "ログインの有効期限が切れました。もう一度ログインしてください。");
-    };
-    let Some(member) = state.members.member(&issuer_id, &member_ref) else {
-        return error_page(StatusCode::UNAUTHORIZED, "会員が見つかりません。");
     };
     let state_param = consent.state.clone().unwrap_or_default();
     if field(&form, "decision") != Some("approve") {
-        return match state.consents.deny(&issuer_id, &id, &member_ref).await {
+        return match state.consents.deny(&member.issuer_id, &id, &member.member_ref).await {
             Ok(c) => redirect(&c.redirect_uri, &[("error", "access_denied"), ("state", &state_param)]),
             Err(e) => error_page(StatusCode::CONFLICT, &e.to_string()),
         };
     }
-    // Only the member's own accounts can be chosen, whatever the form says.
+    // Only the member's own accounts (as their card company named them) can be chosen,
+    // whatever the form says.
     let accounts: Vec<String> = form
         .iter()
         .filter(|(k, _)| k == "account")
@@ -253,8 +428,8 @@ async fn decide(State(state): State<PageState>, Path(id): Path<String>, body: ax
         .filter(|(k, _)| k == "scope")
         .filter_map(|(_, v)| Scope::ALL.into_iter().find(|s| s.as_str() == v))
         .collect();
-    let approval = Approval { member_ref: member_ref.clone(), account_refs: accounts, scopes };
-    match state.consents.approve(&issuer_id, &id, approval).await {
+    let approval = Approval { member_ref: member.member_ref.clone(), account_refs: accounts, scopes };
+    match state.consents.approve(&member.issuer_id, &id, approval).await {
         Ok((c, code)) => redirect(&c.redirect_uri, &[("code", &code), ("state", &state_param)]),
         Err(e) => error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     }
@@ -264,19 +439,19 @@ async fn decide(State(state): State<PageState>, Path(id): Path<String>, body: ax
 const MEMBER_PAGE: &str = "member-page";
 
 async fn member_login_page(State(state): State<PageState>) -> Response {
-    let mut issuers: Vec<(String, String)> =
-        state.consents.registry().read(|r| r.issuers().map(|i| (i.issuer_id.clone(), i.name.clone())).collect());
+    let mut issuers: Vec<(String, String)> = state
+        .consents
+        .registry()
+        .read(|r| r.issuers().filter(|i| i.login.is_some()).map(|i| (i.issuer_id.clone(), i.name.clone())).collect());
     issuers.sort();
     let options: String =
         issuers.iter().map(|(id, name)| format!("<option value=\"{}\">{}</option>", esc(id), esc(name))).collect();
     member_page(
         "同意の確認と取り消し",
         &format!(
-            "<h1>データ提供先の確認</h1><p>カード会社の会員IDでログインすると、あなたのカード情報を受け取っている事業者と、その内容を確認・取り消しできます。</p>\
+            "<h1>データ提供先の確認</h1><p>カード会社でログインすると、あなたのカード情報を受け取っている事業者と、その内容を確認・取り消しできます。</p>\
              <form method=\"post\" action=\"/member/login\"><p><label>カード会社 <select name=\"issuer_id\">{options}</select></label></p>\
-             <p><label>会員ID <input name=\"login_id\" required></label></p>\
-             <p><label>パスワード <input name=\"password\" type=\"password\" required></label></p>\
-             <button type=\"submit\">ログイン</button></form>"
+             <button type=\"submit\" id=\"sign-in\">カード会社のログイン画面へ</button></form>"
         ),
     )
     .into_response()
@@ -377,33 +552,29 @@ fn access_history(state: &PageState, member: &Member) -> String {
 
 async fn member_login(State(state): State<PageState>, body: axum::body::Bytes) -> Response {
     let form = form(&body);
-    let (Some(issuer_id), Some(login_id), Some(password)) =
-        (field(&form, "issuer_id"), field(&form, "login_id"), field(&form, "password"))
-    else {
-        return error_page(StatusCode::BAD_REQUEST, "カード会社・会員ID・パスワードを入力してください。");
+    let Some(issuer_id) = field(&form, "issuer_id") else {
+        return error_page(StatusCode::BAD_REQUEST, "カード会社を選んでください。");
     };
-    match state.members.sign_in(issuer_id, login_id, password) {
-        Some(member) => member_consents(&state, &member, ""),
-        None => error_page(StatusCode::UNAUTHORIZED, "会員IDまたはパスワードが正しくありません。"),
-    }
+    start_sign_in(&state, issuer_id, Purpose::MemberPage).await
 }
 
 async fn member_revoke(State(state): State<PageState>, body: axum::body::Bytes) -> Response {
     let form = form(&body);
-    let Some((issuer_id, member_ref)) =
-        field(&form, "ticket").and_then(|t| check_ticket(&state.secret, MEMBER_PAGE, t))
-    else {
+    let Some(member) = field(&form, "ticket").and_then(|t| check_ticket(&state.secret, MEMBER_PAGE, t)) else {
         return error_page(StatusCode::UNAUTHORIZED, "ログインの有効期限が切れました。もう一度ログインしてください。");
     };
-    let Some(member) = state.members.member(&issuer_id, &member_ref) else {
-        return error_page(StatusCode::UNAUTHORIZED, "会員が見つかりません。");
-    };
     let consent_id = field(&form, "consent_id").unwrap_or_default();
-    let actor = crate::lifecycle::Actor::Member { issuer_id, member_ref };
+    let actor =
+        crate::lifecycle::Actor::Member { issuer_id: member.issuer_id.clone(), member_ref: member.member_ref.clone() };
     match state.consents.revoke(&actor, consent_id).await {
         Ok(_) => {
             member_consents(&state, &member, "取り消しました。以後、この事業者にはあなたのカード情報は提供されません。")
         }
         Err(e) => error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     }
+}
+
+/// The public key of the consent service's `private_key_jwt` client key.
+async fn jwks(State(state): State<PageState>) -> Response {
+    ([(header::CACHE_CONTROL, "max-age=300")], axum::Json(state.login.jwks())).into_response()
 }

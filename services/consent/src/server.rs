@@ -20,7 +20,7 @@ pub use cardlink_serving::ServeError;
 
 use crate::grpc::ConsentGrpc;
 use crate::lifecycle::ConsentBook;
-use crate::members::MemberDirectory;
+use crate::login::{LoginSettings, RelyingParty};
 use crate::pages::{self, PageState};
 use crate::service::Consents;
 
@@ -52,6 +52,8 @@ pub struct ConsentConfig {
     pub trusted_keys: Vec<PublicKey>,
     /// Key of the per-aggregator account pseudonyms, and of the consent page's tickets.
     pub secret: Arc<[u8]>,
+    /// How the consent page authenticates at issuers' OpenID Providers.
+    pub login: LoginSettings,
 }
 
 #[derive(Debug)]
@@ -92,11 +94,7 @@ impl RunningConsent {
 }
 
 /// Starts the consent service; returns once its views caught up with their topics.
-pub async fn start(
-    bus: &BusConfig,
-    config: ConsentConfig,
-    members: Arc<dyn MemberDirectory>,
-) -> Result<RunningConsent, ServeError> {
+pub async fn start(bus: &BusConfig, config: ConsentConfig) -> Result<RunningConsent, ServeError> {
     let (grpc_listener, grpc_addr) = cardlink_serving::bind(config.grpc_listen).await?;
     let http = match config.http_listen {
         Some(at) => Some(cardlink_serving::bind(at).await?),
@@ -110,6 +108,7 @@ pub async fn start(
             return Err(ServeError::Config("the consent pages are served elsewhere: name their public URL".into()));
         }
     };
+    let login = Arc::new(RelyingParty::new(&public_url, config.login.clone()).map_err(ServeError::Config)?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (mut registry, registry_follower) = follow::spawn(
@@ -165,8 +164,13 @@ pub async fn start(
         }
     });
 
-    let pages =
-        pages::router(PageState { consents: consents.clone(), members, secret: Arc::clone(&config.secret), access });
+    let pages = pages::router(PageState {
+        consents: consents.clone(),
+        login,
+        secret: Arc::clone(&config.secret),
+        access,
+        secure: public_url.starts_with("https://"),
+    });
     let mut tasks = vec![grpc_task];
     if let Some((listener, _)) = http {
         tasks.push(cardlink_serving::html::serve(listener, pages.clone(), shutdown_rx.clone(), "consent page server"));

@@ -39,6 +39,21 @@ impl ApiError for ServiceError {
     }
 }
 
+/// A member's sign-in at their card company, for the audit log.
+#[derive(Debug)]
+pub enum SignIn<'a> {
+    Succeeded {
+        member: &'a crate::login::Member,
+        consent_id: Option<&'a str>,
+    },
+    /// `issuer_id` is empty when the browser came back without a sign-in of ours.
+    Failed {
+        issuer_id: &'a str,
+        consent_id: Option<&'a str>,
+        error: &'a crate::login::LoginError,
+    },
+}
+
 /// How long an exchange waits to read its own write back from the consent topic.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -114,6 +129,44 @@ impl Consents {
             tracing::error!(error = %e, action, "could not write audit event");
         }
         Ok((event, delivered))
+    }
+
+    /// Records a member's sign-in (`consent.sign_in`): who, at which issuer, for which consent,
+    /// and for a failure its reason and what went wrong.
+    pub async fn audit_sign_in(&self, sign_in: SignIn<'_>) {
+        let audit = match sign_in {
+            SignIn::Succeeded { member, consent_id } => {
+                let actor = format!("{}/{}", member.issuer_id, member.member_ref);
+                let mut a = AuditEvent::now(
+                    cardlink_events::ActorType::Member,
+                    &actor,
+                    "consent.sign_in",
+                    &format!("issuer/{}", member.issuer_id),
+                    AuditOutcome::Succeeded,
+                );
+                a.issuer_id = Some(member.issuer_id.clone());
+                a.member_ref = Some(member.member_ref.clone());
+                a.consent_id = consent_id.map(str::to_owned);
+                a
+            }
+            SignIn::Failed { issuer_id, consent_id, error } => {
+                // The member is not known; what was presented is the issuer they chose.
+                let mut a = AuditEvent::now(
+                    cardlink_events::ActorType::Anonymous,
+                    issuer_id,
+                    "consent.sign_in",
+                    &format!("issuer/{issuer_id}"),
+                    AuditOutcome::Failed,
+                );
+                a.issuer_id = (!issuer_id.is_empty()).then(|| issuer_id.to_owned());
+                a.consent_id = consent_id.map(str::to_owned);
+                a.reason = Some(error.reason().as_str().to_owned());
+                a
+            }
+        };
+        if let Err(e) = self.producer.publish_audit(&audit).await {
+            tracing::error!(error = %e, "could not write the sign-in audit event");
+        }
     }
 
     async fn audit_denied(&self, actor: &Actor, action: &str, consent_id: &str, error: &ConsentError) {

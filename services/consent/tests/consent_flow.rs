@@ -9,11 +9,12 @@ use std::time::Duration;
 use cardlink_api::status::reason;
 use cardlink_api::v1;
 use cardlink_bus::Topic;
-use cardlink_consent::members::{DemoIssuerLogin, Member};
+use cardlink_consent::login::{ClientSecrets, LoginSettings};
 use cardlink_consent::pkce;
 use cardlink_consent::server::RunningConsent;
 use cardlink_events::{AuditEvent, RecordType, decode_record};
 use cardlink_registry::server::RunningRegistry;
+use cardlink_testkit::login::{AtProvider, Browser, TEST_MEMBER, TEST_PASSWORD, connect_test_login};
 use cardlink_testkit::{
     TestBus, authorized, connect, consent_client, http, register_aggregator, register_issuer, registry_client,
 };
@@ -29,6 +30,7 @@ struct World {
     issuer: String,
     agg_x: String,
     agg_y: String,
+    _secrets: tempfile::TempDir,
 }
 
 async fn world() -> World {
@@ -42,21 +44,12 @@ async fn world() -> World {
         tokens.push(register_aggregator(&mut r, &operator, id).await.unwrap().token);
         connect(&mut r, &issuer, "iss-a", id, &all).await.unwrap();
     }
-    let mut members = DemoIssuerLogin::new();
-    members.add(
-        Member {
-            issuer_id: "iss-a".into(),
-            member_ref: "m-001".into(),
-            display_name: "山田 花子".into(),
-            accounts: vec![
-                ("acct-1".into(), "ゴールド ****0042".into()),
-                ("acct-2".into(), "家族カード ****1881".into()),
-            ],
-        },
-        "correct horse",
-    );
-    // The consent service reads the registry from the topic; wait until it knows the connections.
-    let consent = bus.start_consent(&registry, members).await.unwrap();
+    // Members sign in at iss-a's OpenID Provider (oidc-provider); the client secret is in the
+    // consent service's secrets directory, as a mounted Secret would be.
+    let secrets = tempfile::tempdir().unwrap();
+    let login = LoginSettings { client_secrets: ClientSecrets::Dir(secrets.path().to_owned()), client_key: None };
+    let consent = bus.start_consent(&registry, login).await.unwrap();
+    connect_test_login(&mut r, &operator, "iss-a", &consent, secrets.path()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !consent.consents().registry().read(|v| v.is_connected("iss-a", "agg-y")) {
         assert!(tokio::time::Instant::now() < deadline);
@@ -64,7 +57,7 @@ async fn world() -> World {
     }
     let agg_y = tokens.pop().unwrap();
     let agg_x = tokens.pop().unwrap();
-    World { bus, _registry: registry, consent, issuer, agg_x, agg_y }
+    World { bus, _registry: registry, consent, issuer, agg_x, agg_y, _secrets: secrets }
 }
 
 fn ask(scopes: &[v1::Scope]) -> v1::CreateConsentRequestRequest {
@@ -81,29 +74,23 @@ fn ask(scopes: &[v1::Scope]) -> v1::CreateConsentRequestRequest {
     }
 }
 
-/// The member signs in at the consent page and decides; returns the redirect's query pairs.
+/// The member signs in at their card company from the consent page and decides; returns the
+/// redirect's query pairs.
 async fn member_decides(w: &World, url: &str, decision: &str, extra: &str) -> Vec<(String, String)> {
     let path = url.split_once(&w.consent.http_addr().unwrap().to_string()).unwrap().1.to_owned();
-    let (status, _, body) = http(w.consent.http_addr().unwrap(), "GET", &path, None).await.unwrap();
-    assert_eq!(status, 200);
-    assert!(body.contains("家計簿 agg-x") && body.contains("ログイン"), "{body}");
+    let browser = Browser::new();
+    let page = browser.get(url).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("家計簿 agg-x") && page.body.contains("ログイン"), "{}", page.body);
 
-    let (status, _, body) =
-        http(w.consent.http_addr().unwrap(), "POST", &format!("{path}/login"), Some("login_id=m-001&password=wrong"))
-            .await
-            .unwrap();
-    assert_eq!(status, 401, "a wrong password is refused");
-    let (status, _, body_ok) = http(
-        w.consent.http_addr().unwrap(),
-        "POST",
-        &format!("{path}/login"),
-        Some("login_id=m-001&password=correct+horse"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(body_ok.contains("山田 花子") && body_ok.contains("ゴールド ****0042"));
-    let ticket = body_ok.split("name=\"ticket\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let wrong = AtProvider::SignIn { login_id: TEST_MEMBER, password: "wrong" };
+    let refused = browser.sign_in(&format!("{url}/login"), &[], wrong).await.unwrap();
+    assert_eq!(refused.status, 401, "a wrong password is refused at the card company: {}", refused.body);
+    let right = AtProvider::SignIn { login_id: TEST_MEMBER, password: TEST_PASSWORD };
+    let signed_in = browser.sign_in(&format!("{url}/login"), &[], right).await.unwrap();
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
+    assert!(signed_in.body.contains("山田 花子") && signed_in.body.contains("ゴールド ****0042"), "{}", signed_in.body);
+    let ticket = signed_in.value("ticket").unwrap();
 
     let form = format!(
         "ticket={}&decision={decision}{extra}",
@@ -386,14 +373,11 @@ async fn a_member_sees_and_revokes_consents_on_cardlinks_member_page() {
     let (status, _, body) = http(addr, "GET", "/member", None).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("iss-a"), "the issuer list offers iss-a: {body}");
-    let (status, _, body) =
-        http(addr, "POST", "/member/login", Some("issuer_id=iss-a&login_id=m-001&password=nope")).await.unwrap();
-    assert_eq!(status, 401, "{body}");
-    let (status, _, body) =
-        http(addr, "POST", "/member/login", Some("issuer_id=iss-a&login_id=m-001&password=correct+horse"))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    let browser = Browser::new();
+    let right = AtProvider::SignIn { login_id: TEST_MEMBER, password: TEST_PASSWORD };
+    let page = browser.sign_in(&format!("http://{addr}/member/login"), &[("issuer_id", "iss-a")], right).await.unwrap();
+    assert_eq!(page.status, 200);
+    let body = page.body;
     assert!(body.contains("家計簿 agg-x") && body.contains("有効") && body.contains(&consent_id), "{body}");
     let ticket = body.split("name=\"ticket\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
 

@@ -181,7 +181,12 @@ mod tests {
     fn issuer(view: &mut RegistryView, id: &str, volume: i64) {
         apply(
             view,
-            Entity::Issuer(IssuerEntity { issuer_id: id.into(), name: id.to_uppercase(), annual_volume_jpy: volume }),
+            Entity::Issuer(IssuerEntity {
+                issuer_id: id.into(),
+                name: id.to_uppercase(),
+                annual_volume_jpy: volume,
+                login: None,
+            }),
         );
     }
 

@@ -7,7 +7,9 @@ use cardlink_api::status::{into_status, status};
 use cardlink_api::v1::registry_server::Registry as RegistryApi;
 use cardlink_api::{Reason, v1};
 use cardlink_authn::caller;
-use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, IssuerEntity};
+use cardlink_events::registry::{
+    AggregatorEntity, AggregatorStatus, ClientAuth, ConnectionEntity, ConnectionStatus, IssuerEntity, IssuerLogin,
+};
 use tonic::{Request, Response, Status};
 
 use crate::goal::{self, PublishingActivity};
@@ -35,7 +37,31 @@ fn issuer(i: &IssuerEntity) -> v1::Issuer {
         name: i.name.clone(),
         annual_volume_jpy: i.annual_volume_jpy,
         publishing_live: false,
+        login: i.login.as_ref().map(|l| v1::IssuerLogin {
+            issuer_url: l.issuer_url.clone(),
+            client_id: l.client_id.clone(),
+            client_auth: match l.client_auth {
+                ClientAuth::ClientSecretBasic => v1::ClientAuth::ClientSecretBasic,
+                ClientAuth::PrivateKeyJwt => v1::ClientAuth::PrivateKeyJwt,
+            } as i32,
+            account_claim: l.account_claim.clone(),
+        }),
     }
+}
+
+#[allow(clippy::result_large_err)]
+fn issuer_login(l: v1::IssuerLogin) -> Result<IssuerLogin, Status> {
+    let client_auth = match v1::ClientAuth::try_from(l.client_auth) {
+        Ok(v1::ClientAuth::ClientSecretBasic) => ClientAuth::ClientSecretBasic,
+        Ok(v1::ClientAuth::PrivateKeyJwt) => ClientAuth::PrivateKeyJwt,
+        _ => {
+            return Err(status(
+                Reason::InvalidArgument,
+                "login.client_auth must be CLIENT_SECRET_BASIC or PRIVATE_KEY_JWT",
+            ));
+        }
+    };
+    Ok(IssuerLogin { issuer_url: l.issuer_url, client_id: l.client_id, client_auth, account_claim: l.account_claim })
 }
 
 fn aggregator(a: &AggregatorEntity) -> v1::Aggregator {
@@ -72,7 +98,8 @@ impl RegistryApi for RegistryGrpc {
     ) -> Result<Response<v1::RegisterIssuerResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let entity = IssuerEntity { issuer_id: r.issuer_id, name: r.name, annual_volume_jpy: r.annual_volume_jpy };
+        let entity =
+            IssuerEntity { issuer_id: r.issuer_id, name: r.name, annual_volume_jpy: r.annual_volume_jpy, login: None };
         let (i, c) = self.registry.register_issuer(&caller, entity).await.map_err(into_status)?;
         Ok(Response::new(v1::RegisterIssuerResponse { issuer: Some(issuer(&i)), credential: Some(credential(c)) }))
     }
@@ -95,6 +122,17 @@ impl RegistryApi for RegistryGrpc {
             aggregator: Some(aggregator(&a)),
             credential: Some(credential(c)),
         }))
+    }
+
+    async fn set_issuer_login(
+        &self,
+        request: Request<v1::SetIssuerLoginRequest>,
+    ) -> Result<Response<v1::Issuer>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let login = issuer_login(r.login.ok_or_else(|| status(Reason::InvalidArgument, "login is required"))?)?;
+        let i = self.registry.set_issuer_login(&caller, &r.issuer_id, login).await.map_err(into_status)?;
+        Ok(Response::new(issuer(&i)))
     }
 
     async fn set_aggregator_status(

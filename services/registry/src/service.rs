@@ -10,7 +10,7 @@ use cardlink_auth::{Role, TokenSigner};
 use cardlink_bus::{BusError, Producer};
 use cardlink_events::registry::{
     AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, CredentialEntity, Entity, IssuerEntity,
-    ParticipantRole, RegistryEvent, Scope,
+    IssuerLogin, ParticipantRole, RegistryEvent, Scope,
 };
 use cardlink_events::{ActorType, AuditEvent, AuditOutcome, RecordType};
 use cardlink_views::follow::Followed;
@@ -59,9 +59,32 @@ pub struct IssuedCredential {
 /// Participant ids: lowercase letters, digits and hyphens, 2–63 characters, starting with a
 /// letter or digit. No `/`, so Kafka keys `issuer_id/account_ref` stay unambiguous.
 pub fn valid_id(id: &str) -> bool {
-    (2..=63).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    cardlink_events::registry::is_plain_id(id)
+}
+
+/// A provider the consent page can reach safely: an https issuer URL (http only on the local
+/// machine, for development) without query or fragment, as OpenID Connect Discovery requires.
+fn check_login(login: &IssuerLogin) -> Result<(), RegistryError> {
+    let invalid = |field, message| Err(RegistryError::Invalid { field, message });
+    let Ok(url) = url::Url::parse(&login.issuer_url) else {
+        return invalid("login.issuer_url", "not a URL");
+    };
+    let local = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if !(url.scheme() == "https" || (url.scheme() == "http" && local)) {
+        return invalid("login.issuer_url", "must be https (http only on localhost)");
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return invalid("login.issuer_url", "must have no query, fragment or user");
+    }
+    if login.client_id.is_empty() || login.client_id.len() > 255 {
+        return invalid("login.client_id", "1-255 characters");
+    }
+    let claim_ok = (1..=128).contains(&login.account_claim.len())
+        && login.account_claim.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if !claim_ok {
+        return invalid("login.account_claim", "1-128 printable ASCII characters");
+    }
+    Ok(())
 }
 
 fn actor(caller: &Caller) -> (ActorType, &str) {
@@ -213,6 +236,33 @@ impl Registry {
             .await?;
         let credential = self.issue_credential(actor(caller), &aggregator.aggregator_id, Role::Aggregator).await?;
         Ok((aggregator, credential))
+    }
+
+    /// Registers where `issuer_id`'s members sign in. The issuer itself or the operator.
+    pub async fn set_issuer_login(
+        &self,
+        caller: &Caller,
+        issuer_id: &str,
+        login: IssuerLogin,
+    ) -> Result<IssuerEntity, RegistryError> {
+        let own = caller.role == Role::Issuer && caller.participant_id == issuer_id;
+        if !(own || is_operator(caller)) {
+            return Err(RegistryError::Forbidden("an issuer sets only its own login provider"));
+        }
+        check_login(&login)?;
+        let current = self
+            .view
+            .read(|v| v.issuer(issuer_id).cloned())
+            .ok_or_else(|| RegistryError::NotFound { kind: "issuer", id: issuer_id.to_owned() })?;
+        let next = IssuerEntity { login: Some(login), ..current };
+        self.publish(
+            actor(caller),
+            Entity::Issuer(next.clone()),
+            "registry.issuer.login",
+            format!("issuer/{issuer_id}"),
+        )
+        .await?;
+        Ok(next)
     }
 
     pub async fn set_aggregator_status(
@@ -397,7 +447,7 @@ mod tests {
 
     fn view_with_both_roles(id: &str) -> RegistryView {
         let mut view = RegistryView::new();
-        let issuer = IssuerEntity { issuer_id: id.into(), name: "I".into(), annual_volume_jpy: 1 };
+        let issuer = IssuerEntity { issuer_id: id.into(), name: "I".into(), annual_volume_jpy: 1, login: None };
         let aggregator = AggregatorEntity {
             aggregator_id: id.into(),
             name: "A".into(),
@@ -423,7 +473,7 @@ mod tests {
             Err(RegistryError::Invalid { field: "participant_id", .. })
         ));
         let mut single = RegistryView::new();
-        let issuer = IssuerEntity { issuer_id: "iss-a".into(), name: "I".into(), annual_volume_jpy: 1 };
+        let issuer = IssuerEntity { issuer_id: "iss-a".into(), name: "I".into(), annual_volume_jpy: 1, login: None };
         single.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Issuer(issuer)));
         assert_eq!(rotation_role(&single, &caller("op", Role::Operator), "iss-a").ok(), Some(Role::Issuer));
         assert!(matches!(

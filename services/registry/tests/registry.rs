@@ -288,3 +288,60 @@ async fn an_id_names_one_participant_whatever_its_role() {
     let status = e.downcast_ref::<tonic::Status>().expect("a gRPC refusal");
     assert_eq!(status.code(), Code::AlreadyExists);
 }
+
+#[tokio::test]
+async fn an_issuer_registers_where_its_members_sign_in_and_nothing_unsafe_is_accepted() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, aggregator_token) = register(&mut client, &operator).await;
+    let login = |issuer_url: &str| v1::IssuerLogin {
+        issuer_url: issuer_url.into(),
+        client_id: "cardlink".into(),
+        client_auth: v1::ClientAuth::PrivateKeyJwt as i32,
+        account_claim: "card_accounts".into(),
+    };
+    let set = |issuer: &str, login: v1::IssuerLogin| v1::SetIssuerLoginRequest {
+        issuer_id: issuer.into(),
+        login: Some(login),
+    };
+
+    // The issuer sets its own; the change is on the registry topic for every consent service.
+    let issuer = client
+        .set_issuer_login(authorized(set("iss-a", login("https://login.a-card.example")), &issuer_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issuer.login.as_ref().unwrap().issuer_url, "https://login.a-card.example");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while registry.view().read(|v| v.issuer("iss-a").and_then(|i| i.login.clone())).is_none() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Only the issuer itself or the operator; never an aggregator.
+    let e = client
+        .set_issuer_login(authorized(set("iss-a", login("https://evil.example")), &aggregator_token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    client.set_issuer_login(authorized(set("iss-a", login("https://login2.a-card.example")), &operator)).await.unwrap();
+    let e = client.set_issuer_login(authorized(set("iss-z", login("https://z.example")), &operator)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Where cardlink would send members' browsers and its client credentials: https only
+    // (http on the local machine), no query or fragment; a claim name and a client auth method.
+    for (bad, field) in [
+        (login("http://login.a-card.example"), "issuer_url"),
+        (login("https://login.a-card.example/?x=1"), "issuer_url"),
+        (login("not a url"), "issuer_url"),
+        (v1::IssuerLogin { client_id: String::new(), ..login("https://a.example") }, "client_id"),
+        (v1::IssuerLogin { account_claim: String::new(), ..login("https://a.example") }, "account_claim"),
+        (v1::IssuerLogin { client_auth: 0, ..login("https://a.example") }, "client_auth"),
+    ] {
+        let e = client.set_issuer_login(authorized(set("iss-a", bad), &issuer_token)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    client.set_issuer_login(authorized(set("iss-a", login("http://127.0.0.1:8080/op")), &issuer_token)).await.unwrap();
+}

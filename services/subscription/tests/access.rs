@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use cardlink_api::status::reason;
 use cardlink_api::v1;
-use cardlink_consent::members::{DemoIssuerLogin, Member};
+use cardlink_consent::login::{ClientSecrets, LoginSettings};
 use cardlink_events::registry::Scope;
 use cardlink_events::{Event, samples};
-use cardlink_testkit::{authorized, consent_client, http};
+use cardlink_testkit::login::{AtProvider, Browser, TEST_MEMBER, TEST_PASSWORD, connect_test_login};
+use cardlink_testkit::{authorized, consent_client, registry_client};
 use chrono::{TimeZone, Utc};
 use common::WITHIN;
 use tonic::Code;
@@ -32,15 +33,12 @@ async fn deliveries_are_recorded_and_shown_in_the_members_access_history() {
         Utc::now() + chrono::TimeDelta::days(30),
     );
     let w = common::world(&["iss-a"], &["agg-x"], &[consent]).await;
-    let mut members = DemoIssuerLogin::new();
-    let member = Member {
-        issuer_id: "iss-a".into(),
-        member_ref: "m-001".into(),
-        display_name: "山田 花子".into(),
-        accounts: vec![("acct-1".into(), "ゴールド ****0042".into())],
-    };
-    members.add(member, "correct horse");
-    let consent_service = w.bus.start_consent(&w.registry, members).await.unwrap();
+    // The member signs in at iss-a's OpenID Provider (the test provider's m-001 holds acct-1).
+    let secrets = tempfile::tempdir().unwrap();
+    let login = LoginSettings { client_secrets: ClientSecrets::Dir(secrets.path().to_owned()), client_key: None };
+    let consent_service = w.bus.start_consent(&w.registry, login).await.unwrap();
+    let mut r = registry_client(&w.registry).await.unwrap();
+    connect_test_login(&mut r, w.token("iss-a"), "iss-a", &consent_service, secrets.path()).await.unwrap();
 
     let mut c = w.client().await;
     let mut stream =
@@ -91,10 +89,10 @@ async fn deliveries_are_recorded_and_shown_in_the_members_access_history() {
     assert!(other.entries.is_empty());
 
     // The member's own page shows it.
-    let login = "issuer_id=iss-a&login_id=m-001&password=correct+horse";
-    let (status, _, body) =
-        http(consent_service.http_addr().unwrap(), "POST", "/member/login", Some(login)).await.unwrap();
-    assert_eq!(status, 200);
-    let history = body.split("id=\"access-history\"").nth(1).expect("an access history table");
+    let start = format!("http://{}/member/login", consent_service.http_addr().unwrap());
+    let member = AtProvider::SignIn { login_id: TEST_MEMBER, password: TEST_PASSWORD };
+    let page = Browser::new().sign_in(&start, &[("issuer_id", "iss-a")], member).await.unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    let history = page.body.split("id=\"access-history\"").nth(1).expect("an access history table");
     assert!(history.contains("家計簿 agg-x") && history.contains("3 件"), "{history}");
 }
