@@ -26,7 +26,9 @@ process.stdin.resume();
 const escape = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 function loginPage(uid, notice) {
-  return `<!doctype html><html><body><h1>Test card company</h1>${notice ? `<p>${escape(notice)}</p>` : ''}
+  return `<!doctype html><html><head><meta charset="utf-8"><title>Test card company</title><style>
+body{font:20px sans-serif;margin:2em} h1{background:#7a1f3d;color:#fff;padding:.6em} input,button{font-size:20px;margin:.4em}
+</style></head><body><h1>Test card company — member sign-in</h1>${notice ? `<p>${escape(notice)}</p>` : ''}
 <form method="post" action="/interaction/${escape(uid)}/login">
 <input type="hidden" name="request" value="${escape(uid)}">
 <input name="login_id"><input name="password" type="password">

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
+    /// Platform operators' credentials.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Manage cardlink's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -58,6 +63,25 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Issue a credential for a platform operator and print it once. Run it where the
+    /// registry's signing key and Kafka settings are, e.g.
+    /// `kubectl exec deploy/cardlink-registry -- cardlink operator credential --id ops-1`.
+    Credential {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The platform signing key: base64url of a 32-byte Ed25519 seed.
+        #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
+        signing_key: String,
+        #[arg(long, env = "CARDLINK_SIGNING_KEY_ID", default_value = "k1")]
+        signing_key_id: String,
+        /// The operator's id (2-63 lowercase letters, digits or hyphens).
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -257,7 +281,9 @@ impl Cli {
             Command::Serve { service: Service::Ingest { .. } } => "ingest",
             Command::Adapter { .. } => "adapter",
             Command::Aggregator(_) => "aggregator-cli",
-            Command::Topics { .. } | Command::Config { .. } | Command::Keys { .. } => "admin",
+            Command::Topics { .. } | Command::Config { .. } | Command::Keys { .. } | Command::Operator { .. } => {
+                "admin"
+            }
         };
         format!("cardlink-{name}")
     }
@@ -269,6 +295,28 @@ impl Cli {
             Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Keys { command } => crate::keys::run(command),
+            Command::Operator { command: OperatorCommand::Credential { kafka, signing_key, signing_key_id, id } } => {
+                // Check the arguments before touching Kafka.
+                anyhow::ensure!(
+                    cardlink_events::registry::is_plain_id(&id),
+                    "--id {id:?}: 2-63 lowercase letters, digits or hyphens"
+                );
+                let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
+                    .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+                let bus = kafka.bus(file)?;
+                cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+                // The registry's own code issues it (onto the registry topic), on a port of its own.
+                let config = cardlink_registry::server::RegistryConfig {
+                    listen: ([127, 0, 0, 1], 0).into(),
+                    http_listen: None,
+                    ..Default::default()
+                };
+                let running = cardlink_registry::server::start(&bus, config, Arc::new(signer)).await?;
+                let issued = running.registry().bootstrap_operator(&id).await;
+                running.shutdown().await?;
+                println!("operator {id} credential (shown once): {}", issued?.token);
+                Ok(())
+            }
             Command::Topics {
                 command: TopicsCommand::Provision { kafka, replication_factor, min_insync_replicas },
             } => {
