@@ -1,21 +1,19 @@
 //! Command-line arguments, and the thin glue from each command to the libraries.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use cardlink_adapters::file::{FileRun, Mapping, run_file};
 use cardlink_adapters::simulator::{self, SimConfig, Simulator};
 use cardlink_adapters::sink::IngestSink;
-use cardlink_authn::BootstrapIssuerKeys;
 use cardlink_bus::BusConfig;
-use cardlink_ingest::server::{IngestConfig, RunningIngest};
+use cardlink_ingest::server::RunningIngest;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::FileConfig;
 use crate::runtime;
+use crate::services::{ConsentSettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings};
 
 #[derive(Debug, Parser)]
 #[command(name = "cardlink", version, about = "The shared broker between card issuers and account aggregators")]
@@ -31,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole system locally, with demo participants, consents and simulated issuers.
-    Dev(crate::dev::DevArgs),
+    Dev(Box<crate::dev::DevArgs>),
     /// Run one service.
     Serve {
         #[command(subcommand)]
@@ -108,63 +106,77 @@ impl KafkaArgs {
     }
 }
 
+/// The platform keys that sign credentials, as the services that check them take them.
+#[derive(Debug, Args)]
+struct TrustedKeysArgs {
+    /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
+    #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',')]
+    trusted_keys: Vec<String>,
+}
+
+impl TrustedKeysArgs {
+    /// The keys given (an empty variable names none).
+    fn keys(&self) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
+        let given: Vec<String> = self.trusted_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
+        runtime::trusted(&given)
+    }
+
+    /// The keys, at least one.
+    fn required(&self) -> anyhow::Result<Vec<cardlink_auth::PublicKey>> {
+        let keys = self.keys()?;
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "--trusted-key / CARDLINK_TRUSTED_KEYS: the platform's public key is required"
+        );
+        Ok(keys)
+    }
+}
+
+/// The secret consent and subscription share.
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// Secret for account pseudonyms, cursors and page tickets: base64url of 32+ bytes, the same
+    /// on the consent and subscription services.
+    #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+impl SecretArgs {
+    fn platform(&self, trusted: &TrustedKeysArgs) -> anyhow::Result<Platform> {
+        Ok(Platform { trusted_keys: trusted.required()?, secret: runtime::shared_secret(&self.secret)? })
+    }
+}
+
+/// Each service: the Kafka and platform wiring a deployment gives it, and its own settings
+/// ([`crate::services`], shared with `cardlink dev`).
 #[derive(Debug, Subcommand)]
 enum Service {
     /// Subscription (gRPC Subscription): consented events to aggregators.
     Subscription {
         #[command(flatten)]
         kafka: KafkaArgs,
-        #[arg(long, default_value = "0.0.0.0:50054", env = "CARDLINK_SUBSCRIPTION_LISTEN")]
-        listen: SocketAddr,
-        /// Where the live view (`/live`, `/live.json`) is served.
-        #[arg(long, default_value = "0.0.0.0:8082", env = "CARDLINK_SUBSCRIPTION_HTTP_LISTEN")]
-        http_listen: SocketAddr,
-        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
-        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',', required = true)]
-        trusted_keys: Vec<String>,
-        /// Secret for account pseudonyms and cursors: base64url of 32+ bytes, the same as the
-        /// consent service's.
-        #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[command(flatten)]
+        trusted: TrustedKeysArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        settings: SubscriptionSettings,
     },
     /// Consent (gRPC ConsentService) and the consent and member pages (HTTP).
     Consent {
         #[command(flatten)]
         kafka: KafkaArgs,
-        #[arg(long, default_value = "0.0.0.0:50053", env = "CARDLINK_CONSENT_LISTEN")]
-        grpc_listen: SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:8080", env = "CARDLINK_PAGES_LISTEN")]
-        http_listen: SocketAddr,
-        /// The URL members' browsers reach the pages at (e.g. https://consent.cardlink.example).
-        #[arg(long, env = "CARDLINK_PUBLIC_URL")]
-        public_url: Option<String>,
-        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
-        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',', required = true)]
-        trusted_keys: Vec<String>,
-        /// Secret for account pseudonyms and page tickets: base64url of 32+ bytes.
-        #[arg(long, env = "CARDLINK_CONSENT_SECRET", hide_env_values = true)]
-        secret: String,
-        /// OpenID Connect client secrets for issuers registered with CLIENT_SECRET_BASIC: a
-        /// directory with one file per issuer id (a mounted Secret), read at each sign-in.
-        #[arg(long, env = "CARDLINK_OIDC_CLIENT_SECRETS_DIR")]
-        oidc_client_secrets_dir: Option<PathBuf>,
-        /// Seed (base64url, 32 bytes) of the key that signs PRIVATE_KEY_JWT client assertions;
-        /// its public key is served at <public URL>/oidc/jwks.json.
-        #[arg(long, env = "CARDLINK_OIDC_CLIENT_KEY", hide_env_values = true)]
-        oidc_client_key: Option<String>,
-        /// The client key's id (`kid`); change it when rotating the key.
-        #[arg(long, env = "CARDLINK_OIDC_CLIENT_KEY_ID", default_value = "consent-1")]
-        oidc_client_key_id: String,
+        #[command(flatten)]
+        trusted: TrustedKeysArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        settings: ConsentSettings,
     },
     /// The participants registry (gRPC Registry).
     Registry {
         #[command(flatten)]
         kafka: KafkaArgs,
-        #[arg(long, default_value = "0.0.0.0:50052", env = "CARDLINK_REGISTRY_LISTEN")]
-        listen: SocketAddr,
-        /// Where the public transparency and goal pages are served.
-        #[arg(long, default_value = "0.0.0.0:8081", env = "CARDLINK_REGISTRY_HTTP_LISTEN")]
-        http_listen: SocketAddr,
         /// The platform signing key: base64url of a 32-byte Ed25519 seed.
         #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
         signing_key: String,
@@ -174,29 +186,19 @@ enum Service {
         /// Issue a credential for this operator at start and print it (first start only).
         #[arg(long)]
         bootstrap_operator: Option<String>,
+        #[command(flatten)]
+        settings: RegistrySettings,
     },
     /// The ingest gateway (gRPC IssuerIngest).
     Ingest {
         #[command(flatten)]
         kafka: KafkaArgs,
-        #[arg(long, default_value = "0.0.0.0:50051", env = "CARDLINK_INGEST_LISTEN")]
-        listen: SocketAddr,
-        /// Platform public keys (kid:base64url) that sign participant credentials; repeat.
         /// Issuers authenticate with the credentials the registry issues them (rotatable,
-        /// revocable).
-        #[arg(long = "trusted-key", env = "CARDLINK_TRUSTED_KEYS", value_delimiter = ',')]
-        trusted_keys: Vec<String>,
-        /// Bootstrap only: configured issuer keys as issuer_id=key (repeat, or comma-separate in
-        /// the variable), for issuers without a registry credential yet. They cannot be rotated
-        /// or revoked through the registry.
-        #[arg(long = "issuer-key", env = "CARDLINK_ISSUER_KEYS", value_delimiter = ',', hide_env_values = true)]
-        issuer_keys: Vec<String>,
-        /// How long a retried event is recognised as a duplicate.
-        #[arg(long, default_value_t = 168, env = "CARDLINK_DEDUP_WINDOW_HOURS")]
-        dedup_window_hours: u64,
-        /// Most records in one call.
-        #[arg(long, default_value_t = cardlink_ingest::service::DEFAULT_MAX_RECORDS, env = "CARDLINK_MAX_RECORDS_PER_CALL")]
-        max_records_per_call: usize,
+        /// revocable), checked with these keys.
+        #[command(flatten)]
+        trusted: TrustedKeysArgs,
+        #[command(flatten)]
+        settings: IngestSettings,
     },
 }
 
@@ -290,7 +292,7 @@ impl Cli {
 
     pub async fn run(self, file: &FileConfig) -> anyhow::Result<()> {
         match self.command {
-            Command::Dev(args) => crate::dev::run(args, file).await,
+            Command::Dev(args) => crate::dev::run(*args, file).await,
             Command::Aggregator(args) => crate::aggregator::run(args).await,
             Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
@@ -344,15 +346,10 @@ impl Cli {
 }
 
 async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
+    // Each arm checks the arguments (by building the service's config) before touching Kafka.
     match service {
-        Service::Subscription { kafka, listen, http_listen, trusted_keys, secret } => {
-            // Check the arguments before touching Kafka.
-            let config = cardlink_subscription::server::SubscriptionConfig {
-                listen,
-                http_listen: Some(http_listen),
-                trusted_keys: runtime::trusted(&trusted_keys)?,
-                secret: runtime::shared_secret(&secret)?,
-            };
+        Service::Subscription { kafka, trusted, secret, settings } => {
+            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?);
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
@@ -360,45 +357,8 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Service::Consent {
-            kafka,
-            grpc_listen,
-            http_listen,
-            public_url,
-            trusted_keys,
-            secret,
-            oidc_client_secrets_dir,
-            oidc_client_key,
-            oidc_client_key_id,
-        } => {
-            // Check the arguments before touching Kafka.
-            let keys = runtime::trusted(&trusted_keys)?;
-            let secret = runtime::shared_secret(&secret)?;
-            let client_secrets = match oidc_client_secrets_dir {
-                Some(dir) if !dir.is_dir() => {
-                    anyhow::bail!(
-                        "--oidc-client-secrets-dir / CARDLINK_OIDC_CLIENT_SECRETS_DIR: {} is not a directory",
-                        dir.display()
-                    )
-                }
-                Some(dir) => cardlink_consent::login::ClientSecrets::Dir(dir),
-                None => cardlink_consent::login::ClientSecrets::None,
-            };
-            let client_key = match oidc_client_key.filter(|k| !k.trim().is_empty()) {
-                Some(seed) => Some(Arc::new(
-                    cardlink_auth::TokenSigner::from_base64_seed(&oidc_client_key_id, &seed)
-                        .map_err(|e| anyhow::anyhow!("--oidc-client-key / CARDLINK_OIDC_CLIENT_KEY: {e}"))?,
-                )),
-                None => None,
-            };
-            let config = cardlink_consent::server::ConsentConfig {
-                grpc_listen,
-                http_listen: Some(http_listen),
-                public_url,
-                trusted_keys: keys,
-                secret,
-                login: cardlink_consent::login::LoginSettings { client_secrets, client_key },
-            };
+        Service::Consent { kafka, trusted, secret, settings } => {
+            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, None)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_consent::server::start(&bus, config).await?;
@@ -406,18 +366,13 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Service::Registry { kafka, listen, http_listen, signing_key, signing_key_id, bootstrap_operator } => {
-            // Check the arguments before touching Kafka.
+        Service::Registry { kafka, signing_key, signing_key_id, bootstrap_operator, settings } => {
             let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
                 .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+            let config = settings.config(Mode::Serve)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             println!("platform public key (give to other services): {}", signer_public(&signer));
-            let config = cardlink_registry::server::RegistryConfig {
-                listen,
-                http_listen: Some(http_listen),
-                ..Default::default()
-            };
             let running = cardlink_registry::server::start(&bus, config, Arc::new(signer)).await?;
             if let Some(operator) = bootstrap_operator {
                 let credential = running.registry().bootstrap_operator(&operator).await?;
@@ -427,30 +382,8 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await?;
             Ok(())
         }
-        Service::Ingest { kafka, listen, trusted_keys, issuer_keys, dedup_window_hours, max_records_per_call } => {
-            // Check the arguments before touching Kafka. An empty variable (the chart's default
-            // for bootstrap keys) names no key.
-            let issuer_keys: Vec<String> = issuer_keys.into_iter().filter(|k| !k.trim().is_empty()).collect();
-            let trusted_keys: Vec<String> = trusted_keys.into_iter().filter(|k| !k.trim().is_empty()).collect();
-            anyhow::ensure!(
-                !trusted_keys.is_empty() || !issuer_keys.is_empty(),
-                "issuers cannot authenticate: give the platform's public key (--trusted-key / CARDLINK_TRUSTED_KEYS) for registry credentials, or bootstrap issuer keys (--issuer-key / CARDLINK_ISSUER_KEYS)"
-            );
-            let trusted_keys = runtime::trusted(&trusted_keys)?;
-            let bootstrap = match issuer_keys.is_empty() {
-                true => None,
-                false => Some(Arc::new(
-                    BootstrapIssuerKeys::new(&issuer_keys).context("--issuer-key / CARDLINK_ISSUER_KEYS")?,
-                )),
-            };
-            let config = IngestConfig {
-                listen,
-                max_records_per_call,
-                dedup_window: Duration::from_secs(dedup_window_hours * 3600),
-                trusted_keys,
-                bootstrap_issuer_keys: bootstrap,
-                ..IngestConfig::default()
-            };
+        Service::Ingest { kafka, trusted, settings } => {
+            let config = settings.config(Mode::Serve, &trusted.keys()?)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_ingest::server::start(&bus, config).await?;

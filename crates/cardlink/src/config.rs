@@ -241,11 +241,13 @@ mod tests {
         let m = cmd.clone().try_get_matches_from(["cardlink", "serve", "subscription"]).unwrap();
         let (_, serve) = m.subcommand().unwrap();
         let (_, sub) = serve.subcommand().unwrap();
-        assert_eq!(sub.get_one::<std::net::SocketAddr>("listen").unwrap().to_string(), "127.0.0.1:6000");
+        assert_eq!(sub.get_one::<std::net::SocketAddr>("subscription_listen").unwrap().to_string(), "127.0.0.1:6000");
         assert_eq!(sub.get_one::<String>("bootstrap").unwrap(), "kafka:9092");
-        let m = cmd.try_get_matches_from(["cardlink", "serve", "subscription", "--listen", "127.0.0.1:7000"]).unwrap();
+        let m = cmd
+            .try_get_matches_from(["cardlink", "serve", "subscription", "--subscription-listen", "127.0.0.1:7000"])
+            .unwrap();
         let sub = m.subcommand().unwrap().1.subcommand().unwrap().1;
-        assert_eq!(sub.get_one::<std::net::SocketAddr>("listen").unwrap().to_string(), "127.0.0.1:7000");
+        assert_eq!(sub.get_one::<std::net::SocketAddr>("subscription_listen").unwrap().to_string(), "127.0.0.1:7000");
     }
 
     #[test]
@@ -281,6 +283,35 @@ mod tests {
         for key in ["kafka_bootstrap", "subscription_listen", "trusted_keys", "topic_prefix"] {
             assert!(keys.iter().any(|(k, _, _)| k == key), "{key} missing");
         }
+    }
+
+    /// One composition root: every setting of a service that `serve` takes, `dev` takes too
+    /// (with the same flag and variable), except the wiring dev makes itself (Kafka, the
+    /// platform's keys and secrets). A flag added to `serve` only fails here.
+    #[test]
+    fn every_service_setting_reaches_dev() {
+        const WIRING: [&str; 6] =
+            ["bootstrap", "trusted_keys", "secret", "signing_key", "signing_key_id", "bootstrap_operator"];
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let dev = command.find_subcommand("dev").expect("dev");
+        let mut missing = Vec::new();
+        for service in serve.get_subcommands() {
+            for arg in service.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version" | "config") || WIRING.contains(&id) {
+                    continue;
+                }
+                let same = dev
+                    .get_arguments()
+                    .find(|d| d.get_id() == arg.get_id())
+                    .is_some_and(|d| d.get_long() == arg.get_long() && d.get_env() == arg.get_env());
+                if !same {
+                    missing.push(format!("serve {} --{id}", service.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "settings serve takes and dev does not: {missing:?}");
     }
 
     /// A `serve` flag without an environment variable could be set neither from the file nor

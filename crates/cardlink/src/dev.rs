@@ -11,7 +11,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use cardlink_adapters::simulator::{self, SimConfig, Simulator};
 use cardlink_adapters::sink::IngestSink;
-use cardlink_ingest::server::IngestConfig;
 use cardlink_serving::html::{self, Nav, esc};
 use clap::Args;
 use serde_json::json;
@@ -19,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::FileConfig;
 use crate::demo;
+use crate::services::{ConsentSettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings};
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -28,21 +28,16 @@ pub struct DevArgs {
     /// Where the embedded broker listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:9092", env = "CARDLINK_EMBEDDED_BROKER")]
     broker_listen: SocketAddr,
-    /// Where the ingest service listens.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    ingest_listen: SocketAddr,
-    /// Where the registry service listens.
-    #[arg(long, default_value = "127.0.0.1:50052")]
-    registry_listen: SocketAddr,
-    /// Where the consent service's gRPC API listens.
-    #[arg(long, default_value = "127.0.0.1:50053")]
-    consent_listen: SocketAddr,
-    /// Where the subscription service listens.
-    #[arg(long, default_value = "127.0.0.1:50054")]
-    subscription_listen: SocketAddr,
-    /// Where every page is served (consent, member, transparency, goal, live view).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pages_listen: SocketAddr,
+    // The services' own settings, the same as `cardlink serve`'s (dev serves every page on
+    // --pages-listen).
+    #[command(flatten)]
+    registry: RegistrySettings,
+    #[command(flatten)]
+    ingest: IngestSettings,
+    #[command(flatten)]
+    consent: ConsentSettings,
+    #[command(flatten)]
+    subscription: SubscriptionSettings,
     /// Simulated card events per second, per demo card company (0: none).
     #[arg(long, default_value_t = 20)]
     simulate_rate: u32,
@@ -93,16 +88,12 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
 
     // Registry: a fresh platform key per run; the demo participants are registered through it.
     let signer = Arc::new(cardlink_auth::TokenSigner::generate("dev"));
-    let registry = cardlink_registry::server::start(
-        &bus,
-        cardlink_registry::server::RegistryConfig { listen: args.registry_listen, ..Default::default() },
-        Arc::clone(&signer),
-    )
-    .await?;
+    let registry =
+        cardlink_registry::server::start(&bus, args.registry.config(Mode::Dev)?, Arc::clone(&signer)).await?;
     // Every page on one port: bind it first, the consent service and the demo card companies'
     // login providers need its public URL.
-    let (pages_listener, pages_addr) = cardlink_serving::bind(args.pages_listen).await?;
-    let pages_url = format!("http://{pages_addr}");
+    let (pages_listener, pages_addr) = cardlink_serving::bind(args.consent.pages_listen(Mode::Dev)).await?;
+    let pages_url = args.consent.public_url.clone().unwrap_or_else(|| format!("http://{pages_addr}"));
     let (demo_login, logins) = demo::login_providers(
         &pages_url,
         &format!("{pages_url}{}", cardlink_consent::login::CALLBACK_PATH),
@@ -113,11 +104,8 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     let world = demo::setup(registry.registry(), &logins).await?;
 
     // Ingest accepts the issuers' registry credentials.
-    let mut ingest = cardlink_ingest::server::start(
-        &bus,
-        IngestConfig { listen: args.ingest_listen, trusted_keys: vec![signer.public_key()], ..IngestConfig::default() },
-    )
-    .await?;
+    let mut ingest =
+        cardlink_ingest::server::start(&bus, args.ingest.config(Mode::Dev, &[signer.public_key()])?).await?;
     ingest.ready().await;
     let ingest_endpoint = format!("http://{}", ingest.addr());
 
@@ -126,31 +114,13 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     // Consent and subscription share the secret: aggregators must see the same pseudonyms in
     // consents and in events.
     let secret: Arc<[u8]> = Arc::from(rand::random::<[u8; 32]>().as_slice());
-    let consent = cardlink_consent::server::start(
-        &bus,
-        cardlink_consent::server::ConsentConfig {
-            grpc_listen: args.consent_listen,
-            http_listen: None,
-            public_url: Some(pages_url.clone()),
-            trusted_keys: vec![signer.public_key()],
-            secret: Arc::clone(&secret),
-            login: cardlink_consent::login::LoginSettings {
-                client_secrets: cardlink_consent::login::ClientSecrets::Fixed(Arc::new(client_secrets)),
-                client_key: None,
-            },
-        },
-    )
-    .await?;
-    let subscription = cardlink_subscription::server::start(
-        &bus,
-        cardlink_subscription::server::SubscriptionConfig {
-            listen: args.subscription_listen,
-            trusted_keys: vec![signer.public_key()],
-            secret,
-            http_listen: None,
-        },
-    )
-    .await?;
+    let platform = Platform { trusted_keys: vec![signer.public_key()], secret };
+    let mut consent_config = args.consent.config(Mode::Dev, &platform, Some(Arc::new(client_secrets)))?;
+    // The pages are bound already: their actual address (the setting may ask for any port).
+    consent_config.public_url = Some(pages_url.clone());
+    let consent = cardlink_consent::server::start(&bus, consent_config).await?;
+    let subscription =
+        cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)).await?;
     let endpoints = Endpoints {
         kafka: bootstrap.clone(),
         ingest: ingest_endpoint.clone(),

@@ -20,6 +20,7 @@ mod demo;
 mod dev;
 mod keys;
 mod runtime;
+mod services;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
