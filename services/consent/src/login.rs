@@ -16,7 +16,7 @@
 //! on the bus: a client secret is read from the consent service's own configuration at each
 //! exchange ([`ClientSecrets`]), and `private_key_jwt` assertions are signed with its client key.
 
-mod accounts;
+pub mod accounts;
 mod session;
 
 use std::collections::HashMap;

@@ -67,6 +67,41 @@ mod tests {
         assert_eq!(from_claims(&c, "other").unwrap(), None);
     }
 
+    fn json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![Just("account_ref".to_owned()), Just("label".to_owned()), ".{0,4}"],
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a provider sends: accounts that are all well-formed, or an error.
+        #[test]
+        fn any_claim_is_accounts_or_an_error(value in json()) {
+            let mut c = serde_json::Map::new();
+            c.insert("cards".into(), value);
+            if let Ok(Some(accounts)) = from_claims(&c, "cards") {
+                for (account_ref, label) in accounts {
+                    proptest::prop_assert!(!account_ref.is_empty() && account_ref.len() <= MAX_FIELD && label.len() <= MAX_FIELD);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_malformed_claim_is_an_error_not_an_empty_list() {
         for bad in [

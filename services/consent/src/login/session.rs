@@ -117,6 +117,14 @@ mod tests {
         assert_eq!(Pending::open(b"secret", &expired.seal(b"secret")), None);
     }
 
+    proptest::proptest! {
+        /// Any cookie a browser sends opens only if this service sealed it.
+        #[test]
+        fn a_cookie_opens_only_if_sealed_here(cookie in ".{0,200}") {
+            proptest::prop_assert_eq!(Pending::open(b"secret", &cookie), None);
+        }
+    }
+
     #[test]
     fn a_nonce_completes_one_sign_in() {
         let mut used = UsedNonces::default();
