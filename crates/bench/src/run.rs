@@ -402,7 +402,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)
     };
     let mut sub_args = child_args("serve-subscription", &bus);
-    sub_args.extend(["--trusted-key".into(), signer.public_key().to_config(), "--secret".into(), secret_b64.clone()]);
+    // `--secret=…` in one argument: a base64url value may begin with `-`, which would read as a flag.
+    sub_args.extend(["--trusted-key".into(), signer.public_key().to_config(), format!("--secret={secret_b64}")]);
     let mut subscription = ChildProcess::spawn(&sub_args)?;
     let sub_addr = subscription.expect("ready", Duration::from_secs(300)).await.context("the subscription service")?;
     let key_of =
@@ -531,7 +532,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
         if plan.baseline {
             let mut args = child_args("baseline", &bus);
-            args.extend(["--secret".into(), secret_b64.clone(), "--aggregators".into(), streams.to_string()]);
+            args.extend([format!("--secret={secret_b64}"), "--aggregators".into(), streams.to_string()]);
             args.extend(["--since-ms".into(), since.to_string(), "--expect".into(), published.to_string()]);
             args.extend(["--consents".into(), (plan.consents * (stage + 1)).to_string()]);
             for (&(topic, partition), &from) in &start_offsets {

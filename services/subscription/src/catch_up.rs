@@ -212,6 +212,10 @@ pub async fn catch_up(
             continue;
         }
         let record_key = record.key_str().unwrap_or_default();
+        let issuer = record_key.split_once('/').map_or(record_key, |(issuer, _)| issuer);
+        if !hub.connected(issuer, aggregator_id) {
+            continue; // suspended: nothing, whatever the consents
+        }
         let now = Utc::now();
         let projected =
             hub.consents.read(|v| project_for(&event, v.grants(record_key), aggregator_id, &hub.secret, now));

@@ -6,8 +6,9 @@
 //! each stream of each entitled aggregator: the work per event grows with the entitled streams,
 //! not with the connected ones.
 //!
-//! Nothing is dispatched on a stale consent view: before each record the reader waits until the
-//! view reflects every consent change written up to [`REVOCATION_BOUND`] ago.
+//! Nothing is dispatched on stale views: before each record the reader waits until the consent
+//! and registry views reflect every change written up to [`REVOCATION_BOUND`] ago, so a
+//! revocation or a suspension (of the connection or of the aggregator) holds from then on.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,18 +33,18 @@ pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 const FRESHNESS_POLL: Duration = Duration::from_millis(10);
 
 impl Hub {
-    /// Waits until the consent view reflects every change written up to [`REVOCATION_BOUND`]
-    /// ago. Normally immediate; while the view lags (its follower is slow or cut off from the
-    /// bus), deliveries pause rather than go out on stale consents.
+    /// Waits until the consent and registry views reflect every change written up to
+    /// [`REVOCATION_BOUND`] ago. Normally immediate; while a view lags (its follower is slow or
+    /// cut off from the bus), deliveries pause rather than go out on stale consents or
+    /// suspensions.
     pub async fn wait_until_fresh(&self, shutdown: &mut watch::Receiver<bool>) {
         let mut warned = false;
         loop {
-            let fresh = self.consents.watermark.borrow().fresh_as_of;
-            if fresh.is_some_and(|at| at.elapsed() <= REVOCATION_BOUND) {
+            if self.consents.is_fresh(REVOCATION_BOUND) && self.registry.is_fresh(REVOCATION_BOUND) {
                 return;
             }
             if !warned {
-                tracing::warn!("consent view is behind the revocation bound; deliveries paused");
+                tracing::warn!("consent or registry view is behind the revocation bound; deliveries paused");
                 warned = true;
             }
             tokio::select! {
@@ -59,7 +60,10 @@ impl Hub {
             return;
         }
         let key = record.key_str().unwrap_or_default();
-        let grants = self.consents.read(|v| v.grants(key).to_vec());
+        let mut grants = self.consents.read(|v| v.grants(key).to_vec());
+        // Only where the issuer's connection with the aggregator, and the aggregator, are active.
+        let issuer = key.split_once('/').map_or(key, |(issuer, _)| issuer);
+        self.registry.read(|r| grants.retain(|g| r.is_connected(issuer, &g.aggregator_id)));
         let now = Utc::now();
         // Made on the first delivery only: most records of a busy bus go to nobody.
         let mut origin: Option<Arc<Origin>> = None;

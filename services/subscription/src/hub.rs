@@ -1,6 +1,7 @@
-//! The hub: one replica's shared fan-out state — the open streams, the consent view every
-//! delivery is decided on, the key of pseudonyms and cursors, and whether the shared reader still
-//! runs. One handle, cheap to clone, that each job works through:
+//! The hub: one replica's shared fan-out state — the open streams, the consent and registry
+//! views every delivery is decided on (a consent covers the event, and its issuer's connection
+//! with the aggregator and the aggregator itself are active), the key of pseudonyms and cursors,
+//! and whether the shared reader still runs. One handle, cheap to clone, that each job works through:
 //!
 //! - [`crate::streams`]: the stream registry (who is connected, their queues and positions);
 //! - [`crate::dispatch`]: the shared reader and the revocation wait, handing each record to every
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow::Followed;
+use cardlink_views::registry::RegistryView;
 
 use crate::cursor::Cursor;
 use crate::streams::{Filters, Registration, StreamRegistry};
@@ -23,6 +25,8 @@ use crate::streams::{Filters, Registration, StreamRegistry};
 pub struct Hub {
     pub(crate) streams: StreamRegistry,
     pub(crate) consents: Followed<ConsentView>,
+    /// Suspensions: a suspended connection or aggregator gets nothing, whatever its consents.
+    pub(crate) registry: Followed<RegistryView>,
     pub(crate) secret: Arc<[u8]>,
     /// Set when the shared reader has stopped for good (an error retrying cannot fix): no
     /// stream would get anything more, so the replica is no longer ready.
@@ -37,8 +41,8 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// `secret` keys both the account pseudonyms and the cursors.
-    pub fn new(consents: Followed<ConsentView>, secret: Arc<[u8]>) -> Self {
-        Self { streams: StreamRegistry::default(), consents, secret, reader_stopped: Arc::default() }
+    pub fn new(consents: Followed<ConsentView>, registry: Followed<RegistryView>, secret: Arc<[u8]>) -> Self {
+        Self { streams: StreamRegistry::default(), consents, registry, secret, reader_stopped: Arc::default() }
     }
 
     /// The open streams.
@@ -67,5 +71,15 @@ impl Hub {
 
     pub fn consents(&self) -> &Followed<ConsentView> {
         &self.consents
+    }
+
+    pub fn registry(&self) -> &Followed<RegistryView> {
+        &self.registry
+    }
+
+    /// Whether `issuer_id` may share with `aggregator_id` now: their connection and the
+    /// aggregator are active.
+    pub(crate) fn connected(&self, issuer_id: &str, aggregator_id: &str) -> bool {
+        self.registry.read(|r| r.is_connected(issuer_id, aggregator_id))
     }
 }

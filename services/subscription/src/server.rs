@@ -126,7 +126,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     cardlink_telemetry::observe_view_lag("subscription.registry", move || lag_registry.lag());
     cardlink_telemetry::observe_view_lag("subscription.positions", move || lag_positions.lag());
 
-    let hub = Hub::new(consents, Arc::clone(&config.secret));
+    let hub = Hub::new(consents, registry.clone(), Arc::clone(&config.secret));
     let reader =
         tokio::spawn(dispatch::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
     while !hub.streams().is_reading() {

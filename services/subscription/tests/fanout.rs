@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use cardlink_api::v1;
 use cardlink_bus::{Consumer, Topic};
+use cardlink_events::ActorType;
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
+use cardlink_events::registry::{
+    AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, Entity, RegistryEvent,
+};
 use cardlink_events::{Event, RecordType, samples};
 use cardlink_subscription::catch_up::{self, Start};
 use cardlink_subscription::cursor::Cursor;
@@ -21,6 +25,7 @@ use cardlink_subscription::streams::{Filters, STREAM_BUFFER};
 use cardlink_testkit::TestBus;
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
+use cardlink_views::registry::RegistryView;
 use chrono::{TimeZone, Utc};
 use tokio::sync::{mpsc, watch};
 
@@ -47,17 +52,48 @@ struct Setup {
     _stop: watch::Sender<bool>,
 }
 
+/// The registry of the consents' participants: each aggregator active, each connection active.
+fn registry_of(consents: &[ConsentEvent]) -> Vec<RegistryEvent> {
+    let mut events = Vec::new();
+    for c in consents {
+        let aggregator = AggregatorEntity {
+            aggregator_id: c.aggregator_id.clone(),
+            name: c.aggregator_id.clone(),
+            registration_number: "1".into(),
+            contact: "ops@example.invalid".into(),
+            status: AggregatorStatus::Active,
+        };
+        let connection = ConnectionEntity {
+            issuer_id: c.issuer_id.clone(),
+            aggregator_id: c.aggregator_id.clone(),
+            scopes: Scope::ALL.to_vec(),
+            status: ConnectionStatus::Active,
+            reason: None,
+        };
+        for entity in [Entity::Aggregator(aggregator), Entity::Connection(connection)] {
+            events.push(RegistryEvent::new(ActorType::System, "test", entity));
+        }
+    }
+    events
+}
+
 async fn setup(consents: &[ConsentEvent]) -> Setup {
     let bus = TestBus::start().await.unwrap();
     let producer = bus.producer().unwrap();
     for c in consents {
         producer.publish_record(RecordType::ConsentEvent, &c.consent_id, &c.event_id.to_string(), c).await.unwrap();
     }
+    for e in registry_of(consents) {
+        producer.publish_record(RecordType::RegistryEvent, &e.key(), &e.event_id.to_string(), &e).await.unwrap();
+    }
     let (stop, shutdown) = watch::channel(false);
     let (mut view, _) =
         follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown.clone());
+    let (mut registry, _) =
+        follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown.clone());
     tokio::time::timeout(WITHIN, view.caught_up()).await.unwrap();
-    let hub = Hub::new(view, Arc::from(SECRET));
+    tokio::time::timeout(WITHIN, registry.caught_up()).await.unwrap();
+    let hub = Hub::new(view, registry, Arc::from(SECRET));
     tokio::spawn(dispatch::run_reader(hub.clone(), bus.consumer("hub").unwrap(), shutdown));
     let deadline = tokio::time::Instant::now() + WITHIN;
     while !hub.streams().is_reading() {

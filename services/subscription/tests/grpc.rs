@@ -18,16 +18,7 @@ use common::{WITHIN, World, start_after};
 use tonic::{Code, Streaming};
 
 async fn world() -> World {
-    let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
-    let consent = samples::active_consent(
-        "c-x",
-        "iss-a",
-        "agg-x",
-        &["acct-1"],
-        &[Scope::Transactions],
-        granted,
-        Utc::now() + chrono::TimeDelta::days(30),
-    );
+    let consent = common::transactions_consent();
     common::world(&["iss-a"], &["agg-x", "agg-y"], &[consent]).await
 }
 

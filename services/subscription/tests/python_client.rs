@@ -10,9 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cardlink_events::registry::Scope;
 use cardlink_events::{Event, samples};
-use chrono::{TimeZone, Utc};
 
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python")
@@ -63,16 +61,7 @@ async fn the_python_example_subscribes_and_resumes_from_its_cursor_file() {
         String::from_utf8_lossy(&generated.stderr)
     );
 
-    let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
-    let consent = samples::active_consent(
-        "c-x",
-        "iss-a",
-        "agg-x",
-        &["acct-1"],
-        &[Scope::Transactions],
-        granted,
-        Utc::now() + chrono::TimeDelta::days(30),
-    );
+    let consent = common::transactions_consent();
     let w = common::world(&["iss-a"], &["agg-x"], &[consent]).await;
     let target = w.service.addr().to_string();
     let events = |range: std::ops::Range<u32>| -> Vec<Event> {

@@ -11,11 +11,9 @@ mod common;
 use std::time::Duration;
 
 use cardlink_api::v1;
-use cardlink_events::registry::Scope;
 use cardlink_events::{Event, samples};
 use cardlink_ingest::server::IngestConfig;
 use cardlink_testkit::{TEST_ISSUERS, authorized, ingest_client};
-use chrono::{TimeZone, Utc};
 use common::WITHIN;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -95,16 +93,7 @@ async fn one_event_is_one_trace_from_ingest_to_delivery_and_the_metrics_report_i
         .build();
     opentelemetry::global::set_meter_provider(meter.clone());
 
-    let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
-    let consent = samples::active_consent(
-        "c-x",
-        "iss-a",
-        "agg-x",
-        &["acct-1"],
-        &[Scope::Transactions],
-        granted,
-        Utc::now() + chrono::TimeDelta::days(30),
-    );
+    let consent = common::transactions_consent();
     let w = common::world(&["iss-a"], &["agg-x"], &[consent]).await;
     let ingest = w.bus.start_ingest(IngestConfig::default()).await.unwrap();
 

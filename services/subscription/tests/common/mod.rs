@@ -13,7 +13,7 @@ use cardlink_api::v1::subscription_client::SubscriptionClient;
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::{Event, RecordType};
 use cardlink_subscription::server::{RunningSubscription, SubscriptionConfig};
-use cardlink_testkit::{TestBus, register_aggregator, register_issuer, registry_client};
+use cardlink_testkit::{TestBus, connect, register_aggregator, register_issuer, registry_client};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -26,6 +26,7 @@ pub struct World {
     pub service: RunningSubscription,
     /// Credential per participant id.
     pub tokens: HashMap<String, String>,
+    pub operator: String,
 }
 
 impl World {
@@ -55,8 +56,8 @@ impl World {
     }
 }
 
-/// Registers the participants, writes the consents, and starts the service once the registry
-/// knows everyone.
+/// Registers the participants, connects every issuer with every aggregator (all scopes), writes
+/// the consents, and starts the service once the registry knows everyone.
 pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEvent]) -> World {
     let bus = TestBus::start().await.unwrap();
     let (registry, operator) = bus.start_registry().await.unwrap();
@@ -68,6 +69,12 @@ pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEv
     }
     for id in aggregators {
         tokens.insert((*id).to_owned(), register_aggregator(&mut r, &operator, id).await.unwrap().token);
+    }
+    let all = [v1::Scope::Transactions, v1::Scope::MerchantDetail, v1::Scope::Statements];
+    for issuer in issuers {
+        for aggregator in aggregators {
+            connect(&mut r, &tokens[*issuer], issuer, aggregator, &all).await.unwrap();
+        }
     }
     let producer = bus.producer().unwrap();
     for c in consents {
@@ -82,12 +89,35 @@ pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEv
     let service = cardlink_subscription::server::start(bus.config(), config).await.unwrap();
     // The service knows the participants once its registry view has read the last of them.
     let last = aggregators.last().copied().unwrap_or_default();
+    let last_issuer = issuers.last().copied().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while !registry.view().read(|v| v.aggregator(last).is_some()) {
+    while !registry.view().read(|v| v.aggregator(last).is_some() && v.is_connected(last_issuer, last)) {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    World { bus, registry, service, tokens }
+    World { bus, registry, service, tokens, operator }
+}
+
+/// Enables (again) the connection between `issuer` and `aggregator`, with every scope.
+pub async fn reconnect(w: &World, issuer: &str, aggregator: &str) {
+    let mut r = registry_client(&w.registry).await.unwrap();
+    let all = [v1::Scope::Transactions, v1::Scope::MerchantDetail, v1::Scope::Statements];
+    connect(&mut r, w.token(issuer), issuer, aggregator, &all).await.unwrap();
+}
+
+/// The consent most tests need: agg-x may see iss-a's transactions of acct-1 (granted on
+/// 2026-01-01, so the sample events fall inside it), for 30 more days.
+pub fn transactions_consent() -> ConsentEvent {
+    let granted = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 1, 0, 0, 0).single().unwrap();
+    cardlink_events::samples::active_consent(
+        "c-x",
+        "iss-a",
+        "agg-x",
+        &["acct-1"],
+        &[cardlink_events::registry::Scope::Transactions],
+        granted,
+        chrono::Utc::now() + chrono::TimeDelta::days(30),
+    )
 }
 
 pub fn start_after(cursor: &str) -> v1::SubscribeRequest {
