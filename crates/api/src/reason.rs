@@ -100,6 +100,8 @@ reasons! {
         "The credential has expired: rotate it.";
     CredentialRevoked = "CREDENTIAL_REVOKED", Unauthenticated, Call, false,
         "The credential was revoked, or the registry does not know it.";
+    StreamMaxAge = "STREAM_MAX_AGE", Unavailable, Call, true,
+        "A stream reached its maximum age: authenticate again (with your current credential) and resume from your last cursor.";
     ParticipantSuspended = "PARTICIPANT_SUSPENDED", PermissionDenied, Call, false,
         "The calling participant is suspended in the registry.";
     IssuersOnly = "ISSUERS_ONLY", PermissionDenied, Call, false,
@@ -303,6 +305,7 @@ mod tests {
             ("CREDENTIAL_INVALID", Unauthenticated),
             ("CREDENTIAL_EXPIRED", Unauthenticated),
             ("CREDENTIAL_REVOKED", Unauthenticated),
+            ("STREAM_MAX_AGE", Unavailable),
             ("PARTICIPANT_SUSPENDED", PermissionDenied),
             ("ISSUERS_ONLY", PermissionDenied),
             ("AGGREGATORS_ONLY", PermissionDenied),
@@ -379,6 +382,7 @@ mod tests {
         assert_eq!(
             retriable,
             [
+                "STREAM_MAX_AGE",
                 "FELL_BEHIND",
                 "SERVER_SHUTTING_DOWN",
                 "NOT_READY",

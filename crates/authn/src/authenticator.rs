@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 
 use crate::{AuthError, BootstrapIssuerKeys, Caller, bearer};
 
+/// What a bootstrap issuer key's [`Caller::credential_id`] starts with.
+const BOOTSTRAP_PREFIX: &str = "bootstrap:";
+
 /// Turns a presented credential into a [`Caller`]; cheap to clone, shared by every call.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
@@ -41,6 +44,30 @@ impl Authenticator {
         self.authenticate_at(token, Utc::now())
     }
 
+    /// Whether `caller`'s credential still stands now: not revoked, not expired, the participant
+    /// not suspended (for streams, which outlive the check at their start). Bootstrap issuer keys
+    /// cannot be revoked through the registry: they stand.
+    pub fn still_stands(&self, caller: &Caller) -> Result<(), AuthError> {
+        if caller.credential_id.starts_with(BOOTSTRAP_PREFIX) {
+            return Ok(());
+        }
+        let now = Utc::now();
+        self.registry.read(|r| {
+            if r.credential(&caller.credential_id).is_some_and(|c| c.expires_at <= now) {
+                return Err(AuthError::Token(cardlink_auth::TokenError::Expired));
+            }
+            if !r.credential_valid(&caller.credential_id, &caller.participant_id, now) {
+                return Err(AuthError::Revoked);
+            }
+            let suspended =
+                r.aggregator(&caller.participant_id).is_some_and(|a| a.status == AggregatorStatus::Suspended);
+            if caller.role == Role::Aggregator && suspended {
+                return Err(AuthError::Suspended);
+            }
+            Ok(())
+        })
+    }
+
     fn authenticate_at(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, AuthError> {
         let is_token = token.strip_prefix(cardlink_auth::TOKEN_PREFIX).is_some_and(|rest| rest.starts_with('.'));
         if !is_token && let Some(keys) = &self.bootstrap {
@@ -48,7 +75,7 @@ impl Authenticator {
             return Ok(Caller {
                 participant_id: issuer.to_owned(),
                 role: Role::Issuer,
-                credential_id: format!("bootstrap:{issuer}"),
+                credential_id: format!("{BOOTSTRAP_PREFIX}{issuer}"),
             });
         }
         let Claims { cid, sub, role, .. } = self.verifier.verify(token, now).map_err(AuthError::Token)?;
@@ -151,6 +178,28 @@ mod tests {
         let (_, foreign) = TokenSigner::generate("k1").issue("iss-a", Role::Issuer, now, now + TimeDelta::days(1));
         assert_eq!(w.auth.authenticate_token(&foreign), Err(AuthError::Token(cardlink_auth::TokenError::BadSignature)));
         assert_eq!(w.auth.authenticate(None), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn a_callers_standing_follows_revocation_suspension_and_never_lapses_for_bootstrap_keys() {
+        let w = world();
+        let token = w.credential("agg-x", Role::Aggregator, false);
+        w.aggregator("agg-x", AggregatorStatus::Active);
+        let caller = w.auth.authenticate(Some(&format!("Bearer {token}"))).unwrap();
+        assert_eq!(w.auth.still_stands(&caller), Ok(()));
+        w.aggregator("agg-x", AggregatorStatus::Suspended);
+        assert_eq!(w.auth.still_stands(&caller), Err(AuthError::Suspended));
+        w.aggregator("agg-x", AggregatorStatus::Active);
+        let mut revoked = w.view.read().unwrap().credential(&caller.credential_id).unwrap().clone();
+        revoked.revoked_at = Some(Utc::now());
+        w.apply(Entity::Credential(revoked.clone()));
+        assert_eq!(w.auth.still_stands(&caller), Err(AuthError::Revoked));
+        let expired = CredentialEntity { revoked_at: None, expires_at: Utc::now() - TimeDelta::seconds(1), ..revoked };
+        w.apply(Entity::Credential(expired));
+        assert_eq!(w.auth.still_stands(&caller), Err(AuthError::Token(cardlink_auth::TokenError::Expired)));
+
+        let boot = w.auth.authenticate(Some("Bearer boot-key-0123456789abcdef")).unwrap();
+        assert_eq!(w.auth.still_stands(&boot), Ok(()));
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! ([`Caller::require`]). Every failure is one [`AuthError`] with a stable reason
 //! (`cardlink_api::Reason`), the same at every service.
 //!
+//! A stream outlives that check: [`Standing`] checks its caller again while it runs, and ends it
+//! when the credential no longer stands or the stream reaches its maximum age.
+//!
 //! Configured issuer keys ([`BootstrapIssuerKeys`]) are an explicit bootstrap option for
 //! deployments whose issuers have no registry credential yet; they cannot be rotated or revoked
 //! through the registry.
@@ -19,11 +22,13 @@
 mod authenticator;
 mod bootstrap;
 mod grpc;
+mod standing;
 
 pub use authenticator::Authenticator;
 pub use bootstrap::{BootstrapIssuerKeys, KeyConfigError};
 pub use cardlink_auth::Role;
 pub use grpc::{AuthLayer, caller, caller_as};
+pub use standing::{STANDING_CHECK_EVERY, Standing};
 
 use cardlink_api::{ApiError, Reason};
 use cardlink_auth::TokenError;

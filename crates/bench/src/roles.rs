@@ -52,6 +52,7 @@ pub async fn serve_subscription(bus: BusConfig, trusted_key: String, secret: Vec
         trusted_keys: vec![key],
         secret: Arc::from(secret.as_slice()),
         http_listen: None,
+        max_stream_age: cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE,
     };
     let running = cardlink_subscription::server::start(&bus, config).await?;
     println!("ready {}", running.addr());

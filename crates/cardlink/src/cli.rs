@@ -349,7 +349,7 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     // Each arm checks the arguments (by building the service's config) before touching Kafka.
     match service {
         Service::Subscription { kafka, trusted, secret, settings } => {
-            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?);
+            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;

@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     consent_config.public_url = Some(pages_url.clone());
     let consent = cardlink_consent::server::start(&bus, consent_config).await?;
     let subscription =
-        cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)).await?;
+        cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)?).await?;
     let endpoints = Endpoints {
         kafka: bootstrap.clone(),
         ingest: ingest_endpoint.clone(),

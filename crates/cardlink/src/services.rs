@@ -100,12 +100,17 @@ pub struct IngestSettings {
     /// Most records in one call.
     #[arg(long, default_value_t = cardlink_ingest::service::DEFAULT_MAX_RECORDS, env = "CARDLINK_MAX_RECORDS_PER_CALL")]
     pub max_records_per_call: usize,
+    /// Seconds after which a PublishStream ends with STREAM_MAX_AGE (the issuer authenticates
+    /// again and goes on).
+    #[arg(long, env = "CARDLINK_MAX_PUBLISH_STREAM_AGE_SECS", default_value_t = cardlink_ingest::server::DEFAULT_MAX_STREAM_AGE.as_secs())]
+    pub max_publish_stream_age_secs: u64,
 }
 
 impl IngestSettings {
     /// Ingest's config; issuers' registry credentials are checked with `trusted_keys`.
     pub fn config(&self, mode: Mode, trusted_keys: &[PublicKey]) -> anyhow::Result<IngestConfig> {
         // An empty variable (the chart's default for bootstrap keys) names no key.
+        anyhow::ensure!(self.max_publish_stream_age_secs > 0, "--max-publish-stream-age-secs: at least 1");
         let issuer_keys: Vec<&String> = self.issuer_keys.iter().filter(|k| !k.trim().is_empty()).collect();
         anyhow::ensure!(
             !trusted_keys.is_empty() || !issuer_keys.is_empty(),
@@ -123,6 +128,7 @@ impl IngestSettings {
             dedup_window: Duration::from_secs(self.dedup_window_hours * 3600),
             trusted_keys: trusted_keys.to_vec(),
             bootstrap_issuer_keys,
+            max_stream_age: Duration::from_secs(self.max_publish_stream_age_secs),
             ..IngestConfig::default()
         })
     }
@@ -211,11 +217,16 @@ pub struct SubscriptionSettings {
     /// page on --pages-listen].
     #[arg(long, env = "CARDLINK_SUBSCRIPTION_HTTP_LISTEN")]
     pub subscription_http_listen: Option<SocketAddr>,
+    /// Seconds after which a Subscribe stream ends with STREAM_MAX_AGE (the client authenticates
+    /// again and resumes from its cursor).
+    #[arg(long, env = "CARDLINK_MAX_STREAM_AGE_SECS", default_value_t = cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE.as_secs())]
+    pub max_stream_age_secs: u64,
 }
 
 impl SubscriptionSettings {
-    pub fn config(&self, mode: Mode, platform: &Platform) -> SubscriptionConfig {
-        SubscriptionConfig {
+    pub fn config(&self, mode: Mode, platform: &Platform) -> anyhow::Result<SubscriptionConfig> {
+        anyhow::ensure!(self.max_stream_age_secs > 0, "--max-stream-age-secs: at least 1");
+        Ok(SubscriptionConfig {
             listen: self.subscription_listen.unwrap_or_else(|| mode.bind(50054)),
             http_listen: match mode {
                 Mode::Serve => Some(self.subscription_http_listen.unwrap_or_else(|| mode.bind(8082))),
@@ -223,6 +234,7 @@ impl SubscriptionSettings {
             },
             trusted_keys: platform.trusted_keys.clone(),
             secret: Arc::clone(&platform.secret),
-        }
+            max_stream_age: Duration::from_secs(self.max_stream_age_secs),
+        })
     }
 }

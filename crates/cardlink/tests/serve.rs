@@ -143,9 +143,25 @@ async fn a_registry_credential_publishes_through_serve_ingest_until_revoked() {
     let e = client.publish(authorized(tx(2), &aggregator.token)).await.unwrap_err();
     assert_eq!((e.code(), Reason::of(&e)), (Code::PermissionDenied, Some(Reason::IssuersOnly)));
 
+    // A PublishStream open with the credential…
+    let (sends, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .publish_stream(authorized(tokio_stream::wrappers::ReceiverStream::new(outgoing), &issuer.token))
+        .await
+        .unwrap()
+        .into_inner();
+    sends.send(tx(10)).await.unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().accepted, 1);
+
     r.revoke_credential(authorized(v1::RevokeCredentialRequest { credential_id: issuer.credential_id }, &operator))
         .await
         .unwrap();
+    // …ends within the revocation bound, saying why.
+    let revoked_at = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(WITHIN, replies.message()).await.unwrap().unwrap_err();
+    assert_eq!((ended.code(), Reason::of(&ended)), (Code::Unauthenticated, Some(Reason::CredentialRevoked)));
+    assert!(revoked_at.elapsed() < Duration::from_secs(2), "ended after {:?}", revoked_at.elapsed());
+    drop(sends);
     let refused = loop {
         match client.publish(authorized(tx(3), &issuer.token)).await {
             Err(e) => break e,

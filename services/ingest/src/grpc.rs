@@ -5,7 +5,7 @@
 use cardlink_api::status::into_status;
 use cardlink_api::v1;
 use cardlink_api::v1::issuer_ingest_server::IssuerIngest;
-use cardlink_authn::{Role, caller_as};
+use cardlink_authn::{Authenticator, Role, Standing, caller_as};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,11 +20,14 @@ pub const STREAM_RESPONSE_BUFFER: usize = 16;
 #[derive(Debug, Clone)]
 pub struct IngestGrpc {
     ingest: Ingest,
+    /// Checks a PublishStream's caller again while it runs ([`Standing`]).
+    auth: Authenticator,
+    max_stream_age: std::time::Duration,
 }
 
 impl IngestGrpc {
-    pub fn new(ingest: Ingest) -> Self {
-        Self { ingest }
+    pub fn new(ingest: Ingest, auth: Authenticator, max_stream_age: std::time::Duration) -> Self {
+        Self { ingest, auth, max_stream_age }
     }
 }
 
@@ -82,10 +85,20 @@ impl IssuerIngest for IngestGrpc {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_BUFFER);
         let ingest = self.ingest.clone();
+        // Ends the stream once the credential no longer stands, or at its maximum age.
+        let mut standing = Standing::new(self.auth.clone(), caller.clone(), self.max_stream_age);
         tokio::spawn(async move {
             // Batches are processed one after another so a stream keeps the issuer's order; the
             // bounded channel makes a client that stops reading stop this task too.
-            while let Some(next) = incoming.next().await {
+            loop {
+                let next = tokio::select! {
+                    next = incoming.next() => next,
+                    lapsed = standing.lapsed() => {
+                        let _ = tx.send(Err(lapsed)).await;
+                        break;
+                    }
+                };
+                let Some(next) = next else { break };
                 let reply = match next {
                     Ok(request) => {
                         ingest.publish(&caller, batch(request, tp.clone())).await.map(response).map_err(into_status)

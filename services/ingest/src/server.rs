@@ -42,6 +42,9 @@ pub struct IngestConfig {
     /// Configured issuer keys, the explicit bootstrap option for issuers without a registry
     /// credential (they cannot be rotated or revoked through the registry).
     pub bootstrap_issuer_keys: Option<Arc<BootstrapIssuerKeys>>,
+    /// A PublishStream ends at this age (`STREAM_MAX_AGE`); the issuer authenticates again and
+    /// goes on (a revoked credential ends it at once).
+    pub max_stream_age: Duration,
 }
 
 impl Default for IngestConfig {
@@ -53,9 +56,13 @@ impl Default for IngestConfig {
             dedup_window: dedup::DEFAULT_WINDOW,
             trusted_keys: Vec::new(),
             bootstrap_issuer_keys: None,
+            max_stream_age: DEFAULT_MAX_STREAM_AGE,
         }
     }
 }
+
+/// The default [`IngestConfig::max_stream_age`].
+pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(3600);
 
 /// A running ingest service.
 #[derive(Debug)]
@@ -122,7 +129,7 @@ pub async fn start(bus: &BusConfig, config: IngestConfig) -> Result<RunningInges
 
     let ingest = Ingest::new(producer.clone(), index, ready.clone(), config.max_records_per_call);
     let service = InterceptedService::new(
-        IssuerIngestServer::new(IngestGrpc::new(ingest))
+        IssuerIngestServer::new(IngestGrpc::new(ingest, auth.clone(), config.max_stream_age))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_request_bytes),
         AuthLayer::required(auth),

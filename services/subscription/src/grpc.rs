@@ -6,7 +6,7 @@
 use cardlink_api::status::{into_status, to_status};
 use cardlink_api::v1::subscription_server::Subscription;
 use cardlink_api::{ApiError, Reason, v1};
-use cardlink_authn::{Role, caller_as};
+use cardlink_authn::{Authenticator, Role, Standing, caller_as};
 use cardlink_bus::{BusConfig, Producer};
 use cardlink_views::follow::Followed;
 use tokio::sync::watch;
@@ -27,6 +27,8 @@ pub const MAX_STREAMS_PER_AGGREGATOR: usize = 16;
 #[derive(Clone, Debug)]
 pub struct SubscriptionGrpc {
     hub: Hub,
+    /// Checks each open stream's caller again while it runs ([`Standing`]).
+    standing: StandingCheck,
     producer: Producer,
     positions: Followed<PositionsView>,
     catch_up: CatchUpReaders,
@@ -42,11 +44,12 @@ impl SubscriptionGrpc {
         producer: Producer,
         positions: Followed<PositionsView>,
         access: AccessLog,
+        standing: StandingCheck,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let catch_up = CatchUpReaders::new(bus);
         let metrics = SubscriptionMetrics::new(&hub, catch_up.clone());
-        Self { hub, producer, positions, catch_up, access, metrics, shutdown }
+        Self { hub, standing, producer, positions, catch_up, access, metrics, shutdown }
     }
 
     /// Deliveries per aggregator, for the live view.
@@ -109,6 +112,14 @@ fn filters(request: &v1::SubscribeRequest) -> Result<Filters, Status> {
     })
 }
 
+/// How streams' callers are checked while they run.
+#[derive(Clone, Debug)]
+pub struct StandingCheck {
+    pub auth: Authenticator,
+    /// A stream ends at this age; the client authenticates again and resumes from its cursor.
+    pub max_age: std::time::Duration,
+}
+
 #[tonic::async_trait]
 impl Subscription for SubscriptionGrpc {
     type SubscribeStream = SubscribeStream;
@@ -117,7 +128,8 @@ impl Subscription for SubscriptionGrpc {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let aggregator = caller_as(&request, Role::Aggregator)?.participant_id;
+        let caller = caller_as(&request, Role::Aggregator)?;
+        let aggregator = caller.participant_id.clone();
         let request = request.into_inner();
         let filters = filters(&request)?;
         let secret = self.hub.secret();
@@ -152,13 +164,14 @@ impl Subscription for SubscriptionGrpc {
             catch_up: self.metrics.stream(&aggregator, Mode::CatchUp),
         };
         let initial = initial.encode(secret);
+        let standing = Standing::new(self.standing.auth.clone(), caller, self.standing.max_age);
         Ok(Response::new(SubscribeStream::new(
             self.hub.clone(),
             aggregator,
             registration,
             initial,
             catch_up,
-            self.shutdown.clone(),
+            (self.shutdown.clone(), standing),
             recorders,
         )))
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cardlink_api::v1::subscription_server::SubscriptionServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
@@ -20,7 +21,7 @@ pub use cardlink_serving::ServeError;
 
 use crate::access::{self, AccessLog};
 use crate::catch_up::CatchUpReaders;
-use crate::grpc::SubscriptionGrpc;
+use crate::grpc::{StandingCheck, SubscriptionGrpc};
 use crate::hub::Hub;
 use crate::positions::PositionsView;
 use crate::{dispatch, notices};
@@ -34,7 +35,14 @@ pub struct SubscriptionConfig {
     pub secret: Arc<[u8]>,
     /// Where the live view page (`/live`, `/live.json`) is served; `None`: not served.
     pub http_listen: Option<SocketAddr>,
+    /// A stream ends at this age (`STREAM_MAX_AGE`); the client authenticates again and resumes
+    /// from its cursor. Bounds how long a stream outlives the credential it was opened with
+    /// by expiry (revocation ends it at once).
+    pub max_stream_age: Duration,
 }
+
+/// The default [`SubscriptionConfig::max_stream_age`].
+pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct RunningSubscription {
@@ -147,7 +155,9 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         "access records",
         tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
     );
-    let grpc = SubscriptionGrpc::new(hub.clone(), bus.clone(), producer, positions, access, shutdown_rx.clone());
+    let standing = StandingCheck { auth: auth.clone(), max_age: config.max_stream_age };
+    let grpc =
+        SubscriptionGrpc::new(hub.clone(), bus.clone(), producer, positions, access, standing, shutdown_rx.clone());
     let ready_hub = hub.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),

@@ -4,6 +4,8 @@
 //! holding one of the bounded reader permits) finds between the cursor and the hub's position at
 //! registration; then it says it is caught up and serves live deliveries straight from its hub
 //! queue, a heartbeat every [`HEARTBEAT_EVERY`] while quiet, and a reconnect status at shutdown.
+//! It ends within the revocation bound once its credential is revoked or expired or the
+//! aggregator suspended, and at its maximum age ([`Standing`]).
 //!
 //! The stream is polled by the connection that carries it: a live delivery goes from the hub's
 //! queue to the wire with no task or channel of its own in between — with many streams each
@@ -23,6 +25,8 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
+
+use cardlink_authn::Standing;
 
 use crate::access::AccessLog;
 use crate::catch_up::CatchUp;
@@ -62,6 +66,8 @@ pub struct SubscribeStream {
     last_sent: String,
     heartbeat: Interval,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Ends the stream once its credential no longer stands, or at its maximum age.
+    standing: Standing,
     recorders: Recorders,
 }
 
@@ -84,7 +90,7 @@ impl SubscribeStream {
         registration: Registration,
         initial: String,
         catch_up: Option<CatchUp>,
-        mut shutdown: watch::Receiver<bool>,
+        (mut shutdown, standing): (watch::Receiver<bool>, Standing),
         recorders: Recorders,
     ) -> Self {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
@@ -97,7 +103,7 @@ impl SubscribeStream {
             Some(catch_up) => Phase::CatchingUp(catch_up),
             None => Phase::Live { greeted: false },
         };
-        Self { phase, hub, aggregator, registration, last_sent: initial, heartbeat, shutdown, recorders }
+        Self { phase, hub, aggregator, registration, last_sent: initial, heartbeat, shutdown, standing, recorders }
     }
 
     /// The cursor a heartbeat carries. The hub's cursor for the stream also covers records it
@@ -157,6 +163,9 @@ impl Stream for SubscribeStream {
                     Reason::ServerShuttingDown,
                     "the service is restarting; resume from your last cursor",
                 ));
+            }
+            if let Poll::Ready(lapsed) = this.standing.poll_lapsed(cx) {
+                return this.end(lapsed);
             }
             match &mut this.phase {
                 Phase::Done => return Poll::Ready(None),

@@ -26,6 +26,8 @@ pub struct World {
     pub service: RunningSubscription,
     /// Credential per participant id.
     pub tokens: HashMap<String, String>,
+    /// Credential id per participant id.
+    pub credential_ids: HashMap<String, String>,
     pub operator: String,
 }
 
@@ -59,16 +61,30 @@ impl World {
 /// Registers the participants, connects every issuer with every aggregator (all scopes), writes
 /// the consents, and starts the service once the registry knows everyone.
 pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEvent]) -> World {
+    world_with(issuers, aggregators, consents, cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE).await
+}
+
+/// [`world`], with streams ending at `max_stream_age`.
+pub async fn world_with(
+    issuers: &[&str],
+    aggregators: &[&str],
+    consents: &[ConsentEvent],
+    max_stream_age: Duration,
+) -> World {
     let bus = TestBus::start().await.unwrap();
     let (registry, operator) = bus.start_registry().await.unwrap();
     let mut r = registry_client(&registry).await.unwrap();
-    let mut tokens = HashMap::new();
+    let (mut tokens, mut credential_ids) = (HashMap::new(), HashMap::new());
     for (i, id) in issuers.iter().enumerate() {
         let volume = i64::try_from(i).unwrap() + 1;
-        tokens.insert((*id).to_owned(), register_issuer(&mut r, &operator, id, volume).await.unwrap().token);
+        let registered = register_issuer(&mut r, &operator, id, volume).await.unwrap();
+        tokens.insert((*id).to_owned(), registered.token);
+        credential_ids.insert((*id).to_owned(), registered.credential_id);
     }
     for id in aggregators {
-        tokens.insert((*id).to_owned(), register_aggregator(&mut r, &operator, id).await.unwrap().token);
+        let registered = register_aggregator(&mut r, &operator, id).await.unwrap();
+        tokens.insert((*id).to_owned(), registered.token);
+        credential_ids.insert((*id).to_owned(), registered.credential_id);
     }
     let all = [v1::Scope::Transactions, v1::Scope::MerchantDetail, v1::Scope::Statements];
     for issuer in issuers {
@@ -85,6 +101,7 @@ pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEv
         trusted_keys: vec![registry.public_key().clone()],
         secret: Arc::from(SECRET),
         http_listen: Some(([127, 0, 0, 1], 0).into()),
+        max_stream_age,
     };
     let service = cardlink_subscription::server::start(bus.config(), config).await.unwrap();
     // The service knows the participants once its registry view has read the last of them.
@@ -95,7 +112,7 @@ pub async fn world(issuers: &[&str], aggregators: &[&str], consents: &[ConsentEv
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    World { bus, registry, service, tokens, operator }
+    World { bus, registry, service, tokens, credential_ids, operator }
 }
 
 /// Enables (again) the connection between `issuer` and `aggregator`, with every scope.
