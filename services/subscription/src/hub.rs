@@ -77,6 +77,25 @@ impl Hub {
         &self.registry
     }
 
+    /// Whether both views reflect every change written up to the revocation bound ago.
+    pub(crate) fn fresh(&self) -> bool {
+        let bound = crate::dispatch::REVOCATION_BOUND;
+        self.consents.is_fresh(bound) && self.registry.is_fresh(bound)
+    }
+
+    /// Whether an event delivery under `consent_id` may still go to `aggregator_id` now: the
+    /// consent is active and the connection and the aggregator are. Asked again at send time,
+    /// so a delivery queued for a slow client does not outlive a revocation or suspension.
+    pub(crate) fn still_entitled(&self, consent_id: &str, aggregator_id: &str) -> bool {
+        let now = chrono::Utc::now();
+        let issuer = self.consents.read(|v| {
+            v.consent(consent_id)
+                .filter(|c| c.is_active_at(now) && c.aggregator_id == aggregator_id)
+                .map(|c| c.issuer_id.clone())
+        });
+        issuer.is_some_and(|issuer| self.connected(&issuer, aggregator_id))
+    }
+
     /// Whether `issuer_id` may share with `aggregator_id` now: their connection and the
     /// aggregator are active.
     pub(crate) fn connected(&self, issuer_id: &str, aggregator_id: &str) -> bool {

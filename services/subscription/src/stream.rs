@@ -5,7 +5,9 @@
 //! registration; then it says it is caught up and serves live deliveries straight from its hub
 //! queue, a heartbeat every [`HEARTBEAT_EVERY`] while quiet, and a reconnect status at shutdown.
 //! It ends within the revocation bound once its credential is revoked or expired or the
-//! aggregator suspended, and at its maximum age ([`Standing`]).
+//! aggregator suspended, and at its maximum age ([`Standing`]). The revocation bound also holds
+//! at send time: each event delivery is checked again as it leaves the queue (a slow client's
+//! queue can be long), and nothing is sent while the views are stale.
 //!
 //! The stream is polled by the connection that carries it: a live delivery goes from the hub's
 //! queue to the wire with no task or channel of its own in between — with many streams each
@@ -37,6 +39,8 @@ use crate::streams::Registration;
 
 /// How often an idle stream gets a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often a stream held back by stale views looks again.
+const STALE_RETRY: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 enum Phase {
@@ -68,6 +72,9 @@ pub struct SubscribeStream {
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Ends the stream once its credential no longer stands, or at its maximum age.
     standing: Standing,
+    /// Armed while the consent or registry view is behind the revocation bound: nothing is
+    /// sent until they are fresh again.
+    stale: Option<Pin<Box<tokio::time::Sleep>>>,
     recorders: Recorders,
 }
 
@@ -103,7 +110,18 @@ impl SubscribeStream {
             Some(catch_up) => Phase::CatchingUp(catch_up),
             None => Phase::Live { greeted: false },
         };
-        Self { phase, hub, aggregator, registration, last_sent: initial, heartbeat, shutdown, standing, recorders }
+        Self {
+            phase,
+            hub,
+            aggregator,
+            registration,
+            last_sent: initial,
+            heartbeat,
+            shutdown,
+            standing,
+            stale: None,
+            recorders,
+        }
     }
 
     /// The cursor a heartbeat carries. The hub's cursor for the stream also covers records it
@@ -123,19 +141,43 @@ impl SubscribeStream {
         }
     }
 
+    /// The response for a delivery, if it may still be sent: an event under a consent revoked
+    /// (or a connection or aggregator suspended) since it was queued is dropped here, at send
+    /// time. Consent-change notices always go.
     fn deliver(
         &mut self,
         live: bool,
         delivery: Box<v1::Delivery>,
         cursor: String,
         origin: Option<Arc<Origin>>,
-    ) -> v1::SubscribeResponse {
+    ) -> Option<v1::SubscribeResponse> {
+        // Resuming after this cursor is right whether or not the delivery goes out.
         self.last_sent.clone_from(&cursor);
+        let event =
+            matches!(delivery.event, Some(v1::delivery::Event::Transaction(_) | v1::delivery::Event::Statement(_)));
+        if event && !self.hub.still_entitled(&delivery.consent_id, &self.aggregator) {
+            return None;
+        }
         self.recorders.access.record(&delivery);
         let metrics = if live { &self.recorders.live } else { &self.recorders.catch_up };
         let span = metrics.delivering(origin.as_deref());
         metrics.delivered(origin.as_deref(), span);
-        v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor }
+        Some(v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor })
+    }
+
+    /// Pending while the views are behind the revocation bound (polled again shortly).
+    fn poll_fresh(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.hub.fresh() {
+            self.stale = None;
+            return Poll::Ready(());
+        }
+        let retry = self.stale.get_or_insert_with(|| Box::pin(tokio::time::sleep(STALE_RETRY)));
+        if retry.as_mut().poll(cx).is_ready() {
+            // Not fresh yet: wait another round.
+            retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
+            let _ = retry.as_mut().poll(cx);
+        }
+        Poll::Pending
     }
 
     /// Ends the stream with `status` (the next poll ends it).
@@ -167,11 +209,17 @@ impl Stream for SubscribeStream {
             if let Poll::Ready(lapsed) = this.standing.poll_lapsed(cx) {
                 return this.end(lapsed);
             }
+            if this.poll_fresh(cx).is_pending() {
+                return Poll::Pending;
+            }
             match &mut this.phase {
                 Phase::Done => return Poll::Ready(None),
                 Phase::CatchingUp(catch_up) => match catch_up.rx.poll_recv(cx) {
                     Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
-                        return Poll::Ready(Some(Ok(this.deliver(false, delivery, cursor, origin))));
+                        match this.deliver(false, delivery, cursor, origin) {
+                            Some(response) => return Poll::Ready(Some(Ok(response))),
+                            None => continue,
+                        }
                     }
                     Poll::Ready(Some(Outgoing::FellBehind)) => return this.end(fell_behind()),
                     // The reader dropped its sender after saying how it ended.
@@ -194,7 +242,10 @@ impl Stream for SubscribeStream {
                     }
                     match this.registration.rx.poll_recv(cx) {
                         Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
-                            return Poll::Ready(Some(Ok(this.deliver(true, delivery, cursor, origin))));
+                            match this.deliver(true, delivery, cursor, origin) {
+                                Some(response) => return Poll::Ready(Some(Ok(response))),
+                                None => continue,
+                            }
                         }
                         Poll::Ready(Some(Outgoing::FellBehind) | None) => return this.end(fell_behind()),
                         Poll::Pending => {}

@@ -36,6 +36,7 @@ async fn publish(w: &World, n: u32) {
 #[derive(Debug, Default)]
 struct Seen {
     transactions: Vec<String>,
+    consent_changes: usize,
     cursor: String,
     ended: Option<tonic::Status>,
 }
@@ -50,8 +51,10 @@ async fn seen(stream: &mut Streaming<v1::SubscribeResponse>, window: Duration, e
             Ok(Some(message)) => {
                 out.cursor = message.cursor;
                 for d in message.deliveries {
-                    if let Some(v1::delivery::Event::Transaction(t)) = d.event {
-                        out.transactions.push(t.issuer_transaction_id);
+                    match d.event {
+                        Some(v1::delivery::Event::Transaction(t)) => out.transactions.push(t.issuer_transaction_id),
+                        Some(v1::delivery::Event::ConsentChange(_)) => out.consent_changes += 1,
+                        _ => {}
                     }
                 }
             }
@@ -166,4 +169,66 @@ async fn a_stream_ends_at_its_maximum_age_and_resumes_from_its_cursor() {
     let mut resumed =
         c.subscribe(authorized(common::start_after(&first.cursor), w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(delivered(&mut resumed, WITHIN, 1).await, ["tx-2"]);
+}
+
+/// Deliveries the service has handed to agg-x's streams so far (its live view's count).
+async fn handed_out(w: &World) -> u64 {
+    let url = format!("http://{}/live.json", w.service.http_addr().unwrap());
+    let live: serde_json::Value = cardlink_testkit::login::Browser::new()
+        .get(&url)
+        .await
+        .map(|p| serde_json::from_str(&p.body).unwrap())
+        .unwrap();
+    live["deliveries"]["agg-x"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_slow_client_gets_nothing_of_a_consent_revoked_before_it_was_sent() {
+    let w = world().await;
+    // A client that does not read: HTTP/2 lets the service hand over what the client's window
+    // and the server's send buffer hold; the rest waits in the service's queue.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", w.service.addr()))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = v1::subscription_client::SubscriptionClient::new(channel);
+    let mut stream =
+        c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
+    common::next(&mut stream).await;
+
+    let published = 600;
+    let events: Vec<Event> = (0..published)
+        .map(|n| {
+            let mut t = samples::transaction("iss-a", "acct-1", n);
+            t.occurred_at = Utc::now();
+            Event::Transaction(t)
+        })
+        .collect();
+    w.publish(&events).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut revoked = common::transactions_consent();
+    revoked.status = cardlink_events::consent::ConsentStatus::Revoked;
+    revoked.event_id = cardlink_events::EventId::random();
+    w.publish_consent(&revoked).await;
+    tokio::time::sleep(REVOCATION_BOUND + Duration::from_millis(500)).await;
+    // Sent (handed to the transport) up to the revocation bound: the client may still receive
+    // these. The rest is still queued in the service.
+    let sent_before = handed_out(&w).await;
+    assert!(sent_before < published.into(), "the transport took everything: publish more");
+
+    // The client reads at last, which lets the service send again: what was sent in time,
+    // never what was still queued.
+    let got = seen(&mut stream, Duration::from_secs(5), usize::try_from(published).unwrap()).await;
+    let received = u64::try_from(got.transactions.len()).unwrap();
+    assert!(
+        received <= sent_before,
+        "{received} deliveries reached a slow client, {sent_before} of them sent before the revocation bound"
+    );
+    // Only the notice that the consent was revoked went out after the bound.
+    assert_eq!(got.consent_changes, 1, "the revocation notice");
+    assert_eq!(handed_out(&w).await, sent_before + 1, "nothing of the revoked consent was sent after the bound");
 }
