@@ -72,11 +72,8 @@ enum OperatorCommand {
     Credential {
         #[command(flatten)]
         kafka: KafkaArgs,
-        /// The platform signing key: base64url of a 32-byte Ed25519 seed.
-        #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
-        signing_key: String,
-        #[arg(long, env = "CARDLINK_SIGNING_KEY_ID", default_value = "k1")]
-        signing_key_id: String,
+        #[command(flatten)]
+        signing: SigningKeyArgs,
         /// The operator's id (2-63 lowercase letters, digits or hyphens).
         #[arg(long)]
         id: String,
@@ -132,6 +129,24 @@ impl TrustedKeysArgs {
     }
 }
 
+/// The platform signing key, as the registry (and the operator credential command) take it.
+#[derive(Debug, Args)]
+struct SigningKeyArgs {
+    /// The platform signing key: base64url of a 32-byte Ed25519 seed.
+    #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
+    signing_key: String,
+    /// The signing key's id, carried in every token (change it when rotating the key).
+    #[arg(long, env = "CARDLINK_SIGNING_KEY_ID", default_value = "k1")]
+    signing_key_id: String,
+}
+
+impl SigningKeyArgs {
+    fn signer(&self) -> anyhow::Result<cardlink_auth::TokenSigner> {
+        cardlink_auth::TokenSigner::from_base64_seed(&self.signing_key_id, &self.signing_key)
+            .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))
+    }
+}
+
 /// The secret consent and subscription share.
 #[derive(Debug, Args)]
 struct SecretArgs {
@@ -177,12 +192,8 @@ enum Service {
     Registry {
         #[command(flatten)]
         kafka: KafkaArgs,
-        /// The platform signing key: base64url of a 32-byte Ed25519 seed.
-        #[arg(long, env = "CARDLINK_SIGNING_KEY", hide_env_values = true)]
-        signing_key: String,
-        /// The signing key's id, carried in every token (change it when rotating the key).
-        #[arg(long, env = "CARDLINK_SIGNING_KEY_ID", default_value = "k1")]
-        signing_key_id: String,
+        #[command(flatten)]
+        signing: SigningKeyArgs,
         /// Issue a credential for this operator at start and print it (first start only).
         #[arg(long)]
         bootstrap_operator: Option<String>,
@@ -297,14 +308,13 @@ impl Cli {
             Command::Serve { service } => serve(service, file).await,
             Command::Adapter { adapter } => adapter_command(adapter).await,
             Command::Keys { command } => crate::keys::run(command),
-            Command::Operator { command: OperatorCommand::Credential { kafka, signing_key, signing_key_id, id } } => {
+            Command::Operator { command: OperatorCommand::Credential { kafka, signing, id } } => {
                 // Check the arguments before touching Kafka.
                 anyhow::ensure!(
                     cardlink_events::registry::is_plain_id(&id),
                     "--id {id:?}: 2-63 lowercase letters, digits or hyphens"
                 );
-                let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
-                    .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+                let signer = signing.signer()?;
                 let bus = kafka.bus(file)?;
                 cardlink_bus::check_topics(&bus).await.context("checking topics")?;
                 // The registry's own code issues it (onto the registry topic), on a port of its own.
@@ -366,9 +376,8 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Service::Registry { kafka, signing_key, signing_key_id, bootstrap_operator, settings } => {
-            let signer = cardlink_auth::TokenSigner::from_base64_seed(&signing_key_id, &signing_key)
-                .map_err(|e| anyhow::anyhow!("--signing-key / CARDLINK_SIGNING_KEY: {e}"))?;
+        Service::Registry { kafka, signing, bootstrap_operator, settings } => {
+            let signer = signing.signer()?;
             let config = settings.config(Mode::Serve)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;

@@ -29,15 +29,9 @@ use cardlink_testkit::{TestBus, authorized, connect, register_aggregator, regist
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-const WITHIN: Duration = Duration::from_secs(90);
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> String {
-    std::env::var("CARDLINK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use common::{WITHIN, output, python, repo};
 
 /// The helm scripts/check-deploy.sh installs, unless `CARDLINK_HELM` names another.
 fn helm() -> PathBuf {
@@ -63,12 +57,6 @@ struct ChartCommand {
 #[derive(Debug, serde::Deserialize)]
 struct External {
     name: String,
-}
-
-async fn output(command: &mut Command) -> Vec<u8> {
-    let out = tokio::time::timeout(WITHIN, command.output()).await.expect("finishes in time").unwrap();
-    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
 }
 
 /// Renders the chart and reads its commands.
@@ -300,24 +288,22 @@ async fn the_charts_commands_run_the_whole_flow() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut requesting = request.spawn().unwrap();
     let mut lines = BufReader::new(requesting.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(WITHIN, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the CLI prints the authorization URL");
-            if line.trim().starts_with("http") {
-                break line.trim().to_owned();
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let url = common::authorization_url(&mut lines).await;
     let shots = dir.path().join("shots");
     std::fs::create_dir_all(&shots).unwrap();
-    let mut browser = Command::new(python());
-    browser
-        .arg(repo().join("tools/browser_e2e.py"))
-        .args(["consent", "--url", &url, "--login", TEST_MEMBER, "--password", TEST_PASSWORD, "--out"])
-        .arg(&shots);
-    let consented: serde_json::Value = serde_json::from_slice(&output(&mut browser).await).unwrap();
+    let shots = shots.to_str().unwrap();
+    let consented = common::browser(&[
+        "consent",
+        "--url",
+        &url,
+        "--login",
+        TEST_MEMBER,
+        "--password",
+        TEST_PASSWORD,
+        "--out",
+        shots,
+    ])
+    .await;
     assert!(consented["provider_url"].as_str().unwrap().starts_with(&provider.issuer_url), "{consented}");
     assert!(consented["callback_text"].as_str().unwrap().contains("同意が完了しました"), "{consented}");
     let mut said = String::new();

@@ -7,6 +7,8 @@
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,21 +22,13 @@ use tokio::process::{Child, Command};
 
 /// Generous: the first start of the system on a loaded 2-core CI machine.
 const START_WITHIN: Duration = Duration::from_secs(180);
-const WITHIN: Duration = Duration::from_secs(90);
+use common::{WITHIN, browser};
 
 fn cardlink() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cardlink"));
     // Telemetry export stays off; logs quiet unless something is wrong.
     command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").env("RUST_LOG", "warn").kill_on_drop(true);
     command
-}
-
-fn python() -> String {
-    std::env::var("CARDLINK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A running `cardlink dev`, every listener on an ephemeral port.
@@ -113,21 +107,7 @@ impl Dev {
 }
 
 async fn output(mut command: Command) -> String {
-    let out = tokio::time::timeout(WITHIN, command.output()).await.expect("the command finishes").unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The member's browser (tools/browser_e2e.py): returns what the pages showed.
-async fn browser(args: &[&str]) -> Value {
-    let mut command = Command::new(python());
-    command.arg(repo().join("tools/browser_e2e.py")).args(args);
-    serde_json::from_str(&output(command).await).unwrap()
+    String::from_utf8(common::output(&mut command).await).unwrap()
 }
 
 fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
@@ -211,16 +191,7 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
         .stderr(Stdio::piped());
     let mut requesting = request.spawn().unwrap();
     let mut lines = BufReader::new(requesting.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(WITHIN, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the CLI prints the authorization URL");
-            if line.trim().starts_with("http") {
-                break line.trim().to_owned();
-            }
-        }
-    })
-    .await
-    .expect("the CLI prints the authorization URL in time");
+    let url = common::authorization_url(&mut lines).await;
     assert!(url.starts_with(&pages) && url.contains("/consent/"), "{url}");
     let shots_dir = shots.to_str().unwrap();
     let consented =
