@@ -56,15 +56,7 @@ impl Authenticator {
             if r.credential(&caller.credential_id).is_some_and(|c| c.expires_at <= now) {
                 return Err(AuthError::Token(cardlink_auth::TokenError::Expired));
             }
-            if !r.credential_valid(&caller.credential_id, &caller.participant_id, now) {
-                return Err(AuthError::Revoked);
-            }
-            let suspended =
-                r.aggregator(&caller.participant_id).is_some_and(|a| a.status == AggregatorStatus::Suspended);
-            if caller.role == Role::Aggregator && suspended {
-                return Err(AuthError::Suspended);
-            }
-            Ok(())
+            registry_says(r, &caller.credential_id, &caller.participant_id, caller.role, now)
         })
     }
 
@@ -79,17 +71,27 @@ impl Authenticator {
             });
         }
         let Claims { cid, sub, role, .. } = self.verifier.verify(token, now).map_err(AuthError::Token)?;
-        self.registry.read(|r| {
-            if !r.credential_valid(&cid, &sub, now) {
-                return Err(AuthError::Revoked);
-            }
-            if role == Role::Aggregator && r.aggregator(&sub).is_some_and(|a| a.status == AggregatorStatus::Suspended) {
-                return Err(AuthError::Suspended);
-            }
-            Ok(())
-        })?;
+        self.registry.read(|r| registry_says(r, &cid, &sub, role, now))?;
         Ok(Caller { participant_id: sub, role, credential_id: cid })
     }
+}
+
+/// The registry's word on a credential: known and unrevoked for that participant, and the
+/// participant (an aggregator) not suspended. Asked at each call and, for streams, while they run.
+fn registry_says(
+    r: &RegistryView,
+    cid: &str,
+    participant: &str,
+    role: Role,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    if !r.credential_valid(cid, participant, now) {
+        return Err(AuthError::Revoked);
+    }
+    if role == Role::Aggregator && r.aggregator(participant).is_some_and(|a| a.status == AggregatorStatus::Suspended) {
+        return Err(AuthError::Suspended);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

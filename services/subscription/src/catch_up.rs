@@ -212,8 +212,7 @@ pub async fn catch_up(
             continue;
         }
         let record_key = record.key_str().unwrap_or_default();
-        let issuer = record_key.split_once('/').map_or(record_key, |(issuer, _)| issuer);
-        if !hub.connected(issuer, aggregator_id) {
+        if !hub.connected(record.issuer_id().unwrap_or_default(), aggregator_id) {
             continue; // suspended: nothing, whatever the consents
         }
         let now = Utc::now();

@@ -62,7 +62,7 @@ impl Hub {
         let key = record.key_str().unwrap_or_default();
         let mut grants = self.consents.read(|v| v.grants(key).to_vec());
         // Only where the issuer's connection with the aggregator, and the aggregator, are active.
-        let issuer = key.split_once('/').map_or(key, |(issuer, _)| issuer);
+        let issuer = record.issuer_id().unwrap_or_default();
         self.registry.read(|r| grants.retain(|g| r.is_connected(issuer, &g.aggregator_id)));
         let now = Utc::now();
         // Made on the first delivery only: most records of a busy bus go to nobody.
