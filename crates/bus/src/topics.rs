@@ -96,11 +96,18 @@ impl TopicSpec {
             Cleanup::Compact => {
                 configs.push(("cleanup.policy", "compact".to_owned()));
                 configs.push(("retention.ms", "-1".to_owned()));
+                // A superseded record stays readable this long: a consent change that lost a race
+                // to a final state is followed by a copy of that state well within it, so
+                // compaction never leaves the losing change as a key's only record.
+                configs.push(("min.compaction.lag.ms", MIN_COMPACTION_LAG.as_millis().to_string()));
             }
         }
         configs
     }
 }
+
+/// How long compaction leaves a superseded record of a compacted topic in place.
+pub const MIN_COMPACTION_LAG: Duration = Duration::from_secs(3600);
 
 /// Partitions of the compacted registry and consent topics.
 const COMPACTED_PARTITIONS: i32 = 3;

@@ -64,6 +64,14 @@ pub struct ConsentEvent {
 }
 
 impl ConsentEvent {
+    /// Whether this state, read after `current` on the consent topic, replaces it. A final state
+    /// is never replaced: a change decided on a replica that had not yet read the revocation,
+    /// denial or expiry loses, whatever order the replicas' writes reach the log in. Every
+    /// reader of the topic (consent books, consent views) applies this one rule.
+    pub fn replaces(&self, current: &ConsentEvent) -> bool {
+        !current.status.is_final()
+    }
+
     /// Whether the consent allows delivery at `now`: active and not past its expiry.
     pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
         self.status == ConsentStatus::Active && self.expires_at.is_some_and(|e| now < e)

@@ -83,13 +83,17 @@ impl ConsentView {
         Self::default()
     }
 
-    /// Applies the latest state of one consent.
+    /// Applies the next state of one consent read from the topic, unless the consent already
+    /// ended ([`ConsentEvent::replaces`]).
     pub fn apply(&mut self, event: ConsentEvent) {
         let id: Arc<str> = match self.consents.get_key_value(event.consent_id.as_str()) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(event.consent_id.as_str()),
         };
         if let Some(old) = self.consents.get(&id) {
+            if !event.replaces(old) {
+                return;
+            }
             for account in &old.account_refs {
                 let key = account_key(&old.issuer_id, account);
                 if let Some(grants) = self.by_account.get_mut(&key) {

@@ -20,7 +20,7 @@
 //! [`CODE_TTL`], is single-use and PKCE-bound; only the consent's member (through its issuer), its
 //! issuer or its aggregator may revoke it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cardlink_api::{ApiError, Reason};
 use cardlink_events::ActorType;
@@ -150,13 +150,14 @@ pub struct Approval {
 pub struct ConsentBook {
     consents: HashMap<String, ConsentEvent>,
     by_code: HashMap<String, String>,
-    /// Offset on the consent topic of each consent's applied state. A process applies its own
-    /// writes at once and reads them back later through its follower; the offset keeps the
-    /// older states read back from overwriting newer ones.
+    /// Offset on the consent topic of each consent's last record read, so reading a record
+    /// again changes nothing.
     offsets: HashMap<String, i64>,
     /// The first state on the topic that redeemed each consent's code: (offset, event id).
     /// Log order decides which of two concurrent exchanges won.
     redemptions: HashMap<String, (i64, EventId)>,
+    /// Consents whose last record on the topic lost to their final state (see [`Self::repairs`]).
+    refused_last: HashSet<String>,
 }
 
 fn validate_scopes(scopes: &[Scope]) -> Result<(), ConsentError> {
@@ -202,25 +203,46 @@ impl ConsentBook {
 
     /// Records the state the topic holds at `offset`, unless a later one is already applied.
     pub fn apply_at(&mut self, event: ConsentEvent, offset: i64) {
-        if event.code_redeemed {
-            let first = self.redemptions.entry(event.consent_id.clone()).or_insert((offset, event.event_id));
-            if offset < first.0 {
-                *first = (offset, event.event_id);
-            }
-        }
         if self.offsets.get(&event.consent_id).is_some_and(|seen| *seen >= offset) {
             return;
         }
         self.offsets.insert(event.consent_id.clone(), offset);
+        if event.code_redeemed && self.consents.get(&event.consent_id).is_none_or(|c| event.replaces(c)) {
+            self.redemptions.entry(event.consent_id.clone()).or_insert((offset, event.event_id));
+        }
         self.apply(event);
     }
 
-    /// Records a state (in order, as when replaying a history).
+    /// Records the next state read from the topic (in log order), unless the consent already
+    /// ended ([`ConsentEvent::replaces`]). A refused state is remembered as the topic's last
+    /// word on that consent until a copy of the final state follows it ([`Self::repairs`]).
     pub fn apply(&mut self, event: ConsentEvent) {
+        if let Some(current) = self.consents.get(&event.consent_id) {
+            if !event.replaces(current) {
+                if current.event_id == event.event_id {
+                    self.refused_last.remove(&event.consent_id);
+                } else {
+                    self.refused_last.insert(event.consent_id.clone());
+                }
+                return;
+            }
+        }
+        self.refused_last.remove(&event.consent_id);
         if let Some(hash) = &event.code_hash {
             self.by_code.insert(hash.clone(), event.consent_id.clone());
         }
         self.consents.insert(event.consent_id.clone(), event);
+    }
+
+    /// Final states to write again because the topic's last record of their consent is a
+    /// change that lost to them. Compaction keeps only a key's last record; without the copy,
+    /// a replica rebuilding from the compacted topic would see the losing change instead of
+    /// the final state. (The compacted topics keep superseded records for
+    /// `min.compaction.lag.ms`, an hour, which leaves the sweep ample time.)
+    pub fn repairs(&self) -> Vec<ConsentEvent> {
+        let mut ids: Vec<&String> = self.refused_last.iter().collect();
+        ids.sort();
+        ids.into_iter().filter_map(|id| self.consents.get(id)).cloned().collect()
     }
 
     fn next(&self, base: &ConsentEvent, actor: &Actor, now: DateTime<Utc>) -> ConsentEvent {

@@ -189,6 +189,11 @@ pub async fn start(bus: &BusConfig, config: ConsentConfig) -> Result<RunningCons
                         Ok(n) => tracing::info!(expired = n, "consents expired"),
                         Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying"),
                     }
+                    match sweeper.repair().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(repaired = n, "final consent states written again after a lost race"),
+                        Err(e) => tracing::warn!(error = %e, "consent repair failed; retrying"),
+                    }
                 }
             }
         }

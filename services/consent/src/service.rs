@@ -1,15 +1,15 @@
 //! The consent service's operations: the lifecycle rules of [`crate::lifecycle`] over the
 //! registry and consent views, published to the consent topic and audited.
 //!
-//! Each change is published (Kafka acknowledged) and then applied to this process's book at
-//! once, so the caller reads its own write; the follower applies the same full state again
-//! when it reads it back, which changes nothing.
+//! Each change is published (Kafka acknowledged) and answered once this process's follower has
+//! read it back into the book: the caller reads its own write, and a change that lost a race
+//! with another replica's final state is answered as lost, never as done.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
 use cardlink_api::{ApiError, Reason};
 use cardlink_bus::{BusError, Delivered, Producer};
-use cardlink_events::consent::ConsentEvent;
+use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::{AuditEvent, AuditOutcome, RecordType};
 use cardlink_views::follow::Followed;
 use cardlink_views::follow::Watermark;
@@ -25,7 +25,9 @@ pub enum ServiceError {
     Consent(#[from] ConsentError),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("the consent topic was not read back in time to confirm the exchange; retry with a new authorisation")]
+    #[error(
+        "the consent topic was not read back in time to confirm the change; read the consent to see whether it took effect"
+    )]
     NotConfirmed,
 }
 
@@ -98,21 +100,48 @@ impl Consents {
         format!("{}/consent/{consent_id}", self.public_url)
     }
 
-    async fn publish(&self, event: ConsentEvent, action: &str) -> Result<ConsentEvent, ServiceError> {
-        Ok(self.publish_delivered(event, action).await?.0)
+    /// Writes one change and returns it once it took effect: published (Kafka acknowledged),
+    /// read back by this process's follower, and still the consent's state then. A change
+    /// decided on a book that had not yet read a concurrent final state (another replica's
+    /// revocation, denial or expiry) loses to it ([`ConsentEvent::replaces`]) and is answered
+    /// with the state it lost to.
+    async fn commit(&self, actor: &Actor, event: ConsentEvent, action: &str) -> Result<ConsentEvent, ServiceError> {
+        let delivered = self.write(&event).await?;
+        self.confirm(&[delivered]).await?;
+        if let Some(lost_to) = self.lost(&event) {
+            let error = ConsentError::WrongState(lost_to);
+            self.audit_denied(actor, action, &event.consent_id, &error).await;
+            return Err(error.into());
+        }
+        self.audit_succeeded(&event, action).await;
+        Ok(event)
     }
 
-    /// Publishes, then applies the state at its offset at once (read-your-writes).
-    async fn publish_delivered(
-        &self,
-        event: ConsentEvent,
-        action: &str,
-    ) -> Result<(ConsentEvent, Delivered), ServiceError> {
-        let delivered = self
+    async fn write(&self, event: &ConsentEvent) -> Result<Delivered, ServiceError> {
+        Ok(self
             .producer
-            .publish_record(RecordType::ConsentEvent, &event.consent_id, &event.event_id.to_string(), &event)
-            .await?;
-        self.book.write().unwrap_or_else(PoisonError::into_inner).apply_at(event.clone(), delivered.offset);
+            .publish_record(RecordType::ConsentEvent, &event.consent_id, &event.event_id.to_string(), event)
+            .await?)
+    }
+
+    /// Waits until this process's book has read past every one of `writes` (read-your-writes,
+    /// and the order in which concurrent writes reached the topic is known).
+    async fn confirm(&self, writes: &[Delivered]) -> Result<(), ServiceError> {
+        let mut watermark = self.watermark.clone();
+        let read_past = watermark
+            .wait_for(|w| writes.iter().all(|d| w.next.get(&d.partition).is_some_and(|next| *next > d.offset)));
+        match tokio::time::timeout(CONFIRM_TIMEOUT, read_past).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ServiceError::NotConfirmed),
+        }
+    }
+
+    /// The status `event` lost to, if the consent's state after reading it back is not it.
+    fn lost(&self, event: &ConsentEvent) -> Option<cardlink_events::consent::ConsentStatus> {
+        self.read(|b| b.get(&event.consent_id).filter(|c| c.event_id != event.event_id).map(|c| c.status))
+    }
+
+    async fn audit_succeeded(&self, event: &ConsentEvent, action: &str) {
         let mut audit = AuditEvent::now(
             event.actor_type,
             &event.actor_id,
@@ -128,7 +157,6 @@ impl Consents {
         if let Err(e) = self.producer.publish_audit(&audit).await {
             tracing::error!(error = %e, action, "could not write audit event");
         }
-        Ok((event, delivered))
     }
 
     /// Records a member's sign-in (`consent.sign_in`): who, at which issuer, for which consent,
@@ -219,7 +247,7 @@ impl Consents {
         let result = self.read(|b| b.request(aggregator_id, request, connection.as_ref(), Utc::now()));
         let event = self.guarded(&actor, "consent.request", "", result).await?;
         let url = self.authorization_url(&event.consent_id);
-        Ok((self.publish(event, "consent.request").await?, url))
+        Ok((self.commit(&actor, event, "consent.request").await?, url))
     }
 
     pub async fn approve(
@@ -231,7 +259,7 @@ impl Consents {
         let actor = Actor::Member { issuer_id: issuer_id.to_owned(), member_ref: approval.member_ref.clone() };
         let result = self.read(|b| b.approve(issuer_id, consent_id, approval, Utc::now()));
         let (event, code) = self.guarded(&actor, "consent.approve", consent_id, result).await?;
-        Ok((self.publish(event, "consent.approve").await?, code))
+        Ok((self.commit(&actor, event, "consent.approve").await?, code))
     }
 
     pub async fn deny(
@@ -243,7 +271,7 @@ impl Consents {
         let actor = Actor::Member { issuer_id: issuer_id.to_owned(), member_ref: member_ref.to_owned() };
         let result = self.read(|b| b.deny(issuer_id, consent_id, member_ref, Utc::now()));
         let event = self.guarded(&actor, "consent.deny", consent_id, result).await?;
-        self.publish(event, "consent.deny").await
+        self.commit(&actor, event, "consent.deny").await
     }
 
     pub async fn exchange(
@@ -256,36 +284,58 @@ impl Consents {
         let actor = Actor::Aggregator(aggregator_id.to_owned());
         let result = self.read(|b| b.exchange(aggregator_id, code, verifier, redirect_uri, Utc::now()));
         let event = self.guarded(&actor, "consent.exchange", "", result).await?;
-        let (event, delivered) = self.publish_delivered(event, "consent.exchange").await?;
-        // Single use across concurrent calls and replicas: read the topic back past our write;
-        // the first redemption in log order wins, every other exchange of the code fails.
-        let mut watermark = self.watermark.clone();
-        let read_past =
-            watermark.wait_for(|w| w.next.get(&delivered.partition).is_some_and(|next| *next > delivered.offset));
-        if tokio::time::timeout(CONFIRM_TIMEOUT, read_past).await.map_or(true, |r| r.is_err()) {
-            return Err(ServiceError::NotConfirmed);
-        }
-        if self.read(|b| b.first_redemption(&event.consent_id)) != Some(event.event_id) {
+        let delivered = self.write(&event).await?;
+        // Single use across concurrent calls and replicas: the first redemption in log order
+        // wins, every other exchange of the code fails; so does one that lost to a revocation.
+        self.confirm(&[delivered]).await?;
+        let won = self.read(|b| {
+            b.first_redemption(&event.consent_id) == Some(event.event_id)
+                && b.get(&event.consent_id).is_some_and(|c| c.status == ConsentStatus::Active)
+        });
+        if !won {
             self.audit_denied(&actor, "consent.exchange", &event.consent_id, &ConsentError::InvalidCode).await;
             return Err(ConsentError::InvalidCode.into());
         }
+        self.audit_succeeded(&event, "consent.exchange").await;
         Ok(event)
     }
 
     pub async fn revoke(&self, actor: &Actor, consent_id: &str) -> Result<ConsentEvent, ServiceError> {
         let result = self.read(|b| b.revoke(actor, consent_id, Utc::now()));
         let event = self.guarded(actor, "consent.revoke", consent_id, result).await?;
-        self.publish(event, "consent.revoke").await
+        self.commit(actor, event, "consent.revoke").await
     }
 
     /// Ends every consent and request whose time is up; returns how many.
     pub async fn expire_due(&self) -> Result<usize, ServiceError> {
         let due = self.read(|b| b.expire(Utc::now()));
-        let n = due.len();
+        let mut writes = Vec::with_capacity(due.len());
+        for event in &due {
+            writes.push(self.write(event).await?);
+        }
+        self.confirm(&writes).await?;
+        let mut n = 0;
         for event in due {
-            self.publish(event, "consent.expire").await?;
+            // One that lost (revoked meanwhile on another replica) is not this sweep's doing.
+            if self.lost(&event).is_none() {
+                self.audit_succeeded(&event, "consent.expire").await;
+                n += 1;
+            }
         }
         Ok(n)
+    }
+
+    /// Writes again the final states whose consent's last record on the topic lost to them
+    /// ([`ConsentBook::repairs`]), once this process has read the whole topic; returns how many.
+    pub async fn repair(&self) -> Result<usize, ServiceError> {
+        if !self.watermark.borrow().caught_up {
+            return Ok(0);
+        }
+        let repairs = self.read(ConsentBook::repairs);
+        for event in &repairs {
+            self.write(event).await?;
+        }
+        Ok(repairs.len())
     }
 
     /// A consent as `actor` may see it: its aggregator, its issuer, its member, or the operator.

@@ -331,8 +331,156 @@ fn the_first_redemption_in_log_order_wins() {
     // Two exchanges computed before either was applied, as two concurrent calls would.
     let a = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
     let b = book.exchange("agg-x", &code, VERIFIER, REDIRECT, now).unwrap();
-    // b reached the topic first (offset 20); a's local apply (21) comes before the follower reads b.
+    // b reached the topic first (offset 20), then a (21); reading either again changes nothing.
+    book.apply_at(b.clone(), 20);
     book.apply_at(a.clone(), 21);
     book.apply_at(b.clone(), 20);
     assert_eq!(book.first_redemption(&id), Some(b.event_id));
+}
+
+/// One step of two replicas racing on the same consents: each decides on its own, possibly
+/// stale, book and appends its write to the shared log; a replica reads the log only when it
+/// syncs.
+#[derive(Clone, Debug)]
+enum Race {
+    Request { replica: usize },
+    Sync { replica: usize, records: usize },
+    Approve { replica: usize, consent: usize },
+    Deny { replica: usize, consent: usize },
+    Revoke { replica: usize, consent: usize },
+    Exchange { replica: usize, consent: usize },
+    Expire { replica: usize, hours: i64 },
+    Repair { replica: usize },
+}
+
+fn race() -> impl Strategy<Value = Race> {
+    prop_oneof![
+        (0..2usize).prop_map(|replica| Race::Request { replica }),
+        (0..2usize, 1..6usize).prop_map(|(replica, records)| Race::Sync { replica, records }),
+        (0..2usize, 0..6usize).prop_map(|(replica, consent)| Race::Approve { replica, consent }),
+        (0..2usize, 0..6usize).prop_map(|(replica, consent)| Race::Deny { replica, consent }),
+        (0..2usize, 0..6usize).prop_map(|(replica, consent)| Race::Revoke { replica, consent }),
+        (0..2usize, 0..6usize).prop_map(|(replica, consent)| Race::Exchange { replica, consent }),
+        (0..2usize, prop_oneof![Just(0i64), Just(1), Just(24 * 91)])
+            .prop_map(|(replica, hours)| Race::Expire { replica, hours }),
+        (0..2usize).prop_map(|replica| Race::Repair { replica }),
+    ]
+}
+
+/// A replica of the consent service: its book and how far it has read the log.
+#[derive(Default)]
+struct Replica {
+    book: ConsentBook,
+    read: usize,
+}
+
+impl Replica {
+    fn sync(&mut self, log: &[ConsentEvent], records: usize) {
+        let to = self.read.saturating_add(records).min(log.len());
+        for (offset, event) in log.iter().enumerate().take(to).skip(self.read) {
+            self.book.apply_at(event.clone(), i64::try_from(offset).unwrap());
+        }
+        self.read = to;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Two replicas writing in any interleaving: a denied, revoked or expired consent never
+    /// becomes active again — not in the view the subscription service builds from the log, not
+    /// in either replica's book, and not after compaction keeps only each consent's last record.
+    #[test]
+    fn terminal_states_are_final_whatever_order_replicas_write_in(steps in proptest::collection::vec(race(), 1..80)) {
+        let start = Utc::now();
+        let mut now = start;
+        let mut log: Vec<ConsentEvent> = Vec::new();
+        let mut replicas = [Replica::default(), Replica::default()];
+        let mut truth = ConsentView::new();
+        let mut ids: Vec<String> = Vec::new();
+        let mut codes: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut append = |log: &mut Vec<ConsentEvent>, truth: &mut ConsentView, event: ConsentEvent| -> Result<(), TestCaseError> {
+            let before = truth.consent(&event.consent_id).map(|c| c.status);
+            truth.apply(event.clone());
+            let after = truth.consent(&event.consent_id).map(|c| c.status);
+            if let (Some(before), Some(after)) = (before, after) {
+                prop_assert!(!before.is_final() || after == before, "{before:?} became {after:?}");
+            }
+            log.push(event);
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Race::Request { replica } => {
+                    let e = replicas[replica].book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+                    ids.push(e.consent_id.clone());
+                    append(&mut log, &mut truth, e)?;
+                }
+                Race::Sync { replica, records } => replicas[replica].sync(&log, records),
+                Race::Approve { replica, consent } => {
+                    let Some(id) = ids.get(consent) else { continue };
+                    if let Ok((e, code)) = replicas[replica].book.approve("iss-a", id, approval(), now) {
+                        codes.insert(id.clone(), code);
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+                Race::Deny { replica, consent } => {
+                    let Some(id) = ids.get(consent) else { continue };
+                    if let Ok(e) = replicas[replica].book.deny("iss-a", id, "m-1", now) {
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+                Race::Revoke { replica, consent } => {
+                    let Some(id) = ids.get(consent) else { continue };
+                    if let Ok(e) = replicas[replica].book.revoke(&Actor::Issuer("iss-a".into()), id, now) {
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+                Race::Exchange { replica, consent } => {
+                    let Some(code) = ids.get(consent).and_then(|id| codes.get(id)) else { continue };
+                    if let Ok(e) = replicas[replica].book.exchange("agg-x", code, VERIFIER, REDIRECT, now) {
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+                Race::Expire { replica, hours } => {
+                    now += TimeDelta::hours(hours);
+                    for e in replicas[replica].book.expire(now) {
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+                Race::Repair { replica } => {
+                    // A replica repairs only what it has read up to the end of the log.
+                    replicas[replica].sync(&log, usize::MAX);
+                    for e in replicas[replica].book.repairs() {
+                        append(&mut log, &mut truth, e)?;
+                    }
+                }
+            }
+        }
+        // Everyone reads everything; a replica repairs the log's tail; everyone reads again.
+        replicas[0].sync(&log, usize::MAX);
+        for e in replicas[0].book.repairs() {
+            append(&mut log, &mut truth, e)?;
+        }
+        let mut compacted: Vec<(usize, ConsentEvent)> = Vec::new();
+        for (offset, event) in log.iter().enumerate() {
+            compacted.retain(|(_, e)| e.consent_id != event.consent_id);
+            compacted.push((offset, event.clone()));
+        }
+        let mut rebuilt = ConsentView::new();
+        for (_, event) in compacted {
+            rebuilt.apply(event);
+        }
+        for replica in &mut replicas {
+            replica.sync(&log, usize::MAX);
+            prop_assert!(replica.book.repairs().is_empty(), "repaired already");
+        }
+        for id in &ids {
+            let expected = truth.consent(id).map(|c| (c.status, c.event_id));
+            prop_assert_eq!(rebuilt.consent(id).map(|c| (c.status, c.event_id)), expected, "after compaction");
+            for replica in &replicas {
+                prop_assert_eq!(replica.book.get(id).map(|c| (c.status, c.event_id)), expected, "in a replica's book");
+            }
+        }
+    }
 }
