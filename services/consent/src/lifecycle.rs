@@ -217,15 +217,15 @@ impl ConsentBook {
     /// ended ([`ConsentEvent::replaces`]). A refused state is remembered as the topic's last
     /// word on that consent until a copy of the final state follows it ([`Self::repairs`]).
     pub fn apply(&mut self, event: ConsentEvent) {
-        if let Some(current) = self.consents.get(&event.consent_id) {
-            if !event.replaces(current) {
-                if current.event_id == event.event_id {
-                    self.refused_last.remove(&event.consent_id);
-                } else {
-                    self.refused_last.insert(event.consent_id.clone());
-                }
-                return;
+        if let Some(current) = self.consents.get(&event.consent_id)
+            && !event.replaces(current)
+        {
+            if current.event_id == event.event_id {
+                self.refused_last.remove(&event.consent_id);
+            } else {
+                self.refused_last.insert(event.consent_id.clone());
             }
+            return;
         }
         self.refused_last.remove(&event.consent_id);
         if let Some(hash) = &event.code_hash {
