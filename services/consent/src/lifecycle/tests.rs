@@ -399,7 +399,7 @@ proptest! {
         let mut truth = ConsentView::new();
         let mut ids: Vec<String> = Vec::new();
         let mut codes: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        let mut append = |log: &mut Vec<ConsentEvent>, truth: &mut ConsentView, event: ConsentEvent| -> Result<(), TestCaseError> {
+        let append = |log: &mut Vec<ConsentEvent>, truth: &mut ConsentView, event: ConsentEvent| -> Result<(), TestCaseError> {
             let before = truth.consent(&event.consent_id).map(|c| c.status);
             truth.apply(event.clone());
             let after = truth.consent(&event.consent_id).map(|c| c.status);
