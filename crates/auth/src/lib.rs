@@ -391,6 +391,63 @@ pub fn account_pseudonym(secret: &[u8], aggregator_id: &str, issuer_id: &str, ac
     format!("acc_{}", B64.encode(&mac[..18]))
 }
 
+/// The identifiers one aggregator sees instead of the issuer's: each a keyed hash (under the
+/// deployment's pseudonym key) of the aggregator, the issuer and the issuer's identifier. Stable
+/// for one aggregator — de-duplication on the event id, and linking a posting or refund to its
+/// purchase through the transaction id, work as with the issuer's ids — and different for every
+/// other aggregator, so two aggregators cannot join their data on them.
+#[derive(Clone, Copy, Debug)]
+pub struct Pseudonyms<'a> {
+    secret: &'a [u8],
+    aggregator_id: &'a str,
+}
+
+impl<'a> Pseudonyms<'a> {
+    pub fn new(secret: &'a [u8], aggregator_id: &'a str) -> Self {
+        Self { secret, aggregator_id }
+    }
+
+    /// An account id ([`account_pseudonym`]).
+    pub fn account(&self, issuer_id: &str, account_ref: &str) -> String {
+        account_pseudonym(self.secret, self.aggregator_id, issuer_id, account_ref)
+    }
+
+    /// An event id, still a UUID (version 8, RFC 9562), as the contract promises.
+    pub fn event(&self, issuer_id: &str, event_id: &uuid::Uuid) -> String {
+        let mac = self.mac(b"event", issuer_id, event_id.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&mac[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+    }
+
+    /// A transaction id (`issuer_transaction_id`, and `original_transaction_id` so that it
+    /// still names the same transaction). Empty stays empty.
+    pub fn transaction(&self, issuer_id: &str, transaction_id: &str) -> String {
+        self.labelled("txn_", b"transaction", issuer_id, transaction_id)
+    }
+
+    /// A statement id.
+    pub fn statement(&self, issuer_id: &str, statement_id: &str) -> String {
+        self.labelled("stm_", b"statement", issuer_id, statement_id)
+    }
+
+    fn labelled(&self, prefix: &str, label: &[u8], issuer_id: &str, id: &str) -> String {
+        if id.is_empty() {
+            return String::new();
+        }
+        format!("{prefix}{}", B64.encode(&self.mac(label, issuer_id, id.as_bytes())[..18]))
+    }
+
+    /// The label ends in a unit separator, which no participant id contains: these hashes can
+    /// never equal an account pseudonym's, whose input starts with the aggregator id.
+    fn mac(&self, label: &[u8], issuer_id: &str, id: &[u8]) -> [u8; 32] {
+        hmac_sha256(
+            self.secret,
+            &[label, b"\x1f", self.aggregator_id.as_bytes(), b"\0", issuer_id.as_bytes(), b"\0", id],
+        )
+    }
+}
+
 /// Whether two byte strings are equal, taking the same time wherever they differ (for MACs,
 /// digests and PKCE challenges). Different lengths compare unequal at once: lengths are public.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -4,7 +4,8 @@
 //!   `MERCHANT_DETAIL`. Statements need `STATEMENTS`.
 //! - The event must have occurred within the grant's data window, and the grant must not have
 //!   expired at delivery time.
-//! - The issuer's account id is replaced by the aggregator's pseudonym for it.
+//! - The issuer's account, event, transaction and statement ids are replaced by the
+//!   aggregator's pseudonyms for them (`cardlink_auth::Pseudonyms`).
 //!
 //! `None` means the aggregator is not entitled to this event under this grant: nothing of it
 //! leaves the service.
@@ -37,31 +38,34 @@ pub fn project_for(
 /// Projects `event` for the grant's aggregator at `now`, or `None` if the grant does not cover it.
 pub fn project(event: &Event, grant: &Grant, pseudonym_secret: &[u8], now: DateTime<Utc>) -> Option<v1::Delivery> {
     let now = now.timestamp_micros();
-    let pseudonym = |issuer: &str, account: &str| {
-        cardlink_auth::account_pseudonym(pseudonym_secret, &grant.aggregator_id, issuer, account)
-    };
+    let ids = cardlink_auth::Pseudonyms::new(pseudonym_secret, &grant.aggregator_id);
     let delivered = match event {
         Event::Transaction(t) => {
             if !grant.allows(Scope::Transactions, t.occurred_at.timestamp_micros(), now) {
                 return None;
             }
-            v1::delivery::Event::Transaction(transaction(t, grant, &pseudonym(&t.issuer_id, &t.account_ref)))
+            v1::delivery::Event::Transaction(transaction(t, grant, ids))
         }
         Event::Statement(s) => {
             if !grant.allows(Scope::Statements, statement_instant(s), now) {
                 return None;
             }
             let mut out = convert::statement(s);
-            out.account_ref = pseudonym(&s.issuer_id, &s.account_ref);
+            out.event_id = ids.event(&s.issuer_id, &s.event_id.0);
+            out.statement_id = ids.statement(&s.issuer_id, &s.statement_id);
+            out.account_ref = ids.account(&s.issuer_id, &s.account_ref);
             v1::delivery::Event::Statement(out)
         }
     };
     Some(v1::Delivery { event: Some(delivered), consent_id: grant.consent_id.to_string(), published_at: None })
 }
 
-fn transaction(t: &CardTransaction, grant: &Grant, account: &str) -> v1::CardTransaction {
+fn transaction(t: &CardTransaction, grant: &Grant, ids: cardlink_auth::Pseudonyms<'_>) -> v1::CardTransaction {
     let mut out = convert::transaction(t);
-    out.account_ref = account.to_owned();
+    out.event_id = ids.event(&t.issuer_id, &t.event_id.0);
+    out.issuer_transaction_id = ids.transaction(&t.issuer_id, &t.issuer_transaction_id);
+    out.original_transaction_id = ids.transaction(&t.issuer_id, &out.original_transaction_id);
+    out.account_ref = ids.account(&t.issuer_id, &t.account_ref);
     if !grant.scopes.contains(Scope::MerchantDetail) {
         out.merchant = None;
     }
@@ -133,5 +137,50 @@ mod tests {
         let (a, b) = (account(a), account(b));
         assert!(a.starts_with("acc_") && !a.contains("acct-1"));
         assert_ne!(a, b);
+    }
+
+    /// The ids of an event, as delivered: event id, transaction id, original transaction id.
+    fn ids(d: &v1::Delivery) -> (String, String, String) {
+        match &d.event {
+            Some(v1::delivery::Event::Transaction(t)) => {
+                (t.event_id.clone(), t.issuer_transaction_id.clone(), t.original_transaction_id.clone())
+            }
+            Some(v1::delivery::Event::Statement(s)) => (s.event_id.clone(), s.statement_id.clone(), String::new()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn event_transaction_and_statement_ids_are_pseudonymous_per_aggregator_and_stable() {
+        let x = grant(&[Scope::Transactions, Scope::Statements]);
+        let y = Grant { aggregator_id: Arc::from("agg-y"), ..x.clone() };
+        let posted = samples::transaction("iss-a", "acct-1", 1);
+        let mut refund = samples::transaction("iss-a", "acct-1", 2);
+        refund.original_transaction_id = Some(posted.issuer_transaction_id.clone());
+        let statement = samples::statement("iss-a", "acct-1");
+        for (event, issuer_ids) in [
+            (Event::Transaction(posted.clone()), [posted.event_id.to_string(), posted.issuer_transaction_id.clone()]),
+            (Event::Statement(statement.clone()), [statement.event_id.to_string(), statement.statement_id.clone()]),
+        ] {
+            let for_x = ids(&project(&event, &x, SECRET, Utc::now()).unwrap());
+            let for_y = ids(&project(&event, &y, SECRET, Utc::now()).unwrap());
+            assert_eq!(for_x, ids(&project(&event, &x, SECRET, Utc::now()).unwrap()), "stable for one aggregator");
+            assert_ne!(for_x.0, for_y.0, "event ids differ across aggregators");
+            assert_ne!(for_x.1, for_y.1, "transaction / statement ids differ across aggregators");
+            for id in [&for_x.0, &for_x.1, &for_y.0, &for_y.1] {
+                assert!(!issuer_ids.contains(id), "{id} is the issuer's own id");
+            }
+            // Still a UUID, as the contract says.
+            assert!(
+                for_x.0.len() == 36 && for_x.0.chars().filter(|c| *c == '-').count() == 4,
+                "{} is not a UUID",
+                for_x.0
+            );
+        }
+        // A refund still names its purchase, in the aggregator's ids.
+        let purchase = ids(&project(&Event::Transaction(posted), &x, SECRET, Utc::now()).unwrap());
+        let refunded = ids(&project(&Event::Transaction(refund), &x, SECRET, Utc::now()).unwrap());
+        assert_eq!(refunded.2, purchase.1);
+        assert_ne!(refunded.1, purchase.1);
     }
 }

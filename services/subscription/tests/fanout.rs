@@ -103,7 +103,12 @@ async fn setup(consents: &[ConsentEvent]) -> Setup {
     Setup { bus, hub, _stop: stop }
 }
 
-/// (issuer transaction id or statement id, consent id, pseudonymous account)
+/// What `aggregator` receives as the issuer's transaction `tx-{n}` (ids are pseudonymous per aggregator).
+fn tx_id(aggregator: &str, n: usize) -> String {
+    cardlink_auth::Pseudonyms::new(SECRET, aggregator).transaction("iss-a", &format!("tx-{n}"))
+}
+
+/// (delivered transaction id or statement id, consent id, pseudonymous account)
 fn summary(d: &v1::Delivery) -> (String, String, String) {
     match &d.event {
         Some(v1::delivery::Event::Transaction(t)) => {
@@ -161,16 +166,21 @@ async fn each_aggregator_receives_exactly_what_its_consents_cover() {
     // The oracle, from the inputs: agg-x has transactions of acct-1 and acct-2; agg-y has
     // everything of acct-2; agg-z nothing.
     let got_x: Vec<_> = take(&mut x.rx, 3).await.iter().map(|(d, _)| summary(d)).collect();
-    let mut ids: Vec<&str> = got_x.iter().map(|(id, _, _)| id.as_str()).collect();
+    let mut ids: Vec<String> = got_x.iter().map(|(id, _, _)| id.clone()).collect();
     ids.sort();
-    assert_eq!(ids, ["tx-1", "tx-2", "tx-4"]);
+    let mut expected: Vec<String> = [1, 2, 4].map(|n| tx_id("agg-x", n)).into();
+    expected.sort();
+    assert_eq!(ids, expected);
     assert!(got_x.iter().all(|(_, c, a)| c == "c-x" && a.starts_with("acc_")));
     nothing_more(&mut x.rx).await;
 
     let got_y = take(&mut y.rx, 2).await;
     let mut ids: Vec<String> = got_y.iter().map(|(d, _)| summary(d).0).collect();
     ids.sort();
-    assert_eq!(ids, ["acct-2-2026-12", "tx-2"]);
+    let mut expected =
+        vec![cardlink_auth::Pseudonyms::new(SECRET, "agg-y").statement("iss-a", "acct-2-2026-12"), tx_id("agg-y", 2)];
+    expected.sort();
+    assert_eq!(ids, expected);
     let tx_y = got_y.iter().find_map(|(d, _)| match &d.event {
         Some(v1::delivery::Event::Transaction(t)) => Some(t.clone()),
         _ => None,
@@ -183,7 +193,7 @@ async fn each_aggregator_receives_exactly_what_its_consents_cover() {
 }
 
 fn take_first_tx(got: &[(String, String, String)]) -> String {
-    got.iter().find(|(id, _, _)| id == "tx-2").map(|(_, _, a)| a.clone()).unwrap()
+    got.iter().find(|(id, _, _)| *id == tx_id("agg-x", 2)).map(|(_, _, a)| a.clone()).unwrap()
 }
 
 #[tokio::test]
@@ -221,7 +231,7 @@ async fn resuming_from_a_cursor_continues_exactly_after_it() {
         producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
     }
     // Whatever the hub had not read yet at registration comes through the live queue.
-    let expected: Vec<String> = (4..17).map(|n| format!("tx-{n}")).collect();
+    let expected: Vec<String> = (4..17).map(|n| tx_id("agg-x", n)).collect();
     let live = expected.len() - ids.len();
     ids.extend(take(&mut resumed.rx, live).await.iter().map(|(d, _)| summary(d).0));
     nothing_more(&mut resumed.rx).await;
@@ -249,7 +259,7 @@ async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
     // The fast stream gets everything while the stalled one reads nothing.
     let got = take(&mut fast.rx, total).await;
     publish.await.unwrap();
-    assert_eq!(summary(&got[total - 1].0).0, format!("tx-{}", total - 1));
+    assert_eq!(summary(&got[total - 1].0).0, tx_id("agg-x", total - 1));
 
     // The stalled stream holds a full buffer, then learns it fell behind: its last cursor lets
     // it resume without loss.

@@ -22,7 +22,7 @@ async fn world() -> World {
     common::world(&["iss-a"], &["agg-x", "agg-y"], &[consent]).await
 }
 
-/// Reads messages until `n` deliveries arrived; returns (issuer transaction id, cursor) pairs.
+/// Reads messages until `n` deliveries arrived; returns (delivered transaction id, cursor) pairs.
 async fn deliveries(stream: &mut Streaming<v1::SubscribeResponse>, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     while out.len() < n {
@@ -55,7 +55,7 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
     }
     publish(&w, "acct-2", 99).await; // not consented
     let got = deliveries(&mut stream, 3).await;
-    assert_eq!(got.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["tx-0", "tx-1", "tx-2"]);
+    assert_eq!(got.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), common::txs("agg-x", 0..3));
 
     // Acknowledge the second, disconnect, and miss two more events.
     c.acknowledge(authorized(
@@ -74,7 +74,7 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
     };
     let mut resumed = c.subscribe(authorized(request, w.token("agg-x"))).await.unwrap().into_inner();
     let again = deliveries(&mut resumed, 3).await;
-    assert_eq!(again.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["tx-2", "tx-3", "tx-4"]);
+    assert_eq!(again.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), common::txs("agg-x", 2..5));
 }
 
 #[tokio::test]
@@ -104,7 +104,7 @@ async fn cursors_and_streams_are_each_aggregators_own() {
     let mut y = c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-y"))).await.unwrap().into_inner();
     let _ = tokio::time::timeout(WITHIN, y.message()).await.unwrap();
     publish(&w, "acct-1", 2).await;
-    assert_eq!(deliveries(&mut x, 1).await[0].0, "tx-2");
+    assert_eq!(deliveries(&mut x, 1).await[0].0, common::tx("agg-x", 2));
     if let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_millis(800), y.message()).await {
         assert!(m.deliveries.is_empty(), "agg-y received {m:?}");
     }

@@ -96,7 +96,7 @@ async fn a_suspended_connection_delivers_nothing_more_until_it_is_enabled_again(
     let w = world().await;
     let mut stream = subscribe(&w).await;
     publish(&w, 1).await;
-    assert_eq!(delivered(&mut stream, WITHIN, 1).await, ["tx-1"]);
+    assert_eq!(delivered(&mut stream, WITHIN, 1).await, [common::tx("agg-x", 1)]);
 
     let mut r = registry_client(&w.registry).await.unwrap();
     let suspend = v1::SuspendConnectionRequest {
@@ -114,7 +114,7 @@ async fn a_suspended_connection_delivers_nothing_more_until_it_is_enabled_again(
     common::reconnect(&w, "iss-a", "agg-x").await;
     tokio::time::sleep(REVOCATION_BOUND + Duration::from_millis(200)).await;
     publish(&w, 3).await;
-    assert_eq!(delivered(&mut stream, WITHIN, 1).await, ["tx-3"]);
+    assert_eq!(delivered(&mut stream, WITHIN, 1).await, [common::tx("agg-x", 3)]);
 }
 
 #[tokio::test]
@@ -122,7 +122,7 @@ async fn a_suspended_aggregators_stream_ends_and_it_cannot_subscribe_again() {
     let w = world().await;
     let mut stream = subscribe(&w).await;
     publish(&w, 1).await;
-    assert_eq!(delivered(&mut stream, WITHIN, 1).await, ["tx-1"]);
+    assert_eq!(delivered(&mut stream, WITHIN, 1).await, [common::tx("agg-x", 1)]);
 
     let mut r = registry_client(&w.registry).await.unwrap();
     let suspend = v1::SetAggregatorStatusRequest {
@@ -143,7 +143,7 @@ async fn a_revoked_credential_ends_its_open_streams() {
     let w = world().await;
     let mut stream = subscribe(&w).await;
     publish(&w, 1).await;
-    assert_eq!(delivered(&mut stream, WITHIN, 1).await, ["tx-1"]);
+    assert_eq!(delivered(&mut stream, WITHIN, 1).await, [common::tx("agg-x", 1)]);
 
     let mut r = registry_client(&w.registry).await.unwrap();
     let revoke = v1::RevokeCredentialRequest { credential_id: w.credential_ids["agg-x"].clone() };
@@ -158,7 +158,7 @@ async fn a_stream_ends_at_its_maximum_age_and_resumes_from_its_cursor() {
     let mut stream = subscribe(&w).await;
     publish(&w, 1).await;
     let first = seen(&mut stream, WITHIN, 1).await;
-    assert_eq!(first.transactions, ["tx-1"]);
+    assert_eq!(first.transactions, [common::tx("agg-x", 1)]);
     let end = seen(&mut stream, max_age * 2, 1).await;
     let status = end.ended.expect("the stream ended at its maximum age");
     assert_eq!((status.code(), reason(&status).as_deref()), (Code::Unavailable, Some("STREAM_MAX_AGE")));
@@ -168,7 +168,7 @@ async fn a_stream_ends_at_its_maximum_age_and_resumes_from_its_cursor() {
     let mut c = w.client().await;
     let mut resumed =
         c.subscribe(authorized(common::start_after(&first.cursor), w.token("agg-x"))).await.unwrap().into_inner();
-    assert_eq!(delivered(&mut resumed, WITHIN, 1).await, ["tx-2"]);
+    assert_eq!(delivered(&mut resumed, WITHIN, 1).await, [common::tx("agg-x", 2)]);
 }
 
 /// Deliveries the service has handed to agg-x's streams so far (its live view's count).

@@ -118,7 +118,8 @@ fn oracle(aggregator: &str, consents: &[ConsentEvent], events: &[Event]) -> BTre
             continue;
         }
         let granted = c.granted_at.unwrap();
-        let pseudonym = cardlink_auth::account_pseudonym(common::SECRET, aggregator, &c.issuer_id, &c.account_refs[0]);
+        let ids = cardlink_auth::Pseudonyms::new(common::SECRET, aggregator);
+        let pseudonym = ids.account(&c.issuer_id, &c.account_refs[0]);
         for event in events.iter().filter(|e| e.issuer_id() == c.issuer_id && e.account_ref() == c.account_refs[0]) {
             match event {
                 Event::Transaction(t) if c.scopes.contains(&Scope::Transactions) && t.occurred_at >= granted => {
@@ -126,7 +127,7 @@ fn oracle(aggregator: &str, consents: &[ConsentEvent], events: &[Event]) -> BTre
                     expected.insert((
                         c.consent_id.clone(),
                         pseudonym.clone(),
-                        t.issuer_transaction_id.clone(),
+                        ids.transaction(&c.issuer_id, &t.issuer_transaction_id),
                         merchant,
                     ));
                 }
@@ -135,7 +136,8 @@ fn oracle(aggregator: &str, consents: &[ConsentEvent], events: &[Event]) -> BTre
                     let jst = chrono::FixedOffset::east_opt(9 * 3600).unwrap();
                     let closed = s.closing_date.and_hms_opt(0, 0, 0).unwrap().and_local_timezone(jst).unwrap();
                     if closed >= granted {
-                        expected.insert((c.consent_id.clone(), pseudonym.clone(), s.statement_id.clone(), false));
+                        let statement = ids.statement(&c.issuer_id, &s.statement_id);
+                        expected.insert((c.consent_id.clone(), pseudonym.clone(), statement, false));
                     }
                 }
                 _ => {}

@@ -73,9 +73,14 @@ async fn killing_the_stream_a_hundred_times_loses_and_repeats_nothing() {
                 for sent in futures::future::join_all(burst.iter().map(|e| producer.publish(e, None))).await {
                     sent.unwrap();
                 }
-                published.lock().unwrap().extend(burst.iter().filter_map(|e| match e {
-                    Event::Transaction(t) if t.account_ref != "acct-3" => Some(t.issuer_transaction_id.clone()),
-                    _ => None,
+                published.lock().unwrap().extend(burst.iter().filter_map(|e| {
+                    match e {
+                        Event::Transaction(t) if t.account_ref != "acct-3" => Some(
+                            cardlink_auth::Pseudonyms::new(common::SECRET, "agg-x")
+                                .transaction("iss-a", &t.issuer_transaction_id),
+                        ),
+                        _ => None,
+                    }
                 }));
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }

@@ -20,6 +20,17 @@ use tonic::transport::Channel;
 pub const WITHIN: Duration = Duration::from_secs(30);
 pub const SECRET: &[u8] = b"subscription-secret-0123456789ab";
 
+/// What `aggregator` receives as `iss-a`'s transaction `tx-{n}`: delivered ids are pseudonymous
+/// per aggregator.
+pub fn tx(aggregator: &str, n: u32) -> String {
+    cardlink_auth::Pseudonyms::new(SECRET, aggregator).transaction("iss-a", &format!("tx-{n}"))
+}
+
+/// [`tx`] of each of `ns`.
+pub fn txs(aggregator: &str, ns: impl IntoIterator<Item = u32>) -> Vec<String> {
+    ns.into_iter().map(|n| tx(aggregator, n)).collect()
+}
+
 pub struct World {
     pub bus: TestBus,
     pub registry: cardlink_registry::server::RunningRegistry,
