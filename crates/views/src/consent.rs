@@ -68,6 +68,9 @@ pub struct ConsentView {
     consents: HashMap<Arc<str>, ConsentEvent>,
     /// Interned aggregator ids.
     aggregators: HashMap<Box<str>, Arc<str>>,
+    /// Grants (account × consent) held per aggregator, so "has this aggregator anything at
+    /// all?" needs no scan.
+    grants_per_aggregator: HashMap<Arc<str>, usize>,
 }
 
 fn account_key(issuer_id: &str, account_ref: &str) -> Box<str> {
@@ -97,7 +100,17 @@ impl ConsentView {
             for account in &old.account_refs {
                 let key = account_key(&old.issuer_id, account);
                 if let Some(grants) = self.by_account.get_mut(&key) {
+                    let before = grants.len();
                     grants.retain(|g| g.consent_id != id);
+                    let removed = before - grants.len();
+                    if removed > 0
+                        && let Some(n) = self.grants_per_aggregator.get_mut(old.aggregator_id.as_str())
+                    {
+                        *n = n.saturating_sub(removed);
+                        if *n == 0 {
+                            self.grants_per_aggregator.remove(old.aggregator_id.as_str());
+                        }
+                    }
                     if grants.is_empty() {
                         self.by_account.remove(&key);
                     }
@@ -124,6 +137,7 @@ impl ConsentView {
                 let grants = self.by_account.entry(account_key(&event.issuer_id, account)).or_default();
                 grants.push(grant.clone());
                 grants.shrink_to_fit();
+                *self.grants_per_aggregator.entry(Arc::clone(&grant.aggregator_id)).or_default() += 1;
             }
         }
         self.consents.insert(id, event);
@@ -147,6 +161,12 @@ impl ConsentView {
     /// Consents that allow delivery at `now`.
     pub fn active_at(&self, now: DateTime<Utc>) -> impl Iterator<Item = &ConsentEvent> {
         self.consents.values().filter(move |c| c.is_active_at(now))
+    }
+
+    /// Whether `aggregator_id` holds any grant (some may have expired since: the check is for
+    /// skipping work that would find nothing, never for letting data through).
+    pub fn has_grants(&self, aggregator_id: &str) -> bool {
+        self.grants_per_aggregator.contains_key(aggregator_id)
     }
 
     /// Accounts with at least one active grant.

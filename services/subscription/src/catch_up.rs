@@ -6,10 +6,14 @@
 //! consumer; then it drains the queued live events. Every event is delivered once per stream in
 //! partition order, with no gap at the hand-over.
 //!
-//! Readers are bounded per replica ([`MAX_CATCH_UP_READERS`]); the others wait their turn.
+//! Readers are bounded per replica ([`MAX_CATCH_UP_READERS`]) and per aggregator
+//! ([`MAX_CATCH_UP_READERS_PER_AGGREGATOR`]); the others wait their turn. A reader whose client
+//! stops reading gives its place up after [`CATCH_UP_IDLE`] and goes on from where it stopped
+//! once the client reads again; an aggregator without any consent is answered without a reading.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cardlink_bus::{BusConfig, BusError, Consumer, StartAt, Topic};
@@ -24,6 +28,14 @@ use crate::streams::Filters;
 
 /// Catch-up readers (each its own Kafka consumer) running at once; others wait their turn.
 pub const MAX_CATCH_UP_READERS: usize = 8;
+/// Catch-up readers one aggregator's streams hold at once, so that one tenant's replays cannot
+/// take every reader of the replica.
+pub const MAX_CATCH_UP_READERS_PER_AGGREGATOR: usize = 2;
+/// A reader whose client has taken nothing for this long gives its reader up until the client
+/// reads again (then goes on from where it stopped).
+pub const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
+/// How often a reader waiting for fresh views looks again.
+const FRESH_RETRY: Duration = Duration::from_millis(10);
 /// Deliveries a catch-up reader reads ahead of what the client has taken.
 pub const CATCH_UP_BUFFER: usize = 64;
 /// How long a cursor ahead of a partition's reported end is given to become valid.
@@ -94,21 +106,43 @@ pub struct CatchUp {
     pub done: oneshot::Receiver<Result<(), CatchUpError>>,
 }
 
-/// The readers of one replica: how many may run at once.
+/// How a reading of the gap ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Every entitled event of the gap was handed over.
+    Done,
+    /// The client took nothing for the idle time: `pending` could not be handed over, and
+    /// `cursor` covers it. The reader gives its place up and goes on from `cursor` later.
+    Paused { cursor: Cursor, pending: Outgoing },
+}
+
+/// The readers of one replica: how many may run at once, in all and per aggregator.
 #[derive(Clone, Debug)]
 pub struct CatchUpReaders {
     bus: BusConfig,
     permits: Arc<Semaphore>,
+    per_aggregator: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    records_read: Arc<AtomicU64>,
 }
 
 impl CatchUpReaders {
     pub fn new(bus: BusConfig) -> Self {
-        Self { bus, permits: Arc::new(Semaphore::new(MAX_CATCH_UP_READERS)) }
+        Self {
+            bus,
+            permits: Arc::new(Semaphore::new(MAX_CATCH_UP_READERS)),
+            per_aggregator: Arc::default(),
+            records_read: Arc::default(),
+        }
     }
 
     /// Readers running now.
     pub fn running(&self) -> usize {
         MAX_CATCH_UP_READERS.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Records the readers have read from the bus, in all.
+    pub fn records_read(&self) -> u64 {
+        self.records_read.load(Ordering::Relaxed)
     }
 
     /// Starts a reader for a stream of `aggregator` that registered at `until` (a task of its
@@ -123,39 +157,102 @@ impl CatchUpReaders {
     ) -> CatchUp {
         let (tx, rx) = mpsc::channel(CATCH_UP_BUFFER);
         let (done_tx, done) = oneshot::channel();
-        let (hub, bus, permits) = (hub.clone(), self.bus.clone(), Arc::clone(&self.permits));
+        let (readers, hub) = (self.clone(), hub.clone());
         tokio::spawn(async move {
-            let read = async {
-                let _permit = permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
-                let consumer = Consumer::new(&bus, "catch-up")?;
-                catch_up(&hub, &consumer, &aggregator, &filters, &start, &until, &tx).await
-            };
+            let gap = Gap { aggregator_id: &aggregator, filters: &filters, start, until: &until };
+            let result = readers.read(&hub, gap, &tx).await;
             // Said before the sender is dropped: the stream reads it once `rx` ends.
-            let _ = done_tx.send(read.await);
+            let _ = done_tx.send(result);
             drop(tx);
         });
         CatchUp { rx, done }
     }
+
+    /// Reads `gap` for one stream: holding a reader of the replica and one of its aggregator's
+    /// while reading, and neither while its client does not read.
+    async fn read(&self, hub: &Hub, mut gap: Gap<'_>, tx: &mpsc::Sender<Outgoing>) -> Result<(), CatchUpError> {
+        // Decided on a view that has every consent written before the stream registered.
+        while !hub.fresh() {
+            if tx.is_closed() {
+                return Err(CatchUpError::Closed);
+            }
+            tokio::time::sleep(FRESH_RETRY).await;
+        }
+        if !hub.consents.read(|v| v.has_grants(gap.aggregator_id)) {
+            return Ok(()); // nothing of the gap can be for it: no need to read it
+        }
+        let own = self.aggregator_permits(gap.aggregator_id);
+        let result = async {
+            loop {
+                let ended = {
+                    let _own = own.acquire().await.map_err(|_| CatchUpError::Closed)?;
+                    let _replica = self.permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
+                    let consumer = Consumer::new(&self.bus, "catch-up")?;
+                    catch_up(hub, &consumer, &gap, tx, Some(CATCH_UP_IDLE), &self.records_read).await?
+                };
+                match ended {
+                    Ended::Done => return Ok(()),
+                    Ended::Paused { cursor, pending } => {
+                        // Permits and consumer are given back; wait for the client to read.
+                        tx.reserve().await.map_err(|_| CatchUpError::Closed)?.send(pending);
+                        gap.start = Start::After(cursor);
+                    }
+                }
+            }
+        }
+        .await;
+        drop(own);
+        self.forget_idle(gap.aggregator_id);
+        result
+    }
+
+    fn aggregator_permits(&self, aggregator_id: &str) -> Arc<Semaphore> {
+        let mut map = self.per_aggregator.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(aggregator_id.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_CATCH_UP_READERS_PER_AGGREGATOR))),
+        )
+    }
+
+    /// Drops the aggregator's semaphore once no reader holds or waits for it.
+    fn forget_idle(&self, aggregator_id: &str) {
+        let mut map = self.per_aggregator.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(aggregator_id).is_some_and(|s| Arc::strong_count(s) == 1) {
+            map.remove(aggregator_id);
+        }
+    }
 }
 
-/// Delivers, on `tx`, the entitled events between the stream's start and the hub position
-/// `until` (exclusive), reading with `consumer` (the stream's own, short-lived reader).
+/// One stream's gap: whose, which events, from where, and up to the hub position it joined at
+/// (exclusive).
+#[derive(Debug)]
+pub struct Gap<'a> {
+    pub aggregator_id: &'a str,
+    pub filters: &'a Filters,
+    pub start: Start,
+    pub until: &'a HashMap<(Topic, i32), i64>,
+}
+
+/// Delivers, on `tx`, the entitled events of `gap`, reading with `consumer` (the stream's own,
+/// short-lived reader). With `idle`, gives up when the client has taken nothing for that long
+/// ([`Ended::Paused`]).
 pub async fn catch_up(
     hub: &Hub,
     consumer: &Consumer,
-    aggregator_id: &str,
-    filters: &Filters,
-    start: &Start,
-    until: &HashMap<(Topic, i32), i64>,
+    gap: &Gap<'_>,
     tx: &mpsc::Sender<Outgoing>,
-) -> Result<(), CatchUpError> {
+    idle: Option<Duration>,
+    records_read: &AtomicU64,
+) -> Result<Ended, CatchUpError> {
+    let Gap { aggregator_id, filters, start, until } = gap;
+    let aggregator_id = *aggregator_id;
     let mut cursor = match start {
         Start::After(c) => c.clone(),
         _ => Cursor::new(aggregator_id),
     };
     let mut assignment = Vec::new();
     let mut remaining: HashMap<(Topic, i32), i64> = HashMap::new();
-    for (&(topic, partition), &end) in until {
+    for (&(topic, partition), &end) in until.iter() {
         let Some(event_topic) = EventTopic::of(topic) else { continue };
         let (low, reported_end) = consumer.watermarks(topic, partition).await?;
         // The partition's end is at least what this process's shared reader has already read:
@@ -190,11 +287,12 @@ pub async fn catch_up(
         }
     }
     if remaining.is_empty() {
-        return Ok(());
+        return Ok(Ended::Done);
     }
     consumer.assign(&assignment)?;
     while !remaining.is_empty() {
         let record = consumer.recv().await?;
+        records_read.fetch_add(1, Ordering::Relaxed);
         let key = (record.topic, record.partition);
         let Some(&end) = remaining.get(&key) else { continue };
         if record.offset >= end {
@@ -220,10 +318,17 @@ pub async fn catch_up(
             hub.consents.read(|v| project_for(&event, v.grants(record_key), aggregator_id, &hub.secret, now));
         if let Some(projected) = projected {
             let out = Outgoing::event(&projected, &Arc::new(Origin::of(&record)), cursor.encode(&hub.secret));
-            tx.send(out).await.map_err(|_| CatchUpError::Closed)?;
+            let slot = match idle {
+                None => tx.reserve().await,
+                Some(idle) => match tokio::time::timeout(idle, tx.reserve()).await {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(Ended::Paused { cursor, pending: out }),
+                },
+            };
+            slot.map_err(|_| CatchUpError::Closed)?.send(out);
         }
     }
-    Ok(())
+    Ok(Ended::Done)
 }
 
 #[cfg(test)]

@@ -85,9 +85,16 @@ impl SubscriptionMetrics {
             .i64_observable_gauge("cardlink.subscription.catch_up_readers")
             .with_unit("{reader}")
             .with_description("Catch-up readers (own Kafka consumers replaying from a cursor) running now")
-            .with_callback(move |observer| {
-                observer.observe(catch_up.running() as i64, &[]);
+            .with_callback({
+                let catch_up = catch_up.clone();
+                move |observer| observer.observe(catch_up.running() as i64, &[])
             })
+            .build();
+        meter
+            .u64_observable_counter("cardlink.subscription.catch_up_records")
+            .with_unit("{record}")
+            .with_description("Records the catch-up readers have read from the bus")
+            .with_callback(move |observer| observer.observe(catch_up.records_read(), &[]))
             .build();
         let consents = hub.consents().clone();
         cardlink_telemetry::observe_view_lag("subscription.consents", move || consents.lag());

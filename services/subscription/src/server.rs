@@ -82,6 +82,11 @@ impl RunningSubscription {
         self.catch_up.running()
     }
 
+    /// Records the catch-up readers have read from the bus, in all.
+    pub fn catch_up_records_read(&self) -> u64 {
+        self.catch_up.records_read()
+    }
+
     /// Ends every stream with a reconnect status, stops the readers, and waits for them.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);

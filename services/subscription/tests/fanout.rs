@@ -219,9 +219,15 @@ async fn resuming_from_a_cursor_continues_exactly_after_it() {
     let mut resumed = s.hub.register("agg-x", Filters::all(), &cursor);
     let (tx, mut out) = mpsc::channel(64);
     let consumer = Consumer::new(s.bus.config(), "catch-up").unwrap();
-    catch_up::catch_up(&s.hub, &consumer, "agg-x", &Filters::all(), &Start::After(cursor), &resumed.live_from, &tx)
-        .await
-        .unwrap();
+    let filters = Filters::all();
+    let gap = catch_up::Gap {
+        aggregator_id: "agg-x",
+        filters: &filters,
+        start: Start::After(cursor),
+        until: &resumed.live_from,
+    };
+    let ended = catch_up::catch_up(&s.hub, &consumer, &gap, &tx, None, &Default::default()).await.unwrap();
+    assert!(matches!(ended, catch_up::Ended::Done));
     drop(tx);
     let mut ids = Vec::new();
     while let Some(Outgoing::Delivery { delivery, .. }) = out.recv().await {

@@ -332,16 +332,32 @@ async fn health_and_reflection_are_served_and_readiness_drops_at_shutdown() {
 
 #[tokio::test]
 async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
-    use cardlink_subscription::catch_up::MAX_CATCH_UP_READERS;
-    let w = world().await;
+    use cardlink_subscription::catch_up::{MAX_CATCH_UP_READERS, MAX_CATCH_UP_READERS_PER_AGGREGATOR};
+    // Enough aggregators, each replaying on more streams than it may read with at once, to ask
+    // for more readers than the replica has.
+    let aggregators = ["agg-1", "agg-2", "agg-3", "agg-4", "agg-5"];
+    assert!(aggregators.len() * MAX_CATCH_UP_READERS_PER_AGGREGATOR > MAX_CATCH_UP_READERS);
+    let granted = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 1, 0, 0, 0).single().unwrap();
+    let consents: Vec<_> = aggregators
+        .iter()
+        .map(|a| {
+            samples::active_consent(
+                &format!("c-{a}"),
+                "iss-a",
+                a,
+                &["acct-1"],
+                &[cardlink_events::registry::Scope::Transactions],
+                granted,
+                chrono::Utc::now() + chrono::TimeDelta::days(30),
+            )
+        })
+        .collect();
+    let w = common::world(&["iss-a"], &aggregators, &consents).await;
     const EVENTS: u32 = 1_000;
     let events: Vec<Event> =
         (0..EVENTS).map(|n| Event::Transaction(samples::transaction("iss-a", "acct-1", n))).collect();
     w.publish(&events).await;
 
-    // More streams replaying the backlog than there are readers, none reading yet: the first
-    // take every reader and the rest wait.
-    let streams = MAX_CATCH_UP_READERS + 4;
     // A small HTTP/2 window, so a stream that is not read holds its reader instead of the
     // transport swallowing the whole backlog.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", w.service.addr()))
@@ -355,8 +371,10 @@ async fn catch_up_readers_are_bounded_and_the_others_wait_their_turn() {
     let earliest =
         || v1::SubscribeRequest { start: Some(v1::subscribe_request::Start::FromEarliest(true)), ..Default::default() };
     let mut open = Vec::new();
-    for _ in 0..streams {
-        open.push(c.subscribe(authorized(earliest(), w.token("agg-x"))).await.unwrap().into_inner());
+    for aggregator in aggregators {
+        for _ in 0..MAX_CATCH_UP_READERS_PER_AGGREGATOR + 1 {
+            open.push(c.subscribe(authorized(earliest(), w.token(aggregator))).await.unwrap().into_inner());
+        }
     }
     // Watch the number of readers: it reaches the bound and never passes it.
     let mut most = 0;

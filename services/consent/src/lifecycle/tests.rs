@@ -303,6 +303,10 @@ proptest! {
             from_view.sort();
             prop_assert_eq!(&from_book, &from_view);
             prop_assert_eq!(view.consents().count(), book.all().count());
+            for aggregator in AGGREGATORS {
+                let holds = book.all().any(|c| c.aggregator_id == aggregator && c.status == ConsentStatus::Active);
+                prop_assert_eq!(view.has_grants(aggregator), holds, "{}", aggregator);
+            }
             for c in book.all() {
                 prop_assert_eq!(view.consent(&c.consent_id), Some(c));
             }
