@@ -133,11 +133,15 @@ reasons! {
     InvalidDuration = "INVALID_DURATION", InvalidArgument, Call, false,
         "The consent's duration is outside what is allowed.";
     InvalidRedirectUri = "INVALID_REDIRECT_URI", InvalidArgument, Call, false,
-        "The redirect URI is not an https URL (http only for localhost).";
+        "The redirect URI is not one the aggregator registered (exactly; a loopback http URI with any port), or cannot be registered.";
     InvalidCodeChallenge = "INVALID_CODE_CHALLENGE", InvalidArgument, Call, false,
         "The PKCE code challenge is not S256 (43 base64url characters).";
     InvalidPurpose = "INVALID_PURPOSE", InvalidArgument, Call, false,
         "The purpose is empty or too long.";
+    InvalidState = "INVALID_STATE", InvalidArgument, Call, false,
+        "The `state` is longer than 512 bytes or holds control characters.";
+    TooManyPendingRequests = "TOO_MANY_PENDING_REQUESTS", ResourceExhausted, Call, true,
+        "The aggregator has as many undecided consent requests as allowed; each ends when decided or after 30 minutes.";
     NoAccounts = "NO_ACCOUNTS", InvalidArgument, Call, false,
         "An approval named no account.";
     InvalidCode = "INVALID_CODE", PermissionDenied, Call, false,
@@ -147,7 +151,7 @@ reasons! {
     RedirectUriMismatch = "REDIRECT_URI_MISMATCH", PermissionDenied, Call, false,
         "The redirect URI differs from the one the request named.";
     NotConfirmed = "NOT_CONFIRMED", Unavailable, Call, false,
-        "The consent could not be confirmed on the bus in time; start a new authorisation.";
+        "The consent change was written but not read back in time to confirm it; read the consent to see whether it took effect (an exchange: start a new authorisation).";
     MemberRefRequired = "MEMBER_REF_REQUIRED", InvalidArgument, Call, false,
         "The call must name the member (`member_ref`).";
     // Subscription.
@@ -163,6 +167,8 @@ reasons! {
         "A named position must be 1 to 64 letters, digits, `-`, `_` or `.`.";
     PositionNotFound = "POSITION_NOT_FOUND", NotFound, Call, false,
         "No position was acknowledged under this name.";
+    TooManyPositions = "TOO_MANY_POSITIONS", ResourceExhausted, Call, false,
+        "The aggregator has as many named positions as allowed; acknowledge under a name it already uses.";
     UnknownEventKind = "UNKNOWN_EVENT_KIND", InvalidArgument, Call, false,
         "An event kind filter is not TRANSACTION, STATEMENT or CONSENT.";
     TooManyIssuerFilters = "TOO_MANY_ISSUER_FILTERS", InvalidArgument, Call, false,
@@ -323,6 +329,8 @@ mod tests {
             ("INVALID_REDIRECT_URI", InvalidArgument),
             ("INVALID_CODE_CHALLENGE", InvalidArgument),
             ("INVALID_PURPOSE", InvalidArgument),
+            ("INVALID_STATE", InvalidArgument),
+            ("TOO_MANY_PENDING_REQUESTS", ResourceExhausted),
             ("NO_ACCOUNTS", InvalidArgument),
             ("INVALID_CODE", PermissionDenied),
             ("PKCE_MISMATCH", PermissionDenied),
@@ -335,6 +343,7 @@ mod tests {
             ("CURSOR_OUT_OF_RANGE", OutOfRange),
             ("INVALID_POSITION_NAME", InvalidArgument),
             ("POSITION_NOT_FOUND", NotFound),
+            ("TOO_MANY_POSITIONS", ResourceExhausted),
             ("UNKNOWN_EVENT_KIND", InvalidArgument),
             ("TOO_MANY_ISSUER_FILTERS", InvalidArgument),
             ("TOO_MANY_STREAMS", ResourceExhausted),
@@ -383,6 +392,7 @@ mod tests {
             retriable,
             [
                 "STREAM_MAX_AGE",
+                "TOO_MANY_PENDING_REQUESTS",
                 "FELL_BEHIND",
                 "SERVER_SHUTTING_DOWN",
                 "NOT_READY",

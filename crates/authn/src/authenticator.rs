@@ -154,6 +154,7 @@ mod tests {
                 registration_number: "R-1".into(),
                 contact: "ops@example.invalid".into(),
                 status,
+                redirect_uris: Vec::new(),
             }));
         }
     }

@@ -293,6 +293,7 @@ async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Pla
                     registration_number: format!("関東財務局長（電代）第{i:04}号"),
                     contact: format!("ops@agg-{i}.example"),
                     status: AggregatorStatus::Active,
+                    redirect_uris: Vec::new(),
                 };
                 registry.register_aggregator(&op, entity).await.map(|(_, c)| c.token)
             }

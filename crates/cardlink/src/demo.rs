@@ -136,6 +136,7 @@ pub async fn setup(registry: &Registry, logins: &BTreeMap<String, DemoClient>) -
             registration_number: a.registration_number.into(),
             contact: a.contact.into(),
             status: AggregatorStatus::Active,
+            redirect_uris: demo_redirect_uris(a.id),
         };
         let (_, credential) =
             registry.register_aggregator(&op, entity).await.with_context(|| format!("registering {}", a.id))?;
@@ -174,6 +175,12 @@ pub async fn setup(registry: &Registry, logins: &BTreeMap<String, DemoClient>) -
         world.issuers.insert(i.id.into(), credential.token);
     }
     Ok(world)
+}
+
+/// Where a demo aggregator's members come back: its web callback, and the loopback one of
+/// `cardlink aggregator consent` (any port).
+fn demo_redirect_uris(aggregator: &str) -> Vec<String> {
+    vec![format!("https://{aggregator}.example/cardlink/callback"), "http://127.0.0.1/callback".to_owned()]
 }
 
 /// The demo card companies' login providers, served under `pages_url`, for the consent page's
@@ -227,7 +234,7 @@ pub async fn give_consents(
     for (issuer, member, aggregator, scopes, purpose) in CONSENTS {
         let token = world.aggregators.get(aggregator).context("demo aggregator not registered")?;
         let mut client = Aggregator::connect(consent_endpoint, subscription_endpoint, token)?;
-        let redirect_uri = format!("https://{aggregator}.example/cardlink/callback");
+        let redirect_uri = demo_redirect_uris(aggregator).remove(0);
         let state = format!("demo-{issuer}-{member}");
         let ask = ConsentAsk {
             issuer_id: issuer.into(),

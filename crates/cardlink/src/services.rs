@@ -104,6 +104,13 @@ pub struct IngestSettings {
     /// again and goes on).
     #[arg(long, env = "CARDLINK_MAX_PUBLISH_STREAM_AGE_SECS", default_value_t = cardlink_ingest::server::DEFAULT_MAX_STREAM_AGE.as_secs())]
     pub max_publish_stream_age_secs: u64,
+    /// Connections the ingest API holds at most.
+    #[arg(long, env = "CARDLINK_INGEST_MAX_CONNECTIONS", default_value_t = cardlink_serving::admission::DEFAULT_MAX_CONNECTIONS)]
+    pub ingest_max_connections: usize,
+    /// Connections one client address may hold on the ingest API (0: no bound — behind a proxy
+    /// that hides client addresses).
+    #[arg(long, env = "CARDLINK_INGEST_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = cardlink_serving::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub ingest_max_connections_per_address: usize,
 }
 
 impl IngestSettings {
@@ -129,6 +136,10 @@ impl IngestSettings {
             trusted_keys: trusted_keys.to_vec(),
             bootstrap_issuer_keys,
             max_stream_age: Duration::from_secs(self.max_publish_stream_age_secs),
+            admission: cardlink_serving::admission::Admission::new(
+                self.ingest_max_connections,
+                self.ingest_max_connections_per_address,
+            ),
             ..IngestConfig::default()
         })
     }

@@ -8,7 +8,9 @@
 //! as before: member id and password, or cancel.
 //!
 //! It is a development provider, not a general one: one client per issuer (cardlink), codes
-//! kept in memory for [`CODE_TTL_SECS`], passwords compared as SHA-256 digests in constant time.
+//! kept in memory for [`CODE_TTL_SECS`], passwords compared as SHA-256 digests in constant time,
+//! and a member id that failed [`MAX_FAILED_SIGN_INS`] times is refused for [`LOCKOUT_SECS`]
+//! (the only password form cardlink serves: it is throttled like a real card company's).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +25,21 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use cardlink_auth::TokenSigner;
 use cardlink_serving::html::{self, Nav, esc};
 use sha2::{Digest, Sha256};
+
+/// Failed sign-ins of one member id, within [`LOCKOUT_SECS`], after which it is refused.
+pub const MAX_FAILED_SIGN_INS: u32 = 5;
+/// How long a member id stays refused after too many failures.
+pub const LOCKOUT_SECS: i64 = 300;
+/// Member ids whose failures are remembered at once (the oldest are forgotten first).
+const MAX_TRACKED_FAILURES: usize = 10_000;
+
+/// Why a sign-in was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    WrongPassword,
+    /// Too many failures: refused without looking at the password.
+    Throttled,
+}
 
 /// Where the demo providers are served.
 pub const PATH_PREFIX: &str = "/demo-login";
@@ -79,6 +96,8 @@ pub struct DemoLogin {
     issuers: HashMap<String, DemoIssuer>,
     key: TokenSigner,
     grants: Mutex<HashMap<String, Grant>>,
+    /// (issuer, member id) → failures and when the first of them happened.
+    failures: Mutex<HashMap<(String, String), (u32, i64)>>,
 }
 
 impl DemoLogin {
@@ -91,6 +110,7 @@ impl DemoLogin {
             issuers: HashMap::new(),
             key: TokenSigner::generate("demo-login"),
             grants: Mutex::default(),
+            failures: Mutex::default(),
         }
     }
 
@@ -126,6 +146,34 @@ impl DemoLogin {
             .route(&format!("{PATH_PREFIX}/{{issuer}}/token"), axum::routing::post(token))
             .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
             .with_state(self)
+    }
+
+    /// Signs a member in at `now` (seconds), counting failures per member id.
+    fn attempt(&self, issuer_id: &str, login_id: &str, password: &str, now: i64) -> Result<&DemoMember, Refused> {
+        let key = (issuer_id.to_owned(), login_id.to_owned());
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.get(&key).is_some_and(|(n, since)| *n >= MAX_FAILED_SIGN_INS && now - since < LOCKOUT_SECS) {
+            return Err(Refused::Throttled);
+        }
+        match self.sign_in_member(issuer_id, login_id, password) {
+            Some(member) => {
+                failures.remove(&key);
+                Ok(member)
+            }
+            None => {
+                if failures.len() >= MAX_TRACKED_FAILURES {
+                    failures.retain(|_, (_, since)| now - *since < LOCKOUT_SECS);
+                }
+                if failures.len() < MAX_TRACKED_FAILURES || failures.contains_key(&key) {
+                    let entry = failures.entry(key).or_insert((0, now));
+                    if now - entry.1 >= LOCKOUT_SECS {
+                        *entry = (0, now);
+                    }
+                    entry.0 += 1;
+                }
+                Err(Refused::WrongPassword)
+            }
+        }
     }
 
     fn sign_in_member(&self, issuer_id: &str, login_id: &str, password: &str) -> Option<&DemoMember> {
@@ -273,13 +321,29 @@ async fn sign_in(
         return back_to(&request.redirect_uri, &[("error", "access_denied"), ("state", &request.state)]);
     }
     let (login_id, password) = (form.get("login_id").map(String::as_str), form.get("password").map(String::as_str));
-    let Some(member) = login.sign_in_member(&issuer_id, login_id.unwrap_or_default(), password.unwrap_or_default())
-    else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            login_form(&issuer_id, issuer, &query, "会員IDまたはパスワードが正しくありません。"),
-        )
-            .into_response();
+    let now = chrono::Utc::now().timestamp();
+    let member = match login.attempt(&issuer_id, login_id.unwrap_or_default(), password.unwrap_or_default(), now) {
+        Ok(member) => member,
+        Err(Refused::WrongPassword) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                login_form(&issuer_id, issuer, &query, "会員IDまたはパスワードが正しくありません。"),
+            )
+                .into_response();
+        }
+        Err(Refused::Throttled) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, LOCKOUT_SECS.to_string())],
+                login_form(
+                    &issuer_id,
+                    issuer,
+                    &query,
+                    "ログインの失敗が続いたため、この会員IDはしばらくご利用いただけません。時間をおいてお試しください。",
+                ),
+            )
+                .into_response();
+        }
     };
     let grant = Grant {
         issuer_id: issuer_id.clone(),
@@ -402,6 +466,27 @@ mod tests {
         assert!(login.sign_in_member("iss-a", "m-1", "pw").is_some());
         assert!(login.sign_in_member("iss-a", "m-1", "wrong").is_none());
         assert!(login.sign_in_member("iss-b", "m-1", "pw").is_none());
+    }
+
+    #[test]
+    fn repeated_failures_lock_a_member_id_for_a_while_and_only_that_one() {
+        let mut login = DemoLogin::new("http://127.0.0.1:1", "http://127.0.0.1:1/oidc/callback");
+        login.add_issuer("iss-a", "A");
+        for id in ["m-1", "m-2"] {
+            let member = DemoMember { member_ref: id.into(), display_name: "M".into(), accounts: vec![] };
+            login.add_member("iss-a", member, "pw");
+        }
+        let t = 1_000_000;
+        for n in 0..MAX_FAILED_SIGN_INS {
+            assert_eq!(login.attempt("iss-a", "m-1", "guess", t + i64::from(n)).err(), Some(Refused::WrongPassword));
+        }
+        // Now even the right password is refused, without being looked at.
+        assert_eq!(login.attempt("iss-a", "m-1", "pw", t + 10).err(), Some(Refused::Throttled));
+        assert!(login.attempt("iss-a", "m-2", "pw", t + 10).is_ok(), "another member id is not affected");
+        // After the lockout, the member signs in, and that clears the count.
+        assert!(login.attempt("iss-a", "m-1", "pw", t + LOCKOUT_SECS).is_ok());
+        assert_eq!(login.attempt("iss-a", "m-1", "guess", t + LOCKOUT_SECS + 1).err(), Some(Refused::WrongPassword));
+        assert!(login.attempt("iss-a", "m-1", "pw", t + LOCKOUT_SECS + 2).is_ok());
     }
 
     #[test]

@@ -105,6 +105,84 @@ pub struct AggregatorEntity {
     pub registration_number: String,
     pub contact: String,
     pub status: AggregatorStatus,
+    /// Where members may be sent back after deciding on a consent ([`redirect_uri_allowed`]).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+}
+
+/// Longest redirect URI, in characters.
+pub const MAX_REDIRECT_URI_CHARS: usize = 2_048;
+/// Redirect URIs one aggregator may register.
+pub const MAX_REDIRECT_URIS: usize = 20;
+
+/// Why a redirect URI cannot be registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectUriError {
+    #[error("not an absolute URL")]
+    NotAUrl,
+    #[error("longer than {MAX_REDIRECT_URI_CHARS} characters")]
+    TooLong,
+    #[error("must be https, or http on a loopback address (127.0.0.1 or [::1], RFC 8252)")]
+    Scheme,
+    #[error("must not carry a user name or password")]
+    UserInfo,
+    #[error("must not carry a fragment")]
+    Fragment,
+    #[error("must be written in its normal form (as the URL parser writes it back)")]
+    NotNormal,
+}
+
+/// Whether `uri` may be registered as a redirect URI: an absolute https URL with a host, or an
+/// http URL on a loopback IP literal for native apps (RFC 8252 §7.3; `localhost` is not one,
+/// §8.3); never with a user name, password or fragment, and written in its normal form so that
+/// matching it exactly means what it says.
+pub fn check_redirect_uri(uri: &str) -> Result<(), RedirectUriError> {
+    if uri.chars().count() > MAX_REDIRECT_URI_CHARS {
+        return Err(RedirectUriError::TooLong);
+    }
+    let url = url::Url::parse(uri).map_err(|_| RedirectUriError::NotAUrl)?;
+    match url.scheme() {
+        "https" if url.host().is_some() => {}
+        "http" if is_loopback(&url) => {}
+        _ => return Err(RedirectUriError::Scheme),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(RedirectUriError::UserInfo);
+    }
+    if url.fragment().is_some() {
+        return Err(RedirectUriError::Fragment);
+    }
+    if url.as_str() != uri {
+        return Err(RedirectUriError::NotNormal);
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+/// Whether a consent request may send the member to `requested`: it equals one of the
+/// aggregator's `registered` URIs exactly — except that a registered loopback http URI matches
+/// any port, as a native app's listener gets one from the operating system (RFC 8252 §7.3).
+pub fn redirect_uri_allowed(registered: &[String], requested: &str) -> bool {
+    if check_redirect_uri(requested).is_err() {
+        return false;
+    }
+    registered.iter().any(|r| {
+        r == requested
+            || match (url::Url::parse(r), url::Url::parse(requested)) {
+                (Ok(mut r), Ok(mut q)) if r.scheme() == "http" && is_loopback(&r) && is_loopback(&q) => {
+                    // Both loopback: compare without the ports.
+                    r.set_port(None).is_ok() && q.set_port(None).is_ok() && r == q
+                }
+                _ => false,
+            }
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -208,5 +286,53 @@ impl RegistryEvent {
             Some(Entity::Credential(e)) => format!("credential/{}", e.credential_id),
             None => format!("invalid/{}", self.event_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_loopback_http_in_normal_form_can_be_registered() {
+        for ok in ["https://kakeibo.example/callback", "http://127.0.0.1/callback", "http://[::1]:8080/cb"] {
+            assert_eq!(check_redirect_uri(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://localhost:1@evil.example/", RedirectUriError::Scheme),
+            ("https://localhost:1@evil.example/", RedirectUriError::UserInfo),
+            ("http://kakeibo.example/callback", RedirectUriError::Scheme),
+            ("http://localhost/callback", RedirectUriError::Scheme),
+            ("https://kakeibo.example/callback#x", RedirectUriError::Fragment),
+            ("https://KAKEIBO.example/callback", RedirectUriError::NotNormal),
+            ("https://kakeibo.example", RedirectUriError::NotNormal),
+            ("kakeibo.example/callback", RedirectUriError::NotAUrl),
+            ("javascript:alert(1)", RedirectUriError::Scheme),
+        ] {
+            assert_eq!(check_redirect_uri(bad), Err(why), "{bad}");
+        }
+        let long = format!("https://kakeibo.example/{}", "p".repeat(MAX_REDIRECT_URI_CHARS));
+        assert_eq!(check_redirect_uri(&long), Err(RedirectUriError::TooLong));
+    }
+
+    #[test]
+    fn a_request_must_name_a_registered_uri_exactly_with_any_port_only_on_loopback() {
+        let registered = vec!["https://kakeibo.example/callback".to_owned(), "http://127.0.0.1/callback".to_owned()];
+        assert!(redirect_uri_allowed(&registered, "https://kakeibo.example/callback"));
+        assert!(redirect_uri_allowed(&registered, "http://127.0.0.1:54321/callback"));
+        assert!(redirect_uri_allowed(&registered, "http://127.0.0.1/callback"));
+        for refused in [
+            "https://kakeibo.example/callback/",
+            "https://kakeibo.example/callback?x=1",
+            "https://kakeibo.example:8443/callback",
+            "https://evil.example/callback",
+            "http://localhost:1@evil.example/",
+            "http://127.0.0.1:54321/other",
+            "http://[::1]:54321/callback",
+            "http://localhost:54321/callback",
+        ] {
+            assert!(!redirect_uri_allowed(&registered, refused), "{refused}");
+        }
+        assert!(!redirect_uri_allowed(&[], "https://kakeibo.example/callback"));
     }
 }

@@ -7,12 +7,15 @@
 //! so the navigation links every page to every other.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use axum::Router;
 use axum::response::Html;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::admission::Admission;
 
 /// Which page of the navigation is the current one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,18 +109,90 @@ pub fn yen_large(amount: i64) -> String {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true; failures are logged as `what`.
+/// How long a page connection may take to send a request's head (line and headers). The same
+/// bound closes a keep-alive connection that sends nothing for as long: a client sending a byte
+/// every few seconds (Slowloris), or opening connections and going quiet, cannot hold them.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head a page connection buffers.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Connections a page server holds at most, and from one client address (browsers open up to
+/// six per site; members behind one carrier-grade NAT share an address).
+pub const MAX_PAGE_CONNECTIONS: usize = 4_096;
+pub const MAX_PAGE_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+/// What a page server allows one connection.
+#[derive(Clone, Debug)]
+pub struct PageLimits {
+    pub header_read_timeout: Duration,
+    pub admission: Admission,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            admission: Admission::new(MAX_PAGE_CONNECTIONS, MAX_PAGE_CONNECTIONS_PER_ADDRESS),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true, within [`PageLimits::default`];
+/// failures are logged as `what`.
 pub fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: watch::Receiver<bool>,
     what: &'static str,
 ) -> JoinHandle<()> {
+    serve_within(listener, router, shutdown, what, PageLimits::default())
+}
+
+/// [`serve`] within `limits`. Connections are served by hyper directly (not `axum::serve`) so
+/// that each has a timer: without one, hyper applies no header-read timeout at all.
+pub fn serve_within(
+    listener: TcpListener,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    what: &'static str,
+    limits: PageLimits,
+) -> JoinHandle<()> {
+    use futures::StreamExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     let router = router.layer(axum::middleware::map_response(protect));
     tokio::spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(crate::stopped(shutdown)).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "{what} failed");
+        // HTTP/1.1 only (browsers reach the pages through a TLS-terminating proxy or directly):
+        // the protocol sniffing of a dual HTTP/1–HTTP/2 server waits for a first byte without
+        // any timer, so a connection that never sends one would be held forever.
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut incoming = std::pin::pin!(limits.admission.incoming(listener));
+        let mut stop = std::pin::pin!(crate::stopped(shutdown));
+        loop {
+            tokio::select! {
+                next = incoming.next() => {
+                    let Some(Ok(connection)) = next else { break };
+                    let service = TowerToHyperService::new(router.clone());
+                    let served = builder.serve_connection(TokioIo::new(connection), service).into_owned();
+                    let served = graceful.watch(served);
+                    tokio::spawn(async move {
+                        if let Err(e) = served.await {
+                            tracing::debug!(error = %e, "{what}: a connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut stop => break,
+            }
+        }
+        if tokio::time::timeout(crate::SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("{what}: connections still open after the grace period");
         }
     })
 }
@@ -171,6 +246,70 @@ mod tests {
         let cached = get("/cached").await;
         assert!(cached.contains("cache-control: max-age=60") && !cached.contains("no-store"), "{cached}");
         assert!(cached.contains("frame-ancestors 'none'"), "{cached}");
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
+
+    /// Reads until the server closes the connection (or `within` passes: `None`).
+    async fn closed_within(conn: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        tokio::time::timeout(within, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+    }
+
+    #[tokio::test]
+    async fn slow_quiet_and_too_many_clients_cannot_hold_connections() {
+        use tokio::io::AsyncWriteExt as _;
+        let (listener, addr) = crate::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let router = Router::new().route("/p", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = watch::channel(false);
+        let limits = PageLimits { header_read_timeout: Duration::from_secs(1), admission: Admission::new(100, 3) };
+        let task = serve_within(listener, router, stopped, "test pages", limits);
+
+        // A client sending its head a byte at a time is cut off after the header-read timeout,
+        // however steadily it trickles.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let trickle = async {
+            for byte in b"GET /p HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                if slow.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "the trickling client was never cut off");
+        assert_eq!(closed_within(&mut slow, Duration::from_secs(5)).await.as_deref(), Some(""));
+
+        // A client that connects and says nothing is closed too; so is an idle keep-alive one.
+        let mut quiet = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut quiet, Duration::from_secs(5)).await.is_some(), "a quiet connection was kept");
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let answered = closed_within(&mut kept, Duration::from_secs(5)).await.expect("closed once idle");
+        assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+        // At most 3 connections from one address: the fourth is closed at once, unanswered.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = fourth.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(closed_within(&mut fourth, Duration::from_millis(500)).await.as_deref(), Some(""));
+        drop(held);
         stop.send_replace(true);
         task.await.unwrap();
     }

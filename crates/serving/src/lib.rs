@@ -3,6 +3,7 @@
 //! place keeps the services' `server` modules about their own wiring only. [`html`] is the frame
 //! of the pages the services serve.
 
+pub mod admission;
 pub mod html;
 
 use std::net::SocketAddr;

@@ -254,13 +254,20 @@ pub async fn register_issuer(
     registered(client.register_issuer(authorized(request, operator)).await?.into_inner().credential)
 }
 
-/// Registers an aggregator through the registry's gRPC API, as the operator.
+/// The redirect URIs every test aggregator registers: the web callbacks the tests name, and the
+/// loopback callback of `cardlink aggregator consent` (any port).
+pub const TEST_REDIRECT_URIS: [&str; 3] =
+    ["https://agg.example/callback", "https://kakeibo.example/callback", "http://127.0.0.1/callback"];
+
+/// Registers an aggregator through the registry's gRPC API, as the operator, with
+/// [`TEST_REDIRECT_URIS`].
 pub async fn register_aggregator(client: &mut RegistryClient, operator: &str, id: &str) -> anyhow::Result<Registered> {
     let request = cardlink_api::v1::RegisterAggregatorRequest {
         aggregator_id: id.into(),
         name: format!("家計簿 {id}"),
         registration_number: "関東財務局長（電代）第1号".into(),
         contact: format!("ops@{id}.example"),
+        redirect_uris: TEST_REDIRECT_URIS.map(str::to_owned).to_vec(),
     };
     registered(client.register_aggregator(authorized(request, operator)).await?.into_inner().credential)
 }

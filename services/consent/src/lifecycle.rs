@@ -37,6 +37,15 @@ pub const MAX_DURATION_DAYS: i32 = 365;
 pub const CODE_TTL: TimeDelta = TimeDelta::seconds(60);
 /// How long a request waits for the member's decision.
 pub const REQUEST_TTL: TimeDelta = TimeDelta::minutes(30);
+/// Longest `state` an aggregator may have echoed back, in bytes (it is kept with the consent).
+pub const MAX_STATE_BYTES: usize = 512;
+/// Longest purpose, in characters.
+pub const MAX_PURPOSE_CHARS: usize = 200;
+/// Undecided requests one aggregator may hold at once. Every request is kept on the compacted
+/// consent topic and in every replica's memory; a request ends when the member decides or after
+/// [`REQUEST_TTL`]. (Each replica counts what it has read, so concurrent requests on several
+/// replicas can pass the bound by a few.)
+pub const MAX_PENDING_REQUESTS_PER_AGGREGATOR: usize = 10_000;
 
 /// Who is acting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,11 +89,17 @@ pub enum ConsentError {
     InvalidScopes(&'static str),
     #[error("duration must be 1 to {MAX_DURATION_DAYS} days")]
     InvalidDuration,
-    #[error("redirect_uri must be an https URL (http only for localhost)")]
+    #[error("redirect_uri must be one the aggregator registered (exactly; a loopback http URI with any port)")]
     InvalidRedirect,
+    #[error("state must be at most {MAX_STATE_BYTES} bytes, without control characters")]
+    InvalidState,
+    #[error(
+        "the aggregator already has {MAX_PENDING_REQUESTS_PER_AGGREGATOR} undecided requests; each ends when decided or after 30 minutes"
+    )]
+    TooManyPending,
     #[error("code_challenge must be an S256 PKCE challenge (43 base64url characters)")]
     InvalidChallenge,
-    #[error("purpose is required and at most 200 characters")]
+    #[error("purpose is required and at most {MAX_PURPOSE_CHARS} characters")]
     InvalidPurpose,
     #[error("choose at least one account")]
     NoAccounts,
@@ -108,6 +123,8 @@ impl ApiError for ConsentError {
             Self::InvalidScopes(_) => Reason::InvalidScopes,
             Self::InvalidDuration => Reason::InvalidDuration,
             Self::InvalidRedirect => Reason::InvalidRedirectUri,
+            Self::InvalidState => Reason::InvalidState,
+            Self::TooManyPending => Reason::TooManyPendingRequests,
             Self::InvalidChallenge => Reason::InvalidCodeChallenge,
             Self::InvalidPurpose => Reason::InvalidPurpose,
             Self::NoAccounts => Reason::NoAccounts,
@@ -123,6 +140,8 @@ impl ApiError for ConsentError {
 pub struct ConnectionGrant {
     pub active: bool,
     pub scopes: Vec<Scope>,
+    /// The aggregator's registered redirect URIs.
+    pub redirect_uris: Vec<String>,
 }
 
 /// An aggregator's consent request.
@@ -158,6 +177,8 @@ pub struct ConsentBook {
     redemptions: HashMap<String, (i64, EventId)>,
     /// Consents whose last record on the topic lost to their final state (see [`Self::repairs`]).
     refused_last: HashSet<String>,
+    /// Undecided requests per aggregator.
+    pending: HashMap<String, usize>,
 }
 
 fn validate_scopes(scopes: &[Scope]) -> Result<(), ConsentError> {
@@ -175,12 +196,6 @@ fn sorted_unique(scopes: &[Scope]) -> Vec<Scope> {
     s.sort();
     s.dedup();
     s
-}
-
-fn redirect_ok(uri: &str) -> bool {
-    let local = ["http://localhost", "http://127.0.0.1"];
-    (uri.starts_with("https://") && uri.len() > "https://".len())
-        || local.iter().any(|p| uri.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])))
 }
 
 impl ConsentBook {
@@ -231,6 +246,19 @@ impl ConsentBook {
         if let Some(hash) = &event.code_hash {
             self.by_code.insert(hash.clone(), event.consent_id.clone());
         }
+        let was_pending = self.consents.get(&event.consent_id).is_some_and(|c| c.status == ConsentStatus::Requested);
+        let is_pending = event.status == ConsentStatus::Requested;
+        if is_pending && !was_pending {
+            *self.pending.entry(event.aggregator_id.clone()).or_default() += 1;
+        } else if was_pending
+            && !is_pending
+            && let Some(n) = self.pending.get_mut(&event.aggregator_id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending.remove(&event.aggregator_id);
+            }
+        }
         self.consents.insert(event.consent_id.clone(), event);
     }
 
@@ -270,15 +298,21 @@ impl ConsentBook {
         if !(1..=MAX_DURATION_DAYS).contains(&request.duration_days) {
             return Err(ConsentError::InvalidDuration);
         }
-        if !redirect_ok(&request.redirect_uri) {
+        if !cardlink_events::registry::redirect_uri_allowed(&connection.redirect_uris, &request.redirect_uri) {
             return Err(ConsentError::InvalidRedirect);
+        }
+        if request.state.as_ref().is_some_and(|s| s.len() > MAX_STATE_BYTES || s.chars().any(char::is_control)) {
+            return Err(ConsentError::InvalidState);
         }
         if !pkce::challenge_is_well_formed(&request.code_challenge) {
             return Err(ConsentError::InvalidChallenge);
         }
         let purpose = request.purpose.trim();
-        if purpose.is_empty() || purpose.chars().count() > 200 {
+        if purpose.is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
             return Err(ConsentError::InvalidPurpose);
+        }
+        if self.pending.get(aggregator_id).is_some_and(|n| *n >= MAX_PENDING_REQUESTS_PER_AGGREGATOR) {
+            return Err(ConsentError::TooManyPending);
         }
         let (actor_type, actor_id) = Actor::Aggregator(aggregator_id.to_owned()).audit();
         Ok(ConsentEvent {

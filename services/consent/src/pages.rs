@@ -83,12 +83,20 @@ fn request_summary(c: &ConsentEvent, aggregator_name: &str) -> String {
     let scopes: String = c.requested_scopes.iter().map(|s| format!("<li>{}</li>", scope_label(*s))).collect();
     format!(
         "<div class=\"box\"><p><b>{}</b> が、あなたのカード情報の参照を求めています。</p>\
-         <p>利用目的: {}</p><p>期間: {} 日間</p><p>対象となる情報:</p><ul>{}</ul></div>",
+         <p>利用目的: {}</p><p>期間: {} 日間</p><p>対象となる情報:</p><ul>{}</ul>\
+         <p>お選びいただいた後の戻り先: <b class=\"destination\">{}</b></p></div>",
         esc(aggregator_name),
         esc(&c.purpose),
         c.duration_days,
-        scopes
+        scopes,
+        esc(&destination(&c.redirect_uri))
     )
+}
+
+/// Where the member will be sent after deciding, as they can judge it: the site (scheme, host
+/// and port of the registered redirect URI).
+fn destination(redirect_uri: &str) -> String {
+    url::Url::parse(redirect_uri).map_or_else(|_| redirect_uri.to_owned(), |u| u.origin().ascii_serialization())
 }
 
 // The error is the page to show; it is built once per request, so its size does not matter.

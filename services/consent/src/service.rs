@@ -241,6 +241,7 @@ impl Consents {
             r.connection(&request.issuer_id, aggregator_id).map(|c| ConnectionGrant {
                 active: r.is_connected(&request.issuer_id, aggregator_id),
                 scopes: c.scopes.clone(),
+                redirect_uris: r.aggregator(aggregator_id).map(|a| a.redirect_uris.clone()).unwrap_or_default(),
             })
         });
         let actor = Actor::Aggregator(aggregator_id.to_owned());

@@ -82,6 +82,8 @@ async fn member_decides(w: &World, url: &str, decision: &str, extra: &str) -> Ve
     let page = browser.get(url).await.unwrap();
     assert_eq!(page.status, 200);
     assert!(page.body.contains("家計簿 agg-x") && page.body.contains("ログイン"), "{}", page.body);
+    // The member sees where the decision will send them: the registered redirect URI's site.
+    assert!(page.body.contains("<b class=\"destination\">https://kakeibo.example</b>"), "{}", page.body);
 
     let wrong = AtProvider::SignIn { login_id: TEST_MEMBER, password: "wrong" };
     let refused = browser.sign_in(&format!("{url}/login"), &[], wrong).await.unwrap();

@@ -9,11 +9,11 @@ use cardlink_api::v1::issuer_ingest_server::IssuerIngestServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator, BootstrapIssuerKeys};
 use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Topic};
+use cardlink_serving::admission::Admission;
 use cardlink_views::follow;
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
@@ -45,6 +45,8 @@ pub struct IngestConfig {
     /// A PublishStream ends at this age (`STREAM_MAX_AGE`); the issuer authenticates again and
     /// goes on (a revoked credential ends it at once).
     pub max_stream_age: Duration,
+    /// Connections held at most, in all and per client address.
+    pub admission: Admission,
 }
 
 impl Default for IngestConfig {
@@ -57,6 +59,7 @@ impl Default for IngestConfig {
             trusted_keys: Vec::new(),
             bootstrap_issuer_keys: None,
             max_stream_age: DEFAULT_MAX_STREAM_AGE,
+            admission: Admission::default(),
         }
     }
 }
@@ -144,11 +147,9 @@ pub async fn start(bus: &BusConfig, config: IngestConfig) -> Result<RunningInges
         shutdown_rx.clone(),
     )?;
     let stop = shutdown_rx;
+    let incoming = config.admission.clone().incoming(listener);
     let server = tokio::spawn(async move {
-        router
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
-            .await?;
+        router.add_service(service).serve_with_incoming_shutdown(incoming, cardlink_serving::stopped(stop)).await?;
         producer.flush(PRODUCER_FLUSH_TIMEOUT).await?;
         Ok(())
     });

@@ -1,5 +1,8 @@
 //! The ingest service through its real gRPC server, against a real Kafka-protocol broker.
 
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use cardlink_api::status::reason;
@@ -192,6 +195,84 @@ async fn limits_give_clear_errors() {
     // is refused as unauthenticated, not read and measured.
     let err = client.publish(authorized(big, "not-a-key-at-all-000000")).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CREDENTIAL_INVALID")));
+}
+
+/// A call whose body announces a 16 MiB message and then sends no more, as a slow or hostile
+/// client's would: the response, if any, arrives while the body is still incomplete.
+async fn call_with_endless_body(
+    ingest: &cardlink_ingest::server::RunningIngest,
+    key: &str,
+) -> Option<http::Response<tonic::body::Body>> {
+    use futures::StreamExt as _;
+    use http_body_util::StreamBody;
+    let mut channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", ingest.addr())).unwrap().connect().await.unwrap();
+    // A gRPC frame header (uncompressed, 16 MiB long) and the first kilobyte of it.
+    let mut first = vec![0u8];
+    first.extend_from_slice(&(16u32 * 1024 * 1024).to_be_bytes());
+    first.extend(std::iter::repeat_n(0x0a, 1024));
+    let frames =
+        futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(first)))])
+            .chain(futures::stream::pending());
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/cardlink.v1.IssuerIngest/Publish", ingest.addr()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {key}"))
+        .body(tonic::body::Body::new(StreamBody::new(frames)))
+        .unwrap();
+    std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx)).await.unwrap();
+    let call = tower_service::Service::call(&mut channel, request);
+    tokio::time::timeout(Duration::from_secs(5), call).await.ok().map(Result::unwrap)
+}
+
+#[tokio::test]
+async fn an_unknown_caller_is_refused_before_its_request_body_is_read() {
+    let bus = TestBus::start().await.unwrap();
+    let ingest = bus.start_ingest(IngestConfig::default()).await.unwrap();
+    let response = call_with_endless_body(&ingest, "not-a-key-at-all-000000")
+        .await
+        .expect("refused before the 16 MiB body arrived, not after");
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("grpc-status").as_deref(), Some("16"), "UNAUTHENTICATED: {:?}", response.headers());
+    assert_eq!(header("cardlink-reason").as_deref(), Some("CREDENTIAL_INVALID"));
+    // A known caller's call waits for its body, as it should.
+    assert!(call_with_endless_body(&ingest, KEY_A).await.is_none_or(|r| r.headers().get("grpc-status").is_none()));
+}
+
+#[tokio::test]
+async fn one_client_address_holds_only_so_many_connections() {
+    let bus = TestBus::start().await.unwrap();
+    let admission = cardlink_serving::admission::Admission::new(100, 2);
+    let config = IngestConfig { admission: admission.clone(), ..IngestConfig::default() };
+    let ingest = bus.start_ingest(config).await.unwrap();
+    let mut first = ingest_client(&ingest).await.unwrap();
+    let mut second = ingest_client(&ingest).await.unwrap();
+    first.publish(authorized(request(&[tx(1)]), KEY_A)).await.unwrap();
+    second.publish(authorized(request(&[tx(2)]), KEY_A)).await.unwrap();
+    // A third connection from the same address is closed at once.
+    let third = ingest_client(&ingest).await;
+    let refused = match third {
+        Err(_) => true,
+        // The connection ends before an answer (tonic reports UNAVAILABLE or UNKNOWN).
+        Ok(mut c) => c.publish(authorized(request(&[tx(3)]), KEY_A)).await.is_err(),
+    };
+    assert!(refused, "a third connection from one address was served");
+    assert!(admission.refused() >= 1 && admission.open() == 2);
+    // The connections already open are unaffected; closing one makes room.
+    first.publish(authorized(request(&[tx(4)]), KEY_A)).await.unwrap();
+    drop(second);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Ok(mut c) = ingest_client(&ingest).await
+            && c.publish(authorized(request(&[tx(5)]), KEY_A)).await.is_ok()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a closed connection never gave its place back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

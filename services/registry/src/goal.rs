@@ -199,6 +199,7 @@ mod tests {
                 registration_number: "1".into(),
                 contact: String::new(),
                 status,
+                redirect_uris: Vec::new(),
             }),
         );
     }

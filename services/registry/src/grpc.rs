@@ -74,6 +74,7 @@ fn aggregator(a: &AggregatorEntity) -> v1::Aggregator {
             AggregatorStatus::Active => v1::AggregatorStatus::Active,
             AggregatorStatus::Suspended => v1::AggregatorStatus::Suspended,
         } as i32,
+        redirect_uris: a.redirect_uris.clone(),
     }
 }
 
@@ -116,12 +117,24 @@ impl RegistryApi for RegistryGrpc {
             registration_number: r.registration_number,
             contact: r.contact,
             status: AggregatorStatus::Active,
+            redirect_uris: r.redirect_uris,
         };
         let (a, c) = self.registry.register_aggregator(&caller, entity).await.map_err(into_status)?;
         Ok(Response::new(v1::RegisterAggregatorResponse {
             aggregator: Some(aggregator(&a)),
             credential: Some(credential(c)),
         }))
+    }
+
+    async fn set_redirect_uris(
+        &self,
+        request: Request<v1::SetRedirectUrisRequest>,
+    ) -> Result<Response<v1::Aggregator>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let a =
+            self.registry.set_redirect_uris(&caller, &r.aggregator_id, r.redirect_uris).await.map_err(into_status)?;
+        Ok(Response::new(aggregator(&a)))
     }
 
     async fn set_issuer_login(

@@ -32,6 +32,8 @@ pub enum RegistryError {
     AlreadyExists { kind: &'static str, id: String },
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: &'static str },
+    #[error("redirect_uris: {uri:?} {error}")]
+    RedirectUri { uri: String, error: cardlink_events::registry::RedirectUriError },
     #[error(transparent)]
     Bus(#[from] BusError),
 }
@@ -43,6 +45,7 @@ impl ApiError for RegistryError {
             Self::NotFound { .. } => Reason::NotFound,
             Self::AlreadyExists { .. } => Reason::AlreadyExists,
             Self::Invalid { .. } => Reason::InvalidArgument,
+            Self::RedirectUri { .. } => Reason::InvalidRedirectUri,
             Self::Bus(_) => Reason::BusUnavailable,
         }
     }
@@ -64,6 +67,18 @@ pub fn valid_id(id: &str) -> bool {
 
 /// A provider the consent page can reach safely: an https issuer URL (http only on the local
 /// machine, for development) without query or fragment, as OpenID Connect Discovery requires.
+/// Every URI of `uris` can be registered, and there are not too many.
+fn check_redirect_uris(uris: &[String]) -> Result<(), RegistryError> {
+    use cardlink_events::registry::{MAX_REDIRECT_URIS, check_redirect_uri};
+    if uris.len() > MAX_REDIRECT_URIS {
+        return Err(RegistryError::Invalid { field: "redirect_uris", message: "at most 20" });
+    }
+    for uri in uris {
+        check_redirect_uri(uri).map_err(|error| RegistryError::RedirectUri { uri: uri.clone(), error })?;
+    }
+    Ok(())
+}
+
 fn check_login(login: &IssuerLogin) -> Result<(), RegistryError> {
     let invalid = |field, message| Err(RegistryError::Invalid { field, message });
     let Ok(url) = url::Url::parse(&login.issuer_url) else {
@@ -227,6 +242,7 @@ impl Registry {
                 message: "the 電子決済等代行業 registration number is required",
             });
         }
+        check_redirect_uris(&aggregator.redirect_uris)?;
         if let Some(kind) = self.view.read(|v| registered_as(v, &aggregator.aggregator_id)) {
             return Err(RegistryError::AlreadyExists { kind, id: aggregator.aggregator_id });
         }
@@ -260,6 +276,33 @@ impl Registry {
             Entity::Issuer(next.clone()),
             "registry.issuer.login",
             format!("issuer/{issuer_id}"),
+        )
+        .await?;
+        Ok(next)
+    }
+
+    /// Replaces the aggregator's redirect URIs (the operator, or the aggregator itself).
+    pub async fn set_redirect_uris(
+        &self,
+        caller: &Caller,
+        aggregator_id: &str,
+        redirect_uris: Vec<String>,
+    ) -> Result<AggregatorEntity, RegistryError> {
+        let own = caller.role == Role::Aggregator && caller.participant_id == aggregator_id;
+        if !(own || is_operator(caller)) {
+            return Err(RegistryError::Forbidden("an aggregator sets only its own redirect URIs"));
+        }
+        check_redirect_uris(&redirect_uris)?;
+        let current = self
+            .view
+            .read(|v| v.aggregator(aggregator_id).cloned())
+            .ok_or_else(|| RegistryError::NotFound { kind: "aggregator", id: aggregator_id.to_owned() })?;
+        let next = AggregatorEntity { redirect_uris, ..current };
+        self.publish(
+            actor(caller),
+            Entity::Aggregator(next.clone()),
+            "registry.aggregator.redirect_uris",
+            format!("aggregator/{aggregator_id}"),
         )
         .await?;
         Ok(next)
@@ -454,6 +497,7 @@ mod tests {
             registration_number: "1".into(),
             contact: String::new(),
             status: AggregatorStatus::Active,
+            redirect_uris: Vec::new(),
         };
         view.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Issuer(issuer)));
         view.apply(&RegistryEvent::new(ActorType::Operator, "op", Entity::Aggregator(aggregator)));

@@ -34,6 +34,7 @@ async fn register(client: &mut Client, operator: &str) -> (String, String) {
                 name: "家計簿X".into(),
                 registration_number: "関東財務局長（電代）第1号".into(),
                 contact: "ops@agg-x.example".into(),
+                redirect_uris: vec!["https://agg-x.example/callback".into()],
             },
             operator,
         ))
@@ -131,6 +132,7 @@ async fn participants_can_only_do_what_their_role_allows() {
                 name: "Y".into(),
                 registration_number: "1".into(),
                 contact: String::new(),
+                redirect_uris: Vec::new(),
             },
             &issuer_token,
         ))
@@ -344,4 +346,68 @@ async fn an_issuer_registers_where_its_members_sign_in_and_nothing_unsafe_is_acc
         assert!(e.message().contains(field), "{field}: {}", e.message());
     }
     client.set_issuer_login(authorized(set("iss-a", login("http://127.0.0.1:8080/op")), &issuer_token)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_aggregator_registers_where_members_return_and_nothing_unsafe_is_accepted() {
+    let bus = TestBus::start().await.unwrap();
+    let (registry, operator) = bus.start_registry().await.unwrap();
+    let mut client = registry_client(&registry).await.unwrap();
+    let (issuer_token, aggregator_token) = register(&mut client, &operator).await;
+    let set = |uris: &[&str]| v1::SetRedirectUrisRequest {
+        aggregator_id: "agg-x".into(),
+        redirect_uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+    };
+
+    // The aggregator replaces its own list; the change is on the registry topic.
+    let uris = ["https://agg-x.example/return", "http://127.0.0.1/callback"];
+    let aggregator = client.set_redirect_uris(authorized(set(&uris), &aggregator_token)).await.unwrap().into_inner();
+    assert_eq!(aggregator.redirect_uris, uris);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while registry.view().read(|v| v.aggregator("agg-x").map(|a| a.redirect_uris.clone())).unwrap_or_default() != uris {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Only the aggregator itself or the operator.
+    let e = client.set_redirect_uris(authorized(set(&uris), &issuer_token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    client.set_redirect_uris(authorized(set(&uris), &operator)).await.unwrap();
+
+    // Nothing that could send a member elsewhere than it says.
+    for bad in [
+        "http://localhost:1@evil.example/",
+        "http://agg-x.example/callback",
+        "https://agg-x.example/callback#fragment",
+        "https://user@agg-x.example/callback",
+        "https://AGG-X.example/callback",
+        "not a url",
+    ] {
+        let e = client.set_redirect_uris(authorized(set(&[bad]), &aggregator_token)).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_deref()), (Code::InvalidArgument, Some("INVALID_REDIRECT_URI")), "{bad}");
+    }
+    let too_many: Vec<String> = (0..21).map(|n| format!("https://agg-x.example/{n}")).collect();
+    let e = client
+        .set_redirect_uris(authorized(
+            v1::SetRedirectUrisRequest { aggregator_id: "agg-x".into(), redirect_uris: too_many },
+            &aggregator_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // And registration checks them too.
+    let e = client
+        .register_aggregator(authorized(
+            v1::RegisterAggregatorRequest {
+                aggregator_id: "agg-y".into(),
+                name: "Y".into(),
+                registration_number: "関東財務局長（電代）第2号".into(),
+                contact: String::new(),
+                redirect_uris: vec!["http://localhost:1@evil.example/".into()],
+            },
+            &operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e).as_deref(), Some("INVALID_REDIRECT_URI"));
 }

@@ -16,6 +16,9 @@ use crate::cursor::{Cursor, CursorError};
 
 /// Longest position name.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Named positions one aggregator may keep (each lives forever on the compacted positions topic
+/// and in every replica's memory). Acknowledging under a name already used always works.
+pub const MAX_POSITIONS_PER_AGGREGATOR: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {
@@ -25,6 +28,10 @@ pub enum PositionError {
     Cursor(#[from] CursorError),
     #[error("no position named {0:?}")]
     Unknown(String),
+    #[error(
+        "the aggregator already keeps {MAX_POSITIONS_PER_AGGREGATOR} named positions; acknowledge under one of their names"
+    )]
+    TooMany,
     #[error(transparent)]
     Bus(#[from] BusError),
 }
@@ -35,6 +42,7 @@ impl ApiError for PositionError {
             Self::InvalidName => Reason::InvalidPositionName,
             Self::Cursor(c) => c.reason(),
             Self::Unknown(_) => Reason::PositionNotFound,
+            Self::TooMany => Reason::TooManyPositions,
             Self::Bus(_) => Reason::BusUnavailable,
         }
     }
@@ -44,6 +52,8 @@ impl ApiError for PositionError {
 #[derive(Debug, Default)]
 pub struct PositionsView {
     latest: HashMap<(String, String), (i64, String)>,
+    /// Names kept per aggregator.
+    names: HashMap<String, usize>,
 }
 
 impl PositionsView {
@@ -52,7 +62,16 @@ impl PositionsView {
         if self.latest.get(&key).is_some_and(|(seen, _)| *seen >= offset) {
             return;
         }
+        if !self.latest.contains_key(&key) {
+            *self.names.entry(key.0.clone()).or_default() += 1;
+        }
         self.latest.insert(key, (offset, position.cursor));
+    }
+
+    /// Whether `aggregator_id` may acknowledge under `name`: a name it uses, or room for one more.
+    fn has_room(&self, aggregator_id: &str, name: &str) -> bool {
+        self.latest.contains_key(&(aggregator_id.to_owned(), name.to_owned()))
+            || self.names.get(aggregator_id).is_none_or(|n| *n < MAX_POSITIONS_PER_AGGREGATOR)
     }
 
     pub fn cursor(&self, aggregator_id: &str, name: &str) -> Option<&str> {
@@ -91,6 +110,9 @@ pub async fn acknowledge(
         return Err(PositionError::InvalidName);
     }
     Cursor::decode(secret, cursor_text, aggregator_id)?;
+    if !positions.read(|v| v.has_room(aggregator_id, name)) {
+        return Err(PositionError::TooMany);
+    }
     let position = SubscriptionPosition {
         aggregator_id: aggregator_id.to_owned(),
         name: name.to_owned(),
@@ -114,4 +136,31 @@ pub fn resolve(
         .read(|v| v.cursor(aggregator_id, name).map(str::to_owned))
         .ok_or_else(|| PositionError::Unknown(name.to_owned()))?;
     Ok(Cursor::decode(secret, &text, aggregator_id)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(aggregator: &str, name: &str) -> SubscriptionPosition {
+        SubscriptionPosition {
+            aggregator_id: aggregator.into(),
+            name: name.into(),
+            cursor: "c".into(),
+            acknowledged_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_aggregator_keeps_only_so_many_names_and_may_always_reuse_one() {
+        let mut view = PositionsView::default();
+        for (offset, n) in (0..MAX_POSITIONS_PER_AGGREGATOR).enumerate() {
+            view.apply_at(position("agg-x", &format!("p{n}")), i64::try_from(offset).unwrap());
+            // Read back again: still one name.
+            view.apply_at(position("agg-x", &format!("p{n}")), i64::try_from(offset).unwrap());
+        }
+        assert!(!view.has_room("agg-x", "one-more"));
+        assert!(view.has_room("agg-x", "p0"), "a name in use can be acknowledged again");
+        assert!(view.has_room("agg-y", "p0"), "another aggregator has its own room");
+    }
 }

@@ -62,6 +62,7 @@ fn registry_of(consents: &[ConsentEvent]) -> Vec<RegistryEvent> {
             registration_number: "1".into(),
             contact: "ops@example.invalid".into(),
             status: AggregatorStatus::Active,
+            redirect_uris: Vec::new(),
         };
         let connection = ConnectionEntity {
             issuer_id: c.issuer_id.clone(),

@@ -7,7 +7,11 @@ const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 const REDIRECT: &str = "https://agg.example/callback";
 
 fn connected() -> ConnectionGrant {
-    ConnectionGrant { active: true, scopes: Scope::ALL.to_vec() }
+    ConnectionGrant {
+        active: true,
+        scopes: Scope::ALL.to_vec(),
+        redirect_uris: vec![REDIRECT.into(), "http://127.0.0.1/cb".into()],
+    }
 }
 
 fn request(issuer: &str) -> NewRequest {
@@ -62,7 +66,7 @@ fn no_connection_no_consent() {
         book.request("agg-x", request("iss-a"), Some(&suspended), now),
         Err(ConsentError::NotConnected { .. })
     ));
-    let narrow = ConnectionGrant { active: true, scopes: vec![Scope::Transactions] };
+    let narrow = ConnectionGrant { active: true, scopes: vec![Scope::Transactions], ..connected() };
     assert_eq!(
         book.request("agg-x", request("iss-a"), Some(&narrow), now),
         Err(ConsentError::ScopeNotConnected("MERCHANT_DETAIL"))
@@ -82,13 +86,43 @@ fn request_rules() {
     check(|r| r.duration_days = 0, "INVALID_DURATION");
     check(|r| r.redirect_uri = "http://agg.example/cb".into(), "INVALID_REDIRECT_URI");
     check(|r| r.redirect_uri = "http://localhost.evil.example/cb".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.redirect_uri = "http://localhost:1@evil.example/".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.redirect_uri = "https://agg.example/callback/other".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.redirect_uri = "https://agg.example/callback?next=evil".into(), "INVALID_REDIRECT_URI");
+    check(|r| r.redirect_uri = "http://127.0.0.1:8765/elsewhere".into(), "INVALID_REDIRECT_URI");
     check(|r| r.code_challenge = "plain-verifier".into(), "INVALID_CODE_CHALLENGE");
     check(|r| r.scopes = vec![Scope::MerchantDetail], "INVALID_SCOPES");
     check(|r| r.scopes.clear(), "INVALID_SCOPES");
     check(|r| r.purpose = " ".into(), "INVALID_PURPOSE");
+    check(|r| r.purpose = "目".repeat(201), "INVALID_PURPOSE");
+    check(|r| r.state = Some("s".repeat(MAX_STATE_BYTES + 1)), "INVALID_STATE");
+    check(|r| r.state = Some("line\nbreak".into()), "INVALID_STATE");
+    let mut longest = request("iss-a");
+    longest.state = Some("s".repeat(MAX_STATE_BYTES));
+    assert!(book.request("agg-x", longest, Some(&connected()), now).is_ok());
     let mut local = request("iss-a");
     local.redirect_uri = "http://127.0.0.1:8765/cb".into();
     assert!(book.request("agg-x", local, Some(&connected()), now).is_ok());
+}
+
+#[test]
+fn an_aggregator_may_hold_only_so_many_undecided_requests() {
+    let now = Utc::now();
+    let mut book = ConsentBook::new();
+    let mut first = None;
+    for _ in 0..MAX_PENDING_REQUESTS_PER_AGGREGATOR {
+        let r = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap();
+        first.get_or_insert_with(|| r.consent_id.clone());
+        book.apply(r);
+    }
+    let full = book.request("agg-x", request("iss-a"), Some(&connected()), now).unwrap_err();
+    assert_eq!(full.reason().as_str(), "TOO_MANY_PENDING_REQUESTS");
+    // Another aggregator is not affected.
+    assert!(book.request("agg-y", request("iss-a"), Some(&connected()), now).is_ok());
+    // A decided request frees its place.
+    let denied = book.deny("iss-a", first.as_deref().unwrap(), "m-1", now).unwrap();
+    book.apply(denied);
+    assert!(book.request("agg-x", request("iss-a"), Some(&connected()), now).is_ok());
 }
 
 #[test]
