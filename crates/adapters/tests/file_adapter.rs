@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cardlink_adapters::file::{FileRun, Mapping, Summary, run_file};
+use cardlink_adapters::file::{FileRun, Mapping, RunError, Summary, run_file};
 use cardlink_adapters::sink::{EventSink, IngestSink, SinkError, SinkOutcome};
 use cardlink_bus::Topic;
 use cardlink_events::{CardHolder, CardTransaction, Event, PaymentMethod, decode};
@@ -238,4 +238,50 @@ fn mapping_errors_name_the_field() {
         Mapping::parse("[format]\nkind = \"csv\"\nencoding = \"utf-8\"\n[fields]\naccount_ref = { column = \"x\" }\n")
             .unwrap_err();
     assert!(err.to_string().contains("used_at"), "{err}");
+}
+
+/// Sends only the first record of its first batch; answers the others as the ingest service does
+/// while Kafka is stalled (BUS_UNAVAILABLE, after the sink's own retries).
+struct StalledSink {
+    inner: IngestSink,
+    stalled: bool,
+}
+
+impl EventSink for StalledSink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<SinkOutcome>, SinkError> {
+        if std::mem::replace(&mut self.stalled, false) {
+            let mut outcomes = self.inner.publish(&events[..1]).await?;
+            outcomes.extend(events[1..].iter().map(|_| SinkOutcome::Rejected {
+                reason: "BUS_UNAVAILABLE".into(),
+                field: String::new(),
+                message: "Kafka did not acknowledge in time".into(),
+            }));
+            return Ok(outcomes);
+        }
+        self.inner.publish(events).await
+    }
+}
+
+#[tokio::test]
+async fn a_line_the_bus_did_not_take_stops_the_run_before_it_and_the_next_run_sends_it() {
+    let bus = TestBus::start().await.unwrap();
+    let ingest = bus.start_ingest(IngestConfig::default()).await.unwrap();
+    let (_dir, input) = staged("meisai_web_utf8.csv");
+    let run = || FileRun { batch_size: 3, ..file_run(&input, "meisai_web_utf8.toml") };
+
+    let mut stalled = StalledSink { inner: sink(&ingest).await, stalled: true };
+    let err = run_file(run(), &mut stalled).await.unwrap_err();
+    let RunError::NotSent { line, reason } = &err else { panic!("{err}") };
+    assert_eq!(reason, "BUS_UNAVAILABLE");
+    assert!(err.to_string().contains("run the adapter again"), "{err}");
+    // Nothing unsent is listed as rejected: those lines are not final.
+    assert!(rejects(&input).iter().all(|r| !r.iter().any(|c| c == "BUS_UNAVAILABLE")), "{:?}", rejects(&input));
+
+    // The next run goes on from that line: every line reaches the bus once, each rejected line
+    // is listed once.
+    let resumed = run_file(run(), &mut sink(&ingest).await).await.unwrap();
+    assert_eq!(resumed.resumed_after_line, *line - 1);
+    assert_eq!(transactions(&bus, 8).await.len(), 8);
+    assert!(bus.read(Topic::Transactions, 9, Duration::from_secs(2)).await.is_err(), "a line reached the bus twice");
+    assert_eq!(rejects(&input).len(), 1, "{:?}", rejects(&input));
 }

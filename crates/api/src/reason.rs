@@ -184,6 +184,8 @@ reasons! {
         "The publish call holds more records than allowed; split it.";
     NotReady = "NOT_READY", Unavailable, Call, true,
         "The service is still catching up with the bus; retry shortly.";
+    UndecodableRecord = "UNDECODABLE_RECORD", Internal, Record, false,
+        "A record on an event topic could not be decoded by this release (a newer schema version, or bytes ingest did not write); it was skipped, dead-lettered on the audit topic, and can be redelivered once a release reads it.";
     IssuerMismatch = "ISSUER_MISMATCH", PermissionDenied, Both, false,
         "The call or record names an issuer other than the caller.";
     MissingField = "MISSING_FIELD", InvalidArgument, Record, false,
@@ -351,6 +353,7 @@ mod tests {
             ("SERVER_SHUTTING_DOWN", Unavailable),
             ("TOO_MANY_RECORDS", InvalidArgument),
             ("NOT_READY", Unavailable),
+            ("UNDECODABLE_RECORD", Internal),
             ("ISSUER_MISMATCH", PermissionDenied),
             ("MISSING_FIELD", InvalidArgument),
             ("INVALID_FIELD", InvalidArgument),

@@ -21,6 +21,7 @@ pub mod embedded;
 mod error;
 pub mod headers;
 pub mod producer;
+pub mod redeliver;
 pub mod telemetry;
 pub mod topics;
 

@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+    /// Operations on records of the bus.
+    Bus {
+        #[command(subcommand)]
+        command: BusCommand,
+    },
     /// Manage cardlink's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -77,6 +82,21 @@ enum OperatorCommand {
         /// The operator's id (2-63 lowercase letters, digits or hyphens).
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BusCommand {
+    /// Append a copy of one record to its topic (same key, bytes and headers): how an event that
+    /// a release could not decode — dead-lettered as `bus.undecodable` on the audit topic, which
+    /// names the three values — reaches aggregators once a release that reads it runs.
+    Redeliver {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The topic, as the dead letter names it (`transactions.v1`, or `transactions`).
+        topic: String,
+        partition: i32,
+        offset: i64,
     },
 }
 
@@ -294,9 +314,11 @@ impl Cli {
             Command::Serve { service: Service::Ingest { .. } } => "ingest",
             Command::Adapter { .. } => "adapter",
             Command::Aggregator(_) => "aggregator-cli",
-            Command::Topics { .. } | Command::Config { .. } | Command::Keys { .. } | Command::Operator { .. } => {
-                "admin"
-            }
+            Command::Topics { .. }
+            | Command::Bus { .. }
+            | Command::Config { .. }
+            | Command::Keys { .. }
+            | Command::Operator { .. } => "admin",
         };
         format!("cardlink-{name}")
     }
@@ -327,6 +349,19 @@ impl Cli {
                 let issued = running.registry().bootstrap_operator(&id).await;
                 running.shutdown().await?;
                 println!("operator {id} credential (shown once): {}", issued?.token);
+                Ok(())
+            }
+            Command::Bus { command: BusCommand::Redeliver { kafka, topic, partition, offset } } => {
+                let topic = cardlink_bus::redeliver::topic_named(&topic)
+                    .with_context(|| format!("{topic:?} is not a cardlink topic (e.g. transactions.v1)"))?;
+                let delivered = cardlink_bus::redeliver::redeliver(&kafka.bus(file)?, topic, partition, offset).await?;
+                println!(
+                    "{}/{partition}/{offset} appended again as {}/{}/{}",
+                    topic.suffix(),
+                    topic.suffix(),
+                    delivered.partition,
+                    delivered.offset
+                );
                 Ok(())
             }
             Command::Topics {

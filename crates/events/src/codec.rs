@@ -203,6 +203,17 @@ pub fn peek_fingerprint(bytes: &[u8]) -> Result<Fingerprint, CodecError> {
     Ok(Fingerprint(fp))
 }
 
+/// Whether `bytes` name a transaction or statement schema this release knows, from the header
+/// alone (a cheap check: no body is decoded). A record that passes can still fail [`decode`].
+pub fn check_event_writer(bytes: &[u8]) -> Result<(), CodecError> {
+    let fingerprint = peek_fingerprint(bytes)?;
+    let writer = Schemas::get().by_fingerprint(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+    match writer.record {
+        RecordType::CardTransaction | RecordType::Statement => Ok(()),
+        other => Err(CodecError::UnexpectedRecord { expected: "a transaction or statement", found: other }),
+    }
+}
+
 /// Decodes a transaction or statement written by any committed version into the latest shape.
 pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
     let (record, version, value) = decode_value(bytes)?;

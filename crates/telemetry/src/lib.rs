@@ -57,6 +57,28 @@ pub fn observe_view_lag(view: &'static str, lag: impl Fn() -> Option<std::time::
         .build();
 }
 
+/// Counts a record of `topic` this release could not decode, and what was done about it
+/// (`view_stopped`: a compacted topic's view stopped there, fail closed; `dead_lettered`: an
+/// event was skipped and recorded on the audit topic). Alert on any increase.
+pub fn undecodable_record(topic: &'static str, handling: &'static str) {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> = std::sync::OnceLock::new();
+    COUNTER
+        .get_or_init(|| {
+            meter()
+                .u64_counter("cardlink.bus.undecodable_records")
+                .with_unit("{record}")
+                .with_description("Records this release could not decode, by topic and how they were handled")
+                .build()
+        })
+        .add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("cardlink.topic", topic),
+                opentelemetry::KeyValue::new("cardlink.handling", handling),
+            ],
+        );
+}
+
 /// Why telemetry could not be set up. Each names the variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

@@ -155,6 +155,14 @@ impl TestBus {
         Ok(cardlink_consent::server::start(&self.config, config).await?)
     }
 
+    /// Writes `payload` straight to `topic` under `key`, as a producer other than cardlink's
+    /// would (no encoding, no headers); returns its offset.
+    pub async fn write_raw(&self, topic: Topic, key: &str, payload: &[u8]) -> anyhow::Result<i64> {
+        let headers = cardlink_bus::RecordHeaders::default();
+        let record = cardlink_bus::OutboundRecord { topic, key: key.as_bytes(), payload, headers: &headers };
+        Ok(self.producer()?.send(record).await?.offset)
+    }
+
     /// Stops the broker (its records are gone).
     pub async fn stop_broker(self) -> BusConfig {
         self.broker.stop().await;

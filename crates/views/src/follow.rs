@@ -31,11 +31,21 @@ pub struct Watermark {
     /// partitions' ends then and has since read up to them. A decision taken on the view now
     /// reflects every change written before this instant — the basis of the revocation bound.
     pub fresh_as_of: Option<tokio::time::Instant>,
+    /// The record the follower could not understand and stopped at, if any (see [`run`]).
+    pub stuck: Option<Stuck>,
+}
+
+/// Where a follower stopped: a record of its topic it could not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stuck {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// A view that records of one topic update.
 pub trait Materialize: Send + Sync + 'static {
-    /// Applies one record; returns false if it could not be understood (it is logged and skipped).
+    /// Applies one record; returns false if it could not be understood (the follower then
+    /// stops: see [`run`]).
     fn apply_record(&mut self, record: &Record) -> bool;
 }
 
@@ -91,9 +101,15 @@ impl<V> Followed<V> {
         self.watermark.borrow().fresh_as_of.map(|at| at.elapsed())
     }
 
-    /// Waits until the view has caught up with its topic.
+    /// The record the follower stopped at, if it could not understand one.
+    pub fn stuck(&self) -> Option<Stuck> {
+        self.watermark.borrow().stuck
+    }
+
+    /// Waits until the view has caught up with its topic — or stopped at a record it cannot
+    /// understand: the service then starts unready and says why, rather than hang.
     pub async fn caught_up(&mut self) {
-        let _ = self.watermark.wait_for(|w| w.caught_up).await;
+        let _ = self.watermark.wait_for(|w| w.caught_up || w.stuck.is_some()).await;
     }
 }
 
@@ -121,6 +137,12 @@ pub fn spawn<V: Materialize>(
     (Followed { view, watermark: rx }, task)
 }
 
+/// Follows `topic`. A record it cannot understand (a schema version newer than this release, or
+/// bytes cardlink did not write) stops it there, fail closed: skipping it could skip a
+/// revocation or a suspension. The view keeps what it had, its freshness ages (so the service
+/// turns unready and the hub stops delivering within the revocation bound), the watermark says
+/// where it stopped, and `cardlink.bus.undecodable_records` counts it. A release that reads the
+/// record goes on from there.
 async fn run<V: Materialize>(
     consumer: Consumer,
     topic: Topic,
@@ -190,7 +212,18 @@ async fn run<V: Materialize>(
                     guard.apply_record(&record)
                 };
                 if !applied {
-                    tracing::warn!(?topic, partition = record.partition, offset = record.offset, "record not understood; skipped");
+                    tracing::error!(
+                        ?topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        fingerprint = ?cardlink_events::codec::peek_fingerprint(&record.payload).ok(),
+                        "a record of this topic cannot be decoded by this release; the view stops here (fail closed) until a release that reads it runs"
+                    );
+                    cardlink_telemetry::undecodable_record(topic.suffix(), "view_stopped");
+                    let stuck = Stuck { partition: record.partition, offset: record.offset };
+                    watermark.send_modify(|w| w.stuck = Some(stuck));
+                    let _ = shutdown.wait_for(|stopping| *stopping).await;
+                    return Ok(());
                 }
                 next.insert(record.partition, record.offset + 1);
                 if targets.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {

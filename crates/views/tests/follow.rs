@@ -1,5 +1,8 @@
 //! Views follow their compacted topics on a real broker.
 
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use cardlink_bus::Topic;
@@ -121,4 +124,38 @@ async fn a_follower_of_a_topic_written_concurrently_catches_up_with_every_record
         follow::spawn(bus.consumer("late").unwrap(), Topic::Consents, ConsentView::new(), stopped);
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert_eq!(followed.read(|v| v.consents().count()), consents.len());
+}
+
+#[tokio::test]
+async fn a_record_the_view_cannot_read_stops_it_there_fail_closed() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let publish = |c: ConsentEvent| {
+        let producer = producer.clone();
+        async move {
+            producer.publish_record(RecordType::ConsentEvent, &c.consent_id, &c.event_id.to_string(), &c).await.unwrap()
+        }
+    };
+    publish(consent("c1", "acct-1", ConsentStatus::Active)).await;
+    // An unknown schema version (a newer release's header over some body), then the revocation
+    // of c1 behind it in the same partition.
+    let mut newer = vec![0xC3, 0x01];
+    newer.extend_from_slice(&[0xAB; 8]);
+    newer.extend_from_slice(b"a body this release cannot read");
+    let stuck_at = bus.write_raw(Topic::Consents, "c1", &newer).await.unwrap();
+    publish(consent("c1", "acct-1", ConsentStatus::Revoked)).await;
+
+    let (_stop, shutdown) = watch::channel(false);
+    let (mut followed, _task) =
+        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
+    // The follower does not hang: it reports where it stopped.
+    tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up or stopped");
+    let stuck = followed.stuck().expect("stopped at the unreadable record");
+    assert_eq!(stuck.offset, stuck_at);
+    // Nothing after it was applied (the revocation is not skipped over into a wrong "active"
+    // either: the view is simply never fresh again, so nothing is delivered on it).
+    assert_eq!(followed.read(|v| v.grants("iss-a/acct-1").len()), 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!followed.is_fresh(Duration::from_secs(1)), "a stopped view must not look fresh");
+    assert_eq!(followed.watermark.borrow().next.get(&stuck.partition).copied(), Some(stuck_at));
 }

@@ -125,14 +125,50 @@ impl Ingest {
             self.audit_denied(caller, "(records naming another issuer)", Reason::IssuerMismatch).await;
         }
 
-        // Hand every record to the producer in request order, then wait for all acknowledgements.
-        // Each record's send span is a child of the call's (current) span.
         let current = opentelemetry::Context::current();
         let parent = if current.span().span_context().is_valid() {
             current
         } else {
             cardlink_telemetry::propagation::from_traceparent(batch.traceparent.as_deref())
         };
+        // The sends and the claims' settlement run as a task of their own: a call cancelled
+        // while Kafka is slow (the client gave up, the connection dropped) still ends with every
+        // claim committed or released — never a claim left IN_FLIGHT for good.
+        let settle = tokio::spawn({
+            let this = self.clone();
+            let issuer = issuer.to_owned();
+            async move { this.send_and_settle(&issuer, to_publish, parent).await }
+        });
+        match settle.await {
+            Ok(settled) => {
+                for (index, outcome) in settled {
+                    results[index].outcome = outcome;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the send task failed");
+                for result in results.iter_mut().filter(|r| matches!(r.outcome, Outcome::Accepted)) {
+                    result.outcome = Outcome::Rejected(Rejection::new(
+                        Reason::NoResult,
+                        "",
+                        "the service could not finish sending this record; send it again",
+                    ));
+                }
+            }
+        }
+        self.metrics.record_outcomes(issuer, results.iter().map(|r| &r.outcome));
+        Ok(BatchResult { batch_id: batch.batch_id, results })
+    }
+
+    /// Hands every record to the producer in request order, waits for all acknowledgements, and
+    /// commits or releases each claim; returns each record's outcome by its index in the call.
+    async fn send_and_settle(
+        &self,
+        issuer: &str,
+        to_publish: Vec<(usize, Event)>,
+        parent: opentelemetry::Context,
+    ) -> Vec<(usize, Outcome)> {
+        // Each record's send span is a child of the call's span.
         let sends = to_publish.iter().map(|(_, event)| {
             let topic = self.producer.catalogue().name(topic_of(event));
             let cx = send_span(&parent, topic, event.event_id().to_string());
@@ -144,21 +180,24 @@ impl Ingest {
             }
         });
         let acks = futures::future::join_all(sends).await;
-        for ((index, event), ack) in to_publish.iter().zip(acks) {
-            let id = event.event_id().0;
-            results[*index].outcome = match ack {
-                Ok(_) => {
-                    self.index.commit(issuer, id, Utc::now());
-                    Outcome::Accepted
-                }
-                Err(e) => {
-                    self.index.release(issuer, id);
-                    Outcome::Rejected(bus_rejection(&e))
-                }
-            };
-        }
-        self.metrics.record_outcomes(issuer, results.iter().map(|r| &r.outcome));
-        Ok(BatchResult { batch_id: batch.batch_id, results })
+        to_publish
+            .iter()
+            .zip(acks)
+            .map(|((index, event), ack)| {
+                let id = event.event_id().0;
+                let outcome = match ack {
+                    Ok(_) => {
+                        self.index.commit(issuer, id, Utc::now());
+                        Outcome::Accepted
+                    }
+                    Err(e) => {
+                        self.index.release(issuer, id);
+                        Outcome::Rejected(bus_rejection(&e))
+                    }
+                };
+                (*index, outcome)
+            })
+            .collect()
     }
 
     async fn audit_denied(&self, caller: &Caller, requested: &str, reason: Reason) {

@@ -343,3 +343,46 @@ async fn registry_credentials_work_until_revoked_and_only_for_issuers() {
     let e = client.publish(authorized(request(&[tx(4)]), &issuer.token)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "refused for good");
 }
+
+#[tokio::test]
+async fn a_call_cancelled_while_kafka_is_down_leaves_no_claim_in_flight() {
+    let bus = TestBus::start().await.unwrap();
+    // A short delivery timeout, so sends to a broker that is gone fail within the test.
+    let bootstrap =
+        cardlink_authn::BootstrapIssuerKeys::new(TEST_ISSUERS.iter().map(|(id, key)| format!("{id}={key}"))).unwrap();
+    // librdkafka fails a request already on a dead connection only after request.timeout.ms.
+    let mut librdkafka = bus.config().librdkafka.clone();
+    librdkafka.insert("request.timeout.ms".into(), "1000".into());
+    librdkafka.insert("socket.timeout.ms".into(), "1000".into());
+    let bus_config =
+        cardlink_bus::BusConfig { delivery_timeout: Duration::from_secs(2), librdkafka, ..bus.config().clone() };
+    let config = IngestConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        bootstrap_issuer_keys: Some(std::sync::Arc::new(bootstrap)),
+        ..IngestConfig::default()
+    };
+    let mut ingest = cardlink_ingest::server::start(&bus_config, config).await.unwrap();
+    tokio::time::timeout(WITHIN, ingest.ready()).await.unwrap();
+    let mut client = ingest_client(&ingest).await.unwrap();
+    client.publish(authorized(request(&[tx(1)]), KEY_A)).await.unwrap();
+
+    // Kafka goes away; the issuer's call is cancelled before Kafka could answer.
+    bus.stop_broker().await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), client.publish(authorized(request(&[tx(2)]), KEY_A)));
+    assert!(cancelled.await.is_err(), "the call should still have been waiting for Kafka");
+
+    // Once the send has failed (Kafka's delivery timeout), a retry of the same event is answered
+    // by Kafka's state (BUS_UNAVAILABLE), not refused as IN_FLIGHT by a claim nobody will ever
+    // settle. Retried as an issuer would, until the answer is not IN_FLIGHT.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let reason = loop {
+        let retry = client.publish(authorized(request(&[tx(2)]), KEY_A)).await.unwrap().into_inner();
+        let reason = outcomes(&retry)[0].1.clone();
+        if reason != "IN_FLIGHT" || tokio::time::Instant::now() > deadline {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(reason, "BUS_UNAVAILABLE");
+}

@@ -305,7 +305,15 @@ pub async fn catch_up(
         if record.offset + 1 >= end {
             remaining.remove(&key);
         }
-        let Ok(event) = cardlink_events::decode(&record.payload) else { continue };
+        let event = match cardlink_events::decode(&record.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                // The shared reader dead-lettered it when it was new; a replay only counts it.
+                cardlink_telemetry::undecodable_record(record.topic.suffix(), "skipped_in_replay");
+                tracing::warn!(topic = ?record.topic, partition = record.partition, offset = record.offset, error = %e, "undecodable record skipped in a replay (dead-lettered when it was written)");
+                continue;
+            }
+        };
         if !filters.wants(&event) {
             continue;
         }

@@ -59,6 +59,12 @@ impl Hub {
         if EventTopic::of(record.topic).is_none() {
             return;
         }
+        // Every record's header is checked (cheap), whoever it is for: one this release cannot
+        // read is recorded, not silently passed over. Its body is decoded below only if someone
+        // may receive it; a body that fails then is recorded the same way.
+        if let Err(e) = cardlink_events::codec::check_event_writer(&record.payload) {
+            self.undecodable(record, &e);
+        }
         let key = record.key_str().unwrap_or_default();
         let mut grants = self.consents.read(|v| v.grants(key).to_vec());
         // Only where the issuer's connection with the aggregator, and the aggregator, are active.
@@ -83,7 +89,16 @@ impl Hub {
         if !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
             return;
         }
-        let Ok(event) = &cardlink_events::decode(&record.payload) else { return };
+        let event = match cardlink_events::decode(&record.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                if cardlink_events::codec::check_event_writer(&record.payload).is_ok() {
+                    self.undecodable(record, &e); // a known header over a body that is not
+                }
+                return;
+            }
+        };
+        let event = &event;
         let mut fallen = Vec::new();
         for (i, grant) in grants.iter().enumerate() {
             let aggregator = &*grant.aggregator_id;

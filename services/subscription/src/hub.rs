@@ -31,6 +31,8 @@ pub struct Hub {
     /// Set when the shared reader has stopped for good (an error retrying cannot fix): no
     /// stream would get anything more, so the replica is no longer ready.
     pub(crate) reader_stopped: Arc<AtomicBool>,
+    /// Where records the reader cannot decode are reported (none: counted and logged only).
+    dead_letters: Option<tokio::sync::mpsc::Sender<crate::dead_letter::Undecodable>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -42,10 +44,39 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// `secret` keys both the account pseudonyms and the cursors.
     pub fn new(consents: Followed<ConsentView>, registry: Followed<RegistryView>, secret: Arc<[u8]>) -> Self {
-        Self { streams: StreamRegistry::default(), consents, registry, secret, reader_stopped: Arc::default() }
+        Self {
+            streams: StreamRegistry::default(),
+            consents,
+            registry,
+            secret,
+            reader_stopped: Arc::default(),
+            dead_letters: None,
+        }
     }
 
     /// The open streams.
+    /// Reports the records the shared reader cannot decode to `dead_letters`
+    /// ([`crate::dead_letter`]).
+    pub fn with_dead_letters(
+        mut self,
+        dead_letters: tokio::sync::mpsc::Sender<crate::dead_letter::Undecodable>,
+    ) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// A record of an event topic this release cannot decode: counted, logged, dead-lettered.
+    pub(crate) fn undecodable(&self, record: &cardlink_bus::Record, error: &cardlink_events::CodecError) {
+        let undecodable = crate::dead_letter::Undecodable::of(record, error);
+        cardlink_telemetry::undecodable_record(record.topic.suffix(), "dead_lettered");
+        tracing::error!(record = %undecodable.resource(), %error, "an event record cannot be decoded by this release; skipped and dead-lettered");
+        if let Some(tx) = &self.dead_letters
+            && tx.try_send(undecodable).is_err()
+        {
+            tracing::error!(record = %record.offset, "dead-letter queue full: this one is only in the log and the metric");
+        }
+    }
+
     pub fn streams(&self) -> &StreamRegistry {
         &self.streams
     }

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod catch_up;
 pub mod cursor;
+pub mod dead_letter;
 pub mod delivery;
 pub mod dispatch;
 pub mod grpc;

@@ -139,7 +139,10 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     cardlink_telemetry::observe_view_lag("subscription.registry", move || lag_registry.lag());
     cardlink_telemetry::observe_view_lag("subscription.positions", move || lag_positions.lag());
 
-    let hub = Hub::new(consents, registry.clone(), Arc::clone(&config.secret));
+    let (dead_letters, dead_letters_rx) = tokio::sync::mpsc::channel(crate::dead_letter::QUEUE);
+    let hub = Hub::new(consents, registry.clone(), Arc::clone(&config.secret)).with_dead_letters(dead_letters);
+    let dead_letter_writer =
+        tokio::spawn(crate::dead_letter::write(Producer::new(bus)?, dead_letters_rx, shutdown_rx.clone()));
     let reader =
         tokio::spawn(dispatch::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
     while !hub.streams().is_reading() {
@@ -200,6 +203,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         logged("registry view", registry_task),
         logged("consent view", consents_task),
         logged("positions", positions_task),
+        dead_letter_writer,
     ]);
     Ok(RunningSubscription { addr, http_addr, pages, hub, shutdown, tasks, catch_up, stop_access, access: access_task })
 }

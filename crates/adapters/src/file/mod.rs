@@ -14,4 +14,4 @@ pub mod run;
 
 pub use mapping::Mapping;
 pub use parse::{Line, LineRejection, Parser};
-pub use run::{FileRun, Summary, run_file};
+pub use run::{FileRun, RunError, Summary, run_file};

@@ -59,6 +59,12 @@ pub enum RunError {
     File { path: String, source: FileError },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A record could not be sent yet (the bus or ingest was unavailable, or another call was
+    /// publishing it) after the sink's retries: the run stops there, the checkpoint just before it.
+    #[error(
+        "line {line} was not sent yet ({reason}); the checkpoint stops before it: run the adapter again to go on from line {line}"
+    )]
+    NotSent { line: u64, reason: String },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,6 +151,15 @@ impl Rejects {
         self.write_row(&[&line.to_string(), reason, field, message])
     }
 
+    /// Drops every row written after the first `bytes`.
+    fn truncate(&mut self, bytes: u64) -> Result<(), RunError> {
+        use std::io::Seek;
+        self.file.set_len(bytes).map_err(io_err(&self.path))?;
+        self.file.seek(std::io::SeekFrom::End(0)).map_err(io_err(&self.path))?;
+        self.bytes = bytes;
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), RunError> {
         self.file.sync_data().map_err(io_err(&self.path))
     }
@@ -171,7 +186,8 @@ pub async fn run_file<S: EventSink>(run: FileRun, sink: &mut S) -> Result<Summar
     let mut reader = BufReader::new(File::open(input).map_err(io_err(input))?);
     let mut raw = Vec::with_capacity(1024);
     let mut line_no = 0u64;
-    let mut batch: Vec<(u64, Event)> = Vec::with_capacity(run.batch_size);
+    // Each line's event, with the size of the rejects file when the line was read.
+    let mut batch: Vec<(u64, Event, u64)> = Vec::with_capacity(run.batch_size);
     loop {
         raw.clear();
         let n = reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut raw).map_err(io_err(input))?;
@@ -213,40 +229,62 @@ pub async fn run_file<S: EventSink>(run: FileRun, sink: &mut S) -> Result<Summar
             }
             Line::Record(Ok(tx)) => {
                 summary.read += 1;
-                batch.push((line_no, Event::Transaction(tx)));
+                batch.push((line_no, Event::Transaction(tx), rejects.bytes));
             }
         }
         if batch.len() >= run.batch_size {
-            flush(sink, &mut batch, &mut rejects, &mut summary).await?;
+            flush_or_stop(sink, &mut batch, &mut rejects, &mut summary, &checkpoint_path, &mut checkpoint).await?;
             commit(&checkpoint_path, &mut checkpoint, line_no, &mut rejects)?;
         }
     }
-    flush(sink, &mut batch, &mut rejects, &mut summary).await?;
+    flush_or_stop(sink, &mut batch, &mut rejects, &mut summary, &checkpoint_path, &mut checkpoint).await?;
     commit(&checkpoint_path, &mut checkpoint, line_no, &mut rejects)?;
     bar.finish_and_clear();
     Ok(summary)
 }
 
-async fn flush<S: EventSink>(
+/// Publishes the batch. If a record of it could not be sent yet (a retriable rejection the sink
+/// gave up on), the run stops there: the lines before it are final, the checkpoint is committed
+/// just before it, and every row written since that line was read is dropped from the rejects
+/// file (the next run writes them again).
+async fn flush_or_stop<S: EventSink>(
     sink: &mut S,
-    batch: &mut Vec<(u64, Event)>,
+    batch: &mut Vec<(u64, Event, u64)>,
     rejects: &mut Rejects,
     summary: &mut Summary,
+    checkpoint_path: &Path,
+    checkpoint: &mut Checkpoint,
 ) -> Result<(), RunError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let events: Vec<Event> = batch.iter().map(|(_, e)| e.clone()).collect();
+    let events: Vec<Event> = batch.iter().map(|(_, e, _)| e.clone()).collect();
     let outcomes = sink.publish(&events).await?;
-    for ((line, _), outcome) in batch.iter().zip(outcomes) {
+    let unsent = outcomes.iter().position(|o| {
+        matches!(o, SinkOutcome::Rejected { reason, .. } if Reason::from_name(reason).is_some_and(Reason::is_retriable))
+    });
+    if let Some(k) = unsent {
+        rejects.truncate(batch[k].2)?;
+    }
+    let end = unsent.unwrap_or(outcomes.len());
+    for ((line, _, _), outcome) in batch.iter().zip(outcomes.iter()).take(end) {
         match outcome {
             SinkOutcome::Accepted => summary.published += 1,
             SinkOutcome::Duplicate => summary.duplicate += 1,
             SinkOutcome::Rejected { reason, field, message } => {
                 summary.rejected += 1;
-                rejects.reject(*line, &reason, &field, &message)?;
+                rejects.reject(*line, reason, field, message)?;
             }
         }
+    }
+    if let Some(k) = unsent {
+        let line = batch[k].0;
+        let reason = match &outcomes[k] {
+            SinkOutcome::Rejected { reason, .. } => reason.clone(),
+            _ => String::new(),
+        };
+        commit(checkpoint_path, checkpoint, line - 1, rejects)?;
+        return Err(RunError::NotSent { line, reason });
     }
     batch.clear();
     Ok(())
