@@ -1,9 +1,12 @@
 //! The PAN guard: no card number may reach the bus.
 //!
 //! A possible card number (PAN) is any 13 to 19 digits that pass the Luhn check, written
-//! together or with single spaces or hyphens between digits ("4111 1111 1111 1111",
-//! "4111-1111-1111-1111", "41111111 11111111"). Full-width digits and separators (０-９, '　',
-//! '－', '‐') count too, since Japanese systems produce them.
+//! together or with up to two separators between digits ("4111 1111 1111 1111",
+//! "4111-1111-1111-1111", "4111.1111.1111.1111", "4111/1111/1111/1111", "4111  1111 …").
+//! Separators are spaces (including no-break, thin and figure spaces), hyphens and dashes, '.'
+//! and '/'; zero-width characters are ignored altogether, as they are invisible. Full-width
+//! digits and separators (０-９, '　', '－', '‐', '．', '／') count too, since Japanese systems
+//! produce them.
 //!
 //! Digits are grouped by separators into chains; every run of consecutive groups in a chain that
 //! holds 13 to 19 digits is checked, so a PAN written next to another number
@@ -25,18 +28,22 @@ pub fn contains_pan(text: &str) -> bool {
     let chars = mask_uuids(text);
     let mut groups: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
-    let mut pending_separator = false;
+    // Separators seen since the last digit.
+    let mut separators = 0usize;
     for c in chars {
+        if is_invisible(c) {
+            continue;
+        }
         if let Some(d) = digit_value(c) {
-            if pending_separator && !current.is_empty() {
+            if separators > 0 && !current.is_empty() {
                 groups.push(std::mem::take(&mut current));
             }
-            pending_separator = false;
+            separators = 0;
             current.push(d);
-        } else if is_separator(c) && !current.is_empty() && !pending_separator {
-            pending_separator = true;
+        } else if is_separator(c) && !current.is_empty() && separators < MAX_SEPARATORS {
+            separators += 1;
         } else {
-            // Anything else (or a second separator) ends the chain.
+            // Anything else (or a third separator) ends the chain.
             if !current.is_empty() {
                 groups.push(std::mem::take(&mut current));
             }
@@ -44,7 +51,7 @@ pub fn contains_pan(text: &str) -> bool {
                 return true;
             }
             groups.clear();
-            pending_separator = false;
+            separators = 0;
         }
     }
     if !current.is_empty() {
@@ -54,6 +61,8 @@ pub fn contains_pan(text: &str) -> bool {
 }
 
 const MIN_DIGITS: usize = 13;
+/// Separators allowed between two digit groups of one number ("4111  1111": two spaces).
+const MAX_SEPARATORS: usize = 2;
 const UUID_SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
 
 /// The text's characters with every UUID-shaped run replaced by a neutral letter.
@@ -133,7 +142,30 @@ fn digit_value(c: char) -> Option<u8> {
 }
 
 fn is_separator(c: char) -> bool {
-    matches!(c, ' ' | '-' | '\u{3000}' | '\u{FF0D}' | '\u{2010}' | '\u{2011}' | '\u{2012}' | '\u{2013}' | '\u{2212}')
+    matches!(
+        c,
+        ' ' | '-'
+            | '.'
+            | '/'
+            | '\u{00A0}' // no-break space
+            | '\u{2007}' // figure space
+            | '\u{2009}' // thin space
+            | '\u{202F}' // narrow no-break space
+            | '\u{3000}' // ideographic space
+            | '\u{FF0D}' // full-width hyphen-minus
+            | '\u{FF0E}' // full-width full stop
+            | '\u{FF0F}' // full-width solidus
+            | '\u{2010}'
+            | '\u{2011}'
+            | '\u{2012}'
+            | '\u{2013}'
+            | '\u{2212}'
+    )
+}
+
+/// Characters that do not show: a number split by them reads as one number.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')
 }
 
 #[cfg(test)]
@@ -164,6 +196,25 @@ mod tests {
     }
 
     #[test]
+    fn finds_pans_behind_the_separators_and_invisible_characters_people_and_systems_use() {
+        for pan in TEST_PANS {
+            let groups: Vec<String> =
+                pan.chars().collect::<Vec<_>>().chunks(4).map(|c| c.iter().collect::<String>()).collect();
+            for separator in ["  ", "\u{00A0}", " \u{00A0}", ".", "/", "\u{202F}", "．", "／", "- "] {
+                let text = groups.join(separator);
+                assert!(contains_pan(&text), "{pan} joined by {separator:?}");
+                assert!(contains_pan(&format!("カード番号:{text}。")), "embedded, joined by {separator:?}");
+            }
+            for invisible in ["\u{200B}", "\u{200D}", "\u{FEFF}", "\u{2060}", "\u{00AD}"] {
+                let text: String = pan.chars().map(|c| format!("{c}{invisible}")).collect();
+                assert!(contains_pan(&text), "{pan} with {invisible:?} between every digit");
+            }
+        }
+        // Three separators in a row end a number: these are two numbers.
+        assert!(!contains_pan("4111   1111111111111"));
+    }
+
+    #[test]
     fn finds_full_width_pans() {
         assert!(contains_pan("４１１１　１１１１　１１１１　１１１１"));
         assert!(contains_pan("４１１１－１１１１－１１１１－１１１１"));
@@ -179,6 +230,9 @@ mod tests {
             "+81 90 1234 5678",
             "2026-11-23",
             "2026/11/23 12:34:56",
+            "2026.11.23",
+            "192.168.100.200",
+            "11/23 ｾﾌﾞﾝｲﾚﾌﾞﾝ 1/3回",
             "20261123",
             "セブン-イレブン 渋谷店",
             "AMAZON.CO.JP 1234",
