@@ -62,7 +62,8 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn audit(&self) -> (ActorType, String) {
+    /// The actor as audit records name it: its type and id.
+    pub(crate) fn audit(&self) -> (ActorType, String) {
         match self {
             Self::Aggregator(id) => (ActorType::Aggregator, id.clone()),
             Self::Issuer(id) => (ActorType::Issuer, id.clone()),

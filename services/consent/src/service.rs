@@ -198,15 +198,7 @@ impl Consents {
     }
 
     async fn audit_denied(&self, actor: &Actor, action: &str, consent_id: &str, error: &ConsentError) {
-        let (actor_type, actor_id) = match actor {
-            Actor::Aggregator(id) => (cardlink_events::ActorType::Aggregator, id.clone()),
-            Actor::Issuer(id) => (cardlink_events::ActorType::Issuer, id.clone()),
-            Actor::Member { issuer_id, member_ref } => {
-                (cardlink_events::ActorType::Member, format!("{issuer_id}/{member_ref}"))
-            }
-            Actor::Operator(id) => (cardlink_events::ActorType::Operator, id.clone()),
-            Actor::System => (cardlink_events::ActorType::System, "cardlink".to_owned()),
-        };
+        let (actor_type, actor_id) = actor.audit();
         let mut audit =
             AuditEvent::now(actor_type, &actor_id, action, &format!("consent/{consent_id}"), AuditOutcome::Denied);
         audit.reason = Some(error.reason().as_str().to_owned());

@@ -34,8 +34,6 @@ pub const MAX_CATCH_UP_READERS_PER_AGGREGATOR: usize = 2;
 /// A reader whose client has taken nothing for this long gives its reader up until the client
 /// reads again (then goes on from where it stopped).
 pub const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
-/// How often a reader waiting for fresh views looks again.
-const FRESH_RETRY: Duration = Duration::from_millis(10);
 /// Deliveries a catch-up reader reads ahead of what the client has taken.
 pub const CATCH_UP_BUFFER: usize = 64;
 /// How long a cursor ahead of a partition's reported end is given to become valid.
@@ -172,11 +170,8 @@ impl CatchUpReaders {
     /// while reading, and neither while its client does not read.
     async fn read(&self, hub: &Hub, mut gap: Gap<'_>, tx: &mpsc::Sender<Outgoing>) -> Result<(), CatchUpError> {
         // Decided on a view that has every consent written before the stream registered.
-        while !hub.fresh() {
-            if tx.is_closed() {
-                return Err(CatchUpError::Closed);
-            }
-            tokio::time::sleep(FRESH_RETRY).await;
+        if !hub.wait_until_fresh(tx.closed()).await {
+            return Err(CatchUpError::Closed);
         }
         if !hub.consents.read(|v| v.has_grants(gap.aggregator_id)) {
             return Ok(()); // nothing of the gap can be for it: no need to read it

@@ -36,19 +36,20 @@ impl Hub {
     /// Waits until the consent and registry views reflect every change written up to
     /// [`REVOCATION_BOUND`] ago. Normally immediate; while a view lags (its follower is slow or
     /// cut off from the bus), deliveries pause rather than go out on stale consents or
-    /// suspensions.
-    pub async fn wait_until_fresh(&self, shutdown: &mut watch::Receiver<bool>) {
+    /// suspensions. Returns false if `give_up` completed first (shutdown, a client gone).
+    pub async fn wait_until_fresh(&self, give_up: impl std::future::Future<Output = ()>) -> bool {
+        let mut give_up = std::pin::pin!(give_up);
         let mut warned = false;
         loop {
-            if self.consents.is_fresh(REVOCATION_BOUND) && self.registry.is_fresh(REVOCATION_BOUND) {
-                return;
+            if self.fresh() {
+                return true;
             }
             if !warned {
                 tracing::warn!("consent or registry view is behind the revocation bound; deliveries paused");
                 warned = true;
             }
             tokio::select! {
-                _ = shutdown.changed() => return,
+                () = &mut give_up => return false,
                 _ = tokio::time::sleep(FRESHNESS_POLL) => {}
             }
         }
@@ -62,9 +63,13 @@ impl Hub {
         // Every record's header is checked (cheap), whoever it is for: one this release cannot
         // read is recorded, not silently passed over. Its body is decoded below only if someone
         // may receive it; a body that fails then is recorded the same way.
-        if let Err(e) = cardlink_events::codec::check_event_writer(&record.payload) {
-            self.undecodable(record, &e);
-        }
+        let header_readable = match cardlink_events::codec::check_event_writer(&record.payload) {
+            Ok(()) => true,
+            Err(e) => {
+                self.undecodable(record, &e);
+                false
+            }
+        };
         let key = record.key_str().unwrap_or_default();
         let mut grants = self.consents.read(|v| v.grants(key).to_vec());
         // Only where the issuer's connection with the aggregator, and the aggregator, are active.
@@ -92,7 +97,7 @@ impl Hub {
         let event = match cardlink_events::decode(&record.payload) {
             Ok(event) => event,
             Err(e) => {
-                if cardlink_events::codec::check_event_writer(&record.payload).is_ok() {
+                if header_readable {
                     self.undecodable(record, &e); // a known header over a body that is not
                 }
                 return;
@@ -154,7 +159,10 @@ async fn read_and_dispatch(hub: &Hub, consumer: Consumer, mut shutdown: watch::R
             _ = shutdown.changed() => return Ok(()),
             record = consumer.recv_retrying("hub reader") => {
                 let record = record?;
-                hub.wait_until_fresh(&mut shutdown).await;
+                hub.wait_until_fresh(async {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
                 hub.dispatch(&record);
             }
         }
