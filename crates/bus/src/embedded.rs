@@ -35,24 +35,25 @@ impl EmbeddedBroker {
     /// Starts a broker listening on `addr` (port 0: a free port) and waits until it accepts
     /// connections.
     pub async fn start(addr: SocketAddr) -> Result<Self, BusError> {
-        // The broker advertises the address it listens on, so it needs the real port up front:
-        // ask the OS for a free one and hand it over. Another process could take it in between;
-        // the start then fails clearly rather than silently.
-        let addr = if addr.port() == 0 {
-            TcpListener::bind((addr.ip(), 0))
-                .and_then(|l| l.local_addr())
-                .map_err(|e| BusError::Embedded(format!("no free port on {}: {e}", addr.ip())))?
-        } else {
-            addr
-        };
+        let addr = Self::concrete(addr)?;
+        Self::start_advertising(addr, addr).await
+    }
+
+    /// Starts a broker listening on `addr` that tells clients to reach it at `advertised` (a
+    /// proxy in front of it, say: clients follow the advertised address after their first
+    /// request, so only then does every connection pass the proxy). Port 0 in `addr`: a free one.
+    pub async fn start_advertising(addr: SocketAddr, advertised: SocketAddr) -> Result<Self, BusError> {
+        let addr = Self::concrete(addr)?;
         let embedded = |what: &str, e: &dyn std::fmt::Display| BusError::Embedded(format!("{what}: {e}"));
         let listener = url::Url::parse(&format!("tcp://{addr}")).map_err(|e| embedded("listener address", &e))?;
+        let advertised =
+            url::Url::parse(&format!("tcp://{advertised}")).map_err(|e| embedded("advertised address", &e))?;
         let storage = url::Url::parse("memory://tansu/").map_err(|e| embedded("storage address", &e))?;
         let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
             .node_id(NODE_ID)
             .cluster_id("cardlink-dev")
             .incarnation_id(uuid::Uuid::new_v4())
-            .advertised_listener(listener.clone())
+            .advertised_listener(advertised)
             .listener(listener)
             .storage(storage)
             .silent(true)
@@ -70,6 +71,18 @@ impl EmbeddedBroker {
         running.wait_until_accepting().await?;
         tracing::info!(%addr, "embedded Kafka-compatible broker (tansu) started");
         Ok(running)
+    }
+
+    /// `addr` with a real port: the broker advertises its address, so it needs the port up
+    /// front. Another process could take the port in between; the start then fails clearly
+    /// rather than silently.
+    fn concrete(addr: SocketAddr) -> Result<SocketAddr, BusError> {
+        if addr.port() != 0 {
+            return Ok(addr);
+        }
+        TcpListener::bind((addr.ip(), 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BusError::Embedded(format!("no free port on {}: {e}", addr.ip())))
     }
 
     async fn wait_until_accepting(&self) -> Result<(), BusError> {

@@ -31,7 +31,7 @@ use tokio::process::{Child, Command};
 
 mod common;
 
-use common::{WITHIN, output, python, repo};
+use common::{WITHIN, free_port, output, python, ready, repo};
 
 /// The helm scripts/check-deploy.sh installs, unless `CARDLINK_HELM` names another.
 fn helm() -> PathBuf {
@@ -39,10 +39,6 @@ fn helm() -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cardlink/bin/helm"),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One container of the rendering, as `tools/chart_commands.py` reads it.
@@ -133,25 +129,6 @@ impl Running {
         assert_eq!(command.kind, "Deployment", "{name}");
         let child = self.command(name, command, kafka, dir).args(&command.args).spawn().unwrap();
         self.children.push(child);
-    }
-}
-
-/// Waits until the gRPC server at `port` reports itself ready (`grpc.health.v1`, service "").
-async fn ready(port: u16) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            let mut client = HealthClient::new(channel);
-            let serving = client.check(HealthCheckRequest { service: String::new() }).await;
-            if serving.is_ok_and(|r| r.into_inner().status == 1) {
-                return;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the service on {port} never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

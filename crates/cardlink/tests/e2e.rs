@@ -22,14 +22,7 @@ use tokio::process::{Child, Command};
 
 /// Generous: the first start of the system on a loaded 2-core CI machine.
 const START_WITHIN: Duration = Duration::from_secs(180);
-use common::{WITHIN, browser};
-
-fn cardlink() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cardlink"));
-    // Telemetry export stays off; logs quiet unless something is wrong.
-    command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").env("RUST_LOG", "warn").kill_on_drop(true);
-    command
-}
+use common::{WITHIN, browser, cardlink};
 
 /// A running `cardlink dev`, every listener on an ephemeral port.
 struct Dev {

@@ -6,6 +6,8 @@
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,27 +16,8 @@ use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
 use cardlink_api::{Reason, convert};
 use cardlink_events::{Event, samples};
 use cardlink_testkit::{TestBus, authorized, register_aggregator, register_issuer};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use common::{WITHIN, cardlink, free_port, line_from};
 use tonic::Code;
-
-const WITHIN: Duration = Duration::from_secs(60);
-
-fn cardlink() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cardlink"));
-    command
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("CARDLINK_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-/// A free port on loopback (released for the process to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `cardlink keys generate`, parsed: (signing key, trusted-key line).
 async fn generate_keys() -> (String, String) {
@@ -47,22 +30,6 @@ async fn generate_keys() -> (String, String) {
         })
     };
     (field("signing-key"), field("trusted-key"))
-}
-
-/// Waits for a line of `child`'s stdout that `pick` accepts.
-async fn line_from(child: &mut Child, pick: impl Fn(&str) -> Option<String>) -> String {
-    let stdout = child.stdout.as_mut().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    tokio::time::timeout(WITHIN, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(found) = pick(&line) {
-                return found;
-            }
-        }
-        panic!("the process ended without the expected line")
-    })
-    .await
-    .unwrap()
 }
 
 fn tx(n: u32) -> v1::PublishRequest {

@@ -17,6 +17,7 @@ use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use tonic::transport::Channel;
 
 pub mod login;
+pub mod proxy;
 
 /// Issuers known to test ingest services, with their keys (synthetic, tests only).
 pub const TEST_ISSUERS: [(&str, &str); 2] =
@@ -31,6 +32,8 @@ pub const TEST_EVENT_PARTITIONS: i32 = 4;
 pub struct TestBus {
     broker: EmbeddedBroker,
     config: BusConfig,
+    /// Between every client and the broker, when started [`TestBus::start_behind_proxy`].
+    proxy: Option<proxy::TcpProxy>,
 }
 
 impl TestBus {
@@ -45,13 +48,37 @@ impl TestBus {
     pub async fn start_unprovisioned() -> anyhow::Result<Self> {
         init_tracing();
         let broker = EmbeddedBroker::start_ephemeral().await.context("starting the embedded broker")?;
-        let config = BusConfig {
+        let config = Self::test_config(broker.bootstrap_servers());
+        Ok(Self { broker, config, proxy: None })
+    }
+
+    /// Starts a broker, with cardlink's topics, that every client reaches through a
+    /// [`proxy::TcpProxy`] ([`TestBus::proxy`]), so a test can cut the network to it.
+    pub async fn start_behind_proxy() -> anyhow::Result<Self> {
+        init_tracing();
+        let front = std::net::TcpListener::bind("127.0.0.1:0").context("a port for the proxy")?;
+        let advertised = front.local_addr()?;
+        let broker = EmbeddedBroker::start_advertising(([127, 0, 0, 1], 0).into(), advertised)
+            .await
+            .context("starting the embedded broker")?;
+        let proxy = proxy::TcpProxy::start(front, broker.addr()).context("starting the proxy")?;
+        let bus = Self { config: Self::test_config(advertised.to_string()), broker, proxy: Some(proxy) };
+        cardlink_bus::provision(&bus.config).await.context("provisioning topics on the test broker")?;
+        Ok(bus)
+    }
+
+    fn test_config(bootstrap_servers: String) -> BusConfig {
+        BusConfig {
             client_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
             event_partitions: TEST_EVENT_PARTITIONS,
             delivery_timeout: Duration::from_secs(10),
-            ..BusConfig::local(broker.bootstrap_servers())
-        };
-        Ok(Self { broker, config })
+            ..BusConfig::local(bootstrap_servers)
+        }
+    }
+
+    /// The proxy in front of the broker, if started [`TestBus::start_behind_proxy`].
+    pub fn proxy(&self) -> Option<&proxy::TcpProxy> {
+        self.proxy.as_ref()
     }
 
     pub fn config(&self) -> &BusConfig {

@@ -835,6 +835,17 @@ impl Storage for DynoStore {
                         return Err(Error::Api(ErrorCode::UnknownProducerId));
                     };
 
+                    // cardlink patch: an idempotent producer that gave up on requests in flight
+                    // bumps its epoch itself (KIP-360) and starts the new epoch's sequences at 0;
+                    // Apache Kafka accepts that, as it does here. A batch of an older epoch is
+                    // still fenced, and a newer epoch that does not start at 0 is out of order.
+                    if pd.sequences.last_key_value().is_some_and(|(epoch, _)| *epoch < deflated.producer_epoch) {
+                        if deflated.base_sequence != 0 {
+                            return Err(Error::Api(ErrorCode::OutOfOrderSequenceNumber));
+                        }
+                        _ = pd.sequences.insert(deflated.producer_epoch, BTreeMap::new());
+                    }
+
                     let Some(mut current) = pd.sequences.last_entry() else {
                         debug!(last_entry = ?pd.sequences.last_entry());
                         return Err(Error::Api(ErrorCode::UnknownServerError));

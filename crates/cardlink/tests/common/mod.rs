@@ -6,11 +6,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, Lines};
-use tokio::process::Command;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, Command};
 
 /// How long one command or page may take.
 pub const WITHIN: Duration = Duration::from_secs(90);
@@ -22,6 +23,58 @@ pub fn repo() -> PathBuf {
 /// The Python with the tools' requirements (`scripts/test.sh` sets `CARDLINK_PYTHON`).
 pub fn python() -> String {
     std::env::var("CARDLINK_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The `cardlink` binary under test, without the environment of the machine running the tests.
+pub fn cardlink() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cardlink"));
+    command
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("CARDLINK_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A free port on loopback (released for the process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits for a line of `child`'s stdout that `pick` accepts.
+pub async fn line_from(child: &mut Child, pick: impl Fn(&str) -> Option<String>) -> String {
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    tokio::time::timeout(WITHIN, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(found) = pick(&line) {
+                return found;
+            }
+        }
+        panic!("the process ended without the expected line")
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the gRPC server at `port` reports itself ready (`grpc.health.v1`, service "").
+pub async fn ready(port: u16) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            let mut client = HealthClient::new(channel);
+            let serving = client.check(HealthCheckRequest { service: String::new() }).await;
+            if serving.is_ok_and(|r| r.into_inner().status == 1) {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the service on {port} never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs `command` to its end; its standard output. Fails the test if it fails or hangs.
