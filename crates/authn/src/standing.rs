@@ -58,6 +58,13 @@ impl Standing {
         Poll::Pending
     }
 
+    /// Asks the registry view now, not at the next tick: what a stream does before each event it
+    /// sends, so that once the view has the revocation (within the revocation bound of its
+    /// writing) nothing more goes out — the periodic check alone could add a tick to the bound.
+    pub fn check_now(&self) -> Result<(), Status> {
+        self.auth.still_stands(&self.caller).map_err(|e| to_status(&e))
+    }
+
     /// Waits until the stream must end; the status to end it with.
     pub async fn lapsed(&mut self) -> Status {
         std::future::poll_fn(|cx| self.poll_lapsed(cx)).await

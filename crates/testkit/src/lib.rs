@@ -23,6 +23,10 @@ pub mod proxy;
 pub const TEST_ISSUERS: [(&str, &str); 2] =
     [("iss-a", "test-key-iss-a-0123456789"), ("iss-b", "test-key-iss-b-0123456789")];
 
+/// The secret of the consent services tests start (pseudonyms, tickets); a subscription service
+/// that delivers under their consents shares it.
+pub const TEST_CONSENT_SECRET: &[u8; 32] = b"test-secret-test-secret-test-sec";
+
 /// Event partitions in tests: enough to show per-key ordering across partitions, few enough to
 /// keep start-up fast.
 pub const TEST_EVENT_PARTITIONS: i32 = 4;
@@ -113,6 +117,17 @@ impl TestBus {
         Ok(records)
     }
 
+    /// Every record on `topic` now: each partition from its start to its end as of this call.
+    pub async fn read_all(&self, topic: Topic) -> anyhow::Result<Vec<Record>> {
+        let consumer = self.consumer("test-read-all")?;
+        let mut total = 0;
+        for partition in 0..consumer.partition_count(topic).await? {
+            let (low, high) = consumer.watermarks(topic, partition).await?;
+            total += usize::try_from(high - low)?;
+        }
+        self.read(topic, total, Duration::from_secs(30)).await
+    }
+
     /// Reads `topic` from the beginning until `done` holds for what was read; fails after `within`.
     pub async fn read_until(
         &self,
@@ -176,7 +191,7 @@ impl TestBus {
             http_listen: Some(([127, 0, 0, 1], 0).into()),
             public_url: None,
             trusted_keys: vec![registry.public_key().clone()],
-            secret: Arc::from(&b"test-secret-test-secret-test-sec"[..]),
+            secret: Arc::from(&TEST_CONSENT_SECRET[..]),
             login,
         };
         Ok(cardlink_consent::server::start(&self.config, config).await?)

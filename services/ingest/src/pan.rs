@@ -10,7 +10,13 @@
 //!
 //! Digits are grouped by separators into chains; every run of consecutive groups in a chain that
 //! holds 13 to 19 digits is checked, so a PAN written next to another number
-//! is still found. Ordinary values stay clear: amounts use commas, phone numbers and dates have
+//! is still found. A PAN glued to other digits ("00" + PAN, PAN + "1234") is found too: any 13
+//! to 19 digits inside a longer run count when they also begin and are as long as a card number
+//! of a major brand (Visa, Mastercard, Amex, JCB, Diners, Discover, UnionPay) — without that
+//! rule nearly every reference number of 20 digits or more would hold a Luhn-valid window. In
+//! identifiers the other digits must be on one side only, four at most ([`Glued::AtAnEnd`]): long numeric
+//! identifiers such as acquirer reference numbers are common, card numbers glued inside them
+//! on both sides are not. Ordinary values stay clear: amounts use commas, phone numbers and dates have
 //! fewer than 13 digits. Two dates in a row ("2026-11-23 2026-11-24") hold 16 digits and pass
 //! Luhn about one time in ten; such text belongs in date fields, not in free text.
 //!
@@ -19,8 +25,28 @@
 //!
 //! The guard only answers yes or no: the digits it found are never returned, logged or stored.
 
-/// Whether `text` contains a possible card number.
+/// Where a card number glued to other digits is looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Glued {
+    /// Anywhere inside a longer run of digits ("7" + PAN + "9"): free text.
+    Anywhere,
+    /// Only with up to four other digits on one side ("00" + PAN, PAN + "0001"), how an
+    /// identifier built from a card number looks. Long numeric identifiers (an acquirer reference
+    /// number has 23 digits) would otherwise be refused far too often; see `docs/issuers.md`.
+    AtAnEnd,
+}
+
+/// Whether free text (`text`) contains a possible card number.
 pub fn contains_pan(text: &str) -> bool {
+    contains_pan_glued(text, Glued::Anywhere)
+}
+
+/// Whether an identifier (`text`) contains a possible card number.
+pub fn identifier_contains_pan(text: &str) -> bool {
+    contains_pan_glued(text, Glued::AtAnEnd)
+}
+
+fn contains_pan_glued(text: &str, glued: Glued) -> bool {
     // Fast path: most fields have far fewer than 13 digits.
     if text.chars().filter(|c| digit_value(*c).is_some()).count() < MIN_DIGITS {
         return false;
@@ -47,7 +73,7 @@ pub fn contains_pan(text: &str) -> bool {
             if !current.is_empty() {
                 groups.push(std::mem::take(&mut current));
             }
-            if chain_has_pan(&groups) {
+            if chain_has_pan(&groups, glued) {
                 return true;
             }
             groups.clear();
@@ -57,7 +83,7 @@ pub fn contains_pan(text: &str) -> bool {
     if !current.is_empty() {
         groups.push(current);
     }
-    chain_has_pan(&groups)
+    chain_has_pan(&groups, glued)
 }
 
 const MIN_DIGITS: usize = 13;
@@ -98,22 +124,69 @@ fn is_uuid_at(window: &[char]) -> bool {
 }
 const MAX_DIGITS: usize = 19;
 
-fn chain_has_pan(groups: &[Vec<u8>]) -> bool {
-    for start in 0..groups.len() {
-        let mut digits: Vec<u8> = Vec::with_capacity(MAX_DIGITS);
-        for group in &groups[start..] {
-            digits.extend_from_slice(group);
-            if digits.len() > MAX_DIGITS {
-                break;
-            }
-            if digits.len() >= MIN_DIGITS && luhn_valid(&digits) {
+fn chain_has_pan(groups: &[Vec<u8>], glued: Glued) -> bool {
+    let digits: Vec<u8> = groups.concat();
+    if digits.len() < MIN_DIGITS {
+        return false;
+    }
+    // Where the groups start and end in `digits`.
+    let mut bounds = vec![0];
+    for group in groups {
+        bounds.push(bounds.last().copied().unwrap_or(0) + group.len());
+    }
+    for start in 0..=digits.len() - MIN_DIGITS {
+        for len in MIN_DIGITS..=MAX_DIGITS.min(digits.len() - start) {
+            let window = &digits[start..start + len];
+            // A number of whole groups is a card number if it passes Luhn. One glued to other
+            // digits must also look like a card number (a major brand's prefix and length), or
+            // every long reference number would be taken for one.
+            let (starts, ends) = (bounds.contains(&start), bounds.contains(&(start + len)));
+            let considered = match glued {
+                Glued::Anywhere => true,
+                Glued::AtAnEnd => (starts || ends) && glued_digits(&bounds, start, len) <= MAX_GLUED_TO_IDENTIFIER,
+            };
+            let card_like = (starts && ends) || (considered && looks_like_a_card_number(window));
+            if card_like && luhn_valid(window) {
                 return true;
             }
         }
-        // An unbroken run of more than 19 digits is one long number (an account or reference
-        // number), not a card number.
     }
     false
+}
+
+/// Other digits an identifier may hold glued to a card number ("00" + PAN, PAN + "0001").
+const MAX_GLUED_TO_IDENTIFIER: usize = 4;
+
+/// How many digits the groups that `start..start + len` touches hold besides it (`bounds`: where
+/// the groups start and end, ascending).
+fn glued_digits(bounds: &[usize], start: usize, len: usize) -> usize {
+    let first = bounds.iter().rev().find(|b| **b <= start).copied().unwrap_or(0);
+    let last = bounds.iter().find(|b| **b >= start + len).copied().unwrap_or(start + len);
+    last - first - len
+}
+
+/// Whether `digits` begin and are as long as a card number of a major brand: Visa (4; 13, 16 or
+/// 19 digits), Mastercard (51–55, 2221–2720; 16), American Express (34, 37; 15), JCB
+/// (3528–3589; 16–19), Diners Club (300–305, 36, 38, 39; 14–19), Discover (6011, 644–649, 65;
+/// 16–19) and UnionPay (62; 16–19).
+fn looks_like_a_card_number(digits: &[u8]) -> bool {
+    let prefix = |n: usize| digits.iter().take(n).fold(0u32, |acc, d| acc * 10 + u32::from(*d));
+    let len = digits.len();
+    let long = (16..=19).contains(&len);
+    match digits.first() {
+        Some(4) => matches!(len, 13 | 16 | 19),
+        Some(5) => (51..=55).contains(&prefix(2)) && len == 16,
+        Some(2) => (2221..=2720).contains(&prefix(4)) && len == 16,
+        Some(3) => match prefix(2) {
+            34 | 37 => len == 15,
+            35 => (3528..=3589).contains(&prefix(4)) && long,
+            30 => (300..=305).contains(&prefix(3)) && (14..=19).contains(&len),
+            36 | 38 | 39 => (14..=19).contains(&len),
+            _ => false,
+        },
+        Some(6) => (prefix(4) == 6011 || matches!(prefix(2), 62 | 65) || (644..=649).contains(&prefix(3))) && long,
+        _ => false,
+    }
 }
 
 /// The Luhn (mod 10) check over digit values.
@@ -215,6 +288,58 @@ mod tests {
     }
 
     #[test]
+    fn finds_pans_glued_to_other_digits() {
+        for pan in TEST_PANS {
+            for text in [format!("00{pan}"), format!("{pan}1234"), format!("7{pan}9"), format!("ref 2026{pan}")] {
+                assert!(contains_pan(&text), "{text}");
+            }
+            // Glued to a group of a chain: "1234 00" + PAN.
+            assert!(contains_pan(&format!("1234 00{pan}")), "{pan} glued inside a chain");
+        }
+        // An unbroken 23-digit run holding a test card number.
+        assert!(contains_pan("41111111111111111111111"));
+    }
+
+    #[test]
+    fn how_often_long_reference_numbers_are_taken_for_glued_pans() {
+        // Deterministic pseudo-random digits (SplitMix64): how many 20- and 23-digit reference
+        // numbers hold a window that passes as a glued card number. Documented in docs/issuers.md.
+        let mut state = 0x5EED_u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut rate = |len: usize, guard: fn(&str) -> bool| {
+            let trials = 20_000;
+            let flagged = (0..trials)
+                .filter(|_| guard(&(0..len).map(|_| char::from(b'0' + (next() % 10) as u8)).collect::<String>()))
+                .count();
+            flagged as f64 / f64::from(trials)
+        };
+        for (len, free_text, identifier) in [(20, 0.35, 0.12), (23, 0.50, 0.04)] {
+            let (t, i) = (rate(len, contains_pan), rate(len, identifier_contains_pan));
+            eprintln!(
+                "{len} random digits taken for a card number: {:.1}% in free text, {:.1}% in an identifier",
+                t * 100.0,
+                i * 100.0
+            );
+            assert!(t <= free_text && i <= identifier, "{len} digits: {t}, {i}");
+        }
+    }
+
+    #[test]
+    fn identifiers_built_from_card_numbers_are_found() {
+        for pan in TEST_PANS {
+            for id in [format!("00{pan}"), format!("{pan}0001"), format!("acct-{pan}"), format!("K{pan}A")] {
+                assert!(identifier_contains_pan(&id), "{id}");
+            }
+        }
+    }
+
+    #[test]
     fn finds_full_width_pans() {
         assert!(contains_pan("４１１１　１１１１　１１１１　１１１１"));
         assert!(contains_pan("４１１１－１１１１－１１１１－１１１１"));
@@ -238,7 +363,7 @@ mod tests {
             "AMAZON.CO.JP 1234",
             "4111111111111112",        // fails Luhn
             "411111111111",            // 12 digits
-            "41111111111111111111111", // 23 digits in one run: a reference number
+            "12000000000000000000000", // 23 digits in one run: a reference number
         ] {
             assert!(!contains_pan(text), "{text}");
         }

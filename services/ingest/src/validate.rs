@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::currency::is_iso4217;
-use crate::pan::contains_pan;
+use crate::pan::{contains_pan, identifier_contains_pan};
 use cardlink_api::Reason as R;
 
 use crate::outcome::Rejection;
@@ -44,9 +44,15 @@ pub fn validate_record(issuer_id: &str, record: &v1::IngestRecord) -> Result<ev:
     }
 }
 
+/// Fields holding identifiers: a card number glued to other digits counts there only with the
+/// other digits on one side ([`crate::pan::Glued`]).
+const IDENTIFIERS: [&str; 6] =
+    ["event_id", "issuer_id", "account_ref", "issuer_transaction_id", "original_transaction_id", "statement_id"];
+
 fn guard_pans(texts: &[(&'static str, &str)]) -> Result<()> {
     for (field, text) in texts {
-        if contains_pan(text) {
+        let found = if IDENTIFIERS.contains(field) { identifier_contains_pan(text) } else { contains_pan(text) };
+        if found {
             return Err(Rejection::new(
                 R::PanDetected,
                 *field,

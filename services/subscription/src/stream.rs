@@ -143,26 +143,31 @@ impl SubscribeStream {
 
     /// The response for a delivery, if it may still be sent: an event under a consent revoked
     /// (or a connection or aggregator suspended) since it was queued is dropped here, at send
-    /// time. Consent-change notices always go.
+    /// time, and one on a credential revoked since the last standing check ends the stream.
+    /// Consent-change notices always go.
     fn deliver(
         &mut self,
         live: bool,
         delivery: Box<v1::Delivery>,
         cursor: String,
         origin: Option<Arc<Origin>>,
-    ) -> Option<v1::SubscribeResponse> {
-        // Resuming after this cursor is right whether or not the delivery goes out.
-        self.last_sent.clone_from(&cursor);
+    ) -> Result<Option<v1::SubscribeResponse>, Status> {
         let event =
             matches!(delivery.event, Some(v1::delivery::Event::Transaction(_) | v1::delivery::Event::Statement(_)));
+        if event {
+            // Before the cursor moves: the client resumes before this delivery.
+            self.standing.check_now()?;
+        }
+        // Resuming after this cursor is right whether or not the delivery goes out.
+        self.last_sent.clone_from(&cursor);
         if event && !self.hub.still_entitled(&delivery.consent_id, &self.aggregator) {
-            return None;
+            return Ok(None);
         }
         self.recorders.access.record(&delivery);
         let metrics = if live { &self.recorders.live } else { &self.recorders.catch_up };
         let span = metrics.delivering(origin.as_deref());
         metrics.delivered(origin.as_deref(), span);
-        Some(v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor })
+        Ok(Some(v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor }))
     }
 
     /// Pending while the views are behind the revocation bound (polled again shortly).
@@ -217,8 +222,9 @@ impl Stream for SubscribeStream {
                 Phase::CatchingUp(catch_up) => match catch_up.rx.poll_recv(cx) {
                     Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
                         match this.deliver(false, delivery, cursor, origin) {
-                            Some(response) => return Poll::Ready(Some(Ok(response))),
-                            None => continue,
+                            Ok(Some(response)) => return Poll::Ready(Some(Ok(response))),
+                            Ok(None) => continue,
+                            Err(lapsed) => return this.end(lapsed),
                         }
                     }
                     Poll::Ready(Some(Outgoing::FellBehind)) => return this.end(fell_behind()),
@@ -243,8 +249,9 @@ impl Stream for SubscribeStream {
                     match this.registration.rx.poll_recv(cx) {
                         Poll::Ready(Some(Outgoing::Delivery { delivery, cursor, origin })) => {
                             match this.deliver(true, delivery, cursor, origin) {
-                                Some(response) => return Poll::Ready(Some(Ok(response))),
-                                None => continue,
+                                Ok(Some(response)) => return Poll::Ready(Some(Ok(response))),
+                                Ok(None) => continue,
+                                Err(lapsed) => return this.end(lapsed),
                             }
                         }
                         Poll::Ready(Some(Outgoing::FellBehind) | None) => return this.end(fell_behind()),
