@@ -35,6 +35,15 @@ if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -q 'Not
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk >/dev/null
 fi
 
+# The history store's tests start throwaway PostgreSQL clusters: Debian's server package.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "==> installing PostgreSQL (Debian)"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
 # The OpenID Provider the sign-in tests run against: panva's oidc-provider (OpenID Certified),
 # pinned by tools/oidc-provider/package-lock.json, started by the tests with Node.js.
 if [ ! -d tools/oidc-provider/node_modules/oidc-provider ]; then

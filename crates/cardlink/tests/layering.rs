@@ -5,7 +5,7 @@
 //! - the shared library crates depend on no service at all;
 //!
 //! Tests may still start other services (dev-dependencies are not counted).
-//! - only `cardlink-bus` speaks Kafka (depends on rdkafka).
+//! - only `cardlink-bus` speaks Kafka (depends on rdkafka), only `cardlink-history` SQL.
 //!
 //! Only the composition roots (`crates/cardlink`, the test harness, the benchmark) put services
 //! together.
@@ -88,4 +88,16 @@ fn only_the_bus_crate_speaks_kafka() {
         .map(|p| p.name.clone())
         .collect();
     assert_eq!(users, ["cardlink-bus"]);
+}
+
+#[test]
+fn only_the_history_crate_speaks_sql() {
+    for driver in ["rusqlite", "tokio-postgres", "deadpool-postgres"] {
+        let users: Vec<String> = packages()
+            .iter()
+            .filter(|p| p.deps.iter().any(|(d, kind)| d == driver && kind != "dev"))
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(users, ["cardlink-history"], "{driver}");
+    }
 }

@@ -17,6 +17,7 @@ use cardlink_ingest::server::{IngestConfig, RunningIngest};
 use tonic::transport::Channel;
 
 pub mod login;
+pub mod postgres;
 pub mod proxy;
 
 /// Issuers known to test ingest services, with their keys (synthetic, tests only).

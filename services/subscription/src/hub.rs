@@ -108,9 +108,9 @@ impl Hub {
         &self.registry
     }
 
-    /// Whether both views reflect every change written up to the revocation bound ago.
+    /// Whether both views reflect every change written up to [`crate::dispatch::VIEW_FRESHNESS`] ago.
     pub(crate) fn fresh(&self) -> bool {
-        let bound = crate::dispatch::REVOCATION_BOUND;
+        let bound = crate::dispatch::VIEW_FRESHNESS;
         self.consents.is_fresh(bound) && self.registry.is_fresh(bound)
     }
 
