@@ -99,16 +99,36 @@ impl Consumer {
         Self::build(config, purpose, &[("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "65536")])
     }
 
+    /// A member of the consumer group `group` (the same on every replica, so the replicas share
+    /// the partitions of what they [`subscribe`](Self::subscribe) to). Each partition starts
+    /// where the group [committed](Self::commit), or at its earliest record if it never did. A
+    /// background reader's pace ([`Consumer::tailer`]).
+    pub fn group_member(config: &BusConfig, group: &str) -> Result<Self, BusError> {
+        let pace = [("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "65536")];
+        // The topic prefix keeps deployments sharing a cluster in groups of their own.
+        Self::build_in(config, group, &pace, Some(format!("{}{group}", config.topic_prefix)))
+    }
+
     fn build(config: &BusConfig, purpose: &str, pace: &[(&str, &str)]) -> Result<Self, BusError> {
+        Self::build_in(config, purpose, pace, None)
+    }
+
+    fn build_in(
+        config: &BusConfig,
+        purpose: &str,
+        pace: &[(&str, &str)],
+        group: Option<String>,
+    ) -> Result<Self, BusError> {
         config.validate()?;
         let mut cfg = config.client_config(purpose);
         // librdkafka wants a group id even for manual assignment; with auto-commit and offset
-        // storing off, the group is never joined and nothing is committed.
-        cfg.set("group.id", format!("{}-{purpose}", config.client_id))
+        // storing off, such a group is never joined and nothing is committed.
+        let reset = if group.is_some() { "earliest" } else { "error" };
+        cfg.set("group.id", group.unwrap_or_else(|| format!("{}-{purpose}", config.client_id)))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "error");
+            .set("auto.offset.reset", reset);
         // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
         // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
         let prefetch = PREFETCH_MAX_KBYTES.to_string();
@@ -154,6 +174,54 @@ impl Consumer {
                 .map_err(|source| BusError::Kafka { operation: "assign", source })?;
         }
         self.inner.assign(&list).map_err(|source| BusError::Kafka { operation: "assign", source })
+    }
+
+    /// Joins the consumer group (see [`Consumer::group_member`]) for `topics`: the group assigns
+    /// this member its share of their partitions, and re-assigns them as members come and go.
+    pub fn subscribe(&self, topics: &[Topic]) -> Result<(), BusError> {
+        let names: Vec<&str> = topics.iter().map(|t| self.catalogue.name(*t)).collect();
+        self.inner.subscribe(&names).map_err(|source| BusError::Kafka { operation: "subscribe", source })
+    }
+
+    /// Records for the group that every record before each `next_offset` is done with, so the
+    /// partition's next owner starts there. Asynchronous: a commit lost to a crash means some
+    /// records are read again, which a reader that applies idempotently can afford.
+    pub fn commit(&self, positions: &[(Topic, i32, i64)]) -> Result<(), BusError> {
+        let mut list = TopicPartitionList::with_capacity(positions.len());
+        for &(topic, partition, next_offset) in positions {
+            list.add_partition_offset(self.catalogue.name(topic), partition, Offset::Offset(next_offset))
+                .map_err(|source| BusError::Kafka { operation: "commit", source })?;
+        }
+        self.inner
+            .commit(&list, rdkafka::consumer::CommitMode::Async)
+            .map_err(|source| BusError::Kafka { operation: "commit", source })
+    }
+
+    /// The partitions this consumer reads now (its share of the group's, when a group member).
+    pub fn assignment(&self) -> Result<Vec<(Topic, i32)>, BusError> {
+        let list = self.inner.assignment().map_err(|source| BusError::Kafka { operation: "assignment", source })?;
+        Ok(list
+            .elements()
+            .iter()
+            .filter_map(|e| Some((self.catalogue.topic_named(e.topic())?, e.partition())))
+            .collect())
+    }
+
+    /// Per assigned partition, the offset this consumer reads next (records fetched ahead but
+    /// not yet received count as read); `None` before the first fetch of the partition.
+    pub fn positions(&self) -> Result<Vec<(Topic, i32, Option<i64>)>, BusError> {
+        let list = self.inner.position().map_err(|source| BusError::Kafka { operation: "position", source })?;
+        Ok(list
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                };
+                Some((self.catalogue.topic_named(e.topic())?, e.partition(), offset))
+            })
+            .collect())
     }
 
     /// Assigns every partition of `topic`, each from `start`.

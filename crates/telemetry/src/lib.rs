@@ -57,6 +57,21 @@ pub fn observe_view_lag(view: &'static str, lag: impl Fn() -> Option<std::time::
         .build();
 }
 
+/// Reports `cardlink.history.indexer_lag`: records of the event topics this replica's history
+/// indexer has not applied to the store yet (its share of the partitions); nothing until measured.
+pub fn observe_indexer_lag(lag: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+    meter()
+        .u64_observable_gauge("cardlink.history.indexer_lag")
+        .with_unit("{record}")
+        .with_description("Event records the history indexer has not applied to the store yet")
+        .with_callback(move |observer| {
+            if let Some(lag) = lag() {
+                observer.observe(lag, &[]);
+            }
+        })
+        .build();
+}
+
 /// Counts a record of `topic` this release could not decode, and what was done about it
 /// (`view_stopped`: a compacted topic's view stopped there, fail closed; `dead_lettered`: an
 /// event was skipped and recorded on the audit topic). Alert on any increase.

@@ -1,0 +1,248 @@
+//! The indexer: follows the event topics and keeps the history store at their latest state.
+//!
+//! It is a member of one consumer group (`history-indexer`), so the replicas of the history
+//! service share the partitions and a partition's next owner starts where the group committed.
+//! Records are gathered into batches (up to [`BATCH_MAX`] records or [`BATCH_LINGER`]), each
+//! applied in one database transaction together with the watermarks it brings the store to, and
+//! only then committed to the group: a crash between the two replays a batch, which the store's
+//! version guard makes harmless. Replays, restarts and re-balances therefore need no coordination.
+//!
+//! A record this release cannot decode is not indexed; it is counted and logged with its position
+//! (the subscription service dead-letters it on the audit topic, and `cardlink bus redeliver`
+//! appends it again once a release reads it — the indexer then indexes the new copy).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cardlink_bus::{BusError, Consumer, Record, Topic};
+use cardlink_events::{Event, StatementStatus, TransactionKind};
+use cardlink_history::{Batch, HistoryStore, StatementRow, StoreError, TransactionRow, Watermark};
+use tokio::sync::watch;
+
+/// The consumer group the indexers of one deployment share.
+pub const GROUP: &str = "history-indexer";
+/// Records applied in one database transaction at most.
+pub const BATCH_MAX: usize = 500;
+/// How long a batch waits for more records once it has one.
+pub const BATCH_LINGER: Duration = Duration::from_millis(50);
+/// How long a failed store write waits before it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How often the lag behind the bus is measured.
+pub const LAG_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where the indexer stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Per assigned (topic, partition): the next offset not yet in the store.
+    pub applied: BTreeMap<(Topic, i32), i64>,
+    /// Records on the assigned partitions not yet applied, at the last measurement (also the
+    /// metric `cardlink.history.indexer_lag`).
+    pub lag: Option<u64>,
+    /// Whether the lag has been 0 at least once since start (the store was current then).
+    pub caught_up: bool,
+    /// The partitions the group gave this indexer, at the last measurement.
+    pub assigned: Vec<(Topic, i32)>,
+}
+
+/// The name a topic's watermarks are stored under.
+fn topic_name(topic: Topic) -> &'static str {
+    topic.suffix()
+}
+
+/// The store rows of `records`, and the watermarks they reach. Undecodable records are counted
+/// and left out (see the module documentation).
+pub fn batch_of(records: &[Record]) -> Batch {
+    let mut batch = Batch::default();
+    let mut next: BTreeMap<(Topic, i32), i64> = BTreeMap::new();
+    for record in records {
+        let reached = next.entry((record.topic, record.partition)).or_insert(record.offset + 1);
+        *reached = (*reached).max(record.offset + 1);
+        let Some(account_key) = record.key_str() else {
+            tracing::warn!(topic = ?record.topic, partition = record.partition, offset = record.offset,
+                "event record without a key; not indexed");
+            continue;
+        };
+        match cardlink_events::codec::decode(&record.payload) {
+            Ok(Event::Transaction(t)) => batch.transactions.push(TransactionRow {
+                account_key: account_key.to_owned(),
+                transaction_id: t.issuer_transaction_id,
+                occurred_at_micros: t.occurred_at.timestamp_micros(),
+                billing_month: t.billing_month,
+                kind: kind_number(t.kind),
+                partition: record.partition,
+                version: record.offset,
+                payload: record.payload.clone(),
+            }),
+            Ok(Event::Statement(s)) => batch.statements.push(StatementRow {
+                account_key: account_key.to_owned(),
+                statement_id: s.statement_id,
+                billing_month: s.billing_month,
+                status: match s.status {
+                    StatementStatus::Provisional => 1,
+                    StatementStatus::Confirmed => 2,
+                },
+                partition: record.partition,
+                version: record.offset,
+                payload: record.payload.clone(),
+            }),
+            Err(e) => {
+                cardlink_telemetry::undecodable_record(topic_name(record.topic), "not_indexed");
+                tracing::error!(topic = ?record.topic, partition = record.partition, offset = record.offset,
+                    error = %e, "event record not understood; not indexed");
+            }
+        }
+    }
+    batch.watermarks = next
+        .into_iter()
+        .map(|((topic, partition), next_offset)| Watermark {
+            topic: topic_name(topic).to_owned(),
+            partition,
+            next_offset,
+        })
+        .collect();
+    batch
+}
+
+/// The protobuf number of a transaction kind (what the store keeps).
+fn kind_number(kind: TransactionKind) -> i32 {
+    match kind {
+        TransactionKind::Authorized => 1,
+        TransactionKind::Posted => 2,
+        TransactionKind::Reversed => 3,
+        TransactionKind::Refunded => 4,
+    }
+}
+
+/// Joins the group for the event topics and indexes until `shutdown` changes.
+pub async fn run(
+    store: impl HistoryStore,
+    consumer: Consumer,
+    progress: watch::Sender<Progress>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), IndexError> {
+    consumer.subscribe(&[Topic::Transactions, Topic::Statements])?;
+    let watched = progress.subscribe();
+    cardlink_telemetry::observe_indexer_lag(move || watched.borrow().lag);
+    let mut lag_tick = tokio::time::interval(LAG_EVERY);
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = lag_tick.tick() => {
+                measure_lag(&consumer, &progress).await;
+                continue;
+            }
+            record = consumer.recv_retrying("history indexer") => record?,
+        };
+        let mut records = vec![first];
+        let linger = tokio::time::sleep(BATCH_LINGER);
+        tokio::pin!(linger);
+        while records.len() < BATCH_MAX {
+            tokio::select! {
+                _ = &mut linger => break,
+                record = consumer.recv_retrying("history indexer") => records.push(record?),
+            }
+        }
+        let batch = batch_of(&records);
+        loop {
+            match store.apply(&batch).await {
+                Ok(applied) => {
+                    tracing::debug!(written = applied.written, stale = applied.stale, "history batch applied");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "history store write failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
+                }
+            }
+        }
+        let positions: Vec<(Topic, i32, i64)> = records
+            .iter()
+            .fold(BTreeMap::new(), |mut next: BTreeMap<(Topic, i32), i64>, r| {
+                let n = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
+                *n = (*n).max(r.offset + 1);
+                next
+            })
+            .into_iter()
+            .map(|((topic, partition), next)| (topic, partition, next))
+            .collect();
+        if let Err(e) = consumer.commit(&positions) {
+            // The store has the batch; a lost commit only means it is read again.
+            tracing::warn!(error = %e, "committing the indexer's position failed; the batch may be read again");
+        }
+        progress.send_modify(|p| {
+            for (topic, partition, next) in &positions {
+                p.applied.insert((*topic, *partition), *next);
+            }
+        });
+    }
+}
+
+/// Measures how many records of the assigned partitions are not in the store yet. A partition
+/// this indexer has applied nothing of since it got it counts from where it reads (the group's
+/// committed offset, or what it fetched since).
+async fn measure_lag(consumer: &Consumer, progress: &watch::Sender<Progress>) {
+    let Ok(positions) = consumer.positions() else { return };
+    let assigned: Vec<(Topic, i32)> = positions.iter().map(|(t, p, _)| (*t, *p)).collect();
+    let mut lag = 0u64;
+    for (topic, partition, position) in positions {
+        let Ok((low, high)) = consumer.watermarks(topic, partition).await else { return };
+        let applied = progress.borrow().applied.get(&(topic, partition)).copied();
+        let from = applied.or(position).unwrap_or(low).max(low);
+        lag += u64::try_from(high - from).unwrap_or(0);
+    }
+    progress.send_modify(|p| {
+        p.lag = Some(lag);
+        p.caught_up |= lag == 0;
+        p.assigned = assigned;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use cardlink_bus::RecordHeaders;
+
+    use super::*;
+
+    fn record(offset: i64, key: Option<&str>, payload: Vec<u8>) -> Record {
+        Record {
+            topic: Topic::Transactions,
+            partition: 2,
+            offset,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload,
+            headers: RecordHeaders::default(),
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_what_it_could_read_and_its_watermark_passes_what_it_could_not() {
+        let event = Event::Transaction(cardlink_events::samples::transaction("iss-a", "acct-1", 7));
+        let encoded = cardlink_events::encode(&event).unwrap().bytes;
+        let batch = batch_of(&[
+            record(10, Some("iss-a/acct-1"), encoded.clone()),
+            record(11, Some("iss-a/acct-1"), b"garbage".to_vec()),
+            record(12, None, encoded),
+        ]);
+        assert_eq!(batch.transactions.len(), 1);
+        let row = &batch.transactions[0];
+        assert_eq!((row.account_key.as_str(), row.transaction_id.as_str(), row.version), ("iss-a/acct-1", "tx-7", 10));
+        assert_eq!(row.kind, 2);
+        assert_eq!(
+            batch.watermarks,
+            vec![Watermark { topic: "transactions.v1".into(), partition: 2, next_offset: 13 }]
+        );
+    }
+}
