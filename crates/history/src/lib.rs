@@ -25,7 +25,9 @@ pub mod sqlite;
 pub type AccountKey = String;
 
 /// A version: the bus offset of the record a row holds. An account's records are on one
-/// partition (the bus key is the account), so offsets order an account's versions.
+/// partition (the bus key is the account), so offsets order an account's versions. If an event
+/// topic's partition count changes, accounts move partitions and that no longer holds: re-index
+/// then (a new indexer group into an empty store).
 pub type Version = i64;
 
 /// One transaction's latest state.

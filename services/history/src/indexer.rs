@@ -57,14 +57,21 @@ fn topic_name(topic: Topic) -> &'static str {
     topic.suffix()
 }
 
+/// Per (topic, partition) of `records`, the offset after the last of them.
+fn reached(records: &[Record]) -> BTreeMap<(Topic, i32), i64> {
+    let mut next = BTreeMap::new();
+    for r in records {
+        let n = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
+        *n = (*n).max(r.offset + 1);
+    }
+    next
+}
+
 /// The store rows of `records`, and the watermarks they reach. Undecodable records are counted
 /// and left out (see the module documentation).
 pub fn batch_of(records: &[Record]) -> Batch {
     let mut batch = Batch::default();
-    let mut next: BTreeMap<(Topic, i32), i64> = BTreeMap::new();
     for record in records {
-        let reached = next.entry((record.topic, record.partition)).or_insert(record.offset + 1);
-        *reached = (*reached).max(record.offset + 1);
         let Some(account_key) = record.key_str() else {
             tracing::warn!(topic = ?record.topic, partition = record.partition, offset = record.offset,
                 "event record without a key; not indexed");
@@ -100,7 +107,7 @@ pub fn batch_of(records: &[Record]) -> Batch {
             }
         }
     }
-    batch.watermarks = next
+    batch.watermarks = reached(records)
         .into_iter()
         .map(|((topic, partition), next_offset)| Watermark {
             topic: topic_name(topic).to_owned(),
@@ -167,16 +174,8 @@ pub async fn run(
                 }
             }
         }
-        let positions: Vec<(Topic, i32, i64)> = records
-            .iter()
-            .fold(BTreeMap::new(), |mut next: BTreeMap<(Topic, i32), i64>, r| {
-                let n = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
-                *n = (*n).max(r.offset + 1);
-                next
-            })
-            .into_iter()
-            .map(|((topic, partition), next)| (topic, partition, next))
-            .collect();
+        let positions: Vec<(Topic, i32, i64)> =
+            reached(&records).into_iter().map(|((topic, partition), next)| (topic, partition, next)).collect();
         if let Err(e) = consumer.commit(&positions) {
             // The store has the batch; a lost commit only means it is read again.
             tracing::warn!(error = %e, "committing the indexer's position failed; the batch may be read again");
