@@ -76,7 +76,14 @@ pub fn grpc_router(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tonic::transport::server::Router<Layers>, ServeError> {
     use tonic_health::ServingStatus;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    // tonic-health starts `""` as serving; a probe or load balancer asking before the first
+    // readiness check would send calls to a process that cannot take them yet. Nothing else
+    // holds the fresh reporter, so setting it here completes at once.
+    let reporter = tonic_health::server::HealthReporter::new();
+    futures::executor::block_on(reporter.set_service_status("", ServingStatus::NotServing));
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+    );
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cardlink_api::FILE_DESCRIPTOR_SET)
@@ -151,6 +158,34 @@ mod tests {
         let (_held, addr) = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let err = bind(addr).await.unwrap_err();
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_server_is_not_ready_until_its_first_readiness_check() {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        let (listener, addr) = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        // Readiness is first evaluated on a task of its own; while that first check has not
+        // returned, only the initial status can be seen.
+        let (entered, mut first_check) = tokio::sync::mpsc::channel::<()>(1);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let ready: ReadyCheck = Box::new(move || {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = entered.try_send(());
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            true
+        });
+        let router = grpc_router(grpc_server(), ready, shutdown).unwrap();
+        tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        let _ = tokio::time::timeout(Duration::from_secs(5), first_check.recv()).await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut client = HealthClient::new(channel);
+        let status = client.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "ready before anything said so");
+        stop.send_replace(true);
     }
 
     #[tokio::test]
