@@ -50,14 +50,9 @@ fn transaction(account: &str, n: u32) -> Event {
 }
 
 /// `cardlink serve ingest` against `bus`, trusting the registry's key `trusted`, on `port`.
-fn serve_ingest(bus: &TestBus, trusted: &str, port: u16) -> Child {
-    cardlink()
-        .args(["serve", "ingest"])
-        .env("CARDLINK_KAFKA_BOOTSTRAP", &bus.config().bootstrap_servers)
-        .env("CARDLINK_TOPIC_PREFIX", &bus.config().topic_prefix)
-        .env("CARDLINK_INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CARDLINK_TRUSTED_KEYS", trusted)
-        .env("CARDLINK_ISSUER_KEYS", "")
+fn spawn_ingest(bus: &TestBus, trusted: &str, port: u16) -> Child {
+    let config = bus.config();
+    common::serve_ingest(&config.bootstrap_servers, &config.topic_prefix, trusted, port)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
@@ -109,7 +104,7 @@ async fn ingest_killed_mid_stream_writes_each_record_once_after_the_client_retri
     let issuer = register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap().token;
     let trusted = registry.public_key().to_config();
     let port = free_port();
-    let mut ingest = serve_ingest(&bus, &trusted, port);
+    let mut ingest = spawn_ingest(&bus, &trusted, port);
     ready(port).await;
 
     let batches: Vec<v1::PublishRequest> = (0..BATCHES)
@@ -155,7 +150,7 @@ async fn ingest_killed_mid_stream_writes_each_record_once_after_the_client_retri
     assert!(before_restart < BATCHES, "every batch was acknowledged before the kill: nothing was cut short");
 
     // The same process, started again; the client retries every batch it has no answer for.
-    let mut ingest = serve_ingest(&bus, &trusted, port);
+    let mut ingest = spawn_ingest(&bus, &trusted, port);
     ready(port).await;
     let mut client = IssuerIngestClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
     let mut duplicates = 0;

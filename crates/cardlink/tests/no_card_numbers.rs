@@ -22,7 +22,7 @@ use cardlink_api::{Reason, convert, v1};
 use cardlink_bus::Topic;
 use cardlink_events::{Event, samples};
 use cardlink_testkit::{TestBus, authorized, register_issuer, registry_client};
-use common::{WITHIN, cardlink, free_port, ready, repo};
+use common::{WITHIN, cardlink, free_port, ready, repo, serve_ingest};
 
 /// Synthetic test card numbers (Visa's and JCB's test ranges), planted to prove nothing keeps them.
 const PLANTED: [&str; 2] = ["4111111111111111", "3530111333300000"];
@@ -226,13 +226,9 @@ async fn no_card_number_is_logged_traced_stored_or_echoed() {
 
     let port = free_port();
     let (log_out, log_err) = (dir.path().join("ingest.out"), dir.path().join("ingest.err"));
-    let mut ingest = cardlink()
-        .args(["serve", "ingest"])
-        .env("CARDLINK_KAFKA_BOOTSTRAP", &bus.config().bootstrap_servers)
-        .env("CARDLINK_TOPIC_PREFIX", &bus.config().topic_prefix)
-        .env("CARDLINK_INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CARDLINK_TRUSTED_KEYS", registry.public_key().to_config())
-        .env("CARDLINK_ISSUER_KEYS", "")
+    let config = bus.config();
+    let trusted = registry.public_key().to_config();
+    let mut ingest = serve_ingest(&config.bootstrap_servers, &config.topic_prefix, &trusted, port)
         .env("RUST_LOG", "debug")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
         .stdout(std::fs::File::create(&log_out).unwrap())

@@ -16,7 +16,7 @@ use cardlink_api::v1::issuer_ingest_client::IssuerIngestClient;
 use cardlink_api::{Reason, convert};
 use cardlink_events::{Event, samples};
 use cardlink_testkit::{TestBus, authorized, register_aggregator, register_issuer};
-use common::{WITHIN, cardlink, free_port, line_from};
+use common::{WITHIN, cardlink, free_port, line_from, serve_ingest};
 use tonic::Code;
 
 /// `cardlink keys generate`, parsed: (signing key, trusted-key line).
@@ -78,16 +78,7 @@ async fn a_registry_credential_publishes_through_serve_ingest_until_revoked() {
 
     // As the chart runs it: the platform's public key, no bootstrap keys.
     let ingest_port = free_port();
-    let _ingest = cardlink()
-        .args(["serve", "ingest"])
-        .env("CARDLINK_KAFKA_BOOTSTRAP", &kafka)
-        .env("CARDLINK_TOPIC_PREFIX", &prefix)
-        .env("CARDLINK_INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))
-        .env("CARDLINK_TRUSTED_KEYS", &trusted_key)
-        .env("CARDLINK_ISSUER_KEYS", "")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _ingest = serve_ingest(&kafka, &prefix, &trusted_key, ingest_port).stdout(Stdio::null()).spawn().unwrap();
     let deadline = tokio::time::Instant::now() + WITHIN;
     let mut client = loop {
         match IssuerIngestClient::connect(format!("http://127.0.0.1:{ingest_port}")).await {

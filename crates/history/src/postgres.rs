@@ -2,7 +2,7 @@
 //!
 //! The database is named by a URL (`postgres://user:password@host:5432/cardlink`, or the key/value
 //! form libpq takes). Statements are prepared once per connection (the pool caches them). For
-//! Citus, create the tables with [`crate::sql::POSTGRES_SCHEMA`], then distribute them by the
+//! Citus, create the tables with [`crate::sql::postgres_schema`], then distribute them by the
 //! account (`docs/operations.md`).
 
 use std::str::FromStr as _;
@@ -79,7 +79,7 @@ fn statement_row(row: &Row) -> Result<StatementRow, StoreError> {
 
 impl HistoryStore for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        Ok(self.client().await?.batch_execute(sql::POSTGRES_SCHEMA).await?)
+        Ok(self.client().await?.batch_execute(&sql::postgres_schema()).await?)
     }
 
     async fn apply(&self, batch: &Batch) -> Result<Applied, StoreError> {

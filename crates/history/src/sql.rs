@@ -8,83 +8,64 @@
 //! statement on the serving and indexing path ([`KEYED`]) filters on it, so each runs on one
 //! shard. [`MAINTENANCE`] statements (retention, watermarks) are the exceptions, and say why.
 
-/// DDL for PostgreSQL (`bytea`; `bigint` microseconds).
-pub const POSTGRES_SCHEMA: &str = "
+/// The schema, with the column types each database names its own way: `{text}`, `{int}`
+/// (32-bit), `{bigint}`, `{bytes}`, and `{table_options}` after each keyed table.
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS history_transaction (
-  account_key    text    NOT NULL,
-  transaction_id text    NOT NULL,
-  occurred_at    bigint  NOT NULL,
-  billing_month  text,
-  kind           integer NOT NULL,
-  bus_partition  integer NOT NULL,
-  version        bigint  NOT NULL,
-  payload        bytea   NOT NULL,
+  account_key    {text}   NOT NULL,
+  transaction_id {text}   NOT NULL,
+  occurred_at    {bigint} NOT NULL,
+  billing_month  {text},
+  kind           {int}    NOT NULL,
+  bus_partition  {int}    NOT NULL,
+  version        {bigint} NOT NULL,
+  payload        {bytes}  NOT NULL,
   PRIMARY KEY (account_key, transaction_id)
-);
+){table_options};
 CREATE INDEX IF NOT EXISTS history_transaction_by_time
   ON history_transaction (account_key, occurred_at, transaction_id);
 CREATE INDEX IF NOT EXISTS history_transaction_by_version
   ON history_transaction (account_key, version);
 CREATE INDEX IF NOT EXISTS history_transaction_retention ON history_transaction (occurred_at);
 CREATE TABLE IF NOT EXISTS history_statement (
-  account_key    text    NOT NULL,
-  statement_id   text    NOT NULL,
-  billing_month  text    NOT NULL,
-  status         integer NOT NULL,
-  bus_partition  integer NOT NULL,
-  version        bigint  NOT NULL,
-  payload        bytea   NOT NULL,
+  account_key    {text}   NOT NULL,
+  statement_id   {text}   NOT NULL,
+  billing_month  {text}   NOT NULL,
+  status         {int}    NOT NULL,
+  bus_partition  {int}    NOT NULL,
+  version        {bigint} NOT NULL,
+  payload        {bytes}  NOT NULL,
   PRIMARY KEY (account_key, statement_id)
-);
+){table_options};
 CREATE INDEX IF NOT EXISTS history_statement_by_month
   ON history_statement (account_key, billing_month, statement_id);
 CREATE INDEX IF NOT EXISTS history_statement_retention ON history_statement (billing_month);
 CREATE TABLE IF NOT EXISTS history_watermark (
-  topic       text    NOT NULL,
-  part        integer NOT NULL,
-  next_offset bigint  NOT NULL,
+  topic       {text}   NOT NULL,
+  part        {int}    NOT NULL,
+  next_offset {bigint} NOT NULL,
   PRIMARY KEY (topic, part)
 );
 ";
 
-/// DDL for SQLite: the same shape (`BLOB`, `INTEGER`).
-pub const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS history_transaction (
-  account_key    TEXT    NOT NULL,
-  transaction_id TEXT    NOT NULL,
-  occurred_at    INTEGER NOT NULL,
-  billing_month  TEXT,
-  kind           INTEGER NOT NULL,
-  bus_partition  INTEGER NOT NULL,
-  version        INTEGER NOT NULL,
-  payload        BLOB    NOT NULL,
-  PRIMARY KEY (account_key, transaction_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_transaction_by_time
-  ON history_transaction (account_key, occurred_at, transaction_id);
-CREATE INDEX IF NOT EXISTS history_transaction_by_version
-  ON history_transaction (account_key, version);
-CREATE INDEX IF NOT EXISTS history_transaction_retention ON history_transaction (occurred_at);
-CREATE TABLE IF NOT EXISTS history_statement (
-  account_key    TEXT    NOT NULL,
-  statement_id   TEXT    NOT NULL,
-  billing_month  TEXT    NOT NULL,
-  status         INTEGER NOT NULL,
-  bus_partition  INTEGER NOT NULL,
-  version        INTEGER NOT NULL,
-  payload        BLOB    NOT NULL,
-  PRIMARY KEY (account_key, statement_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_statement_by_month
-  ON history_statement (account_key, billing_month, statement_id);
-CREATE INDEX IF NOT EXISTS history_statement_retention ON history_statement (billing_month);
-CREATE TABLE IF NOT EXISTS history_watermark (
-  topic       TEXT    NOT NULL,
-  part        INTEGER NOT NULL,
-  next_offset INTEGER NOT NULL,
-  PRIMARY KEY (topic, part)
-);
-";
+fn schema(text: &str, int: &str, bigint: &str, bytes: &str, table_options: &str) -> String {
+    SCHEMA
+        .replace("{text}", text)
+        .replace("{int}", int)
+        .replace("{bigint}", bigint)
+        .replace("{bytes}", bytes)
+        .replace("{table_options}", table_options)
+}
+
+/// DDL for PostgreSQL (`bytea`; `bigint` microseconds).
+pub fn postgres_schema() -> String {
+    schema("text", "integer", "bigint", "bytea", "")
+}
+
+/// DDL for SQLite: the same shape (`BLOB`, `INTEGER`; keyed tables clustered on their key).
+pub fn sqlite_schema() -> String {
+    schema("TEXT", "INTEGER", "INTEGER", "BLOB", " WITHOUT ROWID")
+}
 
 const TRANSACTION_COLUMNS: &str =
     "account_key, transaction_id, occurred_at, billing_month, kind, bus_partition, version, payload";
@@ -232,7 +213,8 @@ mod tests {
             assert!(!flat.contains(" JOIN "), "a join across tables: {flat}");
         }
         // Every unique key contains the distribution column.
-        for schema in [POSTGRES_SCHEMA, SQLITE_SCHEMA] {
+        for schema in [postgres_schema(), sqlite_schema()] {
+            assert!(!schema.contains('{'), "a type left unnamed: {schema}");
             for table in schema.split("CREATE TABLE").skip(1) {
                 let key = table.split("PRIMARY KEY").nth(1).unwrap_or_default();
                 if !table.contains("history_watermark") {

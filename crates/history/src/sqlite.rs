@@ -76,7 +76,7 @@ fn statement_row(row: &Row<'_>) -> rusqlite::Result<StatementRow> {
 
 impl HistoryStore for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.with(|c| Ok(c.execute_batch(sql::SQLITE_SCHEMA)?)).await
+        self.with(|c| Ok(c.execute_batch(&sql::sqlite_schema())?)).await
     }
 
     async fn apply(&self, batch: &Batch) -> Result<Applied, StoreError> {

@@ -37,6 +37,21 @@ pub fn cardlink() -> Command {
     command
 }
 
+/// `cardlink serve ingest` as the chart runs it: the broker at `kafka`, topics under `prefix`,
+/// issuers authenticated by the registry credentials the platform key `trusted` signs (no
+/// bootstrap keys), listening on `port`. The caller adds what else it wants and spawns it.
+pub fn serve_ingest(kafka: &str, prefix: &str, trusted: &str, port: u16) -> Command {
+    let mut command = cardlink();
+    command
+        .args(["serve", "ingest"])
+        .env("CARDLINK_KAFKA_BOOTSTRAP", kafka)
+        .env("CARDLINK_TOPIC_PREFIX", prefix)
+        .env("CARDLINK_INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CARDLINK_TRUSTED_KEYS", trusted)
+        .env("CARDLINK_ISSUER_KEYS", "");
+    command
+}
+
 /// A free port on loopback (released for the process to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
