@@ -67,4 +67,11 @@ elif ! grep -q "telemetry.collector.enabled" <<<"$out"; then
   echo "a ServiceMonitor without the collector failed without saying why: $out" >&2
   exit 1
 fi
+if out="$("$helm" template cardlink charts/cardlink -f charts/cardlink/ci/test-values.yaml --set secrets.historyStoreUrl= 2>&1)"; then
+  echo "rendering without a history store should fail" >&2
+  exit 1
+elif ! grep -q "secrets.historyStoreUrl" <<<"$out"; then
+  echo "rendering without a history store failed without naming the missing value: $out" >&2
+  exit 1
+fi
 echo "deployment files OK"

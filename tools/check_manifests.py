@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-SERVICES = {"registry": 50052, "ingest": 50051, "consent": 50053, "subscription": 50054}
+SERVICES = {"registry": 50052, "ingest": 50051, "consent": 50053, "subscription": 50054, "history": 50055}
 
 
 # Services that serve pages: the variable naming their HTTP listener, and the chart's port.
@@ -98,6 +98,10 @@ def main():
             fail(f"{name}: the Kafka CA is not configured")
         if not any(m["mountPath"] == "/etc/cardlink/kafka-ca" for m in container.get("volumeMounts", [])):
             fail(f"{name}: the Kafka CA is not mounted")
+        if name == "history":
+            store = env.get("CARDLINK_HISTORY_STORE", {})
+            if "secretKeyRef" not in store.get("valueFrom", {}):
+                fail("history: the store URL (it holds the database password) must come from a Secret")
         check_hardened(name, pod)
         svc_ports = [p["port"] for p in services[name]["spec"]["ports"]]
         if port not in svc_ports:

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "cardlink/v1/registry.proto",
     "cardlink/v1/consent.proto",
     "cardlink/v1/subscription.proto",
+    "cardlink/v1/history.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -179,6 +179,21 @@ reasons! {
         "The stream's client read too slowly and the stream was ended; resume from the last cursor.";
     ServerShuttingDown = "SERVER_SHUTTING_DOWN", Unavailable, Call, true,
         "The service is restarting; resume from the last cursor.";
+    // History.
+    ConsentEnded = "CONSENT_ENDED", PermissionDenied, Call, false,
+        "The consent is not active (revoked, expired, or not granted yet): nothing may be read under it.";
+    ScopeNotGranted = "SCOPE_NOT_GRANTED", PermissionDenied, Call, false,
+        "The consent does not grant the kind of data asked for (TRANSACTIONS for transactions, STATEMENTS for statements).";
+    AccountRequired = "ACCOUNT_REQUIRED", InvalidArgument, Call, false,
+        "The consent covers several accounts: name one (`account_ref`, as the consent shows it).";
+    AccountNotInConsent = "ACCOUNT_NOT_IN_CONSENT", NotFound, Call, false,
+        "The account is not one the consent covers (use the `account_ref` the consent shows this aggregator).";
+    PageTokenInvalid = "PAGE_TOKEN_INVALID", InvalidArgument, Call, false,
+        "The page token is not one this deployment issued, or was altered.";
+    PageTokenMismatch = "PAGE_TOKEN_MISMATCH", InvalidArgument, Call, false,
+        "The page token belongs to another listing: every field but page_size must be as in the request that began it.";
+    HistoryUnavailable = "HISTORY_UNAVAILABLE", Unavailable, Call, true,
+        "The history store did not answer; retry later.";
     // Ingest.
     TooManyRecords = "TOO_MANY_RECORDS", InvalidArgument, Call, false,
         "The publish call holds more records than allowed; split it.";

@@ -197,6 +197,15 @@ impl Consumer {
             .map_err(|source| BusError::Kafka { operation: "commit", source })
     }
 
+    /// Goes back (or forward) on one partition it is reading: its next record is the one at
+    /// `offset` (the earliest retained, if that one is gone). Records fetched ahead of it are
+    /// discarded. Blocks for at most a second.
+    pub fn seek(&self, topic: Topic, partition: i32, offset: i64) -> Result<(), BusError> {
+        self.inner
+            .seek(self.catalogue.name(topic), partition, Offset::Offset(offset), std::time::Duration::from_secs(1))
+            .map_err(|source| BusError::Kafka { operation: "seek", source })
+    }
+
     /// The partitions this consumer reads now (its share of the group's, when a group member).
     pub fn assignment(&self) -> Result<Vec<(Topic, i32)>, BusError> {
         let list = self.inner.assignment().map_err(|source| BusError::Kafka { operation: "assignment", source })?;

@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::FileConfig;
 use crate::runtime;
-use crate::services::{ConsentSettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings};
+use crate::services::{
+    ConsentSettings, HistorySettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "cardlink", version, about = "The shared broker between card issuers and account aggregators")]
@@ -197,6 +199,18 @@ enum Service {
         #[command(flatten)]
         settings: SubscriptionSettings,
     },
+    /// History (gRPC History): members' past transactions and statements on consent, and the
+    /// indexer that keeps the history store at the bus's latest state.
+    History {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        trusted: TrustedKeysArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        settings: HistorySettings,
+    },
     /// Consent (gRPC ConsentService) and the consent and member pages (HTTP).
     Consent {
         #[command(flatten)]
@@ -310,6 +324,7 @@ impl Cli {
             Command::Dev(_) => "dev",
             Command::Serve { service: Service::Subscription { .. } } => "subscription",
             Command::Serve { service: Service::Consent { .. } } => "consent",
+            Command::Serve { service: Service::History { .. } } => "history",
             Command::Serve { service: Service::Registry { .. } } => "registry",
             Command::Serve { service: Service::Ingest { .. } } => "ingest",
             Command::Adapter { .. } => "adapter",
@@ -398,6 +413,15 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
+            runtime::stop_signal().await?;
+            running.shutdown().await;
+            Ok(())
+        }
+        Service::History { kafka, trusted, secret, settings } => {
+            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, None)?;
+            let bus = kafka.bus(file)?;
+            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+            let running = cardlink_history_service::server::start(&bus, config).await?;
             runtime::stop_signal().await?;
             running.shutdown().await;
             Ok(())

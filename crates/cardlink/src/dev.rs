@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::FileConfig;
 use crate::demo;
-use crate::services::{ConsentSettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings};
+use crate::services::{
+    ConsentSettings, HistorySettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings,
+};
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -38,6 +40,8 @@ pub struct DevArgs {
     consent: ConsentSettings,
     #[command(flatten)]
     subscription: SubscriptionSettings,
+    #[command(flatten)]
+    history: HistorySettings,
     /// Simulated card events per second, per demo card company (0: none).
     #[arg(long, default_value_t = 20)]
     simulate_rate: u32,
@@ -121,12 +125,18 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     let consent = cardlink_consent::server::start(&bus, consent_config).await?;
     let subscription =
         cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)?).await?;
+    // History: a SQLite file of this run's own unless told otherwise (the embedded broker starts
+    // empty too; with --kafka, the indexer indexes what the cluster retains into it).
+    let history_dir = tempfile::Builder::new().prefix("cardlink-dev-history").tempdir().context("a directory for history")?;
+    let history_config = args.history.config(Mode::Dev, &platform, Some(&history_dir.path().join("history.db")))?;
+    let history = cardlink_history_service::server::start(&bus, history_config).await?;
     let endpoints = Endpoints {
         kafka: bootstrap.clone(),
         ingest: ingest_endpoint.clone(),
         registry: format!("http://{}", registry.addr()),
         consent: format!("http://{}", consent.grpc_addr()),
         subscription: format!("http://{}", subscription.addr()),
+        history: format!("http://{}", history.addr()),
         pages: pages_url.clone(),
     };
     let (pages_stop, pages_stopped) = tokio::sync::watch::channel(false);
@@ -204,6 +214,7 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     pages_stop.send_replace(true);
     ingest.shutdown().await?;
     subscription.shutdown().await;
+    history.shutdown().await;
     consent.shutdown().await;
     registry.shutdown().await?;
     let _ = pages.await;
@@ -218,6 +229,7 @@ struct Endpoints {
     registry: String,
     consent: String,
     subscription: String,
+    history: String,
     pages: String,
 }
 
@@ -229,6 +241,7 @@ impl Endpoints {
             "registry": self.registry,
             "consent": self.consent,
             "subscription": self.subscription,
+            "history": self.history,
             "pages": self.pages,
         })
     }
@@ -243,6 +256,7 @@ fn print_banner(e: &Endpoints, world: &demo::DemoWorld, consents: &[demo::Create
     println!("  gRPC Registry:            {}", e.registry);
     println!("  gRPC ConsentService:      {}", e.consent);
     println!("  gRPC Subscription:        {}", e.subscription);
+    println!("  gRPC History:             {}", e.history);
     println!("  member page:              {}/member", e.pages);
     println!("  transparency page:        {}/transparency", e.pages);
     println!("  goal page:                {}/goal", e.pages);
@@ -316,6 +330,7 @@ fn index_page(e: &Endpoints) -> axum::response::Html<String> {
          <tr><th>cardlink.v1.Registry</th><td><code>{registry}</code></td></tr>\
          <tr><th>cardlink.v1.ConsentService</th><td><code>{consent}</code></td></tr>\
          <tr><th>cardlink.v1.Subscription</th><td><code>{subscription}</code></td></tr>\
+         <tr><th>cardlink.v1.History</th><td><code>{history}</code></td></tr>\
          <tr><th>Kafka</th><td><code>{kafka}</code></td></tr></table>\
          <h2>デモの参加者</h2><div style=\"display:flex;gap:3em;flex-wrap:wrap\"><div><p>カード会社</p><ul>{issuers}</ul></div>\
          <div><p>電子決済等代行業者</p><ul>{aggregators}</ul></div></div>\
@@ -325,6 +340,7 @@ fn index_page(e: &Endpoints) -> axum::response::Html<String> {
         registry = esc(&e.registry),
         consent = esc(&e.consent),
         subscription = esc(&e.subscription),
+        history = esc(&e.history),
         kafka = esc(&e.kafka),
     );
     html::page("cardlink 開発環境", Nav::Home, &body)

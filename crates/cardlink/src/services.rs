@@ -18,6 +18,8 @@ use cardlink_auth::{PublicKey, TokenSigner};
 use cardlink_authn::BootstrapIssuerKeys;
 use cardlink_consent::login::{ClientSecrets, LoginSettings};
 use cardlink_consent::server::ConsentConfig;
+use cardlink_history::StoreUrl;
+use cardlink_history_service::server::HistoryConfig;
 use cardlink_ingest::server::IngestConfig;
 use cardlink_registry::server::RegistryConfig;
 use cardlink_subscription::server::SubscriptionConfig;
@@ -246,6 +248,60 @@ impl SubscriptionSettings {
             trusted_keys: platform.trusted_keys.clone(),
             secret: Arc::clone(&platform.secret),
             max_stream_age: Duration::from_secs(self.max_stream_age_secs),
+        })
+    }
+}
+
+/// The history service's settings.
+#[derive(Clone, Debug, Args)]
+pub struct HistorySettings {
+    /// Where the History gRPC API listens [default: 0.0.0.0:50055; dev: 127.0.0.1:50055].
+    #[arg(long, env = "CARDLINK_HISTORY_LISTEN")]
+    pub history_listen: Option<SocketAddr>,
+    /// Where history is kept: postgres://USER:PASSWORD@HOST:PORT/DATABASE (production: a managed
+    /// PostgreSQL, or a Citus coordinator) or sqlite:PATH (one replica) [dev: a new SQLite file
+    /// per run, beside the embedded broker that also starts empty].
+    #[arg(long, env = "CARDLINK_HISTORY_STORE", hide_env_values = true)]
+    pub history_store: Option<String>,
+    /// Connections one replica holds to PostgreSQL at most.
+    #[arg(long, env = "CARDLINK_HISTORY_STORE_MAX_CONNECTIONS", default_value_t = cardlink_history::postgres::DEFAULT_MAX_CONNECTIONS)]
+    pub history_store_max_connections: usize,
+    /// Months of history kept (and readable); older rows are removed in small batches.
+    #[arg(long, env = "CARDLINK_HISTORY_RETENTION_MONTHS", default_value_t = cardlink_history_service::service::DEFAULT_RETENTION_MONTHS)]
+    pub history_retention_months: u32,
+    /// Whether this process also indexes the bus into the store (a member of the indexer
+    /// group); false where indexers run as a deployment of their own.
+    #[arg(long, env = "CARDLINK_HISTORY_INDEX", default_value_t = true, action = clap::ArgAction::Set)]
+    pub history_index: bool,
+}
+
+impl HistorySettings {
+    /// The history service's config; `dev_store` is where dev keeps history unless told.
+    pub fn config(&self, mode: Mode, platform: &Platform, dev_store: Option<&std::path::Path>) -> anyhow::Result<HistoryConfig> {
+        let store = match (&self.history_store, dev_store) {
+            (Some(url), _) if !url.trim().is_empty() => {
+                url.parse::<StoreUrl>().map_err(|e| anyhow::anyhow!("--history-store / CARDLINK_HISTORY_STORE: {e}"))?
+            }
+            (_, Some(path)) => StoreUrl::Sqlite(path.to_owned()),
+            _ => anyhow::bail!(
+                "--history-store / CARDLINK_HISTORY_STORE: where history is kept is required: postgres://… (production) or sqlite:PATH (one replica)"
+            ),
+        };
+        anyhow::ensure!(self.history_store_max_connections > 0, "--history-store-max-connections: at least 1");
+        anyhow::ensure!(
+            (1..=120).contains(&self.history_retention_months),
+            "--history-retention-months: 1 to 120"
+        );
+        Ok(HistoryConfig {
+            max_store_connections: self.history_store_max_connections,
+            retention_months: self.history_retention_months,
+            index: self.history_index,
+            ..HistoryConfig::new(
+                self.history_listen.unwrap_or_else(|| mode.bind(50055)),
+                platform.trusted_keys.clone(),
+                Arc::clone(&platform.secret),
+                store,
+            )
         })
     }
 }

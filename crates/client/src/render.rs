@@ -140,6 +140,7 @@ mod tests {
                 ..Default::default()
             })),
             published_at: None,
+            version: 0,
         };
         let row = table_row(&d);
         assert!(row.starts_with("transaction") && row.contains("880 JPY") && row.contains("コンビニ"), "{row}");

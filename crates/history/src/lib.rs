@@ -16,9 +16,12 @@
 
 use std::future::Future;
 
+mod any;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+
+pub use any::{AnyStore, StoreUrl};
 
 /// The bus key of an account (`issuer_id/account_ref`): every row and every serving-path
 /// statement is keyed by it.
@@ -121,6 +124,8 @@ pub struct TransactionQuery {
     pub from_micros: i64,
     pub to_micros: i64,
     pub order: Order,
+    /// Only transactions of this billing month (請求月, "YYYY-MM").
+    pub billing_month: Option<String>,
     /// The last row of the previous page; `None` for the first page.
     pub after: Option<TransactionKey>,
     pub limit: u32,

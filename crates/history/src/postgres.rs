@@ -146,10 +146,14 @@ impl HistoryStore for PostgresStore {
             crate::Order::NewestFirst => sql::transactions_newest_first(),
             crate::Order::OldestFirst => sql::transactions_oldest_first(),
         };
+        let month = query.billing_month.as_deref().unwrap_or_default();
         let client = self.client().await?;
         let statement = client.prepare_cached(&text).await?;
         let rows = client
-            .query(&statement, &[&query.account_key, &query.from_micros, &query.to_micros, &key_time, &key_id, &limit])
+            .query(
+                &statement,
+                &[&query.account_key, &query.from_micros, &query.to_micros, &month, &key_time, &key_id, &limit],
+            )
             .await?;
         rows.iter().map(transaction_row).collect()
     }

@@ -101,23 +101,26 @@ WHERE excluded.next_offset > history_watermark.next_offset";
 
 pub const WATERMARKS: &str = "SELECT topic, part, next_offset FROM history_watermark ORDER BY topic, part";
 
-/// A page newest first: before the key ($4, $5) in (time, id) order, inside [$2, $3).
+/// A page newest first: before the key ($5, $6) in (time, id) order, inside [$2, $3), of the
+/// billing month $4 ('' for any).
 pub fn transactions_newest_first() -> String {
     format!(
         "SELECT {TRANSACTION_COLUMNS} FROM history_transaction
 WHERE account_key = $1 AND occurred_at >= $2 AND occurred_at < $3
-  AND (occurred_at < $4 OR (occurred_at = $4 AND transaction_id < $5))
-ORDER BY occurred_at DESC, transaction_id DESC LIMIT $6"
+  AND ($4 = '' OR billing_month = $4)
+  AND (occurred_at < $5 OR (occurred_at = $5 AND transaction_id < $6))
+ORDER BY occurred_at DESC, transaction_id DESC LIMIT $7"
     )
 }
 
-/// A page oldest first: after the key ($4, $5), inside [$2, $3).
+/// A page oldest first: after the key ($5, $6), inside [$2, $3), of the billing month $4.
 pub fn transactions_oldest_first() -> String {
     format!(
         "SELECT {TRANSACTION_COLUMNS} FROM history_transaction
 WHERE account_key = $1 AND occurred_at >= $2 AND occurred_at < $3
-  AND (occurred_at > $4 OR (occurred_at = $4 AND transaction_id > $5))
-ORDER BY occurred_at ASC, transaction_id ASC LIMIT $6"
+  AND ($4 = '' OR billing_month = $4)
+  AND (occurred_at > $5 OR (occurred_at = $5 AND transaction_id > $6))
+ORDER BY occurred_at ASC, transaction_id ASC LIMIT $7"
     )
 }
 

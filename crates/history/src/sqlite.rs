@@ -151,9 +151,11 @@ impl HistoryStore for SqliteStore {
             crate::Order::OldestFirst => sql::transactions_oldest_first(),
         };
         let (account, from, to) = (query.account_key.clone(), query.from_micros, query.to_micros);
+        let month = query.billing_month.clone().unwrap_or_default();
         self.with(move |c| {
             let mut statement = c.prepare_cached(&text)?;
-            let rows = statement.query_map(params![account, from, to, key_time, key_id, limit], transaction_row)?;
+            let rows =
+                statement.query_map(params![account, from, to, month, key_time, key_id, limit], transaction_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await

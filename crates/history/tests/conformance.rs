@@ -51,7 +51,15 @@ fn rows(transactions: Vec<TransactionRow>) -> Batch {
 }
 
 fn query(account: &str, order: Order, limit: u32) -> TransactionQuery {
-    TransactionQuery { account_key: account.into(), from_micros: 0, to_micros: i64::MAX, order, after: None, limit }
+    TransactionQuery {
+        account_key: account.into(),
+        from_micros: 0,
+        to_micros: i64::MAX,
+        order,
+        billing_month: None,
+        after: None,
+        limit,
+    }
 }
 
 /// Every page of `query`, each row once, in order.
@@ -142,6 +150,27 @@ async fn pages_never_miss_or_repeat_a_row(store: &impl HistoryStore) {
 }
 
 /// What changed after a version, oldest version first.
+/// A billing month (請求月) selects its transactions only, paged like any listing.
+async fn transactions_of_one_billing_month(store: &impl HistoryStore) {
+    let a = "iss-a/months";
+    let mut batch = Vec::new();
+    for i in 0..9 {
+        let mut row = txn(a, &format!("tx-{i}"), 2_000 + i, POSTED, i);
+        row.billing_month = match i % 3 {
+            0 => Some("2026-10".into()),
+            1 => Some("2026-11".into()),
+            _ => None,
+        };
+        batch.push(row);
+    }
+    store.apply(&rows(batch)).await.unwrap();
+    let october = TransactionQuery { billing_month: Some("2026-10".into()), ..query(a, Order::OldestFirst, 2) };
+    let ids: Vec<String> = all_pages(store, october).await.into_iter().map(|r| r.transaction_id).collect();
+    assert_eq!(ids, ["tx-0", "tx-3", "tx-6"]);
+    let none = TransactionQuery { billing_month: Some("2026-09".into()), ..query(a, Order::NewestFirst, 10) };
+    assert!(store.transactions(&none).await.unwrap().is_empty());
+}
+
 async fn changes_since_a_version(store: &impl HistoryStore) {
     let a = "iss-a/changes";
     store.apply(&rows((0..6).map(|i| txn(a, &format!("tx-{i}"), 10, AUTHORIZED, 10 + i)).collect())).await.unwrap();
@@ -231,6 +260,7 @@ async fn suite(store: &impl HistoryStore) {
     one_row_per_transaction_newest_version_wins(store).await;
     watermarks_only_rise(store).await;
     pages_never_miss_or_repeat_a_row(store).await;
+    transactions_of_one_billing_month(store).await;
     changes_since_a_version(store).await;
     statements_by_month(store).await;
     retention_in_small_batches(store).await;

@@ -190,6 +190,7 @@ pub(crate) mod tests {
                 ..Default::default()
             })),
             published_at: None,
+            version: 0,
         }
     }
 

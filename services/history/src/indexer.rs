@@ -7,6 +7,11 @@
 //! only then committed to the group: a crash between the two replays a batch, which the store's
 //! version guard makes harmless. Replays, restarts and re-balances therefore need no coordination.
 //!
+//! The store's watermarks, not the group's committed offsets, say what is indexed: where the group
+//! would start a partition after what the store holds (a new or restored database, a store
+//! pointed at another cluster's group), the indexer seeks back to the store's watermark first,
+//! so nothing between them is skipped.
+//!
 //! A record this release cannot decode is not indexed; it is counted and logged with its position
 //! (the subscription service dead-letters it on the audit topic, and `cardlink bus redeliver`
 //! appends it again once a release reads it — the indexer then indexes the new copy).
@@ -135,6 +140,18 @@ pub async fn run(
     progress: watch::Sender<Progress>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IndexError> {
+    let mut stored = loop {
+        match store.watermarks().await {
+            Ok(marks) => break StoredPositions::from_watermarks(&marks),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the history store's watermarks failed; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(()),
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+            }
+        }
+    };
     consumer.subscribe(&[Topic::Transactions, Topic::Statements])?;
     let watched = progress.subscribe();
     cardlink_telemetry::observe_indexer_lag(move || watched.borrow().lag);
@@ -149,14 +166,25 @@ pub async fn run(
             }
             record = consumer.recv_retrying("history indexer") => record?,
         };
-        let mut records = vec![first];
+        let mut records = Vec::new();
+        if stored.admit(&consumer, &first).await {
+            records.push(first);
+        }
         let linger = tokio::time::sleep(BATCH_LINGER);
         tokio::pin!(linger);
         while records.len() < BATCH_MAX {
             tokio::select! {
                 _ = &mut linger => break,
-                record = consumer.recv_retrying("history indexer") => records.push(record?),
+                record = consumer.recv_retrying("history indexer") => {
+                    let record = record?;
+                    if stored.admit(&consumer, &record).await {
+                        records.push(record);
+                    }
+                }
             }
+        }
+        if records.is_empty() {
+            continue;
         }
         let batch = batch_of(&records);
         loop {
@@ -183,8 +211,95 @@ pub async fn run(
         progress.send_modify(|p| {
             for (topic, partition, next) in &positions {
                 p.applied.insert((*topic, *partition), *next);
+                stored.applied(*topic, *partition, *next);
             }
         });
+    }
+}
+
+/// What the store holds per partition, and the partitions being sought back to it.
+#[derive(Debug, Default)]
+struct StoredPositions {
+    /// (topic, partition) → the store's watermark (the next offset not in the store).
+    next: BTreeMap<(Topic, i32), i64>,
+    /// Partitions sought back to the store's watermark; their records past it are passed over
+    /// until the one at it arrives.
+    seeking: BTreeMap<(Topic, i32), i64>,
+}
+
+impl StoredPositions {
+    fn from_watermarks(marks: &[Watermark]) -> Self {
+        let next = marks
+            .iter()
+            .filter_map(|w| {
+                let topic = [Topic::Transactions, Topic::Statements].into_iter().find(|t| topic_name(*t) == w.topic)?;
+                Some(((topic, w.partition), w.next_offset))
+            })
+            .collect();
+        Self { next, seeking: BTreeMap::new() }
+    }
+
+    fn applied(&mut self, topic: Topic, partition: i32, next: i64) {
+        let n = self.next.entry((topic, partition)).or_insert(next);
+        *n = (*n).max(next);
+    }
+
+    /// Whether to index `record`: `false` if it lies past what the store holds (the group would
+    /// skip the records between), in which case the partition is sought back to the store's
+    /// watermark; `false` also for records still arriving from before that seek.
+    async fn admit(&mut self, consumer: &Consumer, record: &Record) -> bool {
+        let admitted = self.check(consumer, record).await;
+        if admitted {
+            // The batch it joins is applied (retried until it is) before anything else.
+            self.applied(record.topic, record.partition, record.offset + 1);
+        }
+        admitted
+    }
+
+    async fn check(&mut self, consumer: &Consumer, record: &Record) -> bool {
+        let key = (record.topic, record.partition);
+        let stored = self.next.get(&key).copied().unwrap_or(0);
+        if let Some(&target) = self.seeking.get(&key) {
+            if record.offset > target {
+                return false;
+            }
+            self.seeking.remove(&key);
+            return true;
+        }
+        if record.offset <= stored {
+            return true;
+        }
+        // Past the store: unless the records between are gone from the bus (retention), go back.
+        let low = match consumer.watermarks(record.topic, record.partition).await {
+            Ok((low, _)) => low,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a partition's low watermark failed; indexing on");
+                return true;
+            }
+        };
+        if stored < low {
+            if record.offset > low {
+                // The group starts after the earliest retained record: go back to that one.
+                return self.seek(consumer, record, low);
+            }
+            return true;
+        }
+        self.seek(consumer, record, stored)
+    }
+
+    fn seek(&mut self, consumer: &Consumer, record: &Record, to: i64) -> bool {
+        tracing::info!(topic = ?record.topic, partition = record.partition, from = record.offset, to,
+            "the store holds less of this partition than the group committed; indexing from the store's position");
+        match consumer.seek(record.topic, record.partition, to) {
+            Ok(()) => {
+                self.seeking.insert((record.topic, record.partition), to);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "seeking back to the store's position failed; indexing on from here");
+                true
+            }
+        }
     }
 }
 

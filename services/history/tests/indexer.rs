@@ -73,6 +73,7 @@ fn all(account: &str) -> TransactionQuery {
         from_micros: 0,
         to_micros: i64::MAX,
         order: Order::OldestFirst,
+        billing_month: None,
         after: None,
         limit: 1_000,
     }

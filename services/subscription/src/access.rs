@@ -241,6 +241,7 @@ mod tests {
             event: Some(v1::delivery::Event::Transaction(transaction)),
             consent_id: consent.to_owned(),
             published_at: None,
+            version: 0,
         }
     }
 
@@ -254,12 +255,14 @@ mod tests {
             event: Some(v1::delivery::Event::Statement(v1::Statement::default())),
             consent_id: "c-2".into(),
             published_at: None,
+            version: 0,
         };
         log.record(&statement);
         let notice = v1::Delivery {
             event: Some(v1::delivery::Event::ConsentChange(v1::ConsentChange::default())),
             consent_id: "c-2".into(),
             published_at: None,
+            version: 0,
         };
         log.record(&notice);
         let tallies: Vec<_> = entries(log.take()).collect();

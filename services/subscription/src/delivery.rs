@@ -59,6 +59,7 @@ impl Outgoing {
     pub fn event(projected: &v1::Delivery, origin: &Arc<Origin>, cursor: String) -> Self {
         let mut delivery = Box::new(projected.clone());
         delivery.published_at = origin.published_at();
+        delivery.version = u64::try_from(origin.offset).unwrap_or(0);
         Self::Delivery { delivery, cursor, origin: Some(Arc::clone(origin)) }
     }
 
@@ -69,6 +70,7 @@ impl Outgoing {
             event: Some(v1::delivery::Event::ConsentChange(v1::ConsentChange { consent: Some(consent.clone()) })),
             consent_id: consent.consent_id.clone(),
             published_at: None,
+            version: 0,
         });
         Self::Delivery { delivery, cursor, origin: None }
     }

@@ -25,15 +25,8 @@ use crate::hub::Hub;
 use crate::projection::project_for;
 use crate::streams::Registered;
 
-/// The revocation bound: once `RevokeConsent` (or a suspension, or a credential's revocation)
-/// has returned, no client receives anything under it later than this after.
-pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
-
-/// How fresh the consent and registry views must be for anything to be dispatched or sent: they
-/// reflect every change written up to this long ago. Shorter than [`REVOCATION_BOUND`]: the rest
-/// is for the wire and a busy client (the fault suite's consent churn, measured at the client on a
-/// loaded 2-core machine, needed it).
-pub const VIEW_FRESHNESS: Duration = Duration::from_millis(750);
+// Shared with the history service, which answers under the same bound.
+pub use cardlink_entitlement::{REVOCATION_BOUND, VIEW_FRESHNESS};
 
 /// How often a paused reader looks again at the consent view's freshness.
 const FRESHNESS_POLL: Duration = Duration::from_millis(10);

@@ -1,7 +1,8 @@
 //! The subscription service: how aggregators receive, in real time and resumably, exactly the
 //! events their consents entitle them to.
 //!
-//! - [`cursor`]: opaque, tamper-evident stream positions bound to one aggregator.
+//! - [`cursor`] and [`projection`] (from `cardlink-entitlement`, shared with history): stream
+//!   positions bound to one aggregator; one event as one aggregator may see it under one grant.
 //! - [`hub`]: the shared fan-out state every job below works through.
 //! - [`streams`]: the stream registry — who is connected, their queues and positions.
 //! - [`dispatch`]: one shared read of the bus handed to every entitled stream, never on a consent
@@ -9,8 +10,6 @@
 //! - [`catch_up`]: a stream's own reader from its cursor up to where it joined the hub.
 //! - [`notices`]: consent changes told to the aggregator's streams.
 //! - [`delivery`]: the one place a delivery is built, with its cursor and publication time.
-//! - [`projection`]: one event, as one aggregator may see it under one grant — scopes applied,
-//!   account ids pseudonymous.
 //! - [`positions`]: named server-side positions (`Acknowledge`), kept on the bus.
 //! - [`access`]: the record of what was provided to whom, written to the audit topic.
 //! - [`metrics`]: deliveries, latency, streams, catch-up readers; the delivery span of each event.
@@ -19,8 +18,9 @@
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
 pub mod access;
+// Shared with the history service (one projection, one cursor format).
+pub use cardlink_entitlement::{cursor, projection};
 pub mod catch_up;
-pub mod cursor;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dispatch;
@@ -30,7 +30,6 @@ pub mod live;
 pub mod metrics;
 pub mod notices;
 pub mod positions;
-pub mod projection;
 pub mod server;
 pub mod stream;
 pub mod streams;

@@ -57,7 +57,13 @@ pub fn project(event: &Event, grant: &Grant, pseudonym_secret: &[u8], now: DateT
             v1::delivery::Event::Statement(out)
         }
     };
-    Some(v1::Delivery { event: Some(delivered), consent_id: grant.consent_id.to_string(), published_at: None })
+    // The caller sets `version` (the record's offset) and `published_at`: the event alone knows neither.
+    Some(v1::Delivery {
+        event: Some(delivered),
+        consent_id: grant.consent_id.to_string(),
+        published_at: None,
+        version: 0,
+    })
 }
 
 fn transaction(t: &CardTransaction, grant: &Grant, ids: cardlink_auth::Pseudonyms<'_>) -> v1::CardTransaction {
