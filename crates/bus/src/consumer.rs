@@ -220,17 +220,7 @@ impl Consumer {
     /// not yet received count as read); `None` before the first fetch of the partition.
     pub fn positions(&self) -> Result<Vec<(Topic, i32, Option<i64>)>, BusError> {
         let list = self.inner.position().map_err(|source| BusError::Kafka { operation: "position", source })?;
-        Ok(list
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(n) => Some(n),
-                    _ => None,
-                };
-                Some((self.catalogue.topic_named(e.topic())?, e.partition(), offset))
-            })
-            .collect())
+        Ok(offsets_of(&self.catalogue, &list))
     }
 
     /// Assigns every partition of `topic`, each from `start`.
@@ -309,6 +299,19 @@ impl Consumer {
         .await
     }
 
+    /// Per assigned partition, the offset its group committed (`None` where it committed none).
+    pub async fn committed(&self) -> Result<Vec<(Topic, i32, Option<i64>)>, BusError> {
+        let inner = Arc::clone(&self.inner);
+        let catalogue = Arc::clone(&self.catalogue);
+        blocking(move || {
+            let list = inner
+                .committed(METADATA_TIMEOUT)
+                .map_err(|source| BusError::Kafka { operation: "committed offsets", source })?;
+            Ok(offsets_of(&catalogue, &list))
+        })
+        .await
+    }
+
     /// The (low, high) watermarks of a partition: the oldest retained offset and the offset the
     /// next record will get.
     pub async fn watermarks(&self, topic: Topic, partition: i32) -> Result<(i64, i64), BusError> {
@@ -325,6 +328,20 @@ impl Consumer {
 
 /// How long a long-running reader waits after a transient Kafka error before reading again.
 pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Each (topic, partition, offset) of a partition list; `None` where it holds no offset.
+fn offsets_of(catalogue: &Catalogue, list: &TopicPartitionList) -> Vec<(Topic, i32, Option<i64>)> {
+    list.elements()
+        .iter()
+        .filter_map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            Some((catalogue.topic_named(e.topic())?, e.partition(), offset))
+        })
+        .collect()
+}
 
 /// Runs a blocking librdkafka call off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {

@@ -127,7 +127,8 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
         cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)?).await?;
     // History: a SQLite file of this run's own unless told otherwise (the embedded broker starts
     // empty too; with --kafka, the indexer indexes what the cluster retains into it).
-    let history_dir = tempfile::Builder::new().prefix("cardlink-dev-history").tempdir().context("a directory for history")?;
+    let history_dir =
+        tempfile::Builder::new().prefix("cardlink-dev-history").tempdir().context("a directory for history")?;
     let history_config = args.history.config(Mode::Dev, &platform, Some(&history_dir.path().join("history.db")))?;
     let history = cardlink_history_service::server::start(&bus, history_config).await?;
     let endpoints = Endpoints {

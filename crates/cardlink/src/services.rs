@@ -277,7 +277,12 @@ pub struct HistorySettings {
 
 impl HistorySettings {
     /// The history service's config; `dev_store` is where dev keeps history unless told.
-    pub fn config(&self, mode: Mode, platform: &Platform, dev_store: Option<&std::path::Path>) -> anyhow::Result<HistoryConfig> {
+    pub fn config(
+        &self,
+        mode: Mode,
+        platform: &Platform,
+        dev_store: Option<&std::path::Path>,
+    ) -> anyhow::Result<HistoryConfig> {
         let store = match (&self.history_store, dev_store) {
             (Some(url), _) if !url.trim().is_empty() => {
                 url.parse::<StoreUrl>().map_err(|e| anyhow::anyhow!("--history-store / CARDLINK_HISTORY_STORE: {e}"))?
@@ -288,10 +293,7 @@ impl HistorySettings {
             ),
         };
         anyhow::ensure!(self.history_store_max_connections > 0, "--history-store-max-connections: at least 1");
-        anyhow::ensure!(
-            (1..=120).contains(&self.history_retention_months),
-            "--history-retention-months: 1 to 120"
-        );
+        anyhow::ensure!((1..=120).contains(&self.history_retention_months), "--history-retention-months: 1 to 120");
         Ok(HistoryConfig {
             max_store_connections: self.history_store_max_connections,
             retention_months: self.history_retention_months,

@@ -10,8 +10,9 @@
 //! an aggregator; the issuer enables the connection and registers its OpenID Provider
 //! (oidc-provider, `private_key_jwt` with the consent service's published key); a member
 //! consents in a real browser, signing in at that provider; the issuer publishes with its
-//! registry credential; the aggregator receives the event; the member revokes on the member
-//! page; nothing more arrives.
+//! registry credential; the aggregator receives the event, and reads it again from history
+//! (PostgreSQL, its URL from the chart's Secret); the member revokes on the member page; nothing
+//! more arrives, and history answers CONSENT_ENDED.
 
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
@@ -168,12 +169,22 @@ async fn transactions_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_commands_run_the_whole_flow() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: HashMap<&str, u16> =
-        ["registry", "registry-http", "ingest", "consent", "consent-http", "subscription", "subscription-http"]
-            .into_iter()
-            .map(|p| (p, free_port()))
-            .collect();
+    let ports: HashMap<&str, u16> = [
+        "registry",
+        "registry-http",
+        "ingest",
+        "consent",
+        "consent-http",
+        "subscription",
+        "subscription-http",
+        "history",
+    ]
+    .into_iter()
+    .map(|p| (p, free_port()))
+    .collect();
     let public_url = format!("http://127.0.0.1:{}", ports["consent-http"]);
+    // The history store: PostgreSQL, its URL in the chart's Secret as a platform team gives it.
+    let postgres = cardlink_testkit::postgres::TestPostgres::start().unwrap();
     let commands = render(
         dir.path(),
         &[
@@ -184,6 +195,8 @@ async fn the_charts_commands_run_the_whole_flow() {
             ("services.consent.httpPort", ports["consent-http"].to_string()),
             ("services.subscription.port", ports["subscription"].to_string()),
             ("services.subscription.httpPort", ports["subscription-http"].to_string()),
+            ("services.history.port", ports["history"].to_string()),
+            ("secrets.historyStoreUrl", postgres.url()),
             ("consent.publicUrl", public_url.clone()),
             // One broker: the topics a single-node cluster can hold.
             ("kafka.replicationFactor", "1".into()),
@@ -193,7 +206,7 @@ async fn the_charts_commands_run_the_whole_flow() {
     .await;
     let mut names: Vec<&str> = commands.keys().map(String::as_str).collect();
     names.sort_unstable();
-    assert_eq!(names, ["consent", "ingest", "registry", "subscription", "topics"]);
+    assert_eq!(names, ["consent", "history", "ingest", "registry", "subscription", "topics"]);
 
     let bus = TestBus::start_unprovisioned().await.unwrap();
     let kafka = bus.config().bootstrap_servers.clone();
@@ -204,10 +217,10 @@ async fn the_charts_commands_run_the_whole_flow() {
     assert_eq!(topics.kind, "Job");
     let status = running.command("topics", topics, &kafka, dir.path()).args(&topics.args).status().await.unwrap();
     assert!(status.success(), "the topics Job failed");
-    for name in ["registry", "ingest", "consent", "subscription"] {
+    for name in ["registry", "ingest", "consent", "subscription", "history"] {
         running.start(name, &commands[name], &kafka, dir.path());
     }
-    for port in ["registry", "ingest", "consent", "subscription"] {
+    for port in ["registry", "ingest", "consent", "subscription", "history"] {
         ready(ports[port]).await;
     }
 
@@ -327,6 +340,27 @@ async fn the_charts_commands_run_the_whole_flow() {
     assert_eq!(received.len(), 1, "the aggregator receives the consented event");
     assert!(received[0].account_ref.starts_with("acc_"), "a pseudonym, not the issuer's account id");
 
+    // The same transaction from history (PostgreSQL), once the indexer has it: the same ids.
+    let mut history =
+        v1::history_client::HistoryClient::connect(format!("http://127.0.0.1:{}", ports["history"])).await.unwrap();
+    let listing = v1::ListTransactionsRequest {
+        consent_id: consent_id.clone(),
+        // The member's accounts, as the aggregator sees them (the test provider's member has several).
+        account_ref: received[0].account_ref.clone(),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let listed = loop {
+        let page = history.list_transactions(authorized(listing.clone(), &aggregator.token)).await.unwrap();
+        if let Some(first) = page.into_inner().transactions.into_iter().next() {
+            break first.transaction.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the transaction never reached history");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed.issuer_transaction_id, received[0].issuer_transaction_id);
+    assert_eq!(listed.account_ref, received[0].account_ref);
+
     // The member revokes on the member page, after signing in at the provider again.
     let member = Browser::new();
     let page = member
@@ -350,5 +384,7 @@ async fn the_charts_commands_run_the_whole_flow() {
     ingest.publish(authorized(tx(2), &issuer.token)).await.unwrap();
     let (after, _) = transactions_within(&mut stream, Duration::from_secs(5), 1).await;
     assert!(after.is_empty(), "delivered after revocation: {after:?}");
+    let denied = history.list_transactions(authorized(listing, &aggregator.token)).await.unwrap_err();
+    assert_eq!(Reason::of(&denied), Some(Reason::ConsentEnded), "history read after revocation: {denied:?}");
     drop(running);
 }

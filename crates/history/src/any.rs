@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
 use crate::{
-    Applied, Batch, HistoryStore, StatementQuery, StatementRow, StoreError, TransactionQuery, TransactionRow,
-    Version, Watermark,
+    Applied, Batch, HistoryStore, StatementQuery, StatementRow, StoreError, TransactionQuery, TransactionRow, Version,
+    Watermark,
 };
 
 /// Where the history store is.
@@ -128,8 +128,10 @@ mod tests {
         let pg: StoreUrl = "postgres://cardlink:s3cret@db:5432/cardlink".parse().unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(pg, StoreUrl::Postgres(_)));
         assert!(!format!("{pg:?}").contains("s3cret"));
-        assert_eq!("sqlite:/var/lib/cardlink/history.db".parse::<StoreUrl>().ok(),
-            Some(StoreUrl::Sqlite("/var/lib/cardlink/history.db".into())));
+        assert_eq!(
+            "sqlite:/var/lib/cardlink/history.db".parse::<StoreUrl>().ok(),
+            Some(StoreUrl::Sqlite("/var/lib/cardlink/history.db".into()))
+        );
         assert_eq!("sqlite://data/h.db".parse::<StoreUrl>().ok(), Some(StoreUrl::Sqlite("data/h.db".into())));
         for bad in ["", "sqlite:", "mysql://db/x", "history.db"] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");

@@ -27,7 +27,8 @@ impl history_server::History for HistoryGrpc {
         request: Request<v1::ListTransactionsRequest>,
     ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
         let caller = caller_as(&request, Role::Aggregator)?;
-        let listed = self.history.list_transactions(&caller.participant_id, request.get_ref(), chrono::Utc::now()).await;
+        let listed =
+            self.history.list_transactions(&caller.participant_id, request.get_ref(), chrono::Utc::now()).await;
         listed.map(Response::new).map_err(|e| to_status(&e))
     }
 

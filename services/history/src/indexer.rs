@@ -161,6 +161,7 @@ pub async fn run(
         let first = tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = lag_tick.tick() => {
+                stored.behind_the_group(&consumer).await;
                 measure_lag(&consumer, &progress).await;
                 continue;
             }
@@ -288,16 +289,44 @@ impl StoredPositions {
     }
 
     fn seek(&mut self, consumer: &Consumer, record: &Record, to: i64) -> bool {
-        tracing::info!(topic = ?record.topic, partition = record.partition, from = record.offset, to,
-            "the store holds less of this partition than the group committed; indexing from the store's position");
-        match consumer.seek(record.topic, record.partition, to) {
+        !self.seek_partition(consumer, record.topic, record.partition, record.offset, to)
+    }
+
+    /// Seeks `partition` back from `from` to `to`; whether it did.
+    fn seek_partition(&mut self, consumer: &Consumer, topic: Topic, partition: i32, from: i64, to: i64) -> bool {
+        tracing::info!(
+            ?topic,
+            partition,
+            from,
+            to,
+            "the store holds less of this partition than the group committed; indexing from the store's position"
+        );
+        match consumer.seek(topic, partition, to) {
             Ok(()) => {
-                self.seeking.insert((record.topic, record.partition), to);
-                false
+                self.seeking.insert((topic, partition), to);
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "seeking back to the store's position failed; indexing on from here");
-                true
+                false
+            }
+        }
+    }
+
+    /// Partitions no record arrives on (the group committed their end) are checked here: where
+    /// the group committed past what the store holds, they are sought back too.
+    async fn behind_the_group(&mut self, consumer: &Consumer) {
+        let Ok(committed) = consumer.committed().await else { return };
+        for (topic, partition, offset) in committed {
+            let Some(committed) = offset else { continue };
+            let stored = self.next.get(&(topic, partition)).copied().unwrap_or(0);
+            if committed <= stored || self.seeking.contains_key(&(topic, partition)) {
+                continue;
+            }
+            let Ok((low, _)) = consumer.watermarks(topic, partition).await else { continue };
+            let to = stored.max(low);
+            if committed > to {
+                self.seek_partition(consumer, topic, partition, committed, to);
             }
         }
     }

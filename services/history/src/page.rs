@@ -125,8 +125,10 @@ mod tests {
         let other = listing_digest(SECRET, &["agg-x", "cns-1", "acc_1", "2026-10", ""]);
         assert_eq!(PageToken::open(SECRET, Listing::Transactions, &text, &other), Err(TokenError::Mismatch));
         assert_eq!(PageToken::open(SECRET, Listing::Statements, &text, &digest), Err(TokenError::Invalid));
-        assert_eq!(PageToken::open(b"another-secret-0123456789abcdefg", Listing::Transactions, &text, &digest),
-            Err(TokenError::Invalid));
+        assert_eq!(
+            PageToken::open(b"another-secret-0123456789abcdefg", Listing::Transactions, &text, &digest),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

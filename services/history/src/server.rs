@@ -130,7 +130,10 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
     if config.index {
         progress_tx.send_replace(Progress::default());
         let consumer = Consumer::group_member(bus, indexer::GROUP)?;
-        tasks.push(logged("indexer", tokio::spawn(indexer::run(store.clone(), consumer, progress_tx, shutdown_rx.clone()))));
+        tasks.push(logged(
+            "indexer",
+            tokio::spawn(indexer::run(store.clone(), consumer, progress_tx, shutdown_rx.clone())),
+        ));
     }
     let retention = crate::retention::run(
         store.clone(),
@@ -144,7 +147,13 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
     }));
 
     let auth = Authenticator::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
-    let history = History::new(store.clone(), consents.clone(), registry.clone(), Arc::clone(&config.secret), config.retention_months);
+    let history = History::new(
+        store.clone(),
+        consents.clone(),
+        registry.clone(),
+        Arc::clone(&config.secret),
+        config.retention_months,
+    );
     let (ready_views, ready_progress) = ((registry.clone(), consents.clone()), progress.clone());
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),

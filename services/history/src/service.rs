@@ -296,7 +296,9 @@ impl<S: HistoryStore> History<S> {
         };
         loop {
             let rows = self.store.transactions(&query).await?;
-            if let Some(row) = rows.iter().find(|r| ids.transaction(&bound.issuer_id, &r.transaction_id) == request.transaction_id) {
+            if let Some(row) =
+                rows.iter().find(|r| ids.transaction(&bound.issuer_id, &r.transaction_id) == request.transaction_id)
+            {
                 let transaction = self.transaction(row, &bound, now).ok_or_else(not_found)?;
                 return Ok(v1::GetTransactionResponse { transaction: Some(transaction) });
             }
@@ -325,13 +327,17 @@ impl<S: HistoryStore> History<S> {
         if let (Some(f), Some(t)) = (from_month, to_month)
             && f > t
         {
-            return Err(HistoryError::InvalidArgument(
-                "from_billing_month must not be after to_billing_month".into(),
-            ));
+            return Err(HistoryError::InvalidArgument("from_billing_month must not be after to_billing_month".into()));
         }
         let digest = listing_digest(
             &self.secret,
-            &[aggregator_id, &request.consent_id, &request.account_ref, &request.from_billing_month, &request.to_billing_month],
+            &[
+                aggregator_id,
+                &request.consent_id,
+                &request.account_ref,
+                &request.from_billing_month,
+                &request.to_billing_month,
+            ],
         );
         let available_from = self.available_from(&bound.grant, now);
         let token = match request.page_token.is_empty() {
@@ -390,14 +396,22 @@ impl<S: HistoryStore> History<S> {
 
     fn statement(&self, row: &StatementRow, bound: &Bound, now: DateTime<Utc>) -> Option<v1::VersionedStatement> {
         match self.project(&row.payload, row.version, bound, now)? {
-            (v1::delivery::Event::Statement(s), version) => Some(v1::VersionedStatement { statement: Some(s), version }),
+            (v1::delivery::Event::Statement(s), version) => {
+                Some(v1::VersionedStatement { statement: Some(s), version })
+            }
             _ => None,
         }
     }
 
     /// The one projection the live stream uses. A row that does not decode was stored by a
     /// release that could read it; it is logged and left out, never shown half-read.
-    fn project(&self, payload: &[u8], version: i64, bound: &Bound, now: DateTime<Utc>) -> Option<(v1::delivery::Event, u64)> {
+    fn project(
+        &self,
+        payload: &[u8],
+        version: i64,
+        bound: &Bound,
+        now: DateTime<Utc>,
+    ) -> Option<(v1::delivery::Event, u64)> {
         let event: Event = match cardlink_events::codec::decode(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -451,7 +465,8 @@ fn month_filter(text: &str) -> Result<Option<&str>, HistoryError> {
 
 /// The month ("YYYY-MM", UTC) of an instant; the earliest month for `i64::MIN`.
 fn month_of(micros: i64) -> String {
-    DateTime::from_timestamp_micros(micros).map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
+    DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
 }
 
 /// What retention keeps at `now`: transactions that occurred at or after the instant, and
@@ -460,9 +475,10 @@ pub fn retention_cutoff(now: DateTime<Utc>, months: u32) -> (i64, String) {
     let total = i64::from(now.year()) * 12 + i64::from(now.month0()) - i64::from(months);
     let (year, month0) = (total.div_euclid(12), total.rem_euclid(12));
     let month = format!("{year:04}-{:02}", month0 + 1);
-    let first = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).unwrap_or(0), u32::try_from(month0 + 1).unwrap_or(1), 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map_or(i64::MIN, |d| d.and_utc().timestamp_micros());
+    let first =
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(year).unwrap_or(0), u32::try_from(month0 + 1).unwrap_or(1), 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(i64::MIN, |d| d.and_utc().timestamp_micros());
     (first, month)
 }
 

@@ -212,14 +212,16 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
     let page = client.list_transactions(authorized(newest, w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(page.transactions.len(), 30);
     assert_eq!(page.transactions[0].transaction.as_ref().unwrap().issuer_transaction_id, tx_id("agg-x", 30));
-    let december = v1::ListTransactionsRequest { billing_month: "2026-12".into(), oldest_time: None, ..list("c-x", 100, "") };
+    let december =
+        v1::ListTransactionsRequest { billing_month: "2026-12".into(), oldest_time: None, ..list("c-x", 100, "") };
     let page = client.list_transactions(authorized(december, w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(page.transactions.len(), 30, "every sample is billed in 2026-12");
     let november = v1::ListTransactionsRequest { billing_month: "2026-11".into(), ..list("c-x", 100, "") };
     let page = client.list_transactions(authorized(november, w.token("agg-x"))).await.unwrap().into_inner();
     assert!(page.transactions.is_empty());
 
-    let get = |id: String| v1::GetTransactionRequest { consent_id: "c-x".into(), transaction_id: id, ..Default::default() };
+    let get =
+        |id: String| v1::GetTransactionRequest { consent_id: "c-x".into(), transaction_id: id, ..Default::default() };
     let one = client.get_transaction(authorized(get(tx_id("agg-x", 3)), w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(one.transaction.unwrap().transaction.unwrap().issuer_transaction_id, tx_id("agg-x", 3));
     let early = client.get_transaction(authorized(get(tx_id("agg-x", 100)), w.token("agg-x"))).await.unwrap_err();
@@ -236,7 +238,8 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
     // Bound to the caller and its consent.
     let theirs = client.list_statements(authorized(statements, w.token("agg-y"))).await.unwrap_err();
     assert_eq!(reason(&theirs), Some(Reason::NotYourConsent));
-    let other_account = v1::ListTransactionsRequest { account_ref: ids("agg-x").account("iss-a", "acct-2"), ..list("c-x", 10, "") };
+    let other_account =
+        v1::ListTransactionsRequest { account_ref: ids("agg-x").account("iss-a", "acct-2"), ..list("c-x", 10, "") };
     let e = client.list_transactions(authorized(other_account, w.token("agg-x"))).await.unwrap_err();
     assert_eq!(reason(&e), Some(Reason::AccountNotInConsent));
     let e = client.list_transactions(authorized(list("c-x", 10, ""), w.token("iss-a"))).await.unwrap_err();
@@ -255,7 +258,8 @@ async fn page_tokens_cannot_be_forged_or_reused_with_other_filters() {
     assert!(!token.is_empty());
 
     // page_size may change; nothing else.
-    let next = client.list_transactions(authorized(list("c-x", 3, &token), w.token("agg-x"))).await.unwrap().into_inner();
+    let next =
+        client.list_transactions(authorized(list("c-x", 3, &token), w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(next.transactions[0].transaction.as_ref().unwrap().issuer_transaction_id, tx_id("agg-x", 11));
     assert_eq!(next.changes_cursor, first.changes_cursor, "one listing, one changes cursor");
     for changed in [
@@ -309,7 +313,10 @@ async fn a_revoked_consent_reads_nothing_more_not_even_the_next_page() {
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert_eq!(reason(&denied), Some(Reason::ConsentEnded));
     let elapsed = written.elapsed();
-    assert!(elapsed <= cardlink_entitlement::REVOCATION_BOUND + Duration::from_millis(500), "denied only after {elapsed:?}");
+    assert!(
+        elapsed <= cardlink_entitlement::REVOCATION_BOUND + Duration::from_millis(500),
+        "denied only after {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -333,11 +340,13 @@ async fn the_changes_cursor_continues_on_the_stream_with_every_change_after_the_
         .version;
 
     // After the listing: a new transaction, and tx-2 refunded.
-    w.publish(&[transaction("acct-1", 31, TransactionKind::Posted), transaction("acct-1", 2, TransactionKind::Refunded)])
-        .await;
-    let mut stream = v1::subscription_client::SubscriptionClient::connect(format!("http://{}", subscription.addr()))
-        .await
-        .unwrap();
+    w.publish(&[
+        transaction("acct-1", 31, TransactionKind::Posted),
+        transaction("acct-1", 2, TransactionKind::Refunded),
+    ])
+    .await;
+    let mut stream =
+        v1::subscription_client::SubscriptionClient::connect(format!("http://{}", subscription.addr())).await.unwrap();
     let request = v1::SubscribeRequest {
         start: Some(v1::subscribe_request::Start::Cursor(last.changes_cursor.clone())),
         kinds: vec![v1::EventKind::Transaction as i32],

@@ -1,6 +1,7 @@
 //! The indexer against a real broker and the embedded store: states of one transaction make one
-//! row, statements go 確定前 → 確定後, restarts and replays change nothing, replicas share the
-//! partitions, and a record it cannot read is passed over without stopping the rest.
+//! row, statements go 確定前 → 確定後, restarts and replays change nothing, a new store behind an
+//! old group is indexed from the start, replicas share the partitions, and a record it cannot read
+//! is passed over without stopping the rest.
 
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
@@ -160,6 +161,19 @@ async fn the_store_follows_the_bus_one_row_per_transaction_and_statement() {
     tokio::time::timeout(WITHIN, progress.wait_for(|p| p.caught_up)).await.unwrap().unwrap();
     assert_eq!(store.transactions(&all("acct-1")).await.unwrap(), before);
     replay.stop().await;
+
+    // A new, empty store behind the same group (a restored or replaced database): the store's
+    // watermarks say what is indexed, not the group's offsets — everything is indexed again.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = SqliteStore::open(&fresh_dir.path().join("history.db")).unwrap();
+    fresh.migrate().await.unwrap();
+    let running = start(&bus, &fresh, GROUP);
+    until("the whole history in the new store", || async {
+        fresh.transactions(&all("acct-1")).await.unwrap() == before
+            && fresh.transactions(&all("acct-2")).await.unwrap().len() == 1
+    })
+    .await;
+    running.stop().await;
 }
 
 #[tokio::test]
