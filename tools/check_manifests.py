@@ -98,10 +98,10 @@ def main():
             fail(f"{name}: the Kafka CA is not configured")
         if not any(m["mountPath"] == "/etc/cardlink/kafka-ca" for m in container.get("volumeMounts", [])):
             fail(f"{name}: the Kafka CA is not mounted")
-        if name == "history":
+        if name in ("history", "subscription"):
             store = env.get("CARDLINK_HISTORY_STORE", {})
             if "secretKeyRef" not in store.get("valueFrom", {}):
-                fail("history: the store URL (it holds the database password) must come from a Secret")
+                fail(f"{name}: the history store URL (it holds the database password) must come from a Secret")
         check_hardened(name, pod)
         svc_ports = [p["port"] for p in services[name]["spec"]["ports"]]
         if port not in svc_ports:

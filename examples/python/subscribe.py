@@ -6,7 +6,10 @@ It follows the rules in docs/aggregators.md:
   * de-duplicate on (issuer_id, event_id): delivery is at-least-once;
   * reconnect on UNAVAILABLE (the service restarted) and RESOURCE_EXHAUSTED/FELL_BEHIND (you
     read too slowly), from your cursor, with backoff;
-  * stop on OUT_OF_RANGE (your cursor is older than what the bus retains): start over.
+  * stop on OUT_OF_RANGE (your cursor is older than what the bus retains): start over;
+  * with --backfill, start with the consents' history from the history store, then live, on
+    one cursor; keep each transaction's highest `version` (a history row that changed since
+    comes again, newer), and report backfill progress from the heartbeats.
 
 Each delivery is printed as one JSON line. Generate the gRPC code first (./generate.sh), then:
 
@@ -65,10 +68,23 @@ def event_key(delivery):
     return None  # consent changes are notices, not events
 
 
+def item_key(delivery):
+    """The transaction or statement a delivery is a state of: its versions replace one another."""
+    kind = delivery.WhichOneof("event")
+    if kind == "transaction":
+        return ("transaction", delivery.transaction.issuer_id, delivery.transaction.issuer_transaction_id)
+    if kind == "statement":
+        return ("statement", delivery.statement.issuer_id, delivery.statement.statement_id)
+    return None
+
+
 def request(args, cursor):
     kinds = [subscription_pb2.EventKind.Value("EVENT_KIND_" + k.upper()) for k in args.kinds]
     if cursor:
         return subscription_pb2.SubscribeRequest(cursor=cursor, kinds=kinds)
+    if args.backfill:
+        backfill = subscription_pb2.Backfill(consent_ids=args.backfill_consent)
+        return subscription_pb2.SubscribeRequest(backfill=backfill, kinds=kinds)
     return subscription_pb2.SubscribeRequest(from_earliest=args.from_earliest, kinds=kinds)
 
 
@@ -78,6 +94,8 @@ def main():
     p.add_argument("--token", default=os.environ.get("CARDLINK_TOKEN"), help="aggregator credential (or CARDLINK_TOKEN)")
     p.add_argument("--cursor-file", default="cursor.txt", help="where the position is kept between runs")
     p.add_argument("--from-earliest", action="store_true", help="without a cursor: everything still retained")
+    p.add_argument("--backfill", action="store_true", help="without a cursor: the consents' history, then live")
+    p.add_argument("--backfill-consent", action="append", default=[], help="with --backfill: only this consent")
     p.add_argument("--kinds", nargs="*", default=[], choices=["transaction", "statement", "consent"])
     p.add_argument("--max-deliveries", type=int, default=0, help="stop after this many (0: run until stopped)")
     p.add_argument("--max-reconnects", type=int, default=0, help="give up after this many in a row (0: never)")
@@ -86,6 +104,7 @@ def main():
         p.error("no credential: pass --token or set CARDLINK_TOKEN")
 
     seen = OrderedDict()
+    latest = {}  # item -> highest version kept (a real client keeps this with its data)
     delivered = 0
     backoff, reconnects = 0.5, 0
     metadata = [("authorization", "Bearer " + args.token)]
@@ -104,8 +123,17 @@ def main():
                             seen[key] = None
                             if len(seen) > SEEN_LIMIT:
                                 seen.popitem(last=False)
+                        item = item_key(delivery)
+                        if item is not None and delivery.version <= latest.get(item, -1):
+                            continue  # an older (or the same) state of something already kept
+                        if item is not None:
+                            latest[item] = delivery.version
                         print(json.dumps(MessageToDict(delivery), ensure_ascii=False), flush=True)
                         delivered += 1
+                    for progress in response.heartbeat.backfill:
+                        state = "complete" if progress.complete else "ended (consent no longer active)"
+                        print(f"backfill of {progress.consent_id}: {progress.delivered} delivered, {state}",
+                              file=sys.stderr)
                     # Only once everything in the response is processed does its cursor count.
                     if response.cursor:
                         save_cursor(args.cursor_file, response.cursor)

@@ -59,6 +59,8 @@ pub struct IngestSink {
     issuer_id: String,
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     batches: u64,
+    /// Every batch is an issuer's load of past records (`PublishRequest.historical`).
+    historical: bool,
 }
 
 impl IngestSink {
@@ -71,7 +73,14 @@ impl IngestSink {
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
         let authorization = format!("Bearer {key}").parse().map_err(|_| SinkError::BadKey)?;
-        Ok(Self { client, issuer_id: issuer_id.to_owned(), authorization, batches: 0 })
+        Ok(Self { client, issuer_id: issuer_id.to_owned(), authorization, batches: 0, historical: false })
+    }
+
+    /// Marks everything this sink publishes as past records loaded once: indexed into history,
+    /// never delivered live as new.
+    pub fn historical(mut self) -> Self {
+        self.historical = true;
+        self
     }
 
     pub fn issuer_id(&self) -> &str {
@@ -90,6 +99,7 @@ impl IngestSink {
                 issuer_id: self.issuer_id.clone(),
                 batch_id: format!("{}-{}", self.issuer_id, self.batches),
                 records,
+                historical: self.historical,
             });
             request.metadata_mut().insert("authorization", self.authorization.clone());
             let response = match self.client.publish(request).await {

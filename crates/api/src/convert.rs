@@ -294,7 +294,8 @@ pub fn consent(c: &ConsentEvent, account_ref: impl Fn(&str) -> String) -> v1::Co
         granted_at: c.granted_at.map(timestamp),
         expires_at: c.expires_at.map(timestamp),
         revoked_at: c.ended_at.filter(|_| c.status == ConsentStatus::Revoked).map(timestamp),
-        data_from: c.granted_at.map(timestamp),
+        data_from: c.data_from().map(timestamp),
+        history_days: u32::try_from(c.history_days).unwrap_or(0),
     }
 }
 

@@ -51,6 +51,7 @@ mod tests {
                     ..Default::default()
                 })),
             }],
+            historical: true,
         };
         let bytes = prost::Message::encode_to_vec(&request);
         assert_eq!(<v1::PublishRequest as prost::Message>::decode(bytes.as_slice()).expect("decodes"), request);

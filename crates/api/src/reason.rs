@@ -132,6 +132,8 @@ reasons! {
         "No scope, an unknown scope, or a scope wider than the request's.";
     InvalidDuration = "INVALID_DURATION", InvalidArgument, Call, false,
         "The consent's duration is outside what is allowed.";
+    InvalidHistoryDays = "INVALID_HISTORY_DAYS", InvalidArgument, Call, false,
+        "The consent request asks for more history than allowed (0 to 730 days before the grant).";
     InvalidRedirectUri = "INVALID_REDIRECT_URI", InvalidArgument, Call, false,
         "The redirect URI is not one the aggregator registered (exactly; a loopback http URI with any port), or cannot be registered.";
     InvalidCodeChallenge = "INVALID_CODE_CHALLENGE", InvalidArgument, Call, false,
@@ -194,6 +196,8 @@ reasons! {
         "The page token belongs to another listing: every field but page_size must be as in the request that began it.";
     HistoryUnavailable = "HISTORY_UNAVAILABLE", Unavailable, Call, true,
         "The history store did not answer; retry later.";
+    BackfillUnavailable = "BACKFILL_UNAVAILABLE", FailedPrecondition, Call, false,
+        "This deployment's subscription service has no history store: a stream cannot start with a backfill (use History).";
     // Ingest.
     TooManyRecords = "TOO_MANY_RECORDS", InvalidArgument, Call, false,
         "The publish call holds more records than allowed; split it.";
@@ -343,6 +347,7 @@ mod tests {
             ("SCOPE_NOT_CONNECTED", FailedPrecondition),
             ("INVALID_SCOPES", InvalidArgument),
             ("INVALID_DURATION", InvalidArgument),
+            ("INVALID_HISTORY_DAYS", InvalidArgument),
             ("INVALID_REDIRECT_URI", InvalidArgument),
             ("INVALID_CODE_CHALLENGE", InvalidArgument),
             ("INVALID_PURPOSE", InvalidArgument),
@@ -373,6 +378,7 @@ mod tests {
             ("PAGE_TOKEN_INVALID", InvalidArgument),
             ("PAGE_TOKEN_MISMATCH", InvalidArgument),
             ("HISTORY_UNAVAILABLE", Unavailable),
+            ("BACKFILL_UNAVAILABLE", FailedPrecondition),
             ("TOO_MANY_RECORDS", InvalidArgument),
             ("NOT_READY", Unavailable),
             ("UNDECODABLE_RECORD", Internal),

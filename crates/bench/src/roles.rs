@@ -53,6 +53,7 @@ pub async fn serve_subscription(bus: BusConfig, trusted_key: String, secret: Vec
         secret: Arc::from(secret.as_slice()),
         http_listen: None,
         max_stream_age: cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE,
+        history_store: None,
     };
     let running = cardlink_subscription::server::start(&bus, config).await?;
     println!("ready {}", running.addr());

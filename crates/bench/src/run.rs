@@ -131,7 +131,12 @@ fn requests(issuer: &str, members: usize, events: usize, batch: usize) -> Vec<v1
     while left > 0 {
         let n = left.min(batch);
         let records = sim.take(n).iter().map(cardlink_api::convert::ingest_record).collect();
-        out.push(v1::PublishRequest { issuer_id: issuer.into(), batch_id: uuid::Uuid::new_v4().to_string(), records });
+        out.push(v1::PublishRequest {
+            issuer_id: issuer.into(),
+            batch_id: uuid::Uuid::new_v4().to_string(),
+            records,
+            historical: false,
+        });
         left -= n;
     }
     out
@@ -211,7 +216,10 @@ async fn open_stream(
     let mut stream = client.subscribe(authorized(request(None), &token)?).await?.into_inner();
     // The first message says the stream is live.
     let first = stream.message().await?.context("stream ended at once")?;
-    anyhow::ensure!(first.heartbeat.is_some_and(|h| h.caught_up), "the first message is not the live heartbeat");
+    anyhow::ensure!(
+        first.heartbeat.as_ref().is_some_and(|h| h.caught_up),
+        "the first message is not the live heartbeat"
+    );
     let mut cursor = Some(first.cursor).filter(|c| !c.is_empty());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

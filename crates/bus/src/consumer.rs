@@ -199,11 +199,16 @@ impl Consumer {
 
     /// Goes back (or forward) on one partition it is reading: its next record is the one at
     /// `offset` (the earliest retained, if that one is gone). Records fetched ahead of it are
-    /// discarded. Blocks for at most a second.
-    pub fn seek(&self, topic: Topic, partition: i32, offset: i64) -> Result<(), BusError> {
-        self.inner
-            .seek(self.catalogue.name(topic), partition, Offset::Offset(offset), std::time::Duration::from_secs(1))
-            .map_err(|source| BusError::Kafka { operation: "seek", source })
+    /// discarded. Waits (off the async workers) for at most a second.
+    pub async fn seek(&self, topic: Topic, partition: i32, offset: i64) -> Result<(), BusError> {
+        let name = self.catalogue.name(topic).to_owned();
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner
+                .seek(&name, partition, Offset::Offset(offset), std::time::Duration::from_secs(1))
+                .map_err(|source| BusError::Kafka { operation: "seek", source })
+        })
+        .await
     }
 
     /// The partitions this consumer reads now (its share of the group's, when a group member).

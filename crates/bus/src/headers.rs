@@ -14,6 +14,9 @@ pub const SCHEMA_FINGERPRINT: &str = "cardlink-schema-fingerprint";
 pub const EVENT_ID: &str = "cardlink-event-id";
 /// W3C Trace Context.
 pub const TRACEPARENT: &str = "traceparent";
+/// `1` on an issuer's load of past records: indexed into history, never delivered to live streams
+/// as new.
+pub const HISTORICAL: &str = "cardlink-historical";
 
 /// The headers of one record. Unknown headers are ignored on read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,6 +25,8 @@ pub struct RecordHeaders {
     pub event_id: Option<String>,
     pub schema_fingerprint: Option<Fingerprint>,
     pub traceparent: Option<String>,
+    /// Part of an issuer's load of past records (see [`HISTORICAL`]).
+    pub historical: bool,
 }
 
 impl RecordHeaders {
@@ -40,6 +45,9 @@ impl RecordHeaders {
         if let Some(tp) = &self.traceparent {
             headers = headers.insert(Header { key: TRACEPARENT, value: Some(tp.as_bytes()) });
         }
+        if self.historical {
+            headers = headers.insert(Header { key: HISTORICAL, value: Some(b"1") });
+        }
         headers
     }
 
@@ -53,6 +61,7 @@ impl RecordHeaders {
                 EVENT_ID => out.event_id = Some(text.to_owned()),
                 SCHEMA_FINGERPRINT => out.schema_fingerprint = Fingerprint::from_hex(text),
                 TRACEPARENT => out.traceparent = Some(text.to_owned()),
+                HISTORICAL => out.historical = text == "1",
                 _ => {}
             }
         }
@@ -71,6 +80,7 @@ mod tests {
             event_id: Some("5f0c6f4e-8d52-4a43-9d0e-0d2c6f7a1b11".into()),
             schema_fingerprint: Some(Fingerprint([1, 2, 3, 4, 5, 6, 7, 8])),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            historical: true,
         };
         assert_eq!(RecordHeaders::from_kafka(Some(&headers.to_kafka())), headers);
         assert_eq!(RecordHeaders::from_kafka(Some(&RecordHeaders::default().to_kafka())), RecordHeaders::default());

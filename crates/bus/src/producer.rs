@@ -117,9 +117,20 @@ impl Producer {
 
     /// Encodes `event` (Avro single-object) and publishes it on its topic, keyed by account.
     pub async fn publish(&self, event: &Event, traceparent: Option<&str>) -> Result<Delivered, BusError> {
+        self.publish_as(event, traceparent, false).await
+    }
+
+    /// [`Producer::publish`], marked as part of an issuer's load of past records when
+    /// `historical` ([`crate::headers::HISTORICAL`]).
+    pub async fn publish_as(
+        &self,
+        event: &Event,
+        traceparent: Option<&str>,
+        historical: bool,
+    ) -> Result<Delivered, BusError> {
         let encoded = codec::encode(event)?;
         let key = event.partition_key();
-        self.send_encoded(&encoded, key.as_bytes(), &event.event_id().to_string(), traceparent).await
+        self.send_encoded(&encoded, key.as_bytes(), &event.event_id().to_string(), traceparent, historical).await
     }
 
     /// Publishes an audit event on the audit topic, keyed by issuer (else actor).
@@ -136,7 +147,7 @@ impl Producer {
         record: &T,
     ) -> Result<Delivered, BusError> {
         let encoded = codec::encode_record(record_type, record)?;
-        self.send_encoded(&encoded, key.as_bytes(), event_id, None).await
+        self.send_encoded(&encoded, key.as_bytes(), event_id, None, false).await
     }
 
     async fn send_encoded(
@@ -145,12 +156,14 @@ impl Producer {
         key: &[u8],
         event_id: &str,
         traceparent: Option<&str>,
+        historical: bool,
     ) -> Result<Delivered, BusError> {
         let headers = RecordHeaders {
             event_type: Some(encoded.record_type.full_name().to_owned()),
             event_id: Some(event_id.to_owned()),
             schema_fingerprint: Some(encoded.fingerprint),
             traceparent: traceparent.map(str::to_owned),
+            historical,
         };
         self.send(OutboundRecord {
             topic: Topic::for_record(encoded.record_type),

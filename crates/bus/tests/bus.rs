@@ -69,6 +69,7 @@ async fn published_events_come_back_decoded_with_headers() {
             event_id: Some(tx.event_id().to_string()),
             schema_fingerprint: Some(Schemas::get().latest(RecordType::CardTransaction).fingerprint),
             traceparent: Some(traceparent.into()),
+            historical: false,
         }
     );
 

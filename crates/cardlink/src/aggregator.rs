@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use cardlink_api::v1;
 use cardlink_client::aggregator::{Aggregator, ConsentAsk};
 use cardlink_client::cursor_file::CursorFile;
+use cardlink_client::history::{HistoryReader, TransactionsAsk};
 use cardlink_client::loopback::{Callback, Loopback};
 use cardlink_client::pending::{PendingFile, PendingRequest};
 use cardlink_client::render;
@@ -25,6 +26,9 @@ pub struct AggregatorArgs {
     /// The subscription service.
     #[arg(long, global = true, default_value = "http://127.0.0.1:50054", env = "CARDLINK_SUBSCRIPTION_ENDPOINT")]
     subscription_endpoint: String,
+    /// The history service.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50055", env = "CARDLINK_HISTORY_ENDPOINT")]
+    history_endpoint: String,
     /// The aggregator's credential (`cl1.…`; prefer the environment variable).
     #[arg(long, global = true, env = "CARDLINK_AGGREGATOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -49,6 +53,11 @@ enum AggregatorCommand {
     },
     /// Receive consented events, resumably.
     Subscribe(SubscribeArgs),
+    /// A member's past transactions and statements under one of your consents (History).
+    History {
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
     /// Save a cursor as a named position on the server (`subscribe --position NAME` resumes).
     Ack {
         /// The position's name (1–64 of A-Z a-z 0-9 . _ -).
@@ -78,6 +87,10 @@ enum ConsentCommand {
         /// How long the consent lasts (at most 365 days).
         #[arg(long, default_value_t = 90)]
         days: u32,
+        /// How many past days the consent also covers (at most 730): what History and a
+        /// backfill can read.
+        #[arg(long, default_value_t = 0)]
+        history_days: u32,
         /// What the data is for, shown to the member.
         #[arg(long, default_value = "家計簿への自動取り込み")]
         purpose: String,
@@ -114,6 +127,46 @@ enum ConsentCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum HistoryCommand {
+    /// Transactions (利用明細), newest first.
+    Transactions {
+        #[command(flatten)]
+        which: HistoryWhich,
+        /// Only this billing month (請求月), YYYY-MM.
+        #[arg(long)]
+        month: Option<String>,
+        /// From this many days ago (default 90; with --month, the whole month).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Oldest first.
+        #[arg(long)]
+        oldest_first: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Statements (請求), newest first.
+    Statements {
+        #[command(flatten)]
+        which: HistoryWhich,
+        /// From this billing month, YYYY-MM.
+        #[arg(long)]
+        from_month: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Args)]
+struct HistoryWhich {
+    /// The consent to read under.
+    #[arg(long)]
+    consent: String,
+    /// The account as the consent shows it (acc_…); needed when it covers several.
+    #[arg(long, default_value = "")]
+    account: String,
+}
+
 #[derive(Debug, Args)]
 struct SubscribeArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -122,8 +175,15 @@ struct SubscribeArgs {
     #[arg(long)]
     cursor_file: Option<PathBuf>,
     /// Without a saved cursor: start from everything still retained.
-    #[arg(long, conflicts_with_all = ["position", "cursor"])]
+    #[arg(long, conflicts_with_all = ["position", "cursor", "backfill"])]
     from_earliest: bool,
+    /// Without a saved cursor: start with your consents' history (from the history store), then
+    /// live — one cursor throughout.
+    #[arg(long, conflicts_with_all = ["position", "cursor"])]
+    backfill: bool,
+    /// With --backfill: only these consents' history; repeat (default: every active consent).
+    #[arg(long = "backfill-consent", requires = "backfill")]
+    backfill_consents: Vec<String>,
     /// Without a saved cursor: start after this named position.
     #[arg(long, conflicts_with = "cursor")]
     position: Option<String>,
@@ -218,6 +278,10 @@ pub async fn run(args: AggregatorArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AggregatorCommand::Subscribe(s) => subscribe(client, s).await,
+        AggregatorCommand::History { command } => {
+            let token = args.token.as_deref().unwrap_or_default();
+            history(HistoryReader::connect(&args.history_endpoint, token)?, command).await
+        }
         AggregatorCommand::Ack { name, cursor, cursor_file } => {
             let cursor = match (cursor, cursor_file) {
                 (Some(c), _) => c,
@@ -286,6 +350,7 @@ async fn consent(client: &mut Aggregator, command: ConsentCommand) -> anyhow::Re
             issuer,
             scopes,
             days,
+            history_days,
             purpose,
             accounts_hint,
             redirect_uri,
@@ -310,6 +375,7 @@ async fn consent(client: &mut Aggregator, command: ConsentCommand) -> anyhow::Re
                 scopes,
                 accounts_hint,
                 duration_days: days,
+                history_days,
                 purpose,
                 redirect_uri: redirect.clone(),
                 state: state.clone(),
@@ -372,6 +438,50 @@ async fn consent(client: &mut Aggregator, command: ConsentCommand) -> anyhow::Re
     }
 }
 
+async fn history(mut reader: HistoryReader, command: HistoryCommand) -> anyhow::Result<()> {
+    let (consent, deliveries, listed_cursor, available_from, format) = match command {
+        HistoryCommand::Transactions { which, month, days, oldest_first, format } => {
+            let ask = TransactionsAsk {
+                consent_id: which.consent.clone(),
+                account_ref: which.account,
+                billing_month: month,
+                oldest: days.map(|d| chrono::Utc::now() - chrono::TimeDelta::days(i64::from(d))),
+                oldest_first,
+            };
+            let listed = reader.transactions(&ask).await?;
+            let rows: Vec<v1::Delivery> =
+                listed.items.into_iter().map(|t| cardlink_client::history::as_delivery(&which.consent, t)).collect();
+            (which.consent, rows, listed.changes_cursor, listed.available_from, format)
+        }
+        HistoryCommand::Statements { which, from_month, format } => {
+            let listed = reader.statements(&which.consent, &which.account, from_month.as_deref()).await?;
+            let rows: Vec<v1::Delivery> = listed
+                .items
+                .into_iter()
+                .map(|s| cardlink_client::history::statement_as_delivery(&which.consent, s))
+                .collect();
+            (which.consent, rows, listed.changes_cursor, listed.available_from, format)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if format == Format::Table {
+        writeln!(out, "{}", render::TABLE_HEADER)?;
+    }
+    for d in &deliveries {
+        match format {
+            Format::Table => writeln!(out, "{}", render::table_row(d))?,
+            Format::Json => writeln!(out, "{}", render::json(d))?,
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "{} items under consent {consent}, available from {}; continue live with\n  cardlink aggregator subscribe --cursor {listed_cursor}",
+        deliveries.len(),
+        rfc3339(available_from.as_ref()),
+    );
+    Ok(())
+}
+
 fn print_granted(c: &v1::Consent) {
     println!("consent {} granted", c.consent_id);
     println!("  issuer:   {}", c.issuer_id);
@@ -385,6 +495,7 @@ async fn subscribe(client: Aggregator, args: SubscribeArgs) -> anyhow::Result<()
         (Some(name), _, _) => Start::Position(name.clone()),
         (None, Some(cursor), _) => Start::Cursor(cursor.clone()),
         (None, None, true) => Start::Earliest,
+        (None, None, false) if args.backfill => Start::Backfill(args.backfill_consents.clone()),
         (None, None, false) => Start::Now,
     };
     let kinds = args.kinds.iter().map(|k| k.proto()).collect();

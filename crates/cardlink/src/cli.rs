@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::FileConfig;
 use crate::runtime;
 use crate::services::{
-    ConsentSettings, HistorySettings, IngestSettings, Mode, Platform, RegistrySettings, SubscriptionSettings,
+    ConsentSettings, HistorySettings, HistoryStoreArgs, IngestSettings, Mode, Platform, RegistrySettings,
+    SubscriptionSettings,
 };
 
 #[derive(Debug, Parser)]
@@ -198,6 +199,8 @@ enum Service {
         secret: SecretArgs,
         #[command(flatten)]
         settings: SubscriptionSettings,
+        #[command(flatten)]
+        history: HistoryStoreArgs,
     },
     /// History (gRPC History): members' past transactions and statements on consent, and the
     /// indexer that keeps the history store at the bus's latest state.
@@ -278,6 +281,10 @@ enum Adapter {
         /// Records per ingest call.
         #[arg(long, default_value_t = cardlink_adapters::file::run::DEFAULT_BATCH)]
         batch: usize,
+        /// The file holds past months (a load when joining): indexed into members' history,
+        /// never delivered to live streams as new events.
+        #[arg(long)]
+        historical: bool,
         file: PathBuf,
     },
     /// Publish synthetic card events from a deterministic simulated issuer.
@@ -408,8 +415,8 @@ impl Cli {
 async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     // Each arm checks the arguments (by building the service's config) before touching Kafka.
     match service {
-        Service::Subscription { kafka, trusted, secret, settings } => {
-            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?)?;
+        Service::Subscription { kafka, trusted, secret, settings, history } => {
+            let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, history.url()?)?;
             let bus = kafka.bus(file)?;
             cardlink_bus::check_topics(&bus).await.context("checking topics")?;
             let running = cardlink_subscription::server::start(&bus, config).await?;
@@ -469,7 +476,7 @@ async fn shutdown_on_ctrl_c(running: RunningIngest) -> anyhow::Result<()> {
 
 async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
     match adapter {
-        Adapter::File { issuer, mapping, rejects, checkpoint, batch, file } => {
+        Adapter::File { issuer, mapping, rejects, checkpoint, batch, historical, file } => {
             let mapping = Mapping::load(&mapping)?;
             let rejects_path = rejects.clone().unwrap_or_else(|| {
                 let mut name = file.as_os_str().to_os_string();
@@ -477,6 +484,9 @@ async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {
                 PathBuf::from(name)
             });
             let mut sink = IngestSink::connect(&issuer.endpoint, &issuer.issuer, &issuer.key).await?;
+            if historical {
+                sink = sink.historical();
+            }
             let run = FileRun {
                 input: file.clone(),
                 mapping,

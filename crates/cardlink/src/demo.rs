@@ -241,6 +241,8 @@ pub async fn give_consents(
             scopes: scopes.iter().map(|s| cardlink_api::convert::scope(*s)).collect(),
             accounts_hint: String::new(),
             duration_days: 180,
+            // The demo members' last year, which the simulators publish at start.
+            history_days: 365,
             purpose: purpose.into(),
             redirect_uri: redirect_uri.clone(),
             state: state.clone(),

@@ -123,13 +123,14 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     // The pages are bound already: their actual address (the setting may ask for any port).
     consent_config.public_url = Some(pages_url.clone());
     let consent = cardlink_consent::server::start(&bus, consent_config).await?;
-    let subscription =
-        cardlink_subscription::server::start(&bus, args.subscription.config(Mode::Dev, &platform)?).await?;
     // History: a SQLite file of this run's own unless told otherwise (the embedded broker starts
-    // empty too; with --kafka, the indexer indexes what the cluster retains into it).
+    // empty too; with --kafka, the indexer indexes what the cluster retains into it). The
+    // subscription service's backfills read the same store.
     let history_dir =
         tempfile::Builder::new().prefix("cardlink-dev-history").tempdir().context("a directory for history")?;
     let history_config = args.history.config(Mode::Dev, &platform, Some(&history_dir.path().join("history.db")))?;
+    let subscription_config = args.subscription.config(Mode::Dev, &platform, Some(history_config.store.clone()))?;
+    let subscription = cardlink_subscription::server::start(&bus, subscription_config).await?;
     let history = cardlink_history_service::server::start(&bus, history_config).await?;
     let endpoints = Endpoints {
         kafka: bootstrap.clone(),

@@ -236,8 +236,36 @@ pub struct SubscriptionSettings {
     pub max_stream_age_secs: u64,
 }
 
+/// Where the history store is, for a service that reads it beside its own work (the
+/// subscription service's backfills). The same setting as the history service's.
+#[derive(Clone, Debug, Args)]
+pub struct HistoryStoreArgs {
+    /// The history store backfills read: postgres://… or sqlite:PATH, as given to `serve
+    /// history` [default: none — streams cannot start with a backfill].
+    #[arg(long, env = "CARDLINK_HISTORY_STORE", hide_env_values = true)]
+    pub history_store: Option<String>,
+}
+
+impl HistoryStoreArgs {
+    /// The store named, if any (an empty variable names none).
+    pub fn url(&self) -> anyhow::Result<Option<StoreUrl>> {
+        match self.history_store.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) => {
+                Ok(Some(url.parse().map_err(|e| anyhow::anyhow!("--history-store / CARDLINK_HISTORY_STORE: {e}"))?))
+            }
+        }
+    }
+}
+
 impl SubscriptionSettings {
-    pub fn config(&self, mode: Mode, platform: &Platform) -> anyhow::Result<SubscriptionConfig> {
+    /// The subscription service's config; backfills read `history_store` if given.
+    pub fn config(
+        &self,
+        mode: Mode,
+        platform: &Platform,
+        history_store: Option<StoreUrl>,
+    ) -> anyhow::Result<SubscriptionConfig> {
         anyhow::ensure!(self.max_stream_age_secs > 0, "--max-stream-age-secs: at least 1");
         Ok(SubscriptionConfig {
             listen: self.subscription_listen.unwrap_or_else(|| mode.bind(50054)),
@@ -248,6 +276,7 @@ impl SubscriptionSettings {
             trusted_keys: platform.trusted_keys.clone(),
             secret: Arc::clone(&platform.secret),
             max_stream_age: Duration::from_secs(self.max_stream_age_secs),
+            history_store,
         })
     }
 }

@@ -142,6 +142,7 @@ fn tx(n: u32) -> v1::PublishRequest {
         issuer_id: "iss-a".into(),
         batch_id: format!("b{n}"),
         records: vec![convert::ingest_record(&event)],
+        historical: false,
     }
 }
 

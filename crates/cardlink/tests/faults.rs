@@ -112,7 +112,7 @@ async fn ingest_killed_mid_stream_writes_each_record_once_after_the_client_retri
             let first = u32::try_from(b).unwrap() * PER_BATCH;
             let records =
                 (first..first + PER_BATCH).map(|n| convert::ingest_record(&transaction("acct-1", n))).collect();
-            v1::PublishRequest { issuer_id: "iss-a".into(), batch_id: format!("b{b}"), records }
+            v1::PublishRequest { issuer_id: "iss-a".into(), batch_id: format!("b{b}"), records, historical: false }
         })
         .collect();
     let queue = Arc::new(Mutex::new((0..BATCHES).collect::<VecDeque<_>>()));
@@ -206,7 +206,7 @@ async fn stream_across(
         match listen {
             Err(_) => break,
             Ok(Ok(Some(message))) => {
-                if message.heartbeat.is_some_and(|h| h.caught_up) && cursor.is_empty() {
+                if message.heartbeat.as_ref().is_some_and(|h| h.caught_up) && cursor.is_empty() {
                     subscribed.send(()).await.unwrap();
                 }
                 for delivery in message.deliveries {
@@ -366,6 +366,7 @@ async fn the_broker_unreachable_for_10_s_loses_nothing_acknowledged() {
             secret: Arc::from(&SECRET[..]),
             http_listen: None,
             max_stream_age: cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE,
+            history_store: None,
         },
     )
     .await
@@ -382,7 +383,7 @@ async fn the_broker_unreachable_for_10_s_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let first = tokio::time::timeout(WITHIN, stream.message()).await.unwrap().unwrap().unwrap();
-    assert!(first.heartbeat.is_some_and(|h| h.caught_up));
+    assert!(first.heartbeat.as_ref().is_some_and(|h| h.caught_up));
     let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         // The stream must outlive the cut: any end of it is a failure.
@@ -407,6 +408,7 @@ async fn the_broker_unreachable_for_10_s_loses_nothing_acknowledged() {
                 issuer_id: "iss-a".into(),
                 batch_id: format!("b{n}"),
                 records: vec![convert::ingest_record(&transaction("acct-1", n))],
+                historical: false,
             };
             match client.publish(authorized(request, &issuer)).await {
                 Ok(response) if all_acknowledged(response.get_ref(), 1) => Answer::Acknowledged,
@@ -649,6 +651,7 @@ async fn timeline(churn: &Churn, rng: &mut rand::rngs::StdRng, n: usize) {
         scopes: scopes.iter().map(|s| convert::scope(*s) as i32).collect(),
         accounts_hint: String::new(),
         duration_days: 90,
+        history_days: 0,
         purpose: "家計簿への自動記録".into(),
         redirect_uri: REDIRECT.into(),
         code_challenge: cardlink_consent::pkce::challenge(VERIFIER),
@@ -1002,6 +1005,7 @@ async fn consent_churn_never_delivers_outside_consent_nor_after_the_revocation_b
             secret: Arc::from(&cardlink_testkit::TEST_CONSENT_SECRET[..]),
             http_listen: None,
             max_stream_age: cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE,
+            history_store: None,
         },
     )
     .await

@@ -245,7 +245,8 @@ async fn no_card_number_is_logged_traced_stored_or_echoed() {
     for (b, chunk) in planted.chunks(40).enumerate() {
         let mut records: Vec<v1::IngestRecord> = chunk.iter().map(|(_, r)| r.clone()).collect();
         records.push(clean(u32::try_from(b).unwrap() + 1));
-        let request = v1::PublishRequest { issuer_id: "iss-a".into(), batch_id: format!("b{b}"), records };
+        let request =
+            v1::PublishRequest { issuer_id: "iss-a".into(), batch_id: format!("b{b}"), records, historical: false };
         requests_text.push_str(&format!("{request:?}"));
         let response = client.publish(authorized(request, &issuer)).await.unwrap().into_inner();
         for (i, (field, _)) in chunk.iter().enumerate() {

@@ -16,6 +16,8 @@ pub struct ConsentAsk {
     pub scopes: Vec<v1::Scope>,
     pub accounts_hint: String,
     pub duration_days: u32,
+    /// Days before the grant the consent also covers (at most 730).
+    pub history_days: u32,
     pub purpose: String,
     pub redirect_uri: String,
     pub state: String,
@@ -39,7 +41,7 @@ pub struct Aggregator {
 
 /// A channel that connects on first use (and reconnects after a restart of the service), so a
 /// command needs only the services it calls.
-fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+pub(crate) fn channel(endpoint: &str) -> Result<Channel, ClientError> {
     let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| ClientError::Connect { endpoint: endpoint.to_owned(), message: e.to_string() })?
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -71,6 +73,7 @@ impl Aggregator {
             scopes: ask.scopes.iter().map(|s| *s as i32).collect(),
             accounts_hint: ask.accounts_hint.clone(),
             duration_days: ask.duration_days,
+            history_days: ask.history_days,
             purpose: ask.purpose.clone(),
             redirect_uri: ask.redirect_uri.clone(),
             code_challenge: pkce.challenge.clone(),

@@ -6,7 +6,9 @@
 //! - [`aggregator`]: the gRPC calls — request a consent, exchange the code, subscribe,
 //!   acknowledge — with the credential attached.
 //! - [`subscriber`]: a resumable subscription — reconnects from the last processed cursor,
-//!   de-duplicates repeats.
+//!   de-duplicates repeats; it may start with a backfill of the consents' history.
+//! - [`history`]: History listings (past transactions and statements under a consent), page by
+//!   page.
 //! - [`cursor_file`]: the last cursor, saved atomically so a restarted client resumes exactly.
 //! - [`loopback`] and [`pending`]: receiving the consent redirect on the loopback interface, or
 //!   keeping the request's verifier until the code is brought back by hand.
@@ -16,6 +18,7 @@
 
 pub mod aggregator;
 pub mod cursor_file;
+pub mod history;
 pub mod http;
 pub mod loopback;
 pub mod member;

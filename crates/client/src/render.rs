@@ -141,6 +141,7 @@ mod tests {
             })),
             published_at: None,
             version: 0,
+            from_history: false,
         };
         let row = table_row(&d);
         assert!(row.starts_with("transaction") && row.contains("880 JPY") && row.contains("コンビニ"), "{row}");

@@ -29,6 +29,8 @@ pub enum Start {
     Position(String),
     /// After this cursor.
     Cursor(String),
+    /// The history of these consents (empty: every active one) from the history store, then live.
+    Backfill(Vec<String>),
 }
 
 /// Event ids remembered for de-duplication. At-least-once repeats come from one replayed
@@ -167,6 +169,9 @@ impl Resumable {
             (None, Start::Earliest) => Some(S::FromEarliest(true)),
             (None, Start::Position(name)) => Some(S::PositionName(name.clone())),
             (None, Start::Cursor(cursor)) => Some(S::Cursor(cursor.clone())),
+            (None, Start::Backfill(consent_ids)) => {
+                Some(S::Backfill(v1::Backfill { consent_ids: consent_ids.clone() }))
+            }
         };
         v1::SubscribeRequest {
             start,

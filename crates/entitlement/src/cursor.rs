@@ -5,6 +5,11 @@
 //! edited, or used by another aggregator: `cur1.<base64url(payload)>.<base64url(mac)>`.
 //! Positions only move forward: [`Cursor::advance`] never goes back, so resuming from any cursor
 //! a stream has handed out continues exactly after what it covered (no gap).
+//!
+//! A stream that starts with a backfill (history from the store, then live) also carries how far
+//! the backfill has come ([`BackfillState`]); its positions are then where live continues once the
+//! backfill is done. Such cursors are version 2 (positions counted, then the state); cursors
+//! without a backfill keep version 1's bytes.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +20,10 @@ use cardlink_bus::Topic;
 
 const PREFIX: &str = "cur1";
 const VERSION: u8 = 1;
+/// Positions, then a backfill's state.
+const VERSION_BACKFILL: u8 = 2;
+/// Consents a backfill may name.
+pub const MAX_BACKFILL_CONSENTS: usize = 100;
 /// Truncated MAC length: 128 bits.
 const MAC_LEN: usize = 16;
 /// Longest cursor accepted, in bytes (a few hundred partitions).
@@ -66,16 +75,64 @@ impl ApiError for CursorError {
     }
 }
 
-/// A stream position: next offset to deliver per (topic, partition).
+/// How far a backfill has come. Consents are backfilled one at a time in id order; within one,
+/// account by account (in the consent's order), transactions newest first, then statements
+/// newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackfillState {
+    /// When the backfill began (microseconds): without named consents, it covers the consents
+    /// active then.
+    pub started_at: i64,
+    /// The consents named (empty: every consent of the aggregator active at `started_at`).
+    pub named: Vec<String>,
+    /// Consents with an id up to this one are done ("" none yet).
+    pub done_through: String,
+    /// Where the consent being delivered stands.
+    pub current: Option<BackfillPosition>,
+}
+
+/// Within one consent: the account, the kind of data, and the last row delivered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackfillPosition {
+    pub consent_id: String,
+    /// Index into the consent's accounts.
+    pub account: usize,
+    /// Statements (else transactions).
+    pub statements: bool,
+    /// The last row delivered: (occurred_at micros or 0, billing month or "", issuer id).
+    pub after: Option<(i64, String, String)>,
+    /// History deliveries made under the consent so far.
+    pub delivered: u64,
+}
+
+/// A stream position: next offset to deliver per (topic, partition), and a backfill's progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub aggregator_id: String,
     positions: BTreeMap<(EventTopic, i32), i64>,
+    /// Set while a backfill is not done (boxed: most cursors have none).
+    pub backfill: Option<Box<BackfillState>>,
 }
 
 impl Cursor {
     pub fn new(aggregator_id: &str) -> Self {
-        Self { aggregator_id: aggregator_id.to_owned(), positions: BTreeMap::new() }
+        Self { aggregator_id: aggregator_id.to_owned(), positions: BTreeMap::new(), backfill: None }
+    }
+
+    /// A cursor at the positions `watermarks` name — (topic name without the deployment's
+    /// prefix, partition, next offset), as the history store keeps them: the stream from it
+    /// carries everything from those positions on. Other topics are left out.
+    pub fn at_watermarks<'a>(aggregator_id: &str, watermarks: impl IntoIterator<Item = (&'a str, i32, i64)>) -> Self {
+        let mut cursor = Self::new(aggregator_id);
+        for (name, partition, next_offset) in watermarks {
+            let topic = Topic::ALL.into_iter().find(|t| t.suffix() == name).and_then(EventTopic::of);
+            if let Some(topic) = topic
+                && next_offset > 0
+            {
+                cursor.advance(topic, partition, next_offset - 1);
+            }
+        }
+        cursor
     }
 
     /// The next offset to deliver on a partition, if the cursor has one.
@@ -98,16 +155,27 @@ impl Cursor {
 
     fn payload(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.aggregator_id.len() + self.positions.len() * 13);
-        out.push(VERSION);
+        out.push(if self.backfill.is_some() { VERSION_BACKFILL } else { VERSION });
         let id = self.aggregator_id.as_bytes();
         out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(&id[..id.len().min(255)]);
+        if let Some(state) = &self.backfill {
+            out.extend_from_slice(&u32::try_from(self.positions.len()).unwrap_or(u32::MAX).to_be_bytes());
+            self.push_positions(&mut out);
+            // Serialising our own plain types cannot fail.
+            out.extend_from_slice(&serde_json::to_vec(state).unwrap_or_default());
+        } else {
+            self.push_positions(&mut out);
+        }
+        out
+    }
+
+    fn push_positions(&self, out: &mut Vec<u8>) {
         for ((topic, partition), next) in &self.positions {
             out.push(*topic as u8);
             out.extend_from_slice(&partition.to_be_bytes());
             out.extend_from_slice(&next.to_be_bytes());
         }
-        out
     }
 
     /// The opaque, authenticated form handed to the aggregator.
@@ -142,12 +210,25 @@ impl Cursor {
 
     fn parse(payload: &[u8]) -> Option<Self> {
         let (&version, rest) = payload.split_first()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_BACKFILL {
             return None;
         }
         let (&len, rest) = rest.split_first()?;
-        let (id, mut rest) = rest.split_at_checked(usize::from(len))?;
+        let (id, rest) = rest.split_at_checked(usize::from(len))?;
         let mut cursor = Self::new(std::str::from_utf8(id).ok()?);
+        let (mut rest, state) = if version == VERSION_BACKFILL {
+            let (count, rest) = rest.split_at_checked(4)?;
+            let count = usize::try_from(u32::from_be_bytes(count.try_into().ok()?)).ok()?;
+            let (entries, state) = rest.split_at_checked(count.checked_mul(13)?)?;
+            let state: BackfillState = serde_json::from_slice(state).ok()?;
+            if state.named.len() > MAX_BACKFILL_CONSENTS {
+                return None;
+            }
+            (entries, Some(state))
+        } else {
+            (rest, None)
+        };
+        cursor.backfill = state.map(Box::new);
         while !rest.is_empty() {
             let (entry, tail) = rest.split_at_checked(13)?;
             let topic = EventTopic::from_code(entry[0])?;
@@ -200,6 +281,27 @@ mod tests {
         #[test]
         fn cursors_round_trip(entries in positions()) {
             let c = build("agg-x", &entries);
+            prop_assert_eq!(Cursor::decode(SECRET, &c.encode(SECRET), "agg-x"), Ok(c));
+        }
+
+        /// A backfill's progress travels with the positions, whatever it holds.
+        #[test]
+        fn cursors_with_a_backfill_round_trip(
+            entries in positions(),
+            named in proptest::collection::vec("[a-z0-9_]{1,40}", 0..5),
+            done in "[a-z0-9_]{0,40}",
+            current in proptest::option::of(("[a-z0-9_]{1,40}", 0usize..50, any::<bool>(),
+                proptest::option::of((any::<i64>(), "[0-9-]{0,7}", "\\PC{0,30}")), any::<u64>())),
+        ) {
+            let mut c = build("agg-x", &entries);
+            c.backfill = Some(Box::new(BackfillState {
+                started_at: 1_700_000_000_000_000,
+                named,
+                done_through: done,
+                current: current.map(|(consent_id, account, statements, after, delivered)| {
+                    BackfillPosition { consent_id, account, statements, after, delivered }
+                }),
+            }));
             prop_assert_eq!(Cursor::decode(SECRET, &c.encode(SECRET), "agg-x"), Ok(c));
         }
 

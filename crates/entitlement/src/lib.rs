@@ -3,10 +3,13 @@
 //!
 //! - [`projection`]: one event, as one aggregator may see it under one grant — scopes applied,
 //!   the data window and expiry enforced, the issuer's ids replaced by the aggregator's pseudonyms.
+//! - [`access`]: the record of what was provided to whom (the APPI record), tallied per consent
+//!   and kind of data and written to the audit topic — by the stream and by History alike.
 //! - [`cursor`]: an opaque, tamper-evident position on the bus bound to one aggregator; the
 //!   subscription service resumes from it, and a history listing hands one out so the stream
 //!   continues with every change after the listing.
 
+pub mod access;
 pub mod cursor;
 pub mod projection;
 

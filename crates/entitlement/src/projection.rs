@@ -63,6 +63,7 @@ pub fn project(event: &Event, grant: &Grant, pseudonym_secret: &[u8], now: DateT
         consent_id: grant.consent_id.to_string(),
         published_at: None,
         version: 0,
+        from_history: false,
     })
 }
 

@@ -49,6 +49,10 @@ pub struct ConsentEvent {
     pub state: Option<String>,
     pub code_challenge: String,
     pub duration_days: i32,
+    /// Days before the grant the consent also covers (history); 0 for consents written before
+    /// schema v2.
+    #[serde(default)]
+    pub history_days: i32,
     #[serde(with = "chrono::serde::ts_microseconds")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono::serde::ts_microseconds_option")]
@@ -75,6 +79,12 @@ impl ConsentEvent {
     /// Whether the consent allows delivery at `now`: active and not past its expiry.
     pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
         self.status == ConsentStatus::Active && self.expires_at.is_some_and(|e| now < e)
+    }
+
+    /// The instant from which events may be provided under the consent: its grant, less the
+    /// history it covers. `None` until granted.
+    pub fn data_from(&self) -> Option<DateTime<Utc>> {
+        self.granted_at.map(|g| g - chrono::TimeDelta::days(i64::from(self.history_days.max(0))))
     }
 
     pub fn covers(&self, scope: Scope) -> bool {

@@ -129,6 +129,7 @@ pub fn active_consent(
         // RFC 7636 appendix B's challenge; no verifier is needed for an already active consent.
         code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
         duration_days: 365,
+        history_days: 0,
         created_at: granted_at,
         granted_at: Some(granted_at),
         expires_at: Some(expires_at),

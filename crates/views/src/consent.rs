@@ -130,7 +130,7 @@ impl ConsentView {
                 consent_id: Arc::clone(&id),
                 aggregator_id: aggregator,
                 scopes: ScopeSet::of(&event.scopes),
-                data_from_micros: micros(event.granted_at),
+                data_from_micros: micros(event.data_from()),
                 expires_at_micros: event.expires_at.map_or(i64::MIN, |t| t.timestamp_micros()),
             };
             for account in &event.account_refs {
@@ -200,5 +200,23 @@ mod tests {
         assert!(!g.allows(Scope::Statements, 100, 999), "scope not granted");
         assert!(!g.allows(Scope::Transactions, 99, 999), "before the data window");
         assert!(!g.allows(Scope::Transactions, 500, 1_000), "expired");
+    }
+
+    #[test]
+    fn a_grants_data_window_reaches_back_the_history_the_member_agreed_to() {
+        let granted = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 6, 1, 0, 0, 0).single().unwrap_or_default();
+        let until = granted + chrono::TimeDelta::days(90);
+        let scopes = [Scope::Transactions];
+        let mut event =
+            cardlink_events::samples::active_consent("c-1", "iss-a", "agg-x", &["acct-1"], &scopes, granted, until);
+        let mut view = ConsentView::new();
+        view.apply(event.clone());
+        assert_eq!(view.grants("iss-a/acct-1")[0].data_from_micros, granted.timestamp_micros(), "no history");
+        event.history_days = 365;
+        event.event_id = cardlink_events::EventId::random();
+        let mut view = ConsentView::new();
+        view.apply(event);
+        let year_before = granted - chrono::TimeDelta::days(365);
+        assert_eq!(view.grants("iss-a/acct-1")[0].data_from_micros, year_before.timestamp_micros());
     }
 }

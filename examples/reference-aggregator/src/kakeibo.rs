@@ -191,6 +191,7 @@ pub(crate) mod tests {
             })),
             published_at: None,
             version: 0,
+            from_history: false,
         }
     }
 

@@ -66,6 +66,7 @@ impl ConsentService for ConsentGrpc {
             issuer_id: r.issuer_id,
             scopes: scopes(&r.scopes).map_err(into_status)?,
             duration_days: i32::try_from(r.duration_days).unwrap_or(i32::MAX),
+            history_days: i32::try_from(r.history_days).unwrap_or(i32::MAX),
             purpose: r.purpose,
             redirect_uri: r.redirect_uri,
             code_challenge: r.code_challenge,

@@ -33,6 +33,8 @@ use crate::pkce;
 
 /// The longest consent, in days (the cap the docs state).
 pub const MAX_DURATION_DAYS: i32 = 365;
+/// The most history a consent may cover: 24 months, what CDR requires and Plaid allows at most.
+pub const MAX_HISTORY_DAYS: i32 = 730;
 /// How long a one-time code can be exchanged.
 pub const CODE_TTL: TimeDelta = TimeDelta::seconds(60);
 /// How long a request waits for the member's decision.
@@ -90,6 +92,8 @@ pub enum ConsentError {
     InvalidScopes(&'static str),
     #[error("duration must be 1 to {MAX_DURATION_DAYS} days")]
     InvalidDuration,
+    #[error("history_days must be 0 to {MAX_HISTORY_DAYS}")]
+    InvalidHistoryDays,
     #[error("redirect_uri must be one the aggregator registered (exactly; a loopback http URI with any port)")]
     InvalidRedirect,
     #[error("state must be at most {MAX_STATE_BYTES} bytes, without control characters")]
@@ -123,6 +127,7 @@ impl ApiError for ConsentError {
             Self::ScopeNotConnected(_) => Reason::ScopeNotConnected,
             Self::InvalidScopes(_) => Reason::InvalidScopes,
             Self::InvalidDuration => Reason::InvalidDuration,
+            Self::InvalidHistoryDays => Reason::InvalidHistoryDays,
             Self::InvalidRedirect => Reason::InvalidRedirectUri,
             Self::InvalidState => Reason::InvalidState,
             Self::TooManyPending => Reason::TooManyPendingRequests,
@@ -151,6 +156,8 @@ pub struct NewRequest {
     pub issuer_id: String,
     pub scopes: Vec<Scope>,
     pub duration_days: i32,
+    /// Days before the grant the consent also covers.
+    pub history_days: i32,
     pub purpose: String,
     pub redirect_uri: String,
     pub code_challenge: String,
@@ -299,6 +306,9 @@ impl ConsentBook {
         if !(1..=MAX_DURATION_DAYS).contains(&request.duration_days) {
             return Err(ConsentError::InvalidDuration);
         }
+        if !(0..=MAX_HISTORY_DAYS).contains(&request.history_days) {
+            return Err(ConsentError::InvalidHistoryDays);
+        }
         if !cardlink_events::registry::redirect_uri_allowed(&connection.redirect_uris, &request.redirect_uri) {
             return Err(ConsentError::InvalidRedirect);
         }
@@ -334,6 +344,7 @@ impl ConsentBook {
             state: request.state,
             code_challenge: request.code_challenge,
             duration_days: request.duration_days,
+            history_days: request.history_days,
             created_at: now,
             granted_at: None,
             // Until decided, the request itself expires.

@@ -83,11 +83,15 @@ fn request_summary(c: &ConsentEvent, aggregator_name: &str) -> String {
     let scopes: String = c.requested_scopes.iter().map(|s| format!("<li>{}</li>", scope_label(*s))).collect();
     format!(
         "<div class=\"box\"><p><b>{}</b> が、あなたのカード情報の参照を求めています。</p>\
-         <p>利用目的: {}</p><p>期間: {} 日間</p><p>対象となる情報:</p><ul>{}</ul>\
+         <p>利用目的: {}</p><p>期間: {} 日間</p>{}<p>対象となる情報:</p><ul>{}</ul>\
          <p>お選びいただいた後の戻り先: <b class=\"destination\">{}</b></p></div>",
         esc(aggregator_name),
         esc(&c.purpose),
         c.duration_days,
+        match c.history_days {
+            0 => "<p>過去の明細: 提供しません（同意した時点以降の情報のみ）</p>".to_owned(),
+            days => format!("<p>過去の明細: 同意の日から遡って <b>{days} 日分</b>も提供します</p>"),
+        },
         scopes,
         esc(&destination(&c.redirect_uri))
     )

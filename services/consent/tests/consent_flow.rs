@@ -66,6 +66,7 @@ fn ask(scopes: &[v1::Scope]) -> v1::CreateConsentRequestRequest {
         scopes: scopes.iter().map(|s| *s as i32).collect(),
         accounts_hint: String::new(),
         duration_days: 90,
+        history_days: 0,
         purpose: "毎月の支出を自動で家計簿に記録するため".into(),
         redirect_uri: REDIRECT.into(),
         code_challenge: pkce::challenge(VERIFIER),

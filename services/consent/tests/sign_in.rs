@@ -75,6 +75,7 @@ impl World {
             scopes: vec![v1::Scope::Transactions as i32],
             accounts_hint: String::new(),
             duration_days: 30,
+            history_days: 0,
             purpose: "家計簿への自動取り込み".into(),
             redirect_uri: "https://kakeibo.example/callback".into(),
             code_challenge: pkce::challenge(VERIFIER),

@@ -138,6 +138,25 @@ pub async fn run(
     store: impl HistoryStore,
     consumer: Consumer,
     progress: watch::Sender<Progress>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), IndexError> {
+    let result = index(store, &consumer, progress, shutdown).await;
+    // Closing a group member leaves the group, which waits on the broker: never on the async
+    // workers (a shutdown must not stall the rest of the process), and not for ever.
+    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+        tracing::warn!("the indexer's consumer did not leave its group in time; the group rebalances without it");
+    }
+    result
+}
+
+/// How long a stopping indexer waits for its consumer to leave the group.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+async fn index(
+    store: impl HistoryStore,
+    consumer: &Consumer,
+    progress: watch::Sender<Progress>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IndexError> {
     let mut stored = loop {
@@ -161,14 +180,14 @@ pub async fn run(
         let first = tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = lag_tick.tick() => {
-                stored.behind_the_group(&consumer).await;
-                measure_lag(&consumer, &progress).await;
+                stored.behind_the_group(consumer).await;
+                measure_lag(consumer, &progress).await;
                 continue;
             }
             record = consumer.recv_retrying("history indexer") => record?,
         };
         let mut records = Vec::new();
-        if stored.admit(&consumer, &first).await {
+        if stored.admit(consumer, &first).await {
             records.push(first);
         }
         let linger = tokio::time::sleep(BATCH_LINGER);
@@ -178,7 +197,7 @@ pub async fn run(
                 _ = &mut linger => break,
                 record = consumer.recv_retrying("history indexer") => {
                     let record = record?;
-                    if stored.admit(&consumer, &record).await {
+                    if stored.admit(consumer, &record).await {
                         records.push(record);
                     }
                 }
@@ -281,19 +300,19 @@ impl StoredPositions {
         if stored < low {
             if record.offset > low {
                 // The group starts after the earliest retained record: go back to that one.
-                return self.seek(consumer, record, low);
+                return self.seek(consumer, record, low).await;
             }
             return true;
         }
-        self.seek(consumer, record, stored)
+        self.seek(consumer, record, stored).await
     }
 
-    fn seek(&mut self, consumer: &Consumer, record: &Record, to: i64) -> bool {
-        !self.seek_partition(consumer, record.topic, record.partition, record.offset, to)
+    async fn seek(&mut self, consumer: &Consumer, record: &Record, to: i64) -> bool {
+        !self.seek_partition(consumer, record.topic, record.partition, record.offset, to).await
     }
 
     /// Seeks `partition` back from `from` to `to`; whether it did.
-    fn seek_partition(&mut self, consumer: &Consumer, topic: Topic, partition: i32, from: i64, to: i64) -> bool {
+    async fn seek_partition(&mut self, consumer: &Consumer, topic: Topic, partition: i32, from: i64, to: i64) -> bool {
         tracing::info!(
             ?topic,
             partition,
@@ -301,7 +320,7 @@ impl StoredPositions {
             to,
             "the store holds less of this partition than the group committed; indexing from the store's position"
         );
-        match consumer.seek(topic, partition, to) {
+        match consumer.seek(topic, partition, to).await {
             Ok(()) => {
                 self.seeking.insert((topic, partition), to);
                 true
@@ -326,7 +345,7 @@ impl StoredPositions {
             let Ok((low, _)) = consumer.watermarks(topic, partition).await else { continue };
             let to = stored.max(low);
             if committed > to {
-                self.seek_partition(consumer, topic, partition, committed, to);
+                self.seek_partition(consumer, topic, partition, committed, to).await;
             }
         }
     }

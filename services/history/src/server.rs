@@ -11,7 +11,8 @@ use std::sync::Arc;
 use cardlink_api::v1::history_server::HistoryServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Topic};
+use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
+use cardlink_entitlement::access::AccessLog;
 use cardlink_history::{AnyStore, StoreUrl};
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
@@ -68,6 +69,9 @@ pub struct RunningHistory {
     progress: watch::Receiver<Progress>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stopped after the server, so its last answers are on the record.
+    stop_access: watch::Sender<bool>,
+    access: JoinHandle<()>,
 }
 
 impl RunningHistory {
@@ -89,6 +93,8 @@ impl RunningHistory {
         for task in self.tasks {
             cardlink_serving::join_within(task, cardlink_serving::SHUTDOWN_GRACE).await;
         }
+        self.stop_access.send_replace(true);
+        let _ = self.access.await;
     }
 }
 
@@ -147,13 +153,25 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
     }));
 
     let auth = Authenticator::new(TokenVerifier::new(config.trusted_keys.clone()), registry.clone());
+    let access = AccessLog::default();
+    let (stop_access, stop_access_rx) = watch::channel(false);
+    let access_task = logged(
+        "access records",
+        tokio::spawn(cardlink_entitlement::access::run_flusher(
+            access.clone(),
+            consents.clone(),
+            Producer::new(bus)?,
+            stop_access_rx,
+        )),
+    );
     let history = History::new(
         store.clone(),
         consents.clone(),
         registry.clone(),
         Arc::clone(&config.secret),
         config.retention_months,
-    );
+    )
+    .with_access_log(access);
     let (ready_views, ready_progress) = ((registry.clone(), consents.clone()), progress.clone());
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),
@@ -180,5 +198,5 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
     });
     tracing::info!(%addr, store = ?config.store, index = config.index, "history service listening");
     tasks.extend([server, logged("registry view", registry_task), logged("consent view", consents_task)]);
-    Ok(RunningHistory { addr, store, progress, shutdown, tasks })
+    Ok(RunningHistory { addr, store, progress, shutdown, tasks, stop_access, access: access_task })
 }

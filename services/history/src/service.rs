@@ -6,6 +6,9 @@
 //! more after the revocation bound — the next page of a listing begun before answers
 //! `CONSENT_ENDED`.
 //!
+//! Every item answered is recorded like a stream's delivery ([`AccessLog`]): the member's page
+//! shows what each aggregator read.
+//!
 //! Listings are keyset pages in a total order (time then id; month then id), so pages never miss
 //! or repeat a row while the indexer writes. Before the first page reads any row, the store's
 //! watermarks are taken as the listing's changes cursor: every event published after them comes
@@ -16,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cardlink_api::{ApiError, Reason, convert, v1};
-use cardlink_bus::Topic;
 use cardlink_entitlement::VIEW_FRESHNESS;
-use cardlink_entitlement::cursor::{Cursor, EventTopic};
+use cardlink_entitlement::access::AccessLog;
+use cardlink_entitlement::cursor::Cursor;
 use cardlink_entitlement::projection::project;
 use cardlink_events::Event;
 use cardlink_events::registry::Scope;
@@ -105,6 +108,8 @@ pub struct History<S> {
     registry: Followed<RegistryView>,
     secret: Arc<[u8]>,
     retention_months: u32,
+    /// What was read, for the audit topic (the member's access history).
+    access: AccessLog,
 }
 
 impl<S: HistoryStore> History<S> {
@@ -115,7 +120,13 @@ impl<S: HistoryStore> History<S> {
         secret: Arc<[u8]>,
         retention_months: u32,
     ) -> Self {
-        Self { store, consents, registry, secret, retention_months }
+        Self { store, consents, registry, secret, retention_months, access: AccessLog::default() }
+    }
+
+    /// Records every item answered on `access` (written to the audit topic by its flusher).
+    pub fn with_access_log(mut self, access: AccessLog) -> Self {
+        self.access = access;
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -173,15 +184,9 @@ impl<S: HistoryStore> History<S> {
     /// The store's watermarks as a Subscription cursor for `aggregator_id`: read before any row,
     /// so the stream from it carries every change the listing may not show.
     async fn changes_cursor(&self, aggregator_id: &str) -> Result<String, HistoryError> {
-        let mut cursor = Cursor::new(aggregator_id);
-        for w in self.store.watermarks().await? {
-            let topic = Topic::ALL.into_iter().find(|t| t.suffix() == w.topic).and_then(EventTopic::of);
-            if let Some(topic) = topic
-                && w.next_offset > 0
-            {
-                cursor.advance(topic, w.partition, w.next_offset - 1);
-            }
-        }
+        let marks = self.store.watermarks().await?;
+        let cursor =
+            Cursor::at_watermarks(aggregator_id, marks.iter().map(|w| (w.topic.as_str(), w.partition, w.next_offset)));
         Ok(cursor.encode(&self.secret))
     }
 
@@ -420,6 +425,8 @@ impl<S: HistoryStore> History<S> {
             }
         };
         let delivery = project(&event, &bound.grant, &self.secret, now)?;
+        // Provided to the aggregator: on the member's record, as a stream's deliveries are.
+        self.access.record(&delivery);
         Some((delivery.event?, u64::try_from(version).unwrap_or(0)))
     }
 }

@@ -7,186 +7,24 @@
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use cardlink_api::Reason;
 use cardlink_api::v1;
-use cardlink_api::v1::history_client::HistoryClient;
-use cardlink_events::consent::{ConsentEvent, ConsentStatus};
-use cardlink_events::registry::Scope;
-use cardlink_events::{Event, EventId, RecordType, TransactionKind, samples};
-use cardlink_history::StoreUrl;
-use cardlink_history_service::server::{HistoryConfig, RunningHistory};
-use cardlink_testkit::{TestBus, authorized, connect, register_aggregator, register_issuer, registry_client};
+use cardlink_events::consent::ConsentStatus;
+use cardlink_events::{EventId, TransactionKind, samples};
+use cardlink_testkit::authorized;
 use chrono::{TimeZone as _, Utc};
-use tonic::transport::Channel;
-
-const WITHIN: Duration = Duration::from_secs(30);
-const SECRET: &[u8] = b"history-secret-0123456789abcdefgh";
-
-struct World {
-    bus: TestBus,
-    registry: cardlink_registry::server::RunningRegistry,
-    history: RunningHistory,
-    tokens: HashMap<String, String>,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    async fn client(&self) -> HistoryClient<Channel> {
-        HistoryClient::connect(format!("http://{}", self.history.addr())).await.unwrap()
-    }
-
-    fn token(&self, id: &str) -> &str {
-        &self.tokens[id]
-    }
-
-    async fn publish(&self, events: &[Event]) {
-        let producer = self.bus.producer().unwrap();
-        for e in events {
-            producer.publish(e, None).await.unwrap();
-        }
-    }
-
-    async fn publish_consent(&self, consent: &ConsentEvent) {
-        let producer = self.bus.producer().unwrap();
-        producer
-            .publish_record(RecordType::ConsentEvent, &consent.consent_id, &consent.event_id.to_string(), consent)
-            .await
-            .unwrap();
-    }
-}
-
-/// `agg-x`'s consent: transactions and statements of `iss-a`'s `acct-1`, from 2026-01-01.
-fn consent(id: &str, aggregator: &str) -> ConsentEvent {
-    samples::active_consent(
-        id,
-        "iss-a",
-        aggregator,
-        &["acct-1"],
-        &[Scope::Transactions, Scope::Statements],
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap(),
-        Utc::now() + chrono::TimeDelta::days(30),
-    )
-}
-
-fn transaction(account: &str, n: u32, kind: TransactionKind) -> Event {
-    let mut t = samples::transaction("iss-a", account, n);
-    t.kind = kind;
-    t.event_id = EventId::derived("iss-a", &format!("{account}/tx-{n}/{kind:?}"));
-    Event::Transaction(t)
-}
-
-/// `acct-1`'s history: tx-1…tx-30 posted (tx-1…tx-5 authorised first), tx-100 before the
-/// consent's data window, a statement; and `acct-2`'s tx-1, which no consent covers.
-fn past() -> Vec<Event> {
-    let mut events: Vec<Event> = (1..=5).map(|n| transaction("acct-1", n, TransactionKind::Authorized)).collect();
-    events.extend((1..=30).map(|n| transaction("acct-1", n, TransactionKind::Posted)));
-    let mut early = samples::transaction("iss-a", "acct-1", 100);
-    early.occurred_at = Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).single().unwrap();
-    events.push(Event::Transaction(early));
-    events.push(transaction("acct-2", 1, TransactionKind::Posted));
-    events.push(Event::Statement(samples::statement("iss-a", "acct-1")));
-    events
-}
-
-async fn world(consents: &[ConsentEvent]) -> World {
-    let bus = TestBus::start().await.unwrap();
-    let (registry, operator) = bus.start_registry().await.unwrap();
-    let mut r = registry_client(&registry).await.unwrap();
-    let mut tokens = HashMap::new();
-    tokens.insert("iss-a".to_owned(), register_issuer(&mut r, &operator, "iss-a", 1).await.unwrap().token);
-    for id in ["agg-x", "agg-y"] {
-        tokens.insert(id.to_owned(), register_aggregator(&mut r, &operator, id).await.unwrap().token);
-        let all = [v1::Scope::Transactions, v1::Scope::MerchantDetail, v1::Scope::Statements];
-        connect(&mut r, &tokens["iss-a"], "iss-a", id, &all).await.unwrap();
-    }
-    let producer = bus.producer().unwrap();
-    for c in consents {
-        producer.publish_record(RecordType::ConsentEvent, &c.consent_id, &c.event_id.to_string(), c).await.unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = HistoryConfig::new(
-        ([127, 0, 0, 1], 0).into(),
-        vec![registry.public_key().clone()],
-        Arc::from(SECRET),
-        StoreUrl::Sqlite(dir.path().join("history.db")),
-    );
-    let history = cardlink_history_service::server::start(bus.config(), config).await.unwrap();
-    let w = World { bus, registry, history, tokens, _dir: dir };
-    w.publish(&past()).await;
-    w
-}
-
-fn ids(aggregator: &str) -> cardlink_auth::Pseudonyms<'_> {
-    cardlink_auth::Pseudonyms::new(SECRET, aggregator)
-}
-
-fn tx_id(aggregator: &str, n: u32) -> String {
-    ids(aggregator).transaction("iss-a", &format!("tx-{n}"))
-}
-
-fn since_2020() -> Option<prost_types::Timestamp> {
-    Some(cardlink_api::convert::timestamp(Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).single().unwrap()))
-}
-
-fn list(consent: &str, page_size: u32, page_token: &str) -> v1::ListTransactionsRequest {
-    v1::ListTransactionsRequest {
-        consent_id: consent.into(),
-        oldest_time: since_2020(),
-        order: v1::HistoryOrder::OldestFirst as i32,
-        page_size,
-        page_token: page_token.into(),
-        ..Default::default()
-    }
-}
-
-/// Every page of a listing: the transactions and the number of pages.
-async fn all_pages(
-    client: &mut HistoryClient<Channel>,
-    token: &str,
-    first: v1::ListTransactionsRequest,
-) -> (Vec<v1::VersionedTransaction>, usize, v1::ListTransactionsResponse) {
-    let mut request = first;
-    let mut out = Vec::new();
-    let mut pages = 0;
-    loop {
-        let page = client.list_transactions(authorized(request.clone(), token)).await.unwrap().into_inner();
-        pages += 1;
-        out.extend(page.transactions.clone());
-        if page.next_page_token.is_empty() {
-            return (out, pages, page);
-        }
-        request.page_token = page.next_page_token.clone();
-    }
-}
-
-/// Waits until the indexer has stored `count` of the consent's transactions.
-async fn indexed(w: &World, consent: &str, aggregator: &str, count: usize) {
-    let mut client = w.client().await;
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let listed = client.list_transactions(authorized(list(consent, 1_000, ""), w.token(aggregator))).await;
-        match listed {
-            Ok(page) if page.get_ref().transactions.len() >= count => return,
-            Ok(_) => {}
-            Err(s) if Reason::of(&s) == Some(Reason::NotReady) => {}
-            Err(s) => panic!("{s:?}"),
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not indexed in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn reason(status: &tonic::Status) -> Option<Reason> {
-    Reason::of(status)
-}
+use common::*;
 
 #[tokio::test]
 async fn a_listing_pages_through_the_consented_history_once_projected_as_the_stream_projects() {
-    let w = world(&[consent("c-x", "agg-x")]).await;
+    // agg-y's member also shares 60 days before the grant.
+    let mut with_history = consent("c-h", "agg-y");
+    with_history.history_days = 60;
+    let w = world(&[consent("c-x", "agg-x"), with_history]).await;
     indexed(&w, "c-x", "agg-x", 30).await;
     let mut client = w.client().await;
 
@@ -201,7 +39,6 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
         assert_eq!(t.kind, v1::TransactionKind::Posted as i32, "one row per transaction, at its latest state");
         assert!(t.merchant.is_none(), "no MERCHANT_DETAIL granted");
         assert_eq!(t.account_ref, ids("agg-x").account("iss-a", "acct-1"));
-        assert!(v.version > 0);
     }
     let granted = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap();
     assert_eq!(last.available_from, Some(cardlink_api::convert::timestamp(granted)), "the consent's data window");
@@ -235,6 +72,13 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
     let s = page.statements[0].statement.as_ref().unwrap();
     assert_eq!(s.statement_id, ids("agg-x").statement("iss-a", &samples::statement("iss-a", "acct-1").statement_id));
 
+    // A consent with history reaches back: tx-100 (2025-12-01) is 31 days before its grant.
+    let (theirs, _, last) = all_pages(&mut client, w.token("agg-y"), list("c-h", 1_000, "")).await;
+    assert_eq!(theirs.len(), 31);
+    assert_eq!(theirs[0].transaction.as_ref().unwrap().issuer_transaction_id, tx_id("agg-y", 100));
+    let from = granted - chrono::TimeDelta::days(60);
+    assert_eq!(last.available_from, Some(cardlink_api::convert::timestamp(from)));
+
     // Bound to the caller and its consent.
     let theirs = client.list_statements(authorized(statements, w.token("agg-y"))).await.unwrap_err();
     assert_eq!(reason(&theirs), Some(Reason::NotYourConsent));
@@ -246,6 +90,25 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
     assert_eq!(reason(&e), Some(Reason::AggregatorsOnly));
     let e = client.list_transactions(tonic::Request::new(list("c-x", 10, ""))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // What was read is on the member's record (the audit topic their card company's page reads),
+    // as deliveries are: written at the latest when the service stops.
+    let mut w = w;
+    w.history.take().unwrap().shutdown().await;
+    let records = w.bus.read_all(cardlink_bus::Topic::Audit).await.unwrap();
+    let read: i64 = records
+        .iter()
+        .filter_map(|r| {
+            cardlink_events::decode_record::<cardlink_events::AuditEvent>(
+                &r.payload,
+                cardlink_events::RecordType::AuditEvent,
+            )
+            .ok()
+        })
+        .filter(|a| a.action == cardlink_entitlement::access::ACTION && a.consent_id.as_deref() == Some("c-x"))
+        .map(|a| a.count)
+        .sum();
+    assert!(read >= 30, "the transactions read under c-x are on the record ({read} counted)");
 }
 
 #[tokio::test]
@@ -323,14 +186,6 @@ async fn a_revoked_consent_reads_nothing_more_not_even_the_next_page() {
 async fn the_changes_cursor_continues_on_the_stream_with_every_change_after_the_listing() {
     let w = world(&[consent("c-x", "agg-x")]).await;
     indexed(&w, "c-x", "agg-x", 30).await;
-    let config = cardlink_subscription::server::SubscriptionConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        trusted_keys: vec![w.registry.public_key().clone()],
-        secret: Arc::from(SECRET),
-        http_listen: None,
-        max_stream_age: cardlink_subscription::server::DEFAULT_MAX_STREAM_AGE,
-    };
-    let subscription = cardlink_subscription::server::start(w.bus.config(), config).await.unwrap();
     let mut client = w.client().await;
     let (listed, _, last) = all_pages(&mut client, w.token("agg-x"), list("c-x", 1_000, "")).await;
     let version_of_2 = listed
@@ -345,8 +200,7 @@ async fn the_changes_cursor_continues_on_the_stream_with_every_change_after_the_
         transaction("acct-1", 2, TransactionKind::Refunded),
     ])
     .await;
-    let mut stream =
-        v1::subscription_client::SubscriptionClient::connect(format!("http://{}", subscription.addr())).await.unwrap();
+    let mut stream = w.stream_client().await;
     let request = v1::SubscribeRequest {
         start: Some(v1::subscribe_request::Start::Cursor(last.changes_cursor.clone())),
         kinds: vec![v1::EventKind::Transaction as i32],
@@ -367,5 +221,4 @@ async fn the_changes_cursor_continues_on_the_stream_with_every_change_after_the_
     assert_eq!((received[0].0.clone(), received[0].1), (tx_id("agg-x", 31), v1::TransactionKind::Posted as i32));
     assert_eq!((received[1].0.clone(), received[1].1), (tx_id("agg-x", 2), v1::TransactionKind::Refunded as i32));
     assert!(received[1].2 > version_of_2, "the refund is a newer version of the listed transaction");
-    subscription.shutdown().await;
 }

@@ -36,7 +36,13 @@ fn traceparent<T>(request: &Request<T>) -> Option<String> {
 }
 
 fn batch(request: v1::PublishRequest, traceparent: Option<String>) -> Batch {
-    Batch { issuer_id: request.issuer_id, batch_id: request.batch_id, records: request.records, traceparent }
+    Batch {
+        issuer_id: request.issuer_id,
+        batch_id: request.batch_id,
+        records: request.records,
+        traceparent,
+        historical: request.historical,
+    }
 }
 
 fn response(result: BatchResult) -> v1::PublishResponse {

@@ -34,6 +34,8 @@ pub struct Batch {
     /// W3C trace context of the caller, for calls that do not come through the gRPC layer
     /// (which makes the call's span current instead).
     pub traceparent: Option<String>,
+    /// Past records loaded once: indexed into history, never delivered live as new.
+    pub historical: bool,
 }
 
 /// Why a whole call failed. Record-level problems are never errors; they are results.
@@ -137,7 +139,8 @@ impl Ingest {
         let settle = tokio::spawn({
             let this = self.clone();
             let issuer = issuer.to_owned();
-            async move { this.send_and_settle(&issuer, to_publish, parent).await }
+            let historical = batch.historical;
+            async move { this.send_and_settle(&issuer, to_publish, parent, historical).await }
         });
         match settle.await {
             Ok(settled) => {
@@ -167,6 +170,7 @@ impl Ingest {
         issuer: &str,
         to_publish: Vec<(usize, Event)>,
         parent: opentelemetry::Context,
+        historical: bool,
     ) -> Vec<(usize, Outcome)> {
         // Each record's send span is a child of the call's span.
         let sends = to_publish.iter().map(|(_, event)| {
@@ -174,7 +178,7 @@ impl Ingest {
             let cx = send_span(&parent, topic, event.event_id().to_string());
             async move {
                 let traceparent = cardlink_telemetry::propagation::traceparent(&cx);
-                let ack = self.producer.publish(event, traceparent.as_deref()).await;
+                let ack = self.producer.publish_as(event, traceparent.as_deref(), historical).await;
                 end_send_span(&cx, ack.as_ref());
                 ack
             }

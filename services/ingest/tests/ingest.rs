@@ -25,6 +25,7 @@ fn request(events: &[Event]) -> v1::PublishRequest {
         issuer_id: "iss-a".into(),
         batch_id: "batch-1".into(),
         records: events.iter().map(convert::ingest_record).collect(),
+        historical: false,
     }
 }
 

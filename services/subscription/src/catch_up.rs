@@ -53,6 +53,8 @@ pub enum CatchUpError {
     Bus(#[from] BusError),
     #[error("the stream was closed")]
     Closed,
+    #[error("the history store: {0}")]
+    History(String),
 }
 
 impl cardlink_api::ApiError for CatchUpError {
@@ -60,6 +62,7 @@ impl cardlink_api::ApiError for CatchUpError {
         match self {
             Self::OutOfRange { .. } | Self::AheadOfBus { .. } => cardlink_api::Reason::CursorOutOfRange,
             Self::Bus(_) | Self::Closed => cardlink_api::Reason::BusUnavailable,
+            Self::History(_) => cardlink_api::Reason::HistoryUnavailable,
         }
     }
 }
@@ -164,6 +167,20 @@ impl CatchUpReaders {
             drop(tx);
         });
         CatchUp { rx, done }
+    }
+
+    /// Reads the gap from `start` to `until` for one stream of `aggregator` on `tx` (what a
+    /// backfill goes on with once its history is delivered).
+    pub async fn read_gap(
+        &self,
+        hub: &Hub,
+        aggregator: &str,
+        filters: &Filters,
+        start: Start,
+        until: &HashMap<(Topic, i32), i64>,
+        tx: &mpsc::Sender<Outgoing>,
+    ) -> Result<(), CatchUpError> {
+        self.read(hub, Gap { aggregator_id: aggregator, filters, start, until }, tx).await
     }
 
     /// Reads `gap` for one stream: holding a reader of the replica and one of its aggregator's
@@ -299,6 +316,9 @@ pub async fn catch_up(
         }
         if record.offset + 1 >= end {
             remaining.remove(&key);
+        }
+        if record.headers.historical {
+            continue; // history, not news (see dispatch)
         }
         let event = match cardlink_events::decode(&record.payload) {
             Ok(event) => event,

@@ -51,6 +51,8 @@ pub enum Outgoing {
     Delivery { delivery: Box<v1::Delivery>, cursor: String, origin: Option<Arc<Origin>> },
     /// The stream's queue overflowed; resume from the last cursor.
     FellBehind,
+    /// A backfill finished a consent; `cursor` is after it.
+    Progress { progress: v1::BackfillProgress, cursor: String },
 }
 
 impl Outgoing {
@@ -63,6 +65,11 @@ impl Outgoing {
         Self::Delivery { delivery, cursor, origin: Some(Arc::clone(origin)) }
     }
 
+    /// A row of the history store, projected by a backfill (`crate::backfill`); `cursor` covers it.
+    pub fn history(delivery: v1::Delivery, cursor: String) -> Self {
+        Self::Delivery { delivery: Box::new(delivery), cursor, origin: None }
+    }
+
     /// A change of one of the aggregator's consents (`consent` as the aggregator sees it).
     /// Consent changes are live notices, not bus positions: `cursor` is the stream's current one.
     pub fn consent_change(consent: &v1::Consent, cursor: String) -> Self {
@@ -71,6 +78,7 @@ impl Outgoing {
             consent_id: consent.consent_id.clone(),
             published_at: None,
             version: 0,
+            from_history: false,
         });
         Self::Delivery { delivery, cursor, origin: None }
     }

@@ -89,8 +89,9 @@ impl Hub {
             }
         }
         // Decided under the lock that registration takes, so a stream registering now either
-        // sees this record live or in its catch-up, never neither.
-        if !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
+        // sees this record live or in its catch-up, never neither. An issuer's load of past
+        // records is history (History, backfill), not news: the streams' cursors pass over it.
+        if record.headers.historical || !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
             return;
         }
         let event = match cardlink_events::decode(&record.payload) {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::access::AccessLog;
+use crate::backfill::{BackfillError, Backfills};
 use crate::catch_up::{CatchUpReaders, Start};
 use crate::cursor::Cursor;
 use crate::hub::Hub;
@@ -35,6 +36,8 @@ pub struct SubscriptionGrpc {
     access: AccessLog,
     metrics: SubscriptionMetrics,
     shutdown: watch::Receiver<bool>,
+    /// Backfills from the history store, when the service has one.
+    backfills: Option<Backfills>,
 }
 
 impl SubscriptionGrpc {
@@ -49,7 +52,13 @@ impl SubscriptionGrpc {
     ) -> Self {
         let catch_up = CatchUpReaders::new(bus);
         let metrics = SubscriptionMetrics::new(&hub, catch_up.clone());
-        Self { hub, standing, producer, positions, catch_up, access, metrics, shutdown }
+        Self { hub, standing, producer, positions, catch_up, access, metrics, shutdown, backfills: None }
+    }
+
+    /// Lets streams start with a backfill from the history store.
+    pub fn with_backfills(mut self, backfills: Option<Backfills>) -> Self {
+        self.backfills = backfills;
+        self
     }
 
     /// Deliveries per aggregator, for the live view.
@@ -143,6 +152,18 @@ impl Subscription for SubscriptionGrpc {
             Some(v1::subscribe_request::Start::PositionName(name)) => {
                 Start::After(positions::resolve(&self.positions, secret, &aggregator, name).map_err(into_status)?)
             }
+            Some(v1::subscribe_request::Start::Backfill(backfill)) => {
+                let backfills = self.backfills.as_ref().ok_or_else(|| to_status(&BackfillError::NotConfigured))?;
+                let started = backfills.start(&aggregator, &backfill.consent_ids, chrono::Utc::now()).await;
+                Start::After(started.map_err(|e| to_status(&e))?)
+            }
+        };
+        // A cursor handed out mid-backfill resumes the backfill.
+        let backfills = match &start {
+            Start::After(c) if c.backfill.is_some() => {
+                Some(self.backfills.clone().ok_or_else(|| to_status(&BackfillError::NotConfigured))?)
+            }
+            _ => None,
         };
         if self.hub.streams().streams_of(&aggregator) >= MAX_STREAMS_PER_AGGREGATOR {
             return Err(to_status(&RequestError::TooManyStreams));
@@ -152,9 +173,17 @@ impl Subscription for SubscriptionGrpc {
             _ => Cursor::new(&aggregator),
         };
         let registration = self.hub.register(&aggregator, filters.clone(), &initial);
-        let catch_up = match start {
-            Start::Live => None,
-            start => {
+        let catch_up = match (start, backfills) {
+            (Start::Live, _) => None,
+            (Start::After(cursor), Some(backfills)) => Some(backfills.spawn(
+                &self.hub,
+                &self.catch_up,
+                aggregator.clone(),
+                filters,
+                cursor,
+                registration.live_from.clone(),
+            )),
+            (start, _) => {
                 Some(self.catch_up.spawn(&self.hub, aggregator.clone(), filters, start, registration.live_from.clone()))
             }
         };

@@ -8,6 +8,7 @@
 //! - [`dispatch`]: one shared read of the bus handed to every entitled stream, never on a consent
 //!   view older than the revocation bound.
 //! - [`catch_up`]: a stream's own reader from its cursor up to where it joined the hub.
+//! - [`backfill`]: a stream's consents' history from the history store, then live on one cursor.
 //! - [`notices`]: consent changes told to the aggregator's streams.
 //! - [`delivery`]: the one place a delivery is built, with its cursor and publication time.
 //! - [`positions`]: named server-side positions (`Acknowledge`), kept on the bus.
@@ -17,9 +18,9 @@
 //! - [`stream`]: one subscription's responses: catch-up, live deliveries, heartbeats, the end.
 //! - [`grpc`] and [`server`]: the `Subscription` service and running it.
 
-pub mod access;
-// Shared with the history service (one projection, one cursor format).
-pub use cardlink_entitlement::{cursor, projection};
+pub mod backfill;
+// Shared with the history service (one projection, one cursor format, one access record).
+pub use cardlink_entitlement::{access, cursor, projection};
 pub mod catch_up;
 pub mod dead_letter;
 pub mod delivery;

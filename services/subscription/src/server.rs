@@ -39,7 +39,13 @@ pub struct SubscriptionConfig {
     /// from its cursor. Bounds how long a stream outlives the credential it was opened with
     /// by expiry (revocation ends it at once).
     pub max_stream_age: Duration,
+    /// The history store backfills read (`Subscribe` with `backfill`); `None`: backfill is not
+    /// available (`BACKFILL_UNAVAILABLE`).
+    pub history_store: Option<cardlink_history::StoreUrl>,
 }
+
+/// Connections to PostgreSQL a subscription replica holds at most for backfills.
+pub const HISTORY_STORE_CONNECTIONS: usize = 4;
 
 /// The default [`SubscriptionConfig::max_stream_age`].
 pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(3600);
@@ -164,8 +170,17 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         tokio::spawn(access::run_flusher(access.clone(), hub.consents().clone(), producer.clone(), stop_access_rx)),
     );
     let standing = StandingCheck { auth: auth.clone(), max_age: config.max_stream_age };
+    let backfills = match &config.history_store {
+        Some(url) => Some(crate::backfill::Backfills::new(
+            cardlink_history::AnyStore::open(url, HISTORY_STORE_CONNECTIONS)
+                .await
+                .map_err(|e| ServeError::Config(format!("history store {url:?}: {e}")))?,
+        )),
+        None => None,
+    };
     let grpc =
-        SubscriptionGrpc::new(hub.clone(), bus.clone(), producer, positions, access, standing, shutdown_rx.clone());
+        SubscriptionGrpc::new(hub.clone(), bus.clone(), producer, positions, access, standing, shutdown_rx.clone())
+            .with_backfills(backfills);
     let ready_hub = hub.clone();
     let router = cardlink_serving::grpc_router(
         cardlink_serving::grpc_server(),

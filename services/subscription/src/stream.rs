@@ -2,7 +2,8 @@
 //!
 //! A stream that starts from a cursor first relays what its catch-up reader (a task of its own,
 //! holding one of the bounded reader permits) finds between the cursor and the hub's position at
-//! registration; then it says it is caught up and serves live deliveries straight from its hub
+//! registration (a stream that starts with a backfill first relays its history, the same way:
+//! `crate::backfill`); then it says it is caught up and serves live deliveries straight from its hub
 //! queue, a heartbeat every [`HEARTBEAT_EVERY`] while quiet, and a reconnect status at shutdown.
 //! It ends within the revocation bound once its credential is revoked or expired or the
 //! aggregator suspended, and at its maximum age ([`Standing`]). The revocation bound also holds
@@ -136,7 +137,11 @@ impl SubscribeStream {
         };
         v1::SubscribeResponse {
             deliveries: Vec::new(),
-            heartbeat: Some(v1::Heartbeat { at: Some(timestamp(chrono::Utc::now())), caught_up: true }),
+            heartbeat: Some(v1::Heartbeat {
+                at: Some(timestamp(chrono::Utc::now())),
+                caught_up: true,
+                backfill: Vec::new(),
+            }),
             cursor,
         }
     }
@@ -228,6 +233,19 @@ impl Stream for SubscribeStream {
                         }
                     }
                     Poll::Ready(Some(Outgoing::FellBehind)) => return this.end(fell_behind()),
+                    Poll::Ready(Some(Outgoing::Progress { progress, cursor })) => {
+                        this.last_sent.clone_from(&cursor);
+                        let heartbeat = v1::Heartbeat {
+                            at: Some(timestamp(chrono::Utc::now())),
+                            caught_up: false,
+                            backfill: vec![progress],
+                        };
+                        return Poll::Ready(Some(Ok(v1::SubscribeResponse {
+                            deliveries: Vec::new(),
+                            heartbeat: Some(heartbeat),
+                            cursor,
+                        })));
+                    }
                     // The reader dropped its sender after saying how it ended.
                     Poll::Ready(None) => match catch_up.done.try_recv() {
                         Ok(Ok(())) => this.phase = Phase::Live { greeted: false },
@@ -255,6 +273,8 @@ impl Stream for SubscribeStream {
                             }
                         }
                         Poll::Ready(Some(Outgoing::FellBehind) | None) => return this.end(fell_behind()),
+                        // Only a backfill says how far it came, before the stream is live.
+                        Poll::Ready(Some(Outgoing::Progress { .. })) => continue,
                         Poll::Pending => {}
                     }
                     if this.heartbeat.poll_tick(cx).is_ready() {

@@ -157,13 +157,13 @@ async fn an_aggregator_with_nothing_to_replay_is_answered_without_reading_the_bu
     let read_before = w.service.catch_up_records_read();
     let mut stream = c.subscribe(authorized(from_earliest(), w.token("agg-c"))).await.unwrap().into_inner();
     let first = common::next(&mut stream).await;
-    assert!(first.heartbeat.is_some_and(|h| h.caught_up), "{first:?}");
+    assert!(first.heartbeat.as_ref().is_some_and(|h| h.caught_up), "{first:?}");
     assert_eq!(w.service.catch_up_records_read(), read_before, "agg-c has no consent: nothing to read");
     // Its cursor is at the live tail: a resume from it reads nothing either.
     drop(stream);
     let mut resumed =
         c.subscribe(authorized(common::start_after(&first.cursor), w.token("agg-c"))).await.unwrap().into_inner();
-    assert!(common::next(&mut resumed).await.heartbeat.is_some_and(|h| h.caught_up));
+    assert!(common::next(&mut resumed).await.heartbeat.as_ref().is_some_and(|h| h.caught_up));
     assert_eq!(w.service.catch_up_records_read(), read_before);
 
     // agg-a, which has consents, does read.

@@ -279,6 +279,7 @@ async fn a_stalled_stream_is_told_to_resume_and_never_holds_up_another() {
                 last_cursor = cursor;
             }
             Some(Outgoing::FellBehind) => break,
+            Some(Outgoing::Progress { .. }) => panic!("a backfill's progress on a live stream"),
             None => panic!("closed without telling the stream it fell behind"),
         }
     }

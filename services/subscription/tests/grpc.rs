@@ -48,7 +48,7 @@ async fn a_stream_delivers_entitled_events_and_resumes_from_a_named_position() {
         c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
     // The first message says the stream is live.
     let first = tokio::time::timeout(WITHIN, stream.message()).await.unwrap().unwrap().unwrap();
-    assert!(first.heartbeat.is_some_and(|h| h.caught_up));
+    assert!(first.heartbeat.as_ref().is_some_and(|h| h.caught_up));
 
     for n in 0..3 {
         publish(&w, "acct-1", n).await;
@@ -397,7 +397,7 @@ async fn the_live_view_counts_events_in_deliveries_and_streams() {
     let mut c = w.client().await;
     let mut stream =
         c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
-    assert!(common::next(&mut stream).await.heartbeat.is_some_and(|h| h.caught_up));
+    assert!(common::next(&mut stream).await.heartbeat.as_ref().is_some_and(|h| h.caught_up));
     publish(&w, "acct-1", 1).await;
     publish(&w, "acct-2", 2).await; // read from the bus, delivered to nobody
     let delivered = loop {

@@ -191,7 +191,7 @@ async fn each_aggregator_receives_exactly_what_its_consents_entitle_it_to() {
     let mut live = Vec::new();
     for aggregator in AGGREGATORS {
         let mut s = c.subscribe(authorized(only_events(), w.token(aggregator))).await.unwrap().into_inner();
-        assert!(common::next(&mut s).await.heartbeat.is_some_and(|h| h.caught_up));
+        assert!(common::next(&mut s).await.heartbeat.as_ref().is_some_and(|h| h.caught_up));
         live.push(s);
     }
     w.publish(&events).await;

@@ -100,7 +100,7 @@ async fn one_event_is_one_trace_from_ingest_to_delivery_and_the_metrics_report_i
     let mut c = w.client().await;
     let mut stream =
         c.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
-    assert!(common::next(&mut stream).await.heartbeat.is_some_and(|h| h.caught_up));
+    assert!(common::next(&mut stream).await.heartbeat.as_ref().is_some_and(|h| h.caught_up));
 
     // The issuer's call arrives inside the issuer's own trace.
     let event = Event::Transaction(samples::transaction("iss-a", "acct-1", 1));
@@ -109,6 +109,7 @@ async fn one_event_is_one_trace_from_ingest_to_delivery_and_the_metrics_report_i
             issuer_id: "iss-a".into(),
             batch_id: "b-1".into(),
             records: vec![cardlink_api::convert::ingest_record(&event)],
+            historical: false,
         },
         TEST_ISSUERS[0].1,
     );

@@ -224,6 +224,7 @@ fn registry_and_consent_events_round_trip() {
         state: None,
         code_challenge: "abc".into(),
         duration_days: 90,
+        history_days: 30,
         created_at: now,
         granted_at: Some(now),
         expires_at: Some(now),

@@ -19,6 +19,7 @@ fn request(issuer: &str) -> NewRequest {
         issuer_id: issuer.into(),
         scopes: vec![Scope::Transactions, Scope::MerchantDetail],
         duration_days: 90,
+        history_days: 0,
         purpose: "家計簿アプリでの支出管理".into(),
         redirect_uri: REDIRECT.into(),
         code_challenge: CHALLENGE.into(),
@@ -84,6 +85,8 @@ fn request_rules() {
     };
     check(|r| r.duration_days = 366, "INVALID_DURATION");
     check(|r| r.duration_days = 0, "INVALID_DURATION");
+    check(|r| r.history_days = 731, "INVALID_HISTORY_DAYS");
+    check(|r| r.history_days = -1, "INVALID_HISTORY_DAYS");
     check(|r| r.redirect_uri = "http://agg.example/cb".into(), "INVALID_REDIRECT_URI");
     check(|r| r.redirect_uri = "http://localhost.evil.example/cb".into(), "INVALID_REDIRECT_URI");
     check(|r| r.redirect_uri = "http://localhost:1@evil.example/".into(), "INVALID_REDIRECT_URI");

@@ -113,6 +113,7 @@ pub async fn world_with(
         secret: Arc::from(SECRET),
         http_listen: Some(([127, 0, 0, 1], 0).into()),
         max_stream_age,
+        history_store: None,
     };
     let service = cardlink_subscription::server::start(bus.config(), config).await.unwrap();
     // The service knows the participants once its registry view has read the last of them.

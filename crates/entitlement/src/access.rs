@@ -242,6 +242,7 @@ mod tests {
             consent_id: consent.to_owned(),
             published_at: None,
             version: 0,
+            from_history: false,
         }
     }
 
@@ -256,6 +257,7 @@ mod tests {
             consent_id: "c-2".into(),
             published_at: None,
             version: 0,
+            from_history: false,
         };
         log.record(&statement);
         let notice = v1::Delivery {
@@ -263,6 +265,7 @@ mod tests {
             consent_id: "c-2".into(),
             published_at: None,
             version: 0,
+            from_history: false,
         };
         log.record(&notice);
         let tallies: Vec<_> = entries(log.take()).collect();

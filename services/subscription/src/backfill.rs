@@ -1,0 +1,348 @@
+//! Backfill: a stream that starts with its consents' history from the history store, then goes on
+//! live from exactly where that history ends — one cursor throughout.
+//!
+//! At the start the store's watermarks are read (before any row): every record before them is in
+//! the store. The stream's live part starts there ([`Start::After`] those positions, through the
+//! ordinary catch-up reader, then the hub), so anything that changed after the watermarks arrives
+//! on the stream with a higher version, and nothing before them is missed. The history rows are
+//! read after the watermarks, so some may already show newer states: their versions (bus offsets,
+//! on every delivery) say so, and clients keep the highest per transaction.
+//!
+//! Consents go one at a time in id order; within one, account by account, transactions newest
+//! first, then statements newest first. Every delivery's cursor holds how far the backfill has come
+//! ([`BackfillState`]), so a stream killed mid-history resumes exactly after its last delivery. A
+//! heartbeat with [`v1::BackfillProgress`] says when a consent is done.
+//!
+//! Entitlement is checked as for live deliveries: each page re-reads the consent's grant on fresh
+//! views (a revoked consent's history stops within the revocation bound, and the stream's send-time
+//! check drops anything still queued), and every row is projected by the same projection.
+//! Backfills are bounded per replica ([`MAX_BACKFILLS`]); a backfill whose client does not read
+//! waits on its bounded queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cardlink_api::v1;
+use cardlink_bus::Topic;
+use cardlink_entitlement::cursor::{BackfillPosition, BackfillState, Cursor, MAX_BACKFILL_CONSENTS};
+use cardlink_entitlement::projection::project;
+use cardlink_events::Event;
+use cardlink_events::consent::ConsentEvent;
+use cardlink_events::registry::Scope;
+use cardlink_history::{AnyStore, HistoryStore, Order, StatementQuery, TransactionKey, TransactionQuery};
+use cardlink_views::consent::Grant;
+use chrono::{DateTime, Datelike as _, Utc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::catch_up::{CatchUp, CatchUpError, CatchUpReaders, Start};
+use crate::delivery::Outgoing;
+use crate::hub::Hub;
+use crate::streams::Filters;
+
+/// A stored row as a backfill sends it: version, payload, and its keyset key (occurred_at
+/// micros or 0, billing month or "", issuer id).
+type Row = (i64, Vec<u8>, (i64, String, String));
+
+/// Backfills reading the store at once per replica; others wait their turn.
+pub const MAX_BACKFILLS: usize = 8;
+/// Rows read from the store per query.
+pub const PAGE: u32 = 200;
+
+/// Why a backfill cannot start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(
+        "this deployment's subscription service has no history store (CARDLINK_HISTORY_STORE): backfill is not available"
+    )]
+    NotConfigured,
+    #[error("a backfill may name at most {MAX_BACKFILL_CONSENTS} consents")]
+    TooManyConsents,
+    #[error("the history store: {0}")]
+    Store(#[from] cardlink_history::StoreError),
+}
+
+impl cardlink_api::ApiError for BackfillError {
+    fn reason(&self) -> cardlink_api::Reason {
+        match self {
+            Self::NotConfigured => cardlink_api::Reason::BackfillUnavailable,
+            Self::TooManyConsents => cardlink_api::Reason::InvalidArgument,
+            Self::Store(_) => cardlink_api::Reason::HistoryUnavailable,
+        }
+    }
+}
+
+/// The history store as the subscription service reads it, and the bound on backfills.
+#[derive(Clone, Debug)]
+pub struct Backfills {
+    store: AnyStore,
+    permits: Arc<Semaphore>,
+}
+
+impl Backfills {
+    pub fn new(store: AnyStore) -> Self {
+        Self { store, permits: Arc::new(Semaphore::new(MAX_BACKFILLS)) }
+    }
+
+    /// The cursor a new backfill starts from: the store's watermarks as positions, and a fresh
+    /// state naming `consent_ids` (empty: every active consent).
+    pub async fn start(
+        &self,
+        aggregator_id: &str,
+        consent_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Cursor, BackfillError> {
+        if consent_ids.len() > MAX_BACKFILL_CONSENTS {
+            return Err(BackfillError::TooManyConsents);
+        }
+        let marks = self.store.watermarks().await?;
+        let mut cursor =
+            Cursor::at_watermarks(aggregator_id, marks.iter().map(|w| (w.topic.as_str(), w.partition, w.next_offset)));
+        let mut named = consent_ids.to_vec();
+        named.sort();
+        named.dedup();
+        cursor.backfill = Some(Box::new(BackfillState {
+            started_at: now.timestamp_micros(),
+            named,
+            done_through: String::new(),
+            current: None,
+        }));
+        Ok(cursor)
+    }
+
+    /// Runs the backfill `cursor` holds, then the catch-up from its positions to `until` (where
+    /// the stream joined the hub), on one channel: the stream sees one reader.
+    pub fn spawn(
+        &self,
+        hub: &Hub,
+        catch_up: &CatchUpReaders,
+        aggregator: String,
+        filters: Filters,
+        cursor: Cursor,
+        until: HashMap<(Topic, i32), i64>,
+    ) -> CatchUp {
+        let (tx, rx) = mpsc::channel(crate::catch_up::CATCH_UP_BUFFER);
+        let (done_tx, done) = oneshot::channel();
+        let (backfills, hub, readers) = (self.clone(), hub.clone(), catch_up.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let mut live = backfills.run(&hub, &aggregator, &filters, cursor, &tx).await?;
+                live.backfill = None;
+                readers.read_gap(&hub, &aggregator, &filters, Start::After(live), &until, &tx).await
+            }
+            .await;
+            let _ = done_tx.send(result);
+            drop(tx);
+        });
+        CatchUp { rx, done }
+    }
+
+    /// Delivers the history `cursor`'s backfill state has left; returns the cursor after it.
+    async fn run(
+        &self,
+        hub: &Hub,
+        aggregator: &str,
+        filters: &Filters,
+        mut cursor: Cursor,
+        tx: &mpsc::Sender<Outgoing>,
+    ) -> Result<Cursor, CatchUpError> {
+        let Some(mut state) = cursor.backfill.take() else { return Ok(cursor) };
+        let _permit = self.permits.acquire().await.map_err(|_| CatchUpError::Closed)?;
+        loop {
+            if !hub.wait_until_fresh(tx.closed()).await {
+                return Err(CatchUpError::Closed);
+            }
+            let position = match state.current.take() {
+                Some(p) => p,
+                None => match next_consent(hub, aggregator, &state) {
+                    Some(consent_id) => {
+                        BackfillPosition { consent_id, account: 0, statements: false, after: None, delivered: 0 }
+                    }
+                    None => return Ok(cursor),
+                },
+            };
+            let (position, paged) = self.page(hub, aggregator, filters, &cursor, &state, position, tx).await?;
+            match paged {
+                Paged::More => state.current = Some(position),
+                Paged::Done | Paged::Ended => {
+                    state.done_through.clone_from(&position.consent_id);
+                    let progress = v1::BackfillProgress {
+                        consent_id: position.consent_id.clone(),
+                        delivered: position.delivered,
+                        complete: paged == Paged::Done,
+                    };
+                    let mut after = cursor.clone();
+                    after.backfill = Some(state.clone());
+                    send(tx, Outgoing::Progress { progress, cursor: after.encode(&hub.secret) }).await?;
+                }
+            }
+        }
+    }
+
+    /// Delivers one page of `position`'s consent; returns where it stands after it.
+    #[allow(clippy::too_many_arguments)]
+    async fn page(
+        &self,
+        hub: &Hub,
+        aggregator: &str,
+        filters: &Filters,
+        cursor: &Cursor,
+        state: &BackfillState,
+        mut position: BackfillPosition,
+        tx: &mpsc::Sender<Outgoing>,
+    ) -> Result<(BackfillPosition, Paged), CatchUpError> {
+        let now = Utc::now();
+        let Some((consent, grant, account_key)) = bind(hub, aggregator, &position, now) else {
+            return Ok((position, Paged::Ended));
+        };
+        let wanted = |scope: Scope| grant.scopes.contains(scope);
+        let rows: Vec<Row> = if !position.statements {
+            if !(filters.transactions && wanted(Scope::Transactions)) {
+                Vec::new()
+            } else {
+                let after = position
+                    .after
+                    .as_ref()
+                    .map(|(t, _, id)| TransactionKey { occurred_at_micros: *t, transaction_id: id.clone() });
+                let query = TransactionQuery {
+                    account_key: account_key.clone(),
+                    from_micros: grant.data_from_micros,
+                    to_micros: i64::MAX,
+                    order: Order::NewestFirst,
+                    billing_month: None,
+                    after,
+                    limit: PAGE,
+                };
+                let rows = self.store.transactions(&query).await.map_err(store_error)?;
+                rows.into_iter()
+                    .map(|r| (r.version, r.payload, (r.occurred_at_micros, String::new(), r.transaction_id)))
+                    .collect()
+            }
+        } else if !(filters.statements && wanted(Scope::Statements)) {
+            Vec::new()
+        } else {
+            let query = StatementQuery {
+                account_key: account_key.clone(),
+                from_month: month_of(grant.data_from_micros),
+                to_month: "9999-12".into(),
+                after: position.after.as_ref().map(|(_, m, id)| (m.clone(), id.clone())),
+                limit: PAGE,
+            };
+            let rows = self.store.statements(&query).await.map_err(store_error)?;
+            rows.into_iter().map(|r| (r.version, r.payload, (0, r.billing_month, r.statement_id))).collect()
+        };
+        let full = rows.len() == PAGE as usize;
+        for (version, payload, key) in rows {
+            position.after = Some(key);
+            let Some(delivery) = delivery(hub, &payload, version, &grant, filters, now) else { continue };
+            position.delivered += 1;
+            let mut after = cursor.clone();
+            after.backfill = Some(Box::new(BackfillState { current: Some(position.clone()), ..state.clone() }));
+            send(tx, Outgoing::history(delivery, after.encode(&hub.secret))).await?;
+        }
+        if full {
+            return Ok((position, Paged::More));
+        }
+        // This kind of this account is done: statements next, or the next account.
+        position.after = None;
+        if !position.statements {
+            position.statements = true;
+            return Ok((position, Paged::More));
+        }
+        position.statements = false;
+        position.account += 1;
+        let done = position.account >= consent.account_refs.len();
+        Ok((position, if done { Paged::Done } else { Paged::More }))
+    }
+}
+
+/// Where a consent's backfill stands after a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paged {
+    More,
+    /// Every account's history was delivered.
+    Done,
+    /// The consent is no longer active (or its connection suspended): nothing more goes under it.
+    Ended,
+}
+
+/// The next consent to backfill after `state.done_through`, in id order.
+fn next_consent(hub: &Hub, aggregator: &str, state: &BackfillState) -> Option<String> {
+    let after = state.done_through.as_str();
+    if !state.named.is_empty() {
+        return state.named.iter().find(|id| id.as_str() > after).cloned();
+    }
+    let started = DateTime::from_timestamp_micros(state.started_at)?;
+    hub.consents.read(|view| {
+        view.consents()
+            .filter(|c| {
+                c.aggregator_id == aggregator
+                    && c.consent_id.as_str() > after
+                    && c.is_active_at(started)
+                    && c.granted_at.is_some_and(|g| g <= started)
+            })
+            .map(|c| c.consent_id.clone())
+            .min()
+    })
+}
+
+/// The consent, its grant on the position's account, and that account's key — if the consent is
+/// the aggregator's, active now, the account exists, and the card company's connection stands.
+fn bind(
+    hub: &Hub,
+    aggregator: &str,
+    position: &BackfillPosition,
+    now: DateTime<Utc>,
+) -> Option<(ConsentEvent, Grant, String)> {
+    let consent = hub.consents.read(|v| v.consent(&position.consent_id).cloned())?;
+    if consent.aggregator_id != aggregator || !consent.is_active_at(now) {
+        return None;
+    }
+    if !hub.connected(&consent.issuer_id, aggregator) {
+        return None;
+    }
+    let account = consent.account_refs.get(position.account)?;
+    let account_key = cardlink_events::codec::partition_key(&consent.issuer_id, account);
+    let grant = hub
+        .consents
+        .read(|v| v.grants(&account_key).iter().find(|g| *g.consent_id == *position.consent_id).cloned())?;
+    Some((consent, grant, account_key))
+}
+
+/// A stored row as the grant's aggregator may receive it, marked as history, with its version.
+fn delivery(
+    hub: &Hub,
+    payload: &[u8],
+    version: i64,
+    grant: &Grant,
+    filters: &Filters,
+    now: DateTime<Utc>,
+) -> Option<v1::Delivery> {
+    let event: Event = match cardlink_events::codec::decode(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, version, "a history row this release cannot read; left out of the backfill");
+            return None;
+        }
+    };
+    if !filters.wants(&event) {
+        return None;
+    }
+    let mut delivery = project(&event, grant, &hub.secret, now)?;
+    delivery.version = u64::try_from(version).unwrap_or(0);
+    delivery.from_history = true;
+    Some(delivery)
+}
+
+async fn send(tx: &mpsc::Sender<Outgoing>, out: Outgoing) -> Result<(), CatchUpError> {
+    tx.send(out).await.map_err(|_| CatchUpError::Closed)
+}
+
+fn store_error(e: cardlink_history::StoreError) -> CatchUpError {
+    CatchUpError::History(e.to_string())
+}
+
+/// The month ("YYYY-MM", UTC) of an instant; the earliest month for `i64::MIN`.
+fn month_of(micros: i64) -> String {
+    DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
+}
