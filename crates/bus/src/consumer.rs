@@ -76,6 +76,34 @@ pub struct Consumer {
     inner: Arc<StreamConsumer<StatsContext>>,
     catalogue: Arc<Catalogue>,
     metrics: MessagingMetrics,
+    /// A member of a consumer group: closing it leaves the group (see `Drop`).
+    group_member: bool,
+}
+
+/// How long a dropped group member is given to leave its group.
+const LEAVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for Consumer {
+    /// Closing a group member leaves its group, which waits on the broker (librdkafka's close
+    /// blocks): that happens on a thread of its own, never on the async worker that dropped it —
+    /// a task cancelled at shutdown must not stall the runtime. The thread waits until it holds
+    /// the last reference (calls running off the workers may hold one briefly).
+    fn drop(&mut self) {
+        if !self.group_member {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new().name("kafka-leave".into()).spawn(move || {
+            let deadline = std::time::Instant::now() + LEAVE_WITHIN;
+            while Arc::strong_count(&inner) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(inner);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to leave the consumer group on; leaving here");
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -120,6 +148,7 @@ impl Consumer {
         group: Option<String>,
     ) -> Result<Self, BusError> {
         config.validate()?;
+        let group_member = group.is_some();
         let mut cfg = config.client_config(purpose);
         // librdkafka wants a group id even for manual assignment; with auto-commit and offset
         // storing off, such a group is never joined and nothing is committed.
@@ -142,7 +171,7 @@ impl Consumer {
             .map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
         let catalogue = Catalogue::new(config);
         let metrics = MessagingMetrics::new(catalogue.specs().iter().map(|s| s.name.clone()));
-        Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(catalogue), metrics })
+        Ok(Self { inner: Arc::new(inner), catalogue: Arc::new(catalogue), metrics, group_member })
     }
 
     pub fn catalogue(&self) -> &Catalogue {

@@ -140,18 +140,9 @@ pub async fn run(
     progress: watch::Sender<Progress>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), IndexError> {
-    let result = index(store, &consumer, progress, shutdown).await;
-    // Closing a group member leaves the group, which waits on the broker: never on the async
-    // workers (a shutdown must not stall the rest of the process), and not for ever.
-    let closing = tokio::task::spawn_blocking(move || drop(consumer));
-    if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
-        tracing::warn!("the indexer's consumer did not leave its group in time; the group rebalances without it");
-    }
-    result
+    // Dropping `consumer` afterwards leaves the group off the async workers (cardlink-bus).
+    index(store, &consumer, progress, shutdown).await
 }
-
-/// How long a stopping indexer waits for its consumer to leave the group.
-pub const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 async fn index(
     store: impl HistoryStore,

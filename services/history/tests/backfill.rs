@@ -1,7 +1,7 @@
 //! Backfill on the stream, against a real broker, the indexer, the history store and the
 //! subscription service: a stream that starts with its consents' history and goes on live on one
 //! cursor; resumes exactly mid-history after a kill; stops delivering a revoked consent's history
-//! within the bound; and — over random interleavings of authorisations, postings, refunds,
+//! within the bound; serves an issuer's historical load as history, never live; and — over random interleavings of authorisations, postings, refunds,
 //! corrections, replays and indexer restarts — leaves a client that keeps the highest version per
 //! transaction with exactly the store's final state, nothing missing.
 
@@ -164,6 +164,33 @@ async fn a_stream_killed_mid_backfill_resumes_right_after_its_last_delivery() {
         "counted across the resume"
     );
     assert_eq!(second.deliveries.iter().filter(|d| !d.2).count(), 1, "then live: tx-31");
+}
+
+/// An issuer's load of past months reaches aggregators as history (listings, backfills), never
+/// on a live stream as if it had just happened.
+#[tokio::test]
+async fn an_issuers_historical_load_is_history_never_live_news() {
+    let w = world(&[with_history("c-x", "agg-x", 60)]).await;
+    indexed(&w, "c-x", "agg-x", 31).await;
+    let mut client = w.stream_client().await;
+    let mut live =
+        client.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
+    let mut kept = Kept::default();
+    read_until(&mut live, &mut kept, |k| k.caught_up).await;
+
+    let mut past = samples::transaction("iss-a", "acct-1", 300);
+    past.occurred_at = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2025, 12, 15, 0, 0, 0).single().unwrap();
+    let producer = w.bus.producer().unwrap();
+    producer.publish_as(&Event::Transaction(past), None, true).await.unwrap();
+    producer.publish(&transaction("acct-1", 301, TransactionKind::Posted), None).await.unwrap();
+
+    read_until(&mut live, &mut kept, |k| k.rows.contains_key(&tx_id("agg-x", 301))).await;
+    assert!(!kept.rows.contains_key(&tx_id("agg-x", 300)), "the historical record was delivered live");
+    indexed(&w, "c-x", "agg-x", 33).await;
+    let mut backfilled = Kept::default();
+    let mut stream = client.subscribe(authorized(backfill(&["c-x"]), w.token("agg-x"))).await.unwrap().into_inner();
+    read_until(&mut stream, &mut backfilled, |k| k.progress.iter().any(|p| p.complete)).await;
+    assert!(backfilled.history().contains(&tx_id("agg-x", 300).as_str()), "but it is history");
 }
 
 /// A client whose HTTP/2 window holds 64 KiB: a server cannot run far ahead of what it reads.

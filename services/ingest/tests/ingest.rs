@@ -89,6 +89,23 @@ async fn mixed_batch_gets_exact_per_record_results_and_only_good_records_reach_t
     }
 }
 
+/// A historical load (an issuer's past months) is written like any record, marked so that the
+/// hub and catch-up pass over it and the history indexer keeps it.
+#[tokio::test]
+async fn a_historical_load_is_written_marked_historical() {
+    let bus = TestBus::start().await.unwrap();
+    let ingest = bus.start_ingest(IngestConfig::default()).await.unwrap();
+    let mut client = ingest_client(&ingest).await.unwrap();
+    let past = v1::PublishRequest { historical: true, ..request(&[tx(1)]) };
+    let response = client.publish(authorized(past, KEY_A)).await.unwrap().into_inner();
+    assert_eq!(response.accepted, 1);
+    client.publish(authorized(request(&[tx(2)]), KEY_A)).await.unwrap();
+    let records = bus.read(Topic::Transactions, 2, WITHIN).await.unwrap();
+    let marked: Vec<(Event, bool)> =
+        records.iter().map(|r| (decode(&r.payload).unwrap(), r.headers.historical)).collect();
+    assert_eq!(marked, [(tx(1), true), (tx(2), false)]);
+}
+
 #[tokio::test]
 async fn another_issuers_id_is_permission_denied_and_audited() {
     let bus = TestBus::start().await.unwrap();
