@@ -8,7 +8,6 @@ use cardlink_adapters::file::{FileRun, Mapping, run_file};
 use cardlink_adapters::simulator::{self, SimConfig, Simulator};
 use cardlink_adapters::sink::IngestSink;
 use cardlink_bus::BusConfig;
-use cardlink_ingest::server::RunningIngest;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::FileConfig;
@@ -417,61 +416,53 @@ async fn serve(service: Service, file: &FileConfig) -> anyhow::Result<()> {
     match service {
         Service::Subscription { kafka, trusted, secret, settings, history } => {
             let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, history.url()?)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
-            let running = cardlink_subscription::server::start(&bus, config).await?;
-            runtime::stop_signal().await?;
-            running.shutdown().await;
-            Ok(())
+            let running = cardlink_subscription::server::start(&checked_bus(&kafka, file).await?, config).await?;
+            until_stopped(|| running.shutdown()).await
         }
         Service::History { kafka, trusted, secret, settings } => {
             let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, None)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
-            let running = cardlink_history_service::server::start(&bus, config).await?;
-            runtime::stop_signal().await?;
-            running.shutdown().await;
-            Ok(())
+            let running = cardlink_history_service::server::start(&checked_bus(&kafka, file).await?, config).await?;
+            until_stopped(|| running.shutdown()).await
         }
         Service::Consent { kafka, trusted, secret, settings } => {
             let config = settings.config(Mode::Serve, &secret.platform(&trusted)?, None)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
-            let running = cardlink_consent::server::start(&bus, config).await?;
-            runtime::stop_signal().await?;
-            running.shutdown().await;
-            Ok(())
+            let running = cardlink_consent::server::start(&checked_bus(&kafka, file).await?, config).await?;
+            until_stopped(|| running.shutdown()).await
         }
         Service::Registry { kafka, signing, bootstrap_operator, settings } => {
             let signer = signing.signer()?;
             let config = settings.config(Mode::Serve)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+            let bus = checked_bus(&kafka, file).await?;
             println!("platform public key (give to other services): {}", signer_public(&signer));
             let running = cardlink_registry::server::start(&bus, config, Arc::new(signer)).await?;
             if let Some(operator) = bootstrap_operator {
                 let credential = running.registry().bootstrap_operator(&operator).await?;
                 println!("operator {operator} credential (shown once): {}", credential.token);
             }
-            runtime::stop_signal().await?;
-            running.shutdown().await?;
+            until_stopped(|| async { running.shutdown().await.context("stopping the registry") }).await??;
             Ok(())
         }
         Service::Ingest { kafka, trusted, settings } => {
             let config = settings.config(Mode::Serve, &trusted.keys()?)?;
-            let bus = kafka.bus(file)?;
-            cardlink_bus::check_topics(&bus).await.context("checking topics")?;
-            let running = cardlink_ingest::server::start(&bus, config).await?;
-            shutdown_on_ctrl_c(running).await
+            let running = cardlink_ingest::server::start(&checked_bus(&kafka, file).await?, config).await?;
+            until_stopped(|| async { running.shutdown().await.context("stopping ingest") }).await??;
+            Ok(())
         }
     }
 }
 
-async fn shutdown_on_ctrl_c(running: RunningIngest) -> anyhow::Result<()> {
+/// The bus a `serve` process runs on, its topics checked (`cardlink topics` provisions them).
+async fn checked_bus(kafka: &KafkaArgs, file: &FileConfig) -> anyhow::Result<BusConfig> {
+    let bus = kafka.bus(file)?;
+    cardlink_bus::check_topics(&bus).await.context("checking topics")?;
+    Ok(bus)
+}
+
+/// Waits for SIGTERM or Ctrl-C, then runs the service's own shutdown (it drains in order).
+async fn until_stopped<F: std::future::Future>(shutdown: impl FnOnce() -> F) -> anyhow::Result<F::Output> {
     runtime::stop_signal().await?;
     tracing::info!("shutting down");
-    running.shutdown().await?;
-    Ok(())
+    Ok(shutdown().await)
 }
 
 async fn adapter_command(adapter: Adapter) -> anyhow::Result<()> {

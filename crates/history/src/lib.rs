@@ -131,6 +131,22 @@ pub struct TransactionQuery {
     pub limit: u32,
 }
 
+impl TransactionQuery {
+    /// A page of everything the account has from `from_micros` on, newest first — how a backfill
+    /// and a lookup by id walk an account's history.
+    pub fn newest_since(account_key: &str, from_micros: i64, after: Option<TransactionKey>, limit: u32) -> Self {
+        Self {
+            account_key: account_key.to_owned(),
+            from_micros,
+            to_micros: i64::MAX,
+            order: Order::NewestFirst,
+            billing_month: None,
+            after,
+            limit,
+        }
+    }
+}
+
 /// One page of an account's statements of the billing months `[from_month, to_month]`
 /// ("YYYY-MM"), newest month first; within a month by statement id, descending.
 #[derive(Clone, Debug)]
@@ -145,6 +161,14 @@ pub struct StatementQuery {
 
 /// The largest page a query may ask for.
 pub const MAX_PAGE: u32 = 1_000;
+
+/// The month ("YYYY-MM", UTC) of an instant in microseconds — where a time window starts among
+/// statements, which are kept by month; the earliest month for `i64::MIN`.
+pub fn month_of(micros: i64) -> String {
+    use chrono::Datelike as _;
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -15,3 +15,41 @@ pub mod access;
 pub mod consent;
 pub mod follow;
 pub mod registry;
+
+use cardlink_bus::{BusConfig, BusError, Consumer, Topic};
+use tokio::sync::watch;
+
+/// A follower's task: it ends with an error only where retrying cannot help.
+pub type FollowTask = tokio::task::JoinHandle<Result<(), BusError>>;
+
+/// What a service that authenticates aggregators and checks their consents reads: the registry
+/// (credentials, connections) and the consents, each followed by a consumer named after the
+/// service, both caught up.
+#[derive(Debug)]
+pub struct AccessViews {
+    pub registry: follow::Followed<registry::RegistryView>,
+    pub consents: follow::Followed<consent::ConsentView>,
+    /// The followers' tasks, named.
+    pub tasks: [(&'static str, FollowTask); 2],
+}
+
+impl AccessViews {
+    /// Follows both from the start of their topics (at once) and returns when both caught up.
+    pub async fn follow(bus: &BusConfig, service: &str, shutdown: &watch::Receiver<bool>) -> Result<Self, BusError> {
+        let (mut registry, registry_task) = follow::spawn(
+            Consumer::new(bus, &format!("{service}-registry-view"))?,
+            Topic::Registry,
+            registry::RegistryView::new(),
+            shutdown.clone(),
+        );
+        let (mut consents, consents_task) = follow::spawn(
+            Consumer::new(bus, &format!("{service}-consent-view"))?,
+            Topic::Consents,
+            consent::ConsentView::new(),
+            shutdown.clone(),
+        );
+        registry.caught_up().await;
+        consents.caught_up().await;
+        Ok(Self { registry, consents, tasks: [("registry view", registry_task), ("consent view", consents_task)] })
+    }
+}

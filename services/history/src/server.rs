@@ -11,12 +11,10 @@ use std::sync::Arc;
 use cardlink_api::v1::history_server::HistoryServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
+use cardlink_bus::{BusConfig, Consumer, Producer};
 use cardlink_entitlement::access::AccessLog;
 use cardlink_history::{AnyStore, StoreUrl};
-use cardlink_views::consent::ConsentView;
-use cardlink_views::follow;
-use cardlink_views::registry::RegistryView;
+use cardlink_views::AccessViews;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -116,20 +114,8 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
         .await
         .map_err(|e| ServeError::Config(format!("history store {:?}: {e}", config.store)))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (mut registry, registry_task) = follow::spawn(
-        Consumer::new(bus, "history-registry-view")?,
-        Topic::Registry,
-        RegistryView::new(),
-        shutdown_rx.clone(),
-    );
-    let (mut consents, consents_task) = follow::spawn(
-        Consumer::new(bus, "history-consent-view")?,
-        Topic::Consents,
-        ConsentView::new(),
-        shutdown_rx.clone(),
-    );
-    registry.caught_up().await;
-    consents.caught_up().await;
+    let AccessViews { registry, consents, tasks: [registry_task, consents_task] } =
+        AccessViews::follow(bus, "history", &shutdown_rx).await?;
 
     let (progress_tx, progress) = watch::channel(Progress { lag: Some(0), caught_up: true, ..Progress::default() });
     let mut tasks = Vec::new();
@@ -197,6 +183,6 @@ pub async fn start(bus: &BusConfig, config: HistoryConfig) -> Result<RunningHist
         }
     });
     tracing::info!(%addr, store = ?config.store, index = config.index, "history service listening");
-    tasks.extend([server, logged("registry view", registry_task), logged("consent view", consents_task)]);
+    tasks.extend([server, logged(registry_task.0, registry_task.1), logged(consents_task.0, consents_task.1)]);
     Ok(RunningHistory { addr, store, progress, shutdown, tasks, stop_access, access: access_task })
 }

@@ -256,14 +256,12 @@ impl<S: HistoryStore> History<S> {
             limit,
         };
         let rows = self.store.transactions(&query).await?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit as usize => PageToken {
-                after: After::Transaction(last.occurred_at_micros, last.transaction_id.clone()),
-                ..token.clone()
-            }
-            .seal(&self.secret, Listing::Transactions),
-            _ => String::new(),
-        };
+        let next_page_token = self.next_page(
+            &token,
+            Listing::Transactions,
+            rows.len() == limit as usize,
+            rows.last().map(|last| After::Transaction(last.occurred_at_micros, last.transaction_id.clone())),
+        );
         let transactions = rows.iter().filter_map(|r| self.transaction(r, &bound, now)).collect();
         Ok(v1::ListTransactionsResponse {
             transactions,
@@ -290,15 +288,8 @@ impl<S: HistoryStore> History<S> {
             return Err(not_found());
         }
         let ids = cardlink_auth::Pseudonyms::new(&self.secret, aggregator_id);
-        let mut query = TransactionQuery {
-            account_key: bound.account_key.clone(),
-            from_micros: self.available_from(&bound.grant, now),
-            to_micros: i64::MAX,
-            order: Order::NewestFirst,
-            billing_month: None,
-            after: None,
-            limit: MAX_PAGE,
-        };
+        let mut query =
+            TransactionQuery::newest_since(&bound.account_key, self.available_from(&bound.grant, now), None, MAX_PAGE);
         loop {
             let rows = self.store.transactions(&query).await?;
             if let Some(row) =
@@ -361,7 +352,7 @@ impl<S: HistoryStore> History<S> {
         };
         // A statement's month is before its closing day, which the data window is checked on
         // (by the projection); months before the window's month hold nothing readable.
-        let window_month = month_of(available_from);
+        let window_month = cardlink_history::month_of(available_from);
         let limit = page_size(request.page_size);
         let query = StatementQuery {
             account_key: bound.account_key.clone(),
@@ -371,14 +362,12 @@ impl<S: HistoryStore> History<S> {
             limit,
         };
         let rows = self.store.statements(&query).await?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit as usize => PageToken {
-                after: After::Statement(last.billing_month.clone(), last.statement_id.clone()),
-                ..token.clone()
-            }
-            .seal(&self.secret, Listing::Statements),
-            _ => String::new(),
-        };
+        let next_page_token = self.next_page(
+            &token,
+            Listing::Statements,
+            rows.len() == limit as usize,
+            rows.last().map(|last| After::Statement(last.billing_month.clone(), last.statement_id.clone())),
+        );
         let statements = rows.iter().filter_map(|r| self.statement(r, &bound, now)).collect();
         Ok(v1::ListStatementsResponse {
             statements,
@@ -387,6 +376,15 @@ impl<S: HistoryStore> History<S> {
             as_of: Some(timestamp(token.as_of)),
             changes_cursor: token.changes_cursor,
         })
+    }
+
+    /// The token of the page after this one — the same listing, after its `last` row — if this
+    /// page was full; else none (the listing is complete).
+    fn next_page(&self, token: &PageToken, listing: Listing, full: bool, last: Option<After>) -> String {
+        match last {
+            Some(after) if full => PageToken { after, ..token.clone() }.seal(&self.secret, listing),
+            _ => String::new(),
+        }
     }
 
     /// A stored transaction as the grant's aggregator may see it, with its version.
@@ -470,12 +468,6 @@ fn month_filter(text: &str) -> Result<Option<&str>, HistoryError> {
     }
 }
 
-/// The month ("YYYY-MM", UTC) of an instant; the earliest month for `i64::MIN`.
-fn month_of(micros: i64) -> String {
-    DateTime::from_timestamp_micros(micros)
-        .map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
-}
-
 /// What retention keeps at `now`: transactions that occurred at or after the instant, and
 /// statements of the month, `months` months before `now`'s month (its first day, UTC).
 pub fn retention_cutoff(now: DateTime<Utc>, months: u32) -> (i64, String) {
@@ -498,7 +490,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z").unwrap_or_default().with_timezone(&Utc);
         let (micros, month) = retention_cutoff(now, 25);
         assert_eq!(month, "2024-11");
-        assert_eq!(month_of(micros), "2024-11");
+        assert_eq!(cardlink_history::month_of(micros), "2024-11");
         assert_eq!(retention_cutoff(now, 0).1, "2026-12");
         assert_eq!(retention_cutoff(now, 12).1, "2025-12");
     }

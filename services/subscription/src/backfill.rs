@@ -29,9 +29,9 @@ use cardlink_entitlement::projection::project;
 use cardlink_events::Event;
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
-use cardlink_history::{AnyStore, HistoryStore, Order, StatementQuery, TransactionKey, TransactionQuery};
+use cardlink_history::{AnyStore, HistoryStore, StatementQuery, TransactionKey, TransactionQuery};
 use cardlink_views::consent::Grant;
-use chrono::{DateTime, Datelike as _, Utc};
+use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::catch_up::{CatchUp, CatchUpError, CatchUpReaders, Start};
@@ -203,15 +203,7 @@ impl Backfills {
                     .after
                     .as_ref()
                     .map(|(t, _, id)| TransactionKey { occurred_at_micros: *t, transaction_id: id.clone() });
-                let query = TransactionQuery {
-                    account_key: account_key.clone(),
-                    from_micros: grant.data_from_micros,
-                    to_micros: i64::MAX,
-                    order: Order::NewestFirst,
-                    billing_month: None,
-                    after,
-                    limit: PAGE,
-                };
+                let query = TransactionQuery::newest_since(&account_key, grant.data_from_micros, after, PAGE);
                 let rows = self.store.transactions(&query).await.map_err(store_error)?;
                 rows.into_iter()
                     .map(|r| (r.version, r.payload, (r.occurred_at_micros, String::new(), r.transaction_id)))
@@ -222,7 +214,7 @@ impl Backfills {
         } else {
             let query = StatementQuery {
                 account_key: account_key.clone(),
-                from_month: month_of(grant.data_from_micros),
+                from_month: cardlink_history::month_of(grant.data_from_micros),
                 to_month: "9999-12".into(),
                 after: position.after.as_ref().map(|(_, m, id)| (m.clone(), id.clone())),
                 limit: PAGE,
@@ -339,10 +331,4 @@ async fn send(tx: &mpsc::Sender<Outgoing>, out: Outgoing) -> Result<(), CatchUpE
 
 fn store_error(e: cardlink_history::StoreError) -> CatchUpError {
     CatchUpError::History(e.to_string())
-}
-
-/// The month ("YYYY-MM", UTC) of an instant; the earliest month for `i64::MIN`.
-fn month_of(micros: i64) -> String {
-    DateTime::from_timestamp_micros(micros)
-        .map_or_else(|| "0000-01".to_owned(), |t| format!("{:04}-{:02}", t.year(), t.month()))
 }

@@ -9,9 +9,7 @@ use cardlink_api::v1::subscription_server::SubscriptionServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
 use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
-use cardlink_views::consent::ConsentView;
-use cardlink_views::follow;
-use cardlink_views::registry::RegistryView;
+use cardlink_views::{AccessViews, follow};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -120,26 +118,14 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         None => None,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (mut registry, registry_task) = follow::spawn(
-        Consumer::new(bus, "subscription-registry-view")?,
-        Topic::Registry,
-        RegistryView::new(),
-        shutdown_rx.clone(),
-    );
-    let (mut consents, consents_task) = follow::spawn(
-        Consumer::new(bus, "subscription-consent-view")?,
-        Topic::Consents,
-        ConsentView::new(),
-        shutdown_rx.clone(),
-    );
+    let AccessViews { registry, consents, tasks: [registry_task, consents_task] } =
+        AccessViews::follow(bus, "subscription", &shutdown_rx).await?;
     let (mut positions, positions_task) = follow::spawn(
         Consumer::new(bus, "subscription-positions")?,
         Topic::Positions,
         PositionsView::default(),
         shutdown_rx.clone(),
     );
-    registry.caught_up().await;
-    consents.caught_up().await;
     positions.caught_up().await;
     let (lag_registry, lag_positions) = (registry.clone(), positions.clone());
     cardlink_telemetry::observe_view_lag("subscription.registry", move || lag_registry.lag());
@@ -215,8 +201,8 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
         server,
         logged("hub reader", reader),
         logged("consent notices", notifier),
-        logged("registry view", registry_task),
-        logged("consent view", consents_task),
+        logged(registry_task.0, registry_task.1),
+        logged(consents_task.0, consents_task.1),
         logged("positions", positions_task),
         dead_letter_writer,
     ]);
