@@ -241,7 +241,7 @@ pub async fn give_consents(
             scopes: scopes.iter().map(|s| cardlink_api::convert::scope(*s)).collect(),
             accounts_hint: String::new(),
             duration_days: 180,
-            // The demo members' last year, which the simulators publish at start.
+            // Reaches back a year; the simulators load the past months at start.
             history_days: 365,
             purpose: purpose.into(),
             redirect_uri: redirect_uri.clone(),
@@ -284,14 +284,15 @@ impl DemoStream {
     }
 }
 
-/// Starts a live stream for each demo aggregator.
+/// Starts a stream for each demo aggregator: its consents' history, then live.
 pub fn follow_streams(world: &DemoWorld, subscription_endpoint: &str) -> anyhow::Result<Vec<DemoStream>> {
     use cardlink_client::subscriber::{Resumable, Start};
     let mut streams = Vec::new();
     for a in &AGGREGATORS {
         let token = world.aggregators.get(a.id).context("demo aggregator not registered")?;
         let client = Aggregator::connect(subscription_endpoint, subscription_endpoint, token)?;
-        let mut stream = Resumable::new(client, Vec::new(), Vec::new(), Start::Now, None)?;
+        // The consents' history first (the simulators loaded the past), then live.
+        let mut stream = Resumable::new(client, Vec::new(), Vec::new(), Start::Backfill(Vec::new()), None)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut received = 0u64;

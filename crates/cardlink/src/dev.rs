@@ -1,7 +1,8 @@
 //! `cardlink dev`: the whole system on one machine — the embedded broker (or `--kafka`), every
 //! service, all pages on one port, the demo world of [`crate::demo`] with consents given through
-//! the real flow, a simulated issuer publishing for each demo card company, and a live stream per
-//! demo aggregator. Ctrl-C (or SIGTERM) stops it all, in order: simulators and demo streams, then
+//! the real flow, a simulated issuer for each demo card company that first loads its members' past
+//! months (historical, into history) and then publishes live, and a stream per demo aggregator
+//! that starts with its consents' history (backfill) and goes on live. Ctrl-C (or SIGTERM) stops it all, in order: simulators and demo streams, then
 //! services, then the broker.
 
 use std::net::SocketAddr;
@@ -48,6 +49,10 @@ pub struct DevArgs {
     /// Simulated accounts per demo card company (the first three belong to the demo members).
     #[arg(long, default_value_t = 50)]
     simulate_members: usize,
+    /// Days of the simulated members' past each demo card company loads at start, marked
+    /// historical (into history, never live news) at a household's pace of card use (0: none).
+    #[arg(long, default_value_t = 90)]
+    simulate_history_days: u32,
     /// Also write the endpoints and this run's credentials here (JSON, owner-readable only), for
     /// scripts and tests.
     #[arg(long)]
@@ -61,16 +66,53 @@ struct Simulation {
     task: JoinHandle<anyhow::Result<(u64, u64, u64)>>,
 }
 
-fn sim_config(issuer: &str, seed: u64, members: usize) -> SimConfig {
-    // Simulated time starts now, so what the simulator publishes falls inside the consents given
-    // a moment before (a consent covers what happens after it is granted).
-    SimConfig { start: chrono::Utc::now(), ..SimConfig::new(issuer, seed, members) }
+/// Card events a simulated account has a day in the past months: some 20 purchases a month, each
+/// authorised and posted.
+const PAST_DAILY_EVENTS: f64 = 1.5;
+/// How long the demo waits for history to have indexed the past before its streams backfill.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn sim_config(issuer: &str, seed: u64, members: usize, start: chrono::DateTime<chrono::Utc>) -> SimConfig {
+    SimConfig { start, ..SimConfig::new(issuer, seed, members) }
 }
 
-fn simulate(issuer: &'static str, seed: u64, members: usize, rate: u32, endpoint: String, token: String) -> Simulation {
+/// A simulated card company's past: `days` up to now published at once as a historical load
+/// (within the demo consents' reach back, `history_days`). Returns the simulator at now, to go on
+/// live from there — the past's pending purchases post live, ids never repeat — and the counts.
+async fn load_past(
+    issuer: &'static str,
+    seed: u64,
+    members: usize,
+    days: u32,
+    endpoint: String,
+    token: String,
+) -> anyhow::Result<(Simulator, (u64, u64, u64))> {
+    let now = chrono::Utc::now();
+    let mut sim = Simulator::new(sim_config(issuer, seed, members, now - chrono::TimeDelta::days(days.into())));
+    let mut counts = (0, 0, 0);
+    if days > 0 {
+        sim.set_daily_events(Some(PAST_DAILY_EVENTS));
+        let mut sink = IngestSink::connect(&endpoint, issuer, &token).await?.historical();
+        counts = simulator::publish_until(&mut sim, &mut sink, now, 500).await?;
+        sim.set_daily_events(None);
+    }
+    Ok((sim, counts))
+}
+
+/// Waits until the history indexer holds everything on the bus so far (a lag measured after this
+/// call began), or [`INDEX_WAIT`]; says which.
+async fn past_indexed(mut progress: tokio::sync::watch::Receiver<cardlink_history_service::indexer::Progress>) -> bool {
+    let waited = async {
+        // A measurement that began before the load ended may still say 0.
+        tokio::time::sleep(2 * cardlink_history_service::indexer::LAG_EVERY).await;
+        progress.wait_for(|p| !p.assigned.is_empty() && p.lag == Some(0)).await.is_ok()
+    };
+    tokio::time::timeout(INDEX_WAIT, waited).await.unwrap_or(false)
+}
+
+fn simulate(issuer: &'static str, mut sim: Simulator, rate: u32, endpoint: String, token: String) -> Simulation {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let mut sim = Simulator::new(sim_config(issuer, seed, members));
         let mut sink = IngestSink::connect(&endpoint, issuer, &token).await?;
         let stop = async {
             let _ = stopped.await;
@@ -102,7 +144,10 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
         &pages_url,
         &format!("{pages_url}{}", cardlink_consent::login::CALLBACK_PATH),
         |issuer| {
-            Simulator::new(sim_config(issuer, 0, args.simulate_members)).account_refs().map(str::to_owned).collect()
+            Simulator::new(sim_config(issuer, 0, args.simulate_members, chrono::Utc::now()))
+                .account_refs()
+                .map(str::to_owned)
+                .collect()
         },
     );
     let world = demo::setup(registry.registry(), &logins).await?;
@@ -159,28 +204,48 @@ pub async fn run(args: DevArgs, file: &FileConfig) -> anyhow::Result<()> {
     let consents = demo::give_consents(&world, &endpoints.consent, &endpoints.subscription)
         .await
         .context("giving the demo consents")?;
-    let streams = demo::follow_streams(&world, &endpoints.subscription)?;
 
-    // Seeds differ per issuer (so do their members' habits) but are fixed across runs.
-    let simulations: Vec<Simulation> = if args.simulate_rate == 0 {
+    // Seeds differ per issuer (so do their members' habits) but are fixed across runs. Each card
+    // company first loads its members' past (the consents given above reach back a year), then
+    // publishes live; the demo streams start once history holds the past, so they backfill it.
+    let simulators: Vec<(&'static str, Simulator, String)> = if args.simulate_rate == 0 {
         Vec::new()
     } else {
-        demo::ISSUERS
-            .iter()
-            .zip(1u64..)
-            .filter_map(|(issuer, seed)| {
-                let token = world.issuers.get(issuer.id)?.clone();
-                Some(simulate(
-                    issuer.id,
-                    seed,
-                    args.simulate_members,
-                    args.simulate_rate,
-                    ingest_endpoint.clone(),
-                    token,
-                ))
-            })
-            .collect()
+        let loads = demo::ISSUERS.iter().zip(1u64..).filter_map(|(issuer, seed)| {
+            let token = world.issuers.get(issuer.id)?.clone();
+            let load = load_past(
+                issuer.id,
+                seed,
+                args.simulate_members,
+                args.simulate_history_days,
+                ingest_endpoint.clone(),
+                token.clone(),
+            );
+            Some(tokio::spawn(async move { load.await.map(|(sim, counts)| (issuer.id, sim, token, counts)) }))
+        });
+        let loads: Vec<_> = loads.collect();
+        let mut loaded = Vec::new();
+        for load in loads {
+            let (issuer, sim, token, (accepted, duplicate, rejected)) =
+                load.await.context("a card company's load task")?.context("loading a card company's past")?;
+            if args.simulate_history_days > 0 {
+                println!(
+                    "{issuer} loaded {} days of its members' past: {accepted} events ({duplicate} duplicate, {rejected} rejected)",
+                    args.simulate_history_days
+                );
+            }
+            loaded.push((issuer, sim, token));
+        }
+        if args.simulate_history_days > 0 && !past_indexed(history.progress()).await {
+            eprintln!("history has not indexed the past within {INDEX_WAIT:?}; the demo streams backfill what it has");
+        }
+        loaded
     };
+    let streams = demo::follow_streams(&world, &endpoints.subscription)?;
+    let simulations: Vec<Simulation> = simulators
+        .into_iter()
+        .map(|(issuer, sim, token)| simulate(issuer, sim, args.simulate_rate, ingest_endpoint.clone(), token))
+        .collect();
 
     if let Some(path) = &args.info_file {
         let info = json!({
@@ -297,7 +362,7 @@ fn print_banner(e: &Endpoints, world: &demo::DemoWorld, consents: &[demo::Create
         "  cargo run --release -- aggregator consent request --issuer minato-card   # sign in as m-00002 / {}",
         demo::DEMO_PASSWORD
     );
-    println!("  cargo run --release -- aggregator subscribe --from-earliest --cursor-file cursor.txt");
+    println!("  cargo run --release -- aggregator subscribe --backfill --cursor-file cursor.txt");
     println!("  cargo run --release -p cardlink-reference-aggregator --bin kakeibo");
     if let Some(token) = world.issuers.get(demo::ISSUERS[0].id) {
         println!("Publish a batch file as {}:", demo::ISSUERS[0].id);

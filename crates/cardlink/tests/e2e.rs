@@ -40,7 +40,8 @@ impl Dev {
             .arg("dev")
             .args(["--broker-listen", any, "--ingest-listen", any, "--registry-listen", any])
             .args(["--consent-listen", any, "--subscription-listen", any, "--pages-listen", any])
-            .args(["--simulate-rate", "100", "--simulate-members", "20"])
+            .args(["--history-listen", any])
+            .args(["--simulate-rate", "100", "--simulate-members", "20", "--simulate-history-days", "90"])
             .arg("--info-file")
             .arg(&info_file)
             .stdout(std::fs::File::create(dir.join("dev.stdout")).unwrap())
@@ -265,6 +266,7 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
         issuers: vec![],
         follow: false,
         every: 10,
+        from_earliest: false,
     };
     let feed = std::sync::Arc::clone(&book);
     tokio::time::timeout(
@@ -281,6 +283,11 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
     .unwrap();
     let summary = book.lock().unwrap().render();
     assert!(summary.contains("確定") && summary.contains("未確定"), "{summary}");
+    // The past months come from history (the card companies loaded them at start, marked
+    // historical: never on a live stream or a replay of the bus), the rest live.
+    let jst = chrono::FixedOffset::east_opt(9 * 3600).unwrap();
+    let two_months_ago = (chrono::Utc::now() - chrono::TimeDelta::days(60)).with_timezone(&jst).format("%Y-%m");
+    assert!(summary.contains(&format!("{two_months_ago}  確定")), "no spending two months back: {summary}");
     assert!(summary.contains("未分類"), "the transactions-only consent's spending is unclassified: {summary}");
 
     // The pages, in the browser: transparency, goal, live view; then the member who just

@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 pub mod login;
 pub mod postgres;
 pub mod proxy;
+pub mod python;
 
 /// Issuers known to test ingest services, with their keys (synthetic, tests only).
 pub const TEST_ISSUERS: [(&str, &str); 2] =

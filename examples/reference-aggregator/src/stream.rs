@@ -1,6 +1,7 @@
-//! What both reference binaries share: the connection arguments and a loop that replays what
-//! the consents cover, hands every delivery to the app, and reports when it has caught up with
-//! the live tail (then stops, or keeps following and reports again every `--every` seconds).
+//! What both reference binaries share: the connection arguments and a loop that starts with the
+//! consents' history (a backfill: the last months from the history store, newest state of each
+//! transaction), hands every delivery to the app, and reports when it has caught up with the live
+//! tail (then stops, or keeps following and reports again every `--every` seconds).
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,17 @@ pub struct StreamArgs {
     pub follow: bool,
     #[arg(long, default_value_t = 10)]
     pub every: u64,
+    /// Replay what the bus still retains instead of the consents' history (for a deployment
+    /// whose subscription service has no history store: then only the bus's retention, and no
+    /// issuer's historical load).
+    #[arg(long)]
+    pub from_earliest: bool,
 }
 
-/// Replays everything retained that the consents cover (the book is rebuilt from the stream
-/// each run), calling `apply` per delivery and `report` once caught up — and, with `--follow`,
-/// every `--every` seconds after.
+/// Backfills what the consents cover (the book is rebuilt from the stream each run), calling
+/// `apply` per delivery — a history row is the newest state of its transaction, so the app's
+/// merge of authorisation, posting and refund takes it as it takes live events — and `report`
+/// once caught up; with `--follow`, every `--every` seconds after.
 pub async fn run(
     args: &StreamArgs,
     kinds: Vec<v1::EventKind>,
@@ -39,7 +46,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The consent endpoint is not used: the stream alone feeds the book.
     let client = Aggregator::connect(&args.subscription_endpoint, &args.subscription_endpoint, &args.token)?;
-    let mut stream = Resumable::new(client, kinds, args.issuers.clone(), Start::Earliest, None)?;
+    let start = if args.from_earliest { Start::Earliest } else { Start::Backfill(Vec::new()) };
+    let mut stream = Resumable::new(client, kinds, args.issuers.clone(), start, None)?;
     let mut caught_up = false;
     let mut last = Instant::now();
     loop {

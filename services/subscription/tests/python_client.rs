@@ -7,31 +7,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use cardlink_events::{Event, samples};
-
-fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python")
-}
-
-fn python() -> String {
-    std::env::var("CARDLINK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use cardlink_testkit::python;
 
 /// Runs subscribe.py to completion; returns the issuer transaction ids it printed.
 async fn run_client(gen_dir: &Path, cursor_file: &Path, target: &str, token: &str, max: usize) -> Vec<String> {
-    let mut command = tokio::process::Command::new(python());
+    let mut command = python::subscribe(gen_dir, target, token);
     command
-        .arg(example_dir().join("subscribe.py"))
-        .args(["--target", target, "--from-earliest", "--max-reconnects", "3"])
+        .args(["--from-earliest", "--max-reconnects", "3"])
         .args(["--kinds", "transaction"])
         .arg("--cursor-file")
         .arg(cursor_file)
-        .args(["--max-deliveries", &max.to_string()])
-        .env("CARDLINK_TOKEN", token)
-        .env("CARDLINK_GEN", gen_dir);
+        .args(["--max-deliveries", &max.to_string()]);
     let out = tokio::time::timeout(common::WITHIN, command.output()).await.expect("the client finishes").unwrap();
     assert!(out.status.success(), "subscribe.py failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
@@ -49,17 +38,7 @@ async fn run_client(gen_dir: &Path, cursor_file: &Path, target: &str, token: &st
 async fn the_python_example_subscribes_and_resumes_from_its_cursor_file() {
     let work = tempfile::tempdir().unwrap();
     let gen_dir = work.path().join("gen");
-    let generated = Command::new("bash")
-        .arg(example_dir().join("generate.sh"))
-        .arg(&gen_dir)
-        .env("PYTHON", python())
-        .output()
-        .expect("bash runs");
-    assert!(
-        generated.status.success(),
-        "generating the Python code failed (pip install -r examples/python/requirements.txt?): {}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    python::generate(&gen_dir).unwrap();
 
     let consent = common::transactions_consent();
     let w = common::world(&["iss-a"], &["agg-x"], &[consent]).await;

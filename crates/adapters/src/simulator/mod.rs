@@ -9,7 +9,9 @@
 //! reproducible.
 //!
 //! Time is simulated: each event advances the simulated clock by a random interval, so a month
-//! of card use is produced in seconds. [`pace`] publishes at a chosen real-time rate.
+//! of card use is produced in seconds. [`pace`] publishes at a chosen real-time rate;
+//! [`publish_until`] publishes a stretch of the past at once (an issuer's historical load), at a
+//! household's pace of card use ([`Simulator::set_daily_events`]).
 
 pub mod merchants;
 
@@ -29,6 +31,9 @@ use merchants::{MERCHANTS, Segment, fx_rate};
 pub const CLOSING_DAY: u32 = 15;
 /// 支払日: the day of the following month they are paid.
 pub const PAYMENT_DAY: u32 = 10;
+/// Simulated seconds from one event to the next, by default: busy, so a demo shows a month of
+/// card use in minutes.
+pub const GAP_SECS: std::ops::Range<i64> = 5..120;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -87,6 +92,8 @@ pub struct Simulator {
     next_closing: DateTime<Utc>,
     sequence: u64,
     weights_total: u32,
+    /// Simulated seconds between events.
+    gap: std::ops::Range<i64>,
 }
 
 impl Simulator {
@@ -113,7 +120,25 @@ impl Simulator {
             next_closing,
             sequence: 0,
             weights_total: MERCHANTS.iter().map(|m| m.weight).sum(),
+            gap: GAP_SECS,
         }
+    }
+
+    /// The simulated time: every event handed out so far happened at or before it.
+    pub fn clock(&self) -> DateTime<Utc> {
+        self.clock
+    }
+
+    /// Spaces events so each account sees about `per_account` a day (a household card: ~1.5,
+    /// some 20 purchases a month, each authorised and posted); [`GAP_SECS`] again with `None`.
+    pub fn set_daily_events(&mut self, per_account: Option<f64>) {
+        self.gap = match per_account {
+            Some(n) if n > 0.0 => {
+                let mean = (86_400.0 / (n * self.accounts.len() as f64)).max(2.0) as i64;
+                (mean / 2).max(1)..(mean * 3 / 2).max(2)
+            }
+            _ => GAP_SECS,
+        };
     }
 
     pub fn issuer_id(&self) -> &str {
@@ -141,7 +166,7 @@ impl Simulator {
     }
 
     fn step(&mut self) {
-        self.clock += TimeDelta::seconds(self.rng.random_range(5..120));
+        self.clock += TimeDelta::seconds(self.rng.random_range(self.gap.clone()));
         if self.clock >= self.next_closing {
             self.close_statements();
             return;
@@ -441,19 +466,47 @@ pub async fn pace(
             break;
         }
         let events = sim.take(n as usize);
-        for outcome in sink.publish(&events).await? {
-            match outcome {
-                SinkOutcome::Accepted => counts.0 += 1,
-                SinkOutcome::Duplicate => counts.1 += 1,
-                SinkOutcome::Rejected { reason, field, .. } => {
-                    counts.2 += 1;
-                    tracing::warn!(reason, field, "simulated event rejected");
-                }
-            }
-        }
+        tally(&mut counts, sink.publish(&events).await?);
         sent += n;
     }
     Ok(counts)
+}
+
+/// Publishes at once, in batches of `batch`, everything the simulator makes until its clock
+/// reaches `until` — the past, for a sink that marks its batches historical. Returns (accepted,
+/// duplicate, rejected).
+pub async fn publish_until(
+    sim: &mut Simulator,
+    sink: &mut impl EventSink,
+    until: DateTime<Utc>,
+    batch: usize,
+) -> Result<(u64, u64, u64), SinkError> {
+    let mut counts = (0u64, 0u64, 0u64);
+    let mut events = Vec::with_capacity(batch.max(1));
+    while sim.clock() < until {
+        events.push(sim.next_event());
+        if events.len() >= batch.max(1) {
+            tally(&mut counts, sink.publish(&events).await?);
+            events.clear();
+        }
+    }
+    if !events.is_empty() {
+        tally(&mut counts, sink.publish(&events).await?);
+    }
+    Ok(counts)
+}
+
+fn tally(counts: &mut (u64, u64, u64), outcomes: Vec<SinkOutcome>) {
+    for outcome in outcomes {
+        match outcome {
+            SinkOutcome::Accepted => counts.0 += 1,
+            SinkOutcome::Duplicate => counts.1 += 1,
+            SinkOutcome::Rejected { reason, field, .. } => {
+                counts.2 += 1;
+                tracing::warn!(reason, field, "simulated event rejected");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -86,3 +86,69 @@ fn statements_close_on_the_15th_and_are_paid_on_the_10th() {
         assert_eq!(parts, st.total.minor_units);
     }
 }
+
+/// Keeps what it is given.
+#[derive(Default)]
+struct Kept(Vec<ev::Event>);
+
+impl EventSink for Kept {
+    async fn publish(&mut self, events: &[ev::Event]) -> Result<Vec<SinkOutcome>, SinkError> {
+        self.0.extend_from_slice(events);
+        Ok(events.iter().map(|_| SinkOutcome::Accepted).collect())
+    }
+}
+
+fn when(e: &ev::Event) -> DateTime<Utc> {
+    match e {
+        ev::Event::Transaction(t) => t.occurred_at,
+        ev::Event::Statement(s) => {
+            normalize::jst().from_local_datetime(&s.closing_date.and_time(chrono::NaiveTime::MIN)).unwrap().to_utc()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_past_quarter_at_a_households_pace_then_live_goes_on_where_it_ended() {
+    let start = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    let until = start + TimeDelta::days(90);
+    let mut s = Simulator::new(SimConfig { start, ..SimConfig::new("iss-sim", 5, 50) });
+    s.set_daily_events(Some(1.5));
+    let mut past = Kept::default();
+    let (accepted, duplicate, rejected) = publish_until(&mut s, &mut past, until, 500).await.unwrap();
+    assert_eq!((accepted as usize, duplicate, rejected), (past.0.len(), 0, 0));
+    // 50 accounts × 90 days × 1.5, give or take; three closings with a statement per account.
+    let statements = past.0.iter().filter(|e| matches!(e, ev::Event::Statement(_))).count();
+    let transactions = past.0.len() - statements;
+    assert!((5_500..8_000).contains(&transactions), "{transactions} transactions");
+    assert_eq!(statements, 150);
+    let last_gap = TimeDelta::seconds(2 * 86_400 / 75);
+    assert!(past.0.iter().all(|e| when(e) >= start - TimeDelta::days(1) && when(e) < until + last_gap));
+
+    // Live goes on from the same simulator: busy again, new ids, the past's purchases post.
+    s.set_daily_events(None);
+    let live = s.take(2_000);
+    let ids: std::collections::HashSet<&str> = past
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            ev::Event::Transaction(t) if t.kind == ev::TransactionKind::Authorized => {
+                Some(t.issuer_transaction_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut posted_from_the_past = 0;
+    for e in &live {
+        if let ev::Event::Transaction(t) = e {
+            match t.kind {
+                ev::TransactionKind::Authorized => assert!(!ids.contains(t.issuer_transaction_id.as_str())),
+                ev::TransactionKind::Posted if ids.contains(t.issuer_transaction_id.as_str()) => {
+                    posted_from_the_past += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(posted_from_the_past > 0, "authorisations pending at the end of the past post live");
+    assert!(s.clock() - until < TimeDelta::days(2), "2,000 busy events are about a day and a half");
+}
