@@ -91,7 +91,11 @@ impl Admission {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => match admission.admit(peer.ip()) {
-                        Some(slot) => return Some((Ok(Admitted { stream, _slot: slot }), (listener, admission))),
+                        Some(slot) => {
+                            // As `crate::incoming`: no Nagle delay on the last frame of a response.
+                            let _ = stream.set_nodelay(true);
+                            return Some((Ok(Admitted { stream, _slot: slot }), (listener, admission)));
+                        }
                         None => {
                             tracing::debug!(%peer, "connection refused: too many open");
                             drop(stream);

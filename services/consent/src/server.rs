@@ -13,7 +13,6 @@ use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
@@ -157,7 +156,7 @@ pub async fn start(bus: &BusConfig, config: ConsentConfig) -> Result<RunningCons
     let grpc_task = tokio::spawn(async move {
         let served = router
             .add_service(grpc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), cardlink_serving::stopped(stop))
+            .serve_with_incoming_shutdown(cardlink_serving::incoming(grpc_listener), cardlink_serving::stopped(stop))
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "consent gRPC server failed");

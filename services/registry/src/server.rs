@@ -12,7 +12,6 @@ use cardlink_views::follow::{self, Followed};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
@@ -154,7 +153,7 @@ pub async fn start(
     let server = tokio::spawn(async move {
         router
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(stop))
+            .serve_with_incoming_shutdown(cardlink_serving::incoming(listener), cardlink_serving::stopped(stop))
             .await
     });
     tracing::info!(%addr, "registry service listening");

@@ -12,7 +12,6 @@ use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
 use cardlink_views::{AccessViews, follow};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use cardlink_serving::ServeError;
@@ -190,7 +189,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
                     .max_encoding_message_size(crate::grpc::MAX_RESPONSE_BYTES),
                 AuthLayer::required(auth),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cardlink_serving::stopped(shutdown_rx))
+            .serve_with_incoming_shutdown(cardlink_serving::incoming(listener), cardlink_serving::stopped(shutdown_rx))
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "subscription gRPC server failed");
