@@ -162,6 +162,10 @@ async fn index(
             }
         }
     };
+    // What the store holds counts as applied: after a restart, a partition with nothing new
+    // would otherwise count as lagging from its first record (its consumer position stays
+    // unknown until a record arrives), and the service would stay unready.
+    progress.send_modify(|p| p.applied.extend(stored.next.iter().map(|(k, v)| (*k, *v))));
     consumer.subscribe(&[Topic::Transactions, Topic::Statements])?;
     let watched = progress.subscribe();
     cardlink_telemetry::observe_indexer_lag(move || watched.borrow().lag);
@@ -351,8 +355,10 @@ async fn measure_lag(consumer: &Consumer, progress: &watch::Sender<Progress>) {
     let mut lag = 0u64;
     for (topic, partition, position) in positions {
         let Ok((low, high)) = consumer.watermarks(topic, partition).await else { return };
+        // Both are lower bounds of what the store holds (another replica may have applied more
+        // since the store's watermark was read): the larger counts.
         let applied = progress.borrow().applied.get(&(topic, partition)).copied();
-        let from = applied.or(position).unwrap_or(low).max(low);
+        let from = applied.max(position).unwrap_or(low).max(low);
         lag += u64::try_from(high - from).unwrap_or(0);
     }
     progress.send_modify(|p| {
