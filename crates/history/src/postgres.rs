@@ -8,6 +8,7 @@
 use std::str::FromStr as _;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures::future::try_join_all;
 use tokio_postgres::{NoTls, Row};
 
 use crate::{
@@ -86,48 +87,49 @@ impl HistoryStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut applied = Applied::default();
-        let upsert = tx.prepare_cached(sql::UPSERT_TRANSACTION).await?;
-        for t in &batch.transactions {
-            let written = tx
-                .query_opt(
-                    &upsert,
-                    &[
-                        &t.account_key,
-                        &t.transaction_id,
-                        &t.occurred_at_micros,
-                        &t.billing_month,
-                        &t.kind,
-                        &t.partition,
-                        &t.version,
-                        &t.payload,
-                    ],
-                )
-                .await?;
-            applied.record(written.is_some());
-        }
-        let upsert = tx.prepare_cached(sql::UPSERT_STATEMENT).await?;
-        for s in &batch.statements {
-            let written = tx
-                .query_opt(
-                    &upsert,
-                    &[
-                        &s.account_key,
-                        &s.statement_id,
-                        &s.billing_month,
-                        &s.status,
-                        &s.partition,
-                        &s.version,
-                        &s.payload,
-                    ],
-                )
-                .await?;
-            applied.record(written.is_some());
-        }
-        let raise = tx.prepare_cached(sql::RAISE_WATERMARK).await?;
-        for w in &batch.watermarks {
-            tx.execute(&raise, &[&w.topic, &w.partition, &w.next_offset]).await?;
-        }
-        tx.commit().await?;
+        // Pipelined: every statement of the batch is sent before the first answer is awaited
+        // (tokio-postgres queues them on the connection in order, and the server runs them in
+        // that order), so a batch costs about one round trip instead of one per row.
+        let owned = tx;
+        let tx = &owned;
+        let upsert = &tx.prepare_cached(sql::UPSERT_TRANSACTION).await?;
+        let written = try_join_all(batch.transactions.iter().map(|t| async move {
+            tx.query_opt(
+                upsert,
+                &[
+                    &t.account_key,
+                    &t.transaction_id,
+                    &t.occurred_at_micros,
+                    &t.billing_month,
+                    &t.kind,
+                    &t.partition,
+                    &t.version,
+                    &t.payload,
+                ],
+            )
+            .await
+        }))
+        .await?;
+        written.iter().for_each(|w| applied.record(w.is_some()));
+        let upsert = &tx.prepare_cached(sql::UPSERT_STATEMENT).await?;
+        let written = try_join_all(batch.statements.iter().map(|s| async move {
+            tx.query_opt(
+                upsert,
+                &[&s.account_key, &s.statement_id, &s.billing_month, &s.status, &s.partition, &s.version, &s.payload],
+            )
+            .await
+        }))
+        .await?;
+        written.iter().for_each(|w| applied.record(w.is_some()));
+        let raise = &tx.prepare_cached(sql::RAISE_WATERMARK).await?;
+        try_join_all(
+            batch
+                .watermarks
+                .iter()
+                .map(|w| async move { tx.execute(raise, &[&w.topic, &w.partition, &w.next_offset]).await }),
+        )
+        .await?;
+        owned.commit().await?;
         Ok(applied)
     }
 
