@@ -6,9 +6,12 @@
 //! ```
 //!
 //! It drives the real services over gRPC with the issuer simulator and many aggregator clients,
-//! and writes `results.json`, `results.md` and `fanout.png` to `--out`. See [`run`] for what is
+//! and writes `results.json`, `results.md` and `fanout.png` to `--out`. With `--history` it runs
+//! the history benchmark instead ([`history`]: backfill against a growing store, the indexer,
+//! `ListTransactions`) and writes `history.json` and `history.md`. See [`run`] for what is
 //! measured and how; the hidden subcommands are the child processes it starts ([`roles`]).
 
+mod history;
 mod plot;
 mod procstat;
 mod report;
@@ -58,6 +61,24 @@ struct RunArgs {
     /// Where results.json, results.md and fanout.png go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Run the history benchmark instead (embedded broker; see the `--history-*` options).
+    #[arg(long)]
+    history: bool,
+    /// Other accounts' rows in the store at each backfill measurement.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    history_others: Vec<usize>,
+    /// The stores to measure on (postgres: a throwaway cluster; its server must be installed).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    history_stores: Vec<history::StoreKind>,
+    /// The member's transactions over 24 months.
+    #[arg(long, default_value_t = 1_500)]
+    history_member_rows: usize,
+    /// Other accounts' records on the bus for the indexer's throughput.
+    #[arg(long, default_value_t = 100_000)]
+    history_indexed: usize,
+    /// Backfills per measurement (the median time and the mean CPU are reported).
+    #[arg(long, default_value_t = 10)]
+    history_runs: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +174,24 @@ async fn main() -> anyhow::Result<()> {
             let aggregators = (0..aggregators).map(|i| format!("agg-{i:04}")).collect();
             let workload = roles::Workload { starts, since_ms, expect, consents };
             roles::baseline(roles::bus(&kafka, &prefix), aggregators, workload, secret(&s)?).await
+        }
+        None if cli.run.history => {
+            let a = cli.run;
+            let mut others = a.history_others.clone();
+            others.sort_unstable();
+            let plan = history::Plan {
+                others,
+                stores: a.history_stores,
+                member_rows: a.history_member_rows,
+                indexed: a.history_indexed,
+                runs: a.history_runs,
+            };
+            let mut report = history::run(&plan).await?;
+            report.machine = machine();
+            report.write(&a.out)?;
+            println!("{}", report.markdown());
+            println!("results in {}", a.out.display());
+            Ok(())
         }
         None => {
             let a = cli.run;

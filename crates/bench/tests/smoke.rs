@@ -29,3 +29,27 @@ fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(std::fs::read_to_string(out.path().join("results.md")).unwrap().contains("| 3 |"));
 }
+
+#[test]
+fn a_small_history_run_backfills_the_member_at_each_size_and_writes_its_report() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cardlink-bench"))
+        .args(["--history", "--history-stores", "sqlite", "--history-others", "2000,5000"])
+        .args(["--history-member-rows", "150", "--history-indexed", "1000", "--history-runs", "1"])
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "error")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("history.json")).unwrap()).unwrap();
+    assert_eq!(report["indexer"][0]["records"], 1000, "{report}");
+    let rows = report["backfill"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["other_rows"].as_u64().unwrap()).collect::<Vec<_>>(), [2000, 5000]);
+    for row in rows {
+        assert_eq!(row["deliveries"], 150 + 24, "the member's whole history, nothing of the others: {row}");
+        assert_eq!(row["list_pages"], 2 * 20, "two 100-row pages, twenty times: {row}");
+    }
+    assert!(std::fs::read_to_string(out.path().join("history.md")).unwrap().contains("| sqlite | 5000 |"));
+}
