@@ -23,7 +23,8 @@ def main():
     args = p.parse_args()
     records = SAMPLE.read_bytes().split(b"\r\n")
     header = records[0]
-    data = [r for r in records if r[:1] == b"2"]
+    # The sample's data records, less the one it holds to show a rejected line (its amount).
+    data = [r for r in records if r[:1] == b"2" and r[32:42].strip().isdigit()]
     until = datetime.date.fromisoformat(args.until)
     days = args.months * 30
     with open(args.out, "wb") as out:
@@ -37,7 +38,8 @@ def main():
             r[1:11] = member
             r[16:24] = used.strftime("%Y%m%d").encode()
             r[24:32] = posted.strftime("%Y%m%d").encode()
-            r[76:92] = b"H%015d" % n
+            # No long run of digits: the PAN guard would (rightly) take some for card numbers.
+            r[76:92] = b"H%07dK%07d" % (n // 10_000_000, n % 10_000_000)
             r[92:98] = billing.strftime("%Y%m").encode()
             out.write(bytes(r) + b"\r\n")
         out.write(b"9" + b" " * 97 + b"\r\n")
