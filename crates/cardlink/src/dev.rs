@@ -2,8 +2,8 @@
 //! service, all pages on one port, the demo world of [`crate::demo`] with consents given through
 //! the real flow, a simulated issuer for each demo card company that first loads its members' past
 //! months (historical, into history) and then publishes live, and a stream per demo aggregator
-//! that starts with its consents' history (backfill) and goes on live. Ctrl-C (or SIGTERM) stops it all, in order: simulators and demo streams, then
-//! services, then the broker.
+//! that starts with its consents' history (backfill) and goes on live. Ctrl-C (or SIGTERM) stops
+//! it all, in order: simulators and demo streams, then services, then the broker.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,7 +50,8 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 50)]
     simulate_members: usize,
     /// Days of the simulated members' past each demo card company loads at start, marked
-    /// historical (into history, never live news) at a household's pace of card use (0: none).
+    /// historical (into history, never live news) at a household's pace of card use (0: none;
+    /// nothing either with --simulate-rate 0).
     #[arg(long, default_value_t = 90)]
     simulate_history_days: u32,
     /// Also write the endpoints and this run's credentials here (JSON, owner-readable only), for

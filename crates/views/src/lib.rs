@@ -10,6 +10,8 @@
 //! - [`registry::RegistryView`]: issuers, aggregators, connections, credentials.
 //! - [`access::AccessHistory`]: per member, which aggregator received which data, and when
 //!   (from the audit topic, which is not compacted: it is read over its retention).
+//! - [`AccessViews`]: the registry and consent views together, as the services that serve
+//!   aggregators (subscription, history) start them.
 
 pub mod access;
 pub mod consent;
