@@ -362,7 +362,13 @@ pub async fn connect_test_login(
     };
     crate::set_issuer_login(registry, token, issuer, login).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !consent.consents().registry().read(|v| v.issuer(issuer).is_some_and(|i| i.login.is_some())) {
+    // This login, not one set before (a test that replaces a broken provider would otherwise
+    // sign in through the old one while the view catches up).
+    while !consent.consents().registry().read(|v| {
+        v.issuer(issuer)
+            .and_then(|i| i.login.as_ref())
+            .is_some_and(|l| l.issuer_url == provider.issuer_url && l.client_id == client.client_id)
+    }) {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the consent service did not see {issuer}'s login");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
