@@ -136,11 +136,11 @@ pub async fn baseline(
         .context("the consent view did not catch up within a minute")?;
     // Caught up to the ends it saw when it started; every stage adds consents, so also count.
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while view.read(|v| v.consents().count()) < workload.consents {
+    while view.read(ConsentView::len) < workload.consents {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the consent view holds {} of {} consents; read up to {:?}",
-            view.read(|v| v.consents().count()),
+            view.read(ConsentView::len),
             workload.consents,
             view.watermark.borrow().next
         );
@@ -184,7 +184,13 @@ pub async fn baseline(
                 let account = record.key_str().unwrap_or_default();
                 let now = chrono::Utc::now();
                 let delivery = view.read(|v| {
-                    cardlink_subscription::projection::project_for(&event, v.grants(account), &aggregator, &secret, now)
+                    cardlink_subscription::projection::project_for(
+                        &event,
+                        &v.grants(account),
+                        &aggregator,
+                        &secret,
+                        now,
+                    )
                 });
                 kept += u64::from(delivery.is_some());
             }

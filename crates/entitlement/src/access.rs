@@ -186,7 +186,7 @@ pub const FLUSH_CONCURRENCY: usize = 256;
 
 fn audit_record(view: &ConsentView, consent_id: &str, items: &[Scope], tally: Tally) -> AuditEvent {
     let consent = view.consent(consent_id);
-    let aggregator = consent.map_or("", |c| c.aggregator_id.as_str());
+    let aggregator = consent.map_or("", |c| c.aggregator_id());
     let mut record = AuditEvent::now(
         ActorType::Aggregator,
         aggregator,
@@ -200,9 +200,9 @@ fn audit_record(view: &ConsentView, consent_id: &str, items: &[Scope], tally: Ta
     record.consent_id = Some(consent_id.to_owned());
     record.data_items = items.iter().map(|item| item.as_str().to_owned()).collect();
     if let Some(c) = consent {
-        record.issuer_id = Some(c.issuer_id.clone());
-        record.aggregator_id = Some(c.aggregator_id.clone());
-        record.member_ref.clone_from(&c.member_ref);
+        record.issuer_id = Some(c.issuer_id().to_owned());
+        record.aggregator_id = Some(c.aggregator_id().to_owned());
+        record.member_ref = c.member_ref().map(str::to_owned);
     }
     record
 }

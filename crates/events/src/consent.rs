@@ -27,6 +27,12 @@ impl ConsentStatus {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Denied | Self::Revoked | Self::Expired)
     }
+
+    /// Whether a state read after one with this status replaces it: see [`ConsentEvent::replaces`],
+    /// for readers that keep only the status.
+    pub fn is_replaceable(self) -> bool {
+        !self.is_final()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +79,7 @@ impl ConsentEvent {
     /// denial or expiry loses, whatever order the replicas' writes reach the log in. Every
     /// reader of the topic (consent books, consent views) applies this one rule.
     pub fn replaces(&self, current: &ConsentEvent) -> bool {
-        !current.status.is_final()
+        current.status.is_replaceable()
     }
 
     /// Whether the consent allows delivery at `now`: active and not past its expiry.

@@ -1,17 +1,25 @@
 //! The consent view: which aggregators may receive which data of which account, now.
 //!
+//! Every subscription and history replica holds every consent in the country, so the view keeps
+//! only what delivery decides on — per consent its id, issuer, aggregator, member, accounts,
+//! status, scopes and window — never the full record, which stays with the consent service.
+//! Sized for ten million consents (docs/benchmarks.md, "Consent view"): a consent is one
+//! fixed-size [`Slot`] plus one allocation for its text; issuer and aggregator ids are interned;
+//! both indexes (by consent id, by account key) are hash tables of slot numbers whose keys are
+//! read back from the slots, not stored twice.
+//!
 //! Built for the subscription hot path: [`ConsentView::grants`] takes the event's Kafka key
-//! (`issuer_id/account_ref`, already in hand) and returns a slice — no allocation, one hash
-//! lookup. A grant is small: the consent and aggregator ids are shared `Arc<str>`s, scopes a
-//! bitmask, times plain integers. Expiry needs no background work: a grant carries its expiry
-//! and [`Grant::allows`] checks it against the clock.
+//! (`issuer_id/account_ref`, already in hand) — one hash lookup, and no allocation for the
+//! accounts nobody consented for, which are most of the bus. Expiry needs no background work: a
+//! grant carries its expiry and [`Grant::allows`] checks it against the clock.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::registry::Scope;
 use chrono::{DateTime, Utc};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 /// A set of scopes as a bitmask.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -59,26 +67,193 @@ impl Grant {
     }
 }
 
-/// The consent view.
-#[derive(Debug, Default)]
-pub struct ConsentView {
-    /// `issuer_id/account_ref` → active grants.
-    by_account: HashMap<Box<str>, Vec<Grant>>,
-    /// Every consent's latest state.
-    consents: HashMap<Arc<str>, ConsentEvent>,
-    /// Interned aggregator ids.
-    aggregators: HashMap<Box<str>, Arc<str>>,
-    /// Grants (account × consent) held per aggregator, so "has this aggregator anything at
-    /// all?" needs no scan.
-    grants_per_aggregator: HashMap<Arc<str>, usize>,
+/// Separates the fields of a slot's text. A consent whose id, member or account holds it cannot
+/// be kept in that form: it is held without grants (fail closed) and logged.
+const SEP: char = '\0';
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// "No instant": not granted, or no expiry.
+const NEVER: i64 = i64::MIN;
+
+/// Longest consent id the view holds (the consent service's are 36 bytes); a longer one is
+/// ignored and logged, like one with a NUL.
+pub const MAX_CONSENT_ID_BYTES: usize = u16::MAX as usize;
+
+/// One consent, as the view keeps it: 48 bytes and its text.
+#[derive(Debug)]
+struct Slot {
+    /// The consent id; for a consent that grants, then `\0member_ref` and `\0account_ref` for
+    /// each account (an absent member is empty).
+    text: Box<str>,
+    /// The id's length in `text`: the id is read on every index probe, without a scan.
+    id_len: u16,
+    /// Microseconds since the epoch, or [`NEVER`].
+    granted_at: i64,
+    expires_at: i64,
+    history_days: i32,
+    issuer: u32,
+    aggregator: u32,
+    status: ConsentStatus,
+    scopes: ScopeSet,
 }
 
-fn account_key(issuer_id: &str, account_ref: &str) -> Box<str> {
-    cardlink_events::codec::partition_key(issuer_id, account_ref).into_boxed_str()
+impl Slot {
+    fn id(&self) -> &str {
+        self.text.get(..usize::from(self.id_len)).unwrap_or_default()
+    }
+
+    /// Member and accounts, each after a separator.
+    fn rest(&self) -> std::str::Split<'_, char> {
+        let mut rest = self.text.get(usize::from(self.id_len)..).unwrap_or_default().split(SEP);
+        rest.next(); // empty: before the first separator
+        rest
+    }
+
+    fn member_ref(&self) -> Option<&str> {
+        self.rest().next().filter(|m| !m.is_empty())
+    }
+
+    fn accounts(&self) -> impl Iterator<Item = &str> {
+        self.rest().skip(1)
+    }
+
+    /// Whether its accounts are in the account index.
+    fn grants(&self) -> bool {
+        self.status == ConsentStatus::Active
+    }
+
+    /// Its grant less the history it covers, as [`ConsentEvent::data_from`].
+    fn data_from(&self) -> i64 {
+        if self.granted_at == NEVER {
+            return NEVER;
+        }
+        self.granted_at.saturating_sub(i64::from(self.history_days.max(0)).saturating_mul(MICROS_PER_DAY))
+    }
 }
 
 fn micros(t: Option<DateTime<Utc>>) -> i64 {
-    t.map_or(i64::MIN, |t| t.timestamp_micros())
+    t.map_or(NEVER, |t| t.timestamp_micros())
+}
+
+fn instant(micros: i64) -> Option<DateTime<Utc>> {
+    (micros != NEVER).then(|| DateTime::from_timestamp_micros(micros)).flatten()
+}
+
+/// Issuer and aggregator ids, each kept once and named by a number.
+#[derive(Debug, Default)]
+struct Names {
+    names: Vec<Arc<str>>,
+    numbers: HashMap<Arc<str>, u32>,
+}
+
+impl Names {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(n) = self.numbers.get(name) {
+            return *n;
+        }
+        // Four billion distinct issuer and aggregator ids cannot happen; saturating keeps the
+        // arithmetic total without a panic path.
+        let n = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(Arc::clone(&name));
+        self.numbers.insert(name, n);
+        n
+    }
+
+    fn number(&self, name: &str) -> Option<u32> {
+        self.numbers.get(name).copied()
+    }
+
+    fn name(&self, n: u32) -> &Arc<str> {
+        &self.names[n as usize]
+    }
+}
+
+/// A consent as the view holds it: what delivery, backfill and history decide on.
+#[derive(Clone, Copy, Debug)]
+pub struct Consent<'a> {
+    slot: &'a Slot,
+    names: &'a Names,
+}
+
+impl<'a> Consent<'a> {
+    pub fn consent_id(&self) -> &'a str {
+        self.slot.id()
+    }
+
+    pub fn issuer_id(&self) -> &'a str {
+        self.names.name(self.slot.issuer)
+    }
+
+    pub fn aggregator_id(&self) -> &'a str {
+        self.names.name(self.slot.aggregator)
+    }
+
+    /// The member who granted it (kept while it grants: audit records name the member).
+    pub fn member_ref(&self) -> Option<&'a str> {
+        self.slot.member_ref()
+    }
+
+    /// Its accounts, in the record's order (kept while it grants).
+    pub fn account_refs(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.slot.accounts()
+    }
+
+    pub fn status(&self) -> ConsentStatus {
+        self.slot.status
+    }
+
+    pub fn granted_at(&self) -> Option<DateTime<Utc>> {
+        instant(self.slot.granted_at)
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        instant(self.slot.expires_at)
+    }
+
+    /// [`ConsentEvent::is_active_at`], on what the view keeps.
+    pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
+        self.slot.status == ConsentStatus::Active
+            && self.slot.expires_at != NEVER
+            && now.timestamp_micros() < self.slot.expires_at
+    }
+
+    /// Its grant (the same on each of its accounts).
+    pub fn grant(&self) -> Grant {
+        Grant {
+            consent_id: Arc::from(self.slot.id()),
+            aggregator_id: Arc::clone(self.names.name(self.slot.aggregator)),
+            scopes: self.slot.scopes,
+            data_from_micros: self.slot.data_from(),
+            expires_at_micros: self.slot.expires_at,
+        }
+    }
+}
+
+/// The consent view.
+#[derive(Debug, Default)]
+pub struct ConsentView {
+    /// Every consent's latest state; a consent keeps its slot for good (the topic is compacted
+    /// by consent id and never deletes one).
+    slots: Vec<Slot>,
+    /// Slot numbers by consent id.
+    by_id: HashTable<u32>,
+    /// `(slot, account index)` for every account of every consent that grants, by the account's
+    /// Kafka key: an account with several consents has several entries.
+    by_account: HashTable<(u32, u16)>,
+    names: Names,
+    /// Grants (account × consent) held per aggregator number, so "has this aggregator anything
+    /// at all?" needs no scan.
+    grants_per_aggregator: Vec<usize>,
+    hasher: DefaultHashBuilder,
+}
+
+fn id_hash(hasher: &DefaultHashBuilder, id: &str) -> u64 {
+    hasher.hash_one(id)
+}
+
+/// The hash of `issuer_id/account_ref`, from its two parts (issuer ids cannot contain `/`).
+fn account_hash(hasher: &DefaultHashBuilder, issuer_id: &str, account_ref: &str) -> u64 {
+    hasher.hash_one((issuer_id, account_ref))
 }
 
 impl ConsentView {
@@ -89,95 +264,203 @@ impl ConsentView {
     /// Applies the next state of one consent read from the topic, unless the consent already
     /// ended ([`ConsentEvent::replaces`]).
     pub fn apply(&mut self, event: ConsentEvent) {
-        let id: Arc<str> = match self.consents.get_key_value(event.consent_id.as_str()) {
-            Some((k, _)) => Arc::clone(k),
-            None => Arc::from(event.consent_id.as_str()),
-        };
-        if let Some(old) = self.consents.get(&id) {
-            if !event.replaces(old) {
+        let id = event.consent_id.as_str();
+        if id.contains(SEP) || id.len() > MAX_CONSENT_ID_BYTES {
+            tracing::error!(consent_id = %id.escape_debug(), "consent id with a NUL character or too long: ignored");
+            return;
+        }
+        let hash = id_hash(&self.hasher, id);
+        let slots = &self.slots;
+        let found = self.by_id.find(hash, |&n| slots[n as usize].id() == id).copied();
+        if let Some(n) = found {
+            if !self.slots[n as usize].status.is_replaceable() {
                 return;
             }
-            for account in &old.account_refs {
-                let key = account_key(&old.issuer_id, account);
-                if let Some(grants) = self.by_account.get_mut(&key) {
-                    let before = grants.len();
-                    grants.retain(|g| g.consent_id != id);
-                    let removed = before - grants.len();
-                    if removed > 0
-                        && let Some(n) = self.grants_per_aggregator.get_mut(old.aggregator_id.as_str())
-                    {
-                        *n = n.saturating_sub(removed);
-                        if *n == 0 {
-                            self.grants_per_aggregator.remove(old.aggregator_id.as_str());
-                        }
-                    }
-                    if grants.is_empty() {
-                        self.by_account.remove(&key);
-                    }
-                }
-            }
+            self.withdraw(n);
         }
-        if event.status == ConsentStatus::Active {
-            let aggregator = match self.aggregators.get(event.aggregator_id.as_str()) {
-                Some(a) => Arc::clone(a),
-                None => {
-                    let a: Arc<str> = Arc::from(event.aggregator_id.as_str());
-                    self.aggregators.insert(event.aggregator_id.clone().into_boxed_str(), Arc::clone(&a));
-                    a
-                }
-            };
-            let grant = Grant {
-                consent_id: Arc::clone(&id),
-                aggregator_id: aggregator,
-                scopes: ScopeSet::of(&event.scopes),
-                data_from_micros: micros(event.data_from()),
-                expires_at_micros: event.expires_at.map_or(i64::MIN, |t| t.timestamp_micros()),
-            };
+        let slot = self.slot_of(&event);
+        let n = match found {
+            Some(n) => {
+                self.slots[n as usize] = slot;
+                n
+            }
+            None => {
+                let n = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(slot);
+                let (slots, hasher) = (&self.slots, &self.hasher);
+                self.by_id.insert_unique(hash, n, |&m| id_hash(hasher, slots[m as usize].id()));
+                n
+            }
+        };
+        self.enter(n);
+    }
+
+    fn slot_of(&mut self, event: &ConsentEvent) -> Slot {
+        let member = event.member_ref.as_deref().unwrap_or_default();
+        let storable = !member.contains(SEP) && event.account_refs.iter().all(|a| !a.contains(SEP));
+        if !storable {
+            tracing::error!(consent_id = %event.consent_id, "consent with a NUL character in its member or accounts: held without grants");
+        }
+        let text = if event.status == ConsentStatus::Active && storable {
+            let len = event.consent_id.len()
+                + 1
+                + member.len()
+                + event.account_refs.iter().map(|a| 1 + a.len()).sum::<usize>();
+            let mut text = String::with_capacity(len);
+            text.push_str(&event.consent_id);
+            text.push(SEP);
+            text.push_str(member);
             for account in &event.account_refs {
-                let grants = self.by_account.entry(account_key(&event.issuer_id, account)).or_default();
-                grants.push(grant.clone());
-                grants.shrink_to_fit();
-                *self.grants_per_aggregator.entry(Arc::clone(&grant.aggregator_id)).or_default() += 1;
+                text.push(SEP);
+                text.push_str(account);
+            }
+            text
+        } else {
+            event.consent_id.clone()
+        };
+        Slot {
+            text: text.into_boxed_str(),
+            id_len: u16::try_from(event.consent_id.len()).unwrap_or(u16::MAX),
+            granted_at: micros(event.granted_at),
+            expires_at: micros(event.expires_at),
+            history_days: event.history_days,
+            issuer: self.names.intern(&event.issuer_id),
+            aggregator: self.names.intern(&event.aggregator_id),
+            status: event.status,
+            scopes: ScopeSet::of(&event.scopes),
+        }
+    }
+
+    /// Puts slot `n`'s accounts in the account index, if it grants.
+    fn enter(&mut self, n: u32) {
+        let slot = &self.slots[n as usize];
+        if !slot.grants() {
+            return;
+        }
+        let issuer = self.names.name(slot.issuer);
+        let (slots, names, hasher) = (&self.slots, &self.names, &self.hasher);
+        let mut entered = 0;
+        // Past 65,535 accounts in one consent (far beyond any card membership) the rest get no
+        // grant: fail closed.
+        for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
+            let a = u16::try_from(a).unwrap_or(u16::MAX);
+            self.by_account.insert_unique(account_hash(hasher, issuer, account), (n, a), |&(m, b)| {
+                let other = &slots[m as usize];
+                account_hash(hasher, names.name(other.issuer), other.accounts().nth(usize::from(b)).unwrap_or_default())
+            });
+            entered += 1;
+        }
+        let aggregator = slot.aggregator as usize;
+        if self.grants_per_aggregator.len() <= aggregator {
+            self.grants_per_aggregator.resize(aggregator + 1, 0);
+        }
+        self.grants_per_aggregator[aggregator] += entered;
+    }
+
+    /// Takes slot `n`'s accounts out of the account index.
+    fn withdraw(&mut self, n: u32) {
+        let slot = &self.slots[n as usize];
+        if !slot.grants() {
+            return;
+        }
+        let issuer = self.names.name(slot.issuer);
+        let mut removed = 0;
+        for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
+            let a = u16::try_from(a).unwrap_or(u16::MAX);
+            let hash = account_hash(&self.hasher, issuer, account);
+            if let Ok(entry) = self.by_account.find_entry(hash, |&(m, b)| m == n && b == a) {
+                entry.remove();
+                removed += 1;
             }
         }
-        self.consents.insert(id, event);
+        if let Some(held) = self.grants_per_aggregator.get_mut(slot.aggregator as usize) {
+            *held = held.saturating_sub(removed);
+        }
     }
 
-    /// The active grants of the account with this Kafka key (`issuer_id/account_ref`).
-    /// Expiry is the caller's check ([`Grant::allows`]), against its clock.
-    pub fn grants(&self, account_key: &str) -> &[Grant] {
-        self.by_account.get(account_key).map_or(&[], Vec::as_slice)
+    /// The active grants of the account with this Kafka key (`issuer_id/account_ref`), in
+    /// consent id order. Expiry is the caller's check ([`Grant::allows`]), against its clock.
+    /// An account without consents costs a hash lookup and no allocation.
+    pub fn grants(&self, account_key: &str) -> Vec<Grant> {
+        let Some((issuer, account)) = account_key.split_once('/') else {
+            return Vec::new();
+        };
+        let hash = account_hash(&self.hasher, issuer, account);
+        let mut grants: Vec<Grant> = self
+            .by_account
+            .iter_hash(hash)
+            .filter_map(|&(n, a)| {
+                let consent = self.at(n);
+                let holds = consent.issuer_id() == issuer
+                    && consent.slot.accounts().nth(usize::from(a)).is_some_and(|x| x == account);
+                holds.then(|| consent.grant())
+            })
+            .collect();
+        if grants.len() > 1 {
+            grants.sort_unstable_by(|a, b| a.consent_id.cmp(&b.consent_id));
+        }
+        grants
     }
 
-    pub fn consent(&self, consent_id: &str) -> Option<&ConsentEvent> {
-        self.consents.get(consent_id)
+    fn at(&self, n: u32) -> Consent<'_> {
+        Consent { slot: &self.slots[n as usize], names: &self.names }
+    }
+
+    /// The consent with this id, in whatever state it was last seen.
+    pub fn consent(&self, consent_id: &str) -> Option<Consent<'_>> {
+        let hash = id_hash(&self.hasher, consent_id);
+        self.by_id.find(hash, |&n| self.slots[n as usize].id() == consent_id).map(|&n| self.at(n))
     }
 
     /// Every consent's latest state.
-    pub fn consents(&self) -> impl Iterator<Item = &ConsentEvent> {
-        self.consents.values()
+    pub fn consents(&self) -> impl Iterator<Item = Consent<'_>> {
+        self.slots.iter().map(|slot| Consent { slot, names: &self.names })
+    }
+
+    /// How many consents the view holds, in any state.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     /// Consents that allow delivery at `now`.
-    pub fn active_at(&self, now: DateTime<Utc>) -> impl Iterator<Item = &ConsentEvent> {
-        self.consents.values().filter(move |c| c.is_active_at(now))
+    pub fn active_at(&self, now: DateTime<Utc>) -> impl Iterator<Item = Consent<'_>> {
+        self.consents().filter(move |c| c.is_active_at(now))
     }
 
     /// Whether `aggregator_id` holds any grant (some may have expired since: the check is for
     /// skipping work that would find nothing, never for letting data through).
     pub fn has_grants(&self, aggregator_id: &str) -> bool {
-        self.grants_per_aggregator.contains_key(aggregator_id)
-    }
-
-    /// Accounts with at least one active grant.
-    pub fn accounts_with_grants(&self) -> usize {
-        self.by_account.len()
+        self.names
+            .number(aggregator_id)
+            .and_then(|n| self.grants_per_aggregator.get(n as usize))
+            .is_some_and(|held| *held > 0)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use cardlink_events::samples::active_consent;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn at(day: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, day, 0, 0, 0).single().unwrap_or_default()
+    }
+
+    fn consent(id: &str, aggregator: &str, accounts: &[&str], status: ConsentStatus) -> ConsentEvent {
+        let mut c = active_consent(id, "iss-a", aggregator, accounts, &[Scope::Transactions], at(1), at(28));
+        c.status = status;
+        c.event_id = cardlink_events::EventId::random();
+        c
+    }
 
     #[test]
     fn scope_sets() {
@@ -204,11 +487,10 @@ mod tests {
 
     #[test]
     fn a_grants_data_window_reaches_back_the_history_the_member_agreed_to() {
-        let granted = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 6, 1, 0, 0, 0).single().unwrap_or_default();
+        let granted = at(1);
         let until = granted + chrono::TimeDelta::days(90);
         let scopes = [Scope::Transactions];
-        let mut event =
-            cardlink_events::samples::active_consent("c-1", "iss-a", "agg-x", &["acct-1"], &scopes, granted, until);
+        let mut event = active_consent("c-1", "iss-a", "agg-x", &["acct-1"], &scopes, granted, until);
         let mut view = ConsentView::new();
         view.apply(event.clone());
         assert_eq!(view.grants("iss-a/acct-1")[0].data_from_micros, granted.timestamp_micros(), "no history");
@@ -218,5 +500,136 @@ mod tests {
         view.apply(event);
         let year_before = granted - chrono::TimeDelta::days(365);
         assert_eq!(view.grants("iss-a/acct-1")[0].data_from_micros, year_before.timestamp_micros());
+    }
+
+    #[test]
+    fn a_slot_stays_48_bytes() {
+        // The per-consent budget (docs/benchmarks.md) counts on it.
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
+    }
+
+    #[test]
+    fn a_consent_keeps_what_delivery_and_audit_need() {
+        let mut view = ConsentView::new();
+        view.apply(consent("c-1", "agg-x", &["acct-1", "acct/2"], ConsentStatus::Active));
+        let c = view.consent("c-1").expect("held");
+        assert_eq!((c.consent_id(), c.issuer_id(), c.aggregator_id()), ("c-1", "iss-a", "agg-x"));
+        assert_eq!(c.member_ref(), Some("m-001"));
+        assert_eq!(c.account_refs().collect::<Vec<_>>(), ["acct-1", "acct/2"]);
+        assert_eq!((c.granted_at(), c.expires_at()), (Some(at(1)), Some(at(28))));
+        assert!(c.is_active_at(at(27)) && !c.is_active_at(at(28)));
+        assert_eq!(view.grants("iss-a/acct/2").len(), 1, "an account ref may hold a slash");
+        assert!(view.grants("iss-b/acct-1").is_empty(), "another issuer's account of the same name");
+        assert!(view.grants("acct-1").is_empty() && view.grants("").is_empty(), "not a key");
+        assert!(view.has_grants("agg-x") && !view.has_grants("agg-y"));
+    }
+
+    #[test]
+    fn an_ended_consent_gives_up_its_grants_and_stays_ended() {
+        let mut view = ConsentView::new();
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Requested));
+        assert!(view.grants("iss-a/acct-1").is_empty() && !view.has_grants("agg-x"));
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Active));
+        view.apply(consent("c-2", "agg-x", &["acct-1"], ConsentStatus::Active));
+        let ids: Vec<_> = view.grants("iss-a/acct-1").iter().map(|g| g.consent_id.to_string()).collect();
+        assert_eq!(ids, ["c-1", "c-2"], "in consent id order");
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Revoked));
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Active));
+        let c = view.consent("c-1").expect("held");
+        assert_eq!(c.status(), ConsentStatus::Revoked, "a final state is never replaced");
+        assert_eq!(
+            (c.member_ref(), c.account_refs().count()),
+            (None, 0),
+            "an ended consent keeps no member or accounts"
+        );
+        assert_eq!(view.grants("iss-a/acct-1").len(), 1);
+        view.apply(consent("c-2", "agg-x", &["acct-1"], ConsentStatus::Expired));
+        assert!(view.grants("iss-a/acct-1").is_empty() && !view.has_grants("agg-x"));
+        assert_eq!(view.len(), 2);
+    }
+
+    #[test]
+    fn a_nul_in_a_member_or_account_holds_the_consent_without_grants() {
+        let mut view = ConsentView::new();
+        view.apply(consent("c-1", "agg-x", &["acct\u{0}1"], ConsentStatus::Active));
+        view.apply(consent("c\u{0}2", "agg-x", &["acct-2"], ConsentStatus::Active));
+        assert!(view.grants("iss-a/acct\u{0}1").is_empty() && view.grants("iss-a/acct").is_empty());
+        assert_eq!(view.consent("c-1").map(|c| c.account_refs().count()), Some(0));
+        assert!(view.consent("c\u{0}2").is_none() && view.grants("iss-a/acct-2").is_empty(), "ignored");
+        let long = "c".repeat(MAX_CONSENT_ID_BYTES + 1);
+        view.apply(consent(&long, "agg-x", &["acct-3"], ConsentStatus::Active));
+        assert!(view.consent(&long).is_none() && view.grants("iss-a/acct-3").is_empty(), "ignored");
+        assert_eq!(view.len(), 1);
+    }
+
+    /// What the view must equal: every consent's latest record, by [`ConsentEvent::replaces`].
+    type Model = BTreeMap<String, ConsentEvent>;
+
+    fn model_grants(model: &Model, key: &str) -> BTreeSet<(String, String, i64, i64)> {
+        model
+            .values()
+            .filter(|c| c.status == ConsentStatus::Active)
+            .flat_map(|c| c.account_refs.iter().map(move |a| (c, a)))
+            .filter(|(c, a)| cardlink_events::codec::partition_key(&c.issuer_id, a) == key)
+            .map(|(c, _)| (c.consent_id.clone(), c.aggregator_id.clone(), micros(c.data_from()), micros(c.expires_at)))
+            .collect()
+    }
+
+    fn statuses() -> impl Strategy<Value = ConsentStatus> {
+        prop_oneof![
+            Just(ConsentStatus::Requested),
+            Just(ConsentStatus::Active),
+            Just(ConsentStatus::Active),
+            Just(ConsentStatus::Denied),
+            Just(ConsentStatus::Revoked),
+            Just(ConsentStatus::Expired),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_view_equals_the_latest_records(
+            steps in prop::collection::vec(
+                (0..12u8, 0..3u8, 0..2u8, prop::collection::vec(0..6u8, 1..4), statuses(), 0..400i32),
+                1..80,
+            )
+        ) {
+            let mut view = ConsentView::new();
+            let mut model = Model::new();
+            let keys: Vec<String> = (0..2).flat_map(|i| (0..6).map(move |a| format!("iss-{i}/acct-{a}"))).collect();
+            for (id, aggregator, issuer, accounts, status, history) in steps {
+                let accounts: Vec<String> = accounts.iter().map(|a| format!("acct-{a}")).collect();
+                let refs: Vec<&str> = accounts.iter().map(String::as_str).collect();
+                let mut event = consent(&format!("c-{id:02}"), &format!("agg-{aggregator}"), &refs, status);
+                event.issuer_id = format!("iss-{issuer}");
+                event.history_days = history;
+                view.apply(event.clone());
+                if model.get(&event.consent_id).is_none_or(|current| event.replaces(current)) {
+                    model.insert(event.consent_id.clone(), event);
+                }
+                for key in &keys {
+                    let got: BTreeSet<_> = view.grants(key).iter()
+                        .map(|g| (g.consent_id.to_string(), g.aggregator_id.to_string(), g.data_from_micros, g.expires_at_micros))
+                        .collect();
+                    prop_assert_eq!(got, model_grants(&model, key), "{}", key);
+                }
+                for aggregator in ["agg-0", "agg-1", "agg-2"] {
+                    let holds = keys.iter().any(|k| model_grants(&model, k).iter().any(|g| g.1 == aggregator));
+                    prop_assert_eq!(view.has_grants(aggregator), holds, "{}", aggregator);
+                }
+                prop_assert_eq!(view.len(), model.len());
+                for (id, c) in &model {
+                    let held = view.consent(id).expect("every consent is held");
+                    prop_assert_eq!(held.status(), c.status);
+                    prop_assert_eq!((held.issuer_id(), held.aggregator_id()), (c.issuer_id.as_str(), c.aggregator_id.as_str()));
+                    prop_assert_eq!(held.is_active_at(at(10)), c.is_active_at(at(10)));
+                    if c.status == ConsentStatus::Active {
+                        prop_assert_eq!(held.account_refs().collect::<Vec<_>>(), c.account_refs.iter().map(String::as_str).collect::<Vec<_>>());
+                        prop_assert_eq!(held.member_ref(), c.member_ref.as_deref());
+                        prop_assert_eq!(held.grant().data_from_micros, micros(c.data_from()));
+                    }
+                }
+            }
+        }
     }
 }

@@ -145,34 +145,30 @@ impl<S: HistoryStore> History<S> {
             return Err(HistoryError::NotReady);
         }
         let ids = cardlink_auth::Pseudonyms::new(&self.secret, aggregator_id);
-        let (issuer_id, account) = self.consents.read(|view| {
+        let (issuer_id, account, grant) = self.consents.read(|view| {
             let consent =
                 view.consent(consent_id).ok_or_else(|| HistoryError::ConsentNotFound(consent_id.to_owned()))?;
-            if consent.aggregator_id != aggregator_id {
+            if consent.aggregator_id() != aggregator_id {
                 return Err(HistoryError::NotYourConsent(consent_id.to_owned()));
             }
             if !consent.is_active_at(now) {
                 return Err(HistoryError::ConsentEnded(consent_id.to_owned()));
             }
-            let account = match (account_ref.is_empty(), consent.account_refs.as_slice()) {
-                (true, [only]) => only.clone(),
-                (true, _) => return Err(HistoryError::AccountRequired),
-                (false, accounts) => accounts
-                    .iter()
-                    .find(|a| ids.account(&consent.issuer_id, a) == account_ref)
-                    .cloned()
+            let mut accounts = consent.account_refs();
+            let account = match (account_ref.is_empty(), accounts.next(), accounts.next()) {
+                (true, Some(only), None) => only,
+                (true, _, _) => return Err(HistoryError::AccountRequired),
+                (false, _, _) => consent
+                    .account_refs()
+                    .find(|a| ids.account(consent.issuer_id(), a) == account_ref)
                     .ok_or_else(|| HistoryError::AccountNotInConsent(account_ref.to_owned()))?,
             };
-            Ok((consent.issuer_id.clone(), account))
+            Ok((consent.issuer_id().to_owned(), account.to_owned(), consent.grant()))
         })?;
         if !self.registry.read(|r| r.is_connected(&issuer_id, aggregator_id)) {
             return Err(HistoryError::NotConnected);
         }
         let account_key = cardlink_events::codec::partition_key(&issuer_id, &account);
-        let grant = self
-            .consents
-            .read(|view| view.grants(&account_key).iter().find(|g| &*g.consent_id == consent_id).cloned())
-            .ok_or_else(|| HistoryError::ConsentEnded(consent_id.to_owned()))?;
         Ok(Bound { issuer_id, account_key, grant })
     }
 

@@ -27,7 +27,6 @@ use cardlink_bus::Topic;
 use cardlink_entitlement::cursor::{BackfillPosition, BackfillState, Cursor, MAX_BACKFILL_CONSENTS};
 use cardlink_entitlement::projection::project;
 use cardlink_events::Event;
-use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
 use cardlink_history::{AnyStore, HistoryStore, StatementQuery, TransactionKey, TransactionQuery};
 use cardlink_views::consent::Grant;
@@ -191,7 +190,7 @@ impl Backfills {
         tx: &mpsc::Sender<Outgoing>,
     ) -> Result<(BackfillPosition, Paged), CatchUpError> {
         let now = Utc::now();
-        let Some((consent, grant, account_key)) = bind(hub, aggregator, &position, now) else {
+        let Some(Bound { grant, account_key, accounts }) = bind(hub, aggregator, &position, now) else {
             return Ok((position, Paged::Ended));
         };
         let wanted = |scope: Scope| grant.scopes.contains(scope);
@@ -242,7 +241,7 @@ impl Backfills {
         }
         position.statements = false;
         position.account += 1;
-        let done = position.account >= consent.account_refs.len();
+        let done = position.account >= accounts;
         Ok((position, if done { Paged::Done } else { Paged::More }))
     }
 }
@@ -267,37 +266,39 @@ fn next_consent(hub: &Hub, aggregator: &str, state: &BackfillState) -> Option<St
     hub.consents.read(|view| {
         view.consents()
             .filter(|c| {
-                c.aggregator_id == aggregator
-                    && c.consent_id.as_str() > after
+                c.aggregator_id() == aggregator
+                    && c.consent_id() > after
                     && c.is_active_at(started)
-                    && c.granted_at.is_some_and(|g| g <= started)
+                    && c.granted_at().is_some_and(|g| g <= started)
             })
-            .map(|c| c.consent_id.clone())
+            .map(|c| c.consent_id())
             .min()
+            .map(str::to_owned)
     })
 }
 
-/// The consent, its grant on the position's account, and that account's key — if the consent is
+/// The consent's grant on the position's account, and that account's key — if the consent is
 /// the aggregator's, active now, the account exists, and the card company's connection stands.
-fn bind(
-    hub: &Hub,
-    aggregator: &str,
-    position: &BackfillPosition,
-    now: DateTime<Utc>,
-) -> Option<(ConsentEvent, Grant, String)> {
-    let consent = hub.consents.read(|v| v.consent(&position.consent_id).cloned())?;
-    if consent.aggregator_id != aggregator || !consent.is_active_at(now) {
-        return None;
-    }
-    if !hub.connected(&consent.issuer_id, aggregator) {
-        return None;
-    }
-    let account = consent.account_refs.get(position.account)?;
-    let account_key = cardlink_events::codec::partition_key(&consent.issuer_id, account);
-    let grant = hub
-        .consents
-        .read(|v| v.grants(&account_key).iter().find(|g| *g.consent_id == *position.consent_id).cloned())?;
-    Some((consent, grant, account_key))
+fn bind(hub: &Hub, aggregator: &str, position: &BackfillPosition, now: DateTime<Utc>) -> Option<Bound> {
+    let (issuer, bound) = hub.consents.read(|v| {
+        let consent = v.consent(&position.consent_id)?;
+        if consent.aggregator_id() != aggregator || !consent.is_active_at(now) {
+            return None;
+        }
+        let account = consent.account_refs().nth(position.account)?;
+        let key = cardlink_events::codec::partition_key(consent.issuer_id(), account);
+        let bound = Bound { grant: consent.grant(), account_key: key, accounts: consent.account_refs().count() };
+        Some((consent.issuer_id().to_owned(), bound))
+    })?;
+    hub.connected(&issuer, aggregator).then_some(bound)
+}
+
+/// A backfill position bound to its consent: see [`bind`].
+struct Bound {
+    grant: Grant,
+    account_key: String,
+    /// How many accounts the consent covers.
+    accounts: usize,
 }
 
 /// A stored row as the grant's aggregator may receive it, marked as history, with its version.

@@ -338,7 +338,7 @@ pub async fn catch_up(
         }
         let now = Utc::now();
         let projected =
-            hub.consents.read(|v| project_for(&event, v.grants(record_key), aggregator_id, &hub.secret, now));
+            hub.consents.read(|v| project_for(&event, &v.grants(record_key), aggregator_id, &hub.secret, now));
         if let Some(projected) = projected {
             let out = Outgoing::event(&projected, &Arc::new(Origin::of(&record)), cursor.encode(&hub.secret));
             let slot = match idle {

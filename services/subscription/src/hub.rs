@@ -121,8 +121,8 @@ impl Hub {
         let now = chrono::Utc::now();
         let issuer = self.consents.read(|v| {
             v.consent(consent_id)
-                .filter(|c| c.is_active_at(now) && c.aggregator_id == aggregator_id)
-                .map(|c| c.issuer_id.clone())
+                .filter(|c| c.is_active_at(now) && c.aggregator_id() == aggregator_id)
+                .map(|c| c.issuer_id().to_owned())
         });
         issuer.is_some_and(|issuer| self.connected(&issuer, aggregator_id))
     }
