@@ -8,10 +8,13 @@
 //! It drives the real services over gRPC with the issuer simulator and many aggregator clients,
 //! and writes `results.json`, `results.md` and `fanout.png` to `--out`. With `--history` it runs
 //! the history benchmark instead ([`history`]: backfill against a growing store, the indexer,
-//! `ListTransactions`) and writes `history.json` and `history.md`. See [`run`] for what is
+//! `ListTransactions`) and writes `history.json` and `history.md`; with `--peak`, the whole bus
+//! at peak ([`peak`]: one replica's shared reader against a plain consumer, with ten million
+//! consents and 1,000 streams) into `peak.json` and `peak.md`. See [`run`] for what is
 //! measured and how; the hidden subcommands are the child processes it starts ([`roles`]).
 
 mod history;
+mod peak;
 mod plot;
 mod procstat;
 mod report;
@@ -79,6 +82,21 @@ struct RunArgs {
     /// Backfills per measurement (the median time and the mean CPU are reported).
     #[arg(long, default_value_t = 10)]
     history_runs: usize,
+    /// Run the whole-bus-at-peak benchmark instead (embedded broker; see the `--peak-*` options).
+    #[arg(long)]
+    peak: bool,
+    /// Active consents the replica holds.
+    #[arg(long, default_value_t = 10_000_000)]
+    peak_consents: usize,
+    /// Streams (one per aggregator) registered with the hub.
+    #[arg(long, default_value_t = 1_000)]
+    peak_streams: usize,
+    /// Transactions on the bus for the read-rate measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    peak_records: usize,
+    /// Share of those transactions that belong to consented accounts.
+    #[arg(long, default_value_t = 0.1)]
+    peak_consented_share: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +192,21 @@ async fn main() -> anyhow::Result<()> {
             let aggregators = (0..aggregators).map(|i| format!("agg-{i:04}")).collect();
             let workload = roles::Workload { starts, since_ms, expect, consents };
             roles::baseline(roles::bus(&kafka, &prefix), aggregators, workload, secret(&s)?).await
+        }
+        None if cli.run.peak => {
+            let a = cli.run;
+            let plan = peak::Plan {
+                consents: a.peak_consents,
+                streams: a.peak_streams,
+                records: a.peak_records,
+                consented_share: a.peak_consented_share,
+            };
+            let mut report = peak::run(&plan).await?;
+            report.machine = machine();
+            report.write(&a.out)?;
+            println!("{}", report.markdown());
+            println!("results in {}", a.out.display());
+            Ok(())
         }
         None if cli.run.history => {
             let a = cli.run;

@@ -17,6 +17,9 @@ pub struct Ingest {
     pub cpu_us_per_record: f64,
     pub clients: usize,
     pub batch: usize,
+    /// The same records, encoded as ingest encodes them, through a plain producer with the same
+    /// client settings and as many in flight ([`cardlink_bus::baseline::produce`]), in the same run.
+    pub raw_producer_records_per_second: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -60,12 +63,23 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         if let Some(i) = &self.ingest {
-            let _ = writeln!(out, "| ingest | records | seconds | records/s | CPU µs/record (ingest process) |");
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|");
             let _ = writeln!(
                 out,
-                "| {} clients × {}-record calls, acks=all | {} | {:.1} | {:.0} | {:.1} |\n",
-                i.clients, i.batch, i.records, i.seconds, i.records_per_second, i.cpu_us_per_record
+                "| ingest | records | seconds | records/s | CPU µs/record (ingest process) | plain producer records/s | ingest ÷ plain (target ≥ 0.5) |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+            let raw = i.raw_producer_records_per_second;
+            let _ = writeln!(
+                out,
+                "| {} clients × {}-record calls, acks=all | {} | {:.1} | {:.0} | {:.1} | {} | {} |\n",
+                i.clients,
+                i.batch,
+                i.records,
+                i.seconds,
+                i.records_per_second,
+                i.cpu_us_per_record,
+                opt(raw, 0),
+                opt(raw.map(|r| i.records_per_second / r.max(1e-9)), 2),
             );
         }
         let one = self.fanout.iter().find(|f| f.streams == 1).map(|f| f.cpu_us_per_delivery);

@@ -5,6 +5,9 @@
 //!   each one's CPU time and memory are its own.
 //! - **Ingest**: pre-generated simulator events, flat out, from several concurrent clients, over
 //!   gRPC; acks=all (the bus producer's setting), every record acknowledged before it counts.
+//!   Then the same records, already encoded, through a plain producer with the same client
+//!   settings (the raw baseline ingest's validation, PAN guard, idempotency and Avro are set
+//!   against).
 //! - **Fan-out** at S streams: S aggregators, each with one stream of its own (its own HTTP/2
 //!   connection, as separate companies have), and 10,000 active consents on S aggregators' behalf
 //!   (one account each); the issuer simulator publishes at the target rate through ingest over
@@ -121,6 +124,24 @@ impl ChildProcess {
 
 fn child_args(role: &str, bus: &BusConfig) -> Vec<String> {
     vec![role.into(), "--kafka".into(), bus.bootstrap_servers.clone(), "--prefix".into(), bus.topic_prefix.clone()]
+}
+
+/// The ingest measurement's records, encoded as ingest encodes them, written by a plain producer
+/// ([`cardlink_bus::baseline::produce`]) with as many in flight as ingest's clients send, to a
+/// set of topics of its own (so no cardlink reader sees them). Records per second.
+async fn raw_producer(bus: &BusConfig, events: usize, in_flight: usize) -> anyhow::Result<f64> {
+    let mut sim = Simulator::new(SimConfig::new("bench-ingest", 7, 10_000));
+    let records = sim
+        .take(events)
+        .iter()
+        .map(|e| Ok((e.partition_key(), cardlink_events::codec::encode(e)?.bytes)))
+        .collect::<Result<Vec<_>, cardlink_events::CodecError>>()?;
+    let scratch = BusConfig { topic_prefix: format!("{}baseline.", bus.topic_prefix), ..bus.clone() };
+    cardlink_bus::provision(&scratch).await.context("topics for the plain producer")?;
+    let started = Instant::now();
+    let written = cardlink_bus::baseline::produce(&scratch, Topic::Transactions, &records, in_flight).await?;
+    anyhow::ensure!(written == records.len() as u64, "the plain producer wrote {written} of {}", records.len());
+    Ok(written as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Ingest requests of `events` simulated events of `issuer` over `members` accounts.
@@ -435,8 +456,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         cpu_us_per_record: cpu * 1e6 / accepted.max(1) as f64,
         clients: plan.ingest_clients,
         batch: BATCH,
+        raw_producer_records_per_second: None,
     });
     eprintln!("bench: ingest {accepted} records in {seconds:.1} s = {:.0}/s", accepted as f64 / seconds);
+    let raw = raw_producer(&bus, plan.ingest_events, plan.ingest_clients * BATCH).await?;
+    eprintln!("bench: plain producer, the same records: {raw:.0}/s");
+    if let Some(i) = report.ingest.as_mut() {
+        i.raw_producer_records_per_second = Some(raw);
+    }
 
     let probe = Consumer::new(&bus, "bench-probe")?;
     for (stage, &streams) in plan.streams.iter().enumerate() {

@@ -5,20 +5,28 @@
 // Test helpers outside #[test] functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
-#[test]
-fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
+/// Runs the benchmark with `args` into a fresh directory and returns it with the JSON report
+/// named `report`.
+fn run(args: &[&str], report: &str) -> (tempfile::TempDir, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_cardlink-bench"))
-        .args(["--streams", "1,3", "--events", "300", "--ingest-events", "2000", "--consents", "60", "--rate", "500"])
+        .args(args)
         .arg("--out")
         .arg(out.path())
         .env("RUST_LOG", "error")
         .status()
         .unwrap();
     assert!(status.success());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(out.path().join(report)).unwrap()).unwrap();
+    (out, json)
+}
+
+#[test]
+fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
+    let args = ["--streams", "1,3", "--events", "300", "--ingest-events", "2000", "--consents", "60", "--rate", "500"];
+    let (out, report) = run(&args, "results.json");
     assert_eq!(report["ingest"]["records"], 2000, "{report}");
+    assert!(report["ingest"]["raw_producer_records_per_second"].as_f64().is_some_and(|r| r > 0.0), "{report}");
     let rows = report["fanout"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
@@ -32,18 +40,9 @@ fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
 
 #[test]
 fn a_small_history_run_backfills_the_member_at_each_size_and_writes_its_report() {
-    let out = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cardlink-bench"))
-        .args(["--history", "--history-stores", "sqlite", "--history-others", "2000,5000"])
-        .args(["--history-member-rows", "150", "--history-indexed", "1000", "--history-runs", "1"])
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "error")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("history.json")).unwrap()).unwrap();
+    let args = ["--history", "--history-stores", "sqlite", "--history-others", "2000,5000"];
+    let more = ["--history-member-rows", "150", "--history-indexed", "1000", "--history-runs", "1"];
+    let (out, report) = run(&[&args[..], &more[..]].concat(), "history.json");
     assert_eq!(report["indexer"][0]["records"], 1000, "{report}");
     let rows = report["backfill"].as_array().unwrap();
     assert_eq!(rows.iter().map(|r| r["other_rows"].as_u64().unwrap()).collect::<Vec<_>>(), [2000, 5000]);
@@ -52,4 +51,14 @@ fn a_small_history_run_backfills_the_member_at_each_size_and_writes_its_report()
         assert_eq!(row["list_pages"], 2 * 20, "two 100-row pages, twenty times: {row}");
     }
     assert!(std::fs::read_to_string(out.path().join("history.md")).unwrap().contains("| sqlite | 5000 |"));
+}
+
+#[test]
+fn a_small_peak_run_delivers_exactly_the_consented_records() {
+    let args = ["--peak", "--peak-consents", "3000", "--peak-streams", "20", "--peak-records", "5000"];
+    let (out, report) = run(&args, "peak.json");
+    assert_eq!(report["records"], 5000, "the hub read the whole topic: {report}");
+    assert_eq!(report["consented_records"], 500, "one in ten: {report}");
+    assert_eq!(report["delivered"], 500, "each consented record to its one stream, nothing else: {report}");
+    assert!(std::fs::read_to_string(out.path().join("peak.md")).unwrap().contains("| 3000 | 20 |"));
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::BusConfig;
@@ -68,6 +68,80 @@ impl Record {
     /// The issuer of an event record, from its `issuer_id/account_ref` key.
     pub fn issuer_id(&self) -> Option<&str> {
         Some(self.key_str()?.split_once('/')?.0)
+    }
+}
+
+/// One record as read, borrowed from its consumer until the next read: key and payload are not
+/// copied, and the headers are parsed only when asked for. For a reader that looks at most
+/// records by key only — the subscription hub passes over every record nobody consented for
+/// without parsing its headers (docs/benchmarks.md, "The whole bus at peak").
+pub struct RecordRef<'a> {
+    message: BorrowedMessage<'a>,
+    topic: Topic,
+}
+
+impl std::fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition())
+            .field("offset", &self.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordRef<'_> {
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.message.partition()
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.message.offset()
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        self.message.key()
+    }
+
+    /// The key as text, if it is UTF-8 (cardlink's keys always are).
+    pub fn key_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.key()?).ok()
+    }
+
+    /// The issuer of an event record, from its `issuer_id/account_ref` key.
+    pub fn issuer_id(&self) -> Option<&str> {
+        Some(self.key_str()?.split_once('/')?.0)
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.message.payload().unwrap_or_default()
+    }
+
+    /// Broker or producer timestamp, milliseconds since the epoch.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.message.timestamp().to_millis()
+    }
+
+    /// The headers, parsed now (librdkafka parses them on first access).
+    pub fn headers(&self) -> RecordHeaders {
+        RecordHeaders::from_kafka(self.message.headers())
+    }
+
+    /// An owned copy, headers parsed.
+    pub fn to_record(&self) -> Record {
+        Record {
+            topic: self.topic,
+            partition: self.partition(),
+            offset: self.offset(),
+            key: self.key().map(<[u8]>::to_vec),
+            payload: self.payload().to_vec(),
+            headers: self.headers(),
+            timestamp_ms: self.timestamp_ms(),
+        }
     }
 }
 
@@ -267,28 +341,31 @@ impl Consumer {
 
     /// The next record of the assigned partitions. Waits while there is none.
     pub async fn recv(&self) -> Result<Record, BusError> {
+        Ok(self.recv_ref().await?.to_record())
+    }
+
+    /// The next record, borrowed ([`RecordRef`]): nothing copied or parsed that the caller does
+    /// not ask for. Waits while there is none.
+    pub async fn recv_ref(&self) -> Result<RecordRef<'_>, BusError> {
         let message = self.inner.recv().await.map_err(|source| BusError::Kafka { operation: "consume", source })?;
         let topic_name = message.topic();
         let topic =
             self.catalogue.topic_named(topic_name).ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
         self.metrics.consumed(topic_name);
-        Ok(Record {
-            topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            headers: RecordHeaders::from_kafka(message.headers()),
-            timestamp_ms: message.timestamp().to_millis(),
-        })
+        Ok(RecordRef { message, topic })
     }
 
     /// [`Consumer::recv`] for a long-running reader: errors that retrying can fix (a broker
     /// restarting, a timeout) are logged as `reader`'s and retried after [`RETRY_AFTER`]; only
     /// the others are returned. The position is kept throughout, so nothing is skipped.
     pub async fn recv_retrying(&self, reader: &'static str) -> Result<Record, BusError> {
+        Ok(self.recv_ref_retrying(reader).await?.to_record())
+    }
+
+    /// [`Consumer::recv_retrying`], borrowed ([`RecordRef`]).
+    pub async fn recv_ref_retrying(&self, reader: &'static str) -> Result<RecordRef<'_>, BusError> {
         loop {
-            match self.recv().await {
+            match self.recv_ref().await {
                 Err(e) if e.is_retriable() => {
                     tracing::warn!(reader, error = %e, "could not read from Kafka; retrying");
                     tokio::time::sleep(RETRY_AFTER).await;

@@ -6,6 +6,7 @@
 //! - [`producer`]: `acks=all`, idempotent publishing that returns only once Kafka has the record.
 //! - [`consumer`]: reading by manual partition assignment and seek; no consumer-group rebalancing.
 //! - [`headers`]: the record headers every cardlink record carries.
+//! - [`baseline`]: plain clients with no cardlink logic, the benchmarks' in-run baselines.
 //! - [`telemetry`]: librdkafka statistics and messaging metrics, as OpenTelemetry instruments.
 //! - `embedded` (feature `embedded-broker`): a Kafka-compatible broker in-process, for
 //!   development and tests.
@@ -14,6 +15,7 @@
 //! ([`Record`]); none of them sees an rdkafka type.
 
 pub mod admin;
+pub mod baseline;
 pub mod config;
 pub mod consumer;
 #[cfg(feature = "embedded-broker")]
@@ -27,7 +29,7 @@ pub mod topics;
 
 pub use admin::{ProvisionReport, check_topics, provision};
 pub use config::BusConfig;
-pub use consumer::{Consumer, Record, StartAt};
+pub use consumer::{Consumer, Record, RecordRef, StartAt};
 pub use error::BusError;
 pub use headers::RecordHeaders;
 pub use producer::{Delivered, OutboundRecord, Producer};

@@ -64,19 +64,25 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// The client settings of every cardlink producer (and of the benchmarks' plain baseline
+/// producer, so that the two differ only in what cardlink does around a send).
+pub(crate) fn client_settings(config: &BusConfig, role: &str) -> rdkafka::ClientConfig {
+    let mut cfg = config.client_config(role);
+    cfg.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+        .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string())
+        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
+        .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
+    cfg
+}
+
 impl Producer {
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
         config.validate()?;
-        let mut cfg = config.client_config("producer");
-        cfg.set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
-            .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string())
-            .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
-            .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
-        let inner = cfg
+        let inner = client_settings(config, "producer")
             .create_with_context(StatsContext::new("producer"))
             .map_err(|source| BusError::Kafka { operation: "create producer", source })?;
         let catalogue = Catalogue::new(config);

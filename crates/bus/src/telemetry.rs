@@ -195,7 +195,12 @@ impl MessagingMetrics {
         self.sent.add(1, &attrs);
     }
 
+    /// Once per record read: the attributes are borrowed, not copied (the shared reader calls
+    /// this for every record on the bus).
     pub(crate) fn consumed(&self, topic: &str) {
-        self.consumed.add(1, &self.attrs(topic));
+        match self.per_topic.get(topic) {
+            Some(attrs) => self.consumed.add(1, attrs),
+            None => self.consumed.add(1, &self.attrs(topic)),
+        }
     }
 }

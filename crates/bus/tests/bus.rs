@@ -286,3 +286,38 @@ async fn a_waiting_fetch_returns_when_a_record_arrives_not_when_its_wait_runs_ou
         .unwrap();
     assert_eq!((got.partition, got.offset), (second.partition, second.offset));
 }
+
+/// A borrowed read carries what an owned one does (headers parsed on demand), and the
+/// benchmarks' plain baselines write and read exactly the records asked for.
+#[tokio::test]
+async fn borrowed_reads_and_the_plain_baselines_see_every_record() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let tx = Event::Transaction(samples::transaction("iss-a", "acct-1", 1));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    producer.publish(&tx, Some(traceparent)).await.unwrap();
+    let owned = bus.read(Topic::Transactions, 1, WITHIN).await.unwrap().remove(0);
+
+    let consumer = bus.consumer("borrowed").unwrap();
+    consumer.assign(&[(Topic::Transactions, owned.partition, StartAt::Offset(owned.offset))]).unwrap();
+    let borrowed = tokio::time::timeout(WITHIN, consumer.recv_ref()).await.unwrap().unwrap();
+    assert_eq!(
+        (borrowed.topic(), borrowed.partition(), borrowed.offset()),
+        (owned.topic, owned.partition, owned.offset)
+    );
+    assert_eq!((borrowed.key_str(), borrowed.issuer_id()), (Some("iss-a/acct-1"), Some("iss-a")));
+    assert_eq!(borrowed.payload(), owned.payload.as_slice());
+    assert_eq!(borrowed.headers(), owned.headers);
+    assert_eq!(borrowed.to_record(), owned);
+    drop(borrowed);
+
+    let records: Vec<(String, Vec<u8>)> =
+        (0..500).map(|i| (format!("iss-a/acct-{i}"), owned.payload.clone())).collect();
+    let written = cardlink_bus::baseline::produce(bus.config(), Topic::Statements, &records, 64).await.unwrap();
+    assert_eq!(written, 500);
+    let drained = cardlink_bus::baseline::drain(bus.config(), Topic::Statements).await.unwrap();
+    assert_eq!(drained.records, 500);
+    assert_eq!(drained.payload_bytes, 500 * owned.payload.len() as u64);
+    let plain = cardlink_bus::baseline::drain(bus.config(), Topic::Transactions).await.unwrap();
+    assert_eq!(plain.records, 1, "one record on the transaction topic");
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cardlink_api::convert::timestamp;
 use cardlink_api::v1;
-use cardlink_bus::{Record, Topic};
+use cardlink_bus::{Record, RecordHeaders, RecordRef, Topic};
 use opentelemetry::Context;
 
 /// Where a delivered record came from: the trace it belongs to, when it was published, and its
@@ -27,12 +27,29 @@ pub struct Origin {
 
 impl Origin {
     pub fn of(record: &Record) -> Self {
+        Self::at(
+            record.headers.traceparent.as_deref(),
+            record.timestamp_ms,
+            (record.topic, record.partition, record.offset),
+        )
+    }
+
+    /// [`Origin::of`] a borrowed record whose headers the caller parsed.
+    pub fn of_ref(record: &RecordRef<'_>, headers: &RecordHeaders) -> Self {
+        Self::at(
+            headers.traceparent.as_deref(),
+            record.timestamp_ms(),
+            (record.topic(), record.partition(), record.offset()),
+        )
+    }
+
+    fn at(traceparent: Option<&str>, published_ms: Option<i64>, (topic, partition, offset): (Topic, i32, i64)) -> Self {
         Self {
-            parent: cardlink_telemetry::propagation::from_traceparent(record.headers.traceparent.as_deref()),
-            published_ms: record.timestamp_ms,
-            topic: record.topic,
-            partition: record.partition,
-            offset: record.offset,
+            parent: cardlink_telemetry::propagation::from_traceparent(traceparent),
+            published_ms,
+            topic,
+            partition,
+            offset,
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use cardlink_bus::{BusError, Consumer, RecordRef, StartAt, Topic};
 use chrono::Utc;
 use tokio::sync::watch;
 
@@ -55,22 +55,24 @@ impl Hub {
     }
 
     /// Hands one record to every entitled stream. Called by the reader, in partition order.
-    pub fn dispatch(&self, record: &Record) {
-        if EventTopic::of(record.topic).is_none() {
+    /// A record no connected stream may receive costs its key's lookups: its body is not decoded
+    /// and its headers are not parsed.
+    pub fn dispatch(&self, record: &RecordRef<'_>) {
+        if EventTopic::of(record.topic()).is_none() {
             return;
         }
         // Every record's header is checked (cheap), whoever it is for: one this release cannot
         // read is recorded, not silently passed over. Its body is decoded below only if someone
         // may receive it; a body that fails then is recorded the same way.
-        let header_readable = match cardlink_events::codec::check_event_writer(&record.payload) {
+        let header_readable = match cardlink_events::codec::check_event_writer(record.payload()) {
             Ok(()) => true,
             Err(e) => {
-                self.undecodable(record, &e);
+                self.undecodable(&record.to_record(), &e);
                 false
             }
         };
         let key = record.key_str().unwrap_or_default();
-        let mut grants = self.consents.read(|v| v.grants(key).to_vec());
+        let mut grants = self.consents.read(|v| v.grants(key));
         // Only where the issuer's connection with the aggregator, and the aggregator, are active.
         let issuer = record.issuer_id().unwrap_or_default();
         self.registry.read(|r| grants.retain(|g| r.is_connected(issuer, &g.aggregator_id)));
@@ -79,7 +81,7 @@ impl Hub {
         let mut origin: Option<Arc<Origin>> = None;
         let mut registered = self.streams.write();
         let Registered { by_aggregator, position, events_in } = &mut *registered;
-        position.insert((record.topic, record.partition), record.offset + 1);
+        position.insert((record.topic(), record.partition()), record.offset() + 1);
         if let Some(issuer) = record.issuer_id() {
             match events_in.get_mut(issuer) {
                 Some(n) => *n += 1,
@@ -91,14 +93,18 @@ impl Hub {
         // Decided under the lock that registration takes, so a stream registering now either
         // sees this record live or in its catch-up, never neither. An issuer's load of past
         // records is history (History, backfill), not news: the streams' cursors pass over it.
-        if record.headers.historical || !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
+        if !grants.iter().any(|g| by_aggregator.contains_key(&*g.aggregator_id)) {
             return;
         }
-        let event = match cardlink_events::decode(&record.payload) {
+        let headers = record.headers();
+        if headers.historical {
+            return;
+        }
+        let event = match cardlink_events::decode(record.payload()) {
             Ok(event) => event,
             Err(e) => {
                 if header_readable {
-                    self.undecodable(record, &e); // a known header over a body that is not
+                    self.undecodable(&record.to_record(), &e); // a known header over a body that is not
                 }
                 return;
             }
@@ -120,7 +126,7 @@ impl Hub {
                 if !slot.filters.wants(event) {
                     continue;
                 }
-                let origin = origin.get_or_insert_with(|| Arc::new(Origin::of(record)));
+                let origin = origin.get_or_insert_with(|| Arc::new(Origin::of_ref(record, &headers)));
                 let out = Outgoing::event(&projected, origin, slot.cursor(position).encode(&self.secret));
                 if slot.tx.try_send(out).is_err() {
                     fallen.push((aggregator.to_owned(), slot.id));
@@ -157,7 +163,7 @@ async fn read_and_dispatch(hub: &Hub, consumer: Consumer, mut shutdown: watch::R
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv_retrying("hub reader") => {
+            record = consumer.recv_ref_retrying("hub reader") => {
                 let record = record?;
                 hub.wait_until_fresh(async {
                     let _ = shutdown.changed().await;

@@ -1,0 +1,121 @@
+//! Plain rdkafka clients with no cardlink logic in them: the in-run baselines the benchmarks set
+//! cardlink's readers and writers against (docs/benchmarks.md). No service uses this module.
+//!
+//! A baseline uses the same client settings as cardlink's own clients — [`drain`] those of
+//! [`Consumer::new`](crate::Consumer::new) (fetch pace, pre-fetch bound), [`produce`] those of
+//! [`Producer`](crate::Producer) (acks=all, idempotence, lz4, linger) — and does nothing around a
+//! read or a send, so the gap between it and cardlink on the same records, in the same run, is
+//! cardlink's own cost.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::BusConfig;
+use crate::consumer::{METADATA_TIMEOUT, PREFETCH_MAX_KBYTES};
+use crate::error::BusError;
+use crate::producer::ENQUEUE_WAIT;
+use crate::topics::{Catalogue, Topic};
+
+/// A read stops with an error after this long without a record while records remain.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// What [`drain`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub records: u64,
+    pub payload_bytes: u64,
+}
+
+/// Reads every partition of `topic` from its beginning to the end it has when the read starts,
+/// with a plain consumer polled on a thread of its own.
+pub async fn drain(config: &BusConfig, topic: Topic) -> Result<Drained, BusError> {
+    config.validate()?;
+    let name = Catalogue::new(config).name(topic).to_owned();
+    let mut cfg = config.client_config("baseline");
+    cfg.set("group.id", format!("{}-baseline", config.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string());
+    let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
+        let metadata = consumer.fetch_metadata(Some(&name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
+        let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+        let mut ends = HashMap::new();
+        let mut list = TopicPartitionList::new();
+        for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+            let (low, high) =
+                consumer.fetch_watermarks(&name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
+            if high > low {
+                ends.insert(p, high);
+                list.add_partition_offset(&name, p, Offset::Beginning).map_err(kafka("assign"))?;
+            }
+        }
+        consumer.assign(&list).map_err(kafka("assign"))?;
+        let mut drained = Drained::default();
+        let mut last = std::time::Instant::now();
+        while !ends.is_empty() {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    last = std::time::Instant::now();
+                    drained.records += 1;
+                    drained.payload_bytes += message.payload().map_or(0, |p| p.len() as u64);
+                    if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+                        ends.remove(&message.partition());
+                    }
+                }
+                Some(Err(source)) => return Err(BusError::Kafka { operation: "consume", source }),
+                None if last.elapsed() > STALL_LIMIT => {
+                    return Err(BusError::Task(format!(
+                        "baseline read of {name} stalled: nothing for {STALL_LIMIT:?} with {} partitions unfinished",
+                        ends.len()
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(drained)
+    })
+    .await
+    .map_err(|e| BusError::Task(e.to_string()))?
+}
+
+/// Writes `records` (key, payload) to `topic` with a plain producer, `in_flight` at a time, each
+/// acknowledged by the broker before it counts. No headers: cardlink's (event type, id, schema
+/// fingerprint) are part of what it costs. Returns how many were acknowledged.
+pub async fn produce(
+    config: &BusConfig,
+    topic: Topic,
+    records: &[(String, Vec<u8>)],
+    in_flight: usize,
+) -> Result<u64, BusError> {
+    config.validate()?;
+    let name = Catalogue::new(config).name(topic).to_owned();
+    let producer: FutureProducer = crate::producer::client_settings(config, "baseline-producer")
+        .create()
+        .map_err(|source| BusError::Kafka { operation: "create producer", source })?;
+    let acknowledged = futures::stream::iter(records)
+        .map(|(key, payload)| {
+            let (producer, name) = (&producer, &name);
+            async move { producer.send(FutureRecord::to(name).key(key).payload(payload), ENQUEUE_WAIT).await }
+        })
+        .buffer_unordered(in_flight.max(1))
+        .fold(Ok(0u64), |n, sent| async move {
+            match (n, sent) {
+                (Ok(n), Ok(_)) => Ok(n + 1),
+                (Ok(_), Err((source, _))) => Err(BusError::Kafka { operation: "produce", source }),
+                (Err(e), _) => Err(e),
+            }
+        })
+        .await?;
+    Ok(acknowledged)
+}
