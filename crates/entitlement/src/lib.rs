@@ -16,11 +16,12 @@ pub mod projection;
 use std::time::Duration;
 
 /// The revocation bound: once `RevokeConsent` (or a suspension, or a credential's revocation)
-/// has returned, no client receives anything under it later than this after.
+/// has returned, nothing under it is sent later than this after (by the message's `sent_at`: a
+/// client that stops reading still finds, later, what was sent before).
 pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
 /// How fresh the consent and registry views must be for anything to be dispatched or sent: they
 /// reflect every change written up to this long ago. Shorter than [`REVOCATION_BOUND`]: the rest
-/// is for the wire and a busy client (the fault suite's consent churn, measured at the client on a
-/// loaded 2-core machine, needed it).
+/// is for the check and the encoding on a loaded machine (the fault suite's consent churn, on a
+/// 2-core CI machine, needed it).
 pub const VIEW_FRESHNESS: Duration = Duration::from_millis(750);

@@ -8,12 +8,11 @@
 //! Decoding reads with the writer's version and resolves to the latest version we know, so a
 //! consumer built today reads records that an older producer wrote.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use apache_avro::types::Value;
-use apache_avro::{GenericSingleObjectReader, Writer};
+use apache_avro::GenericSingleObjectReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 
 use crate::model::{CardTransaction, Statement};
 use crate::schema::{Fingerprint, RecordType, SchemaVersion, Schemas};
@@ -115,65 +114,36 @@ pub fn encode(event: &Event) -> Result<Encoded, CodecError> {
 }
 
 /// Encodes any record whose Rust type matches the latest schema of `record`.
+///
+/// The body is serialised straight from serde into the output, after the header (apache-avro's
+/// schema-aware serializer; no intermediate `Value` tree, no copy).
 pub fn encode_record<T: serde::Serialize>(record: RecordType, data: &T) -> Result<Encoded, CodecError> {
     let version = Schemas::get().latest(record);
-    let body = encode_body(version, data)?;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    let writer = datum_writer(version)
+        .ok_or_else(|| CodecError::Encode { record, reason: "its schema did not resolve".into() })?;
+    let mut bytes = Vec::with_capacity(ENCODED_CAPACITY);
     bytes.extend_from_slice(&SINGLE_OBJECT_MARKER);
     bytes.extend_from_slice(&version.fingerprint.0);
-    bytes.extend_from_slice(&body);
+    writer.write_ser(&mut bytes, data).map_err(|e| encode_error(record, e))?;
     Ok(Encoded { record_type: record, fingerprint: version.fingerprint, bytes })
 }
 
-thread_local! {
-    /// One apache-avro writer per record type and thread: it resolves its schema's named types
-    /// once, where the one-shot functions (`to_avro_datum`, `Value::resolve`) do it again for
-    /// every record — most of the encoding cost, as the ingest profile showed.
-    static WRITERS: RefCell<HashMap<RecordType, Writer<'static, Vec<u8>>>> = RefCell::new(HashMap::new());
-}
+/// Room for a typical encoded transaction (~250 bytes), so most encodings allocate once.
+const ENCODED_CAPACITY: usize = 384;
 
-/// The Avro binary body of `data` under `version`, serialised straight from serde (no
-/// intermediate `Value` tree).
-///
-/// The writer produces an object-container data block (count, size, body, sync marker; no
-/// codec); the body is taken out of it. A writer that failed part-way is dropped, so a record
-/// that does not fit its schema cannot leave bytes behind for the next one.
-fn encode_body<T: serde::Serialize>(version: &'static SchemaVersion, data: &T) -> Result<Vec<u8>, CodecError> {
-    let record = version.record;
-    WRITERS.with(|writers| {
-        let mut writers = writers.borrow_mut();
-        let writer = writers.entry(record).or_insert_with(|| Writer::append_to(&version.schema, Vec::new(), [0; 16]));
-        let written = writer.append_ser(data).and_then(|_| writer.flush());
-        let block = std::mem::take(writer.get_mut());
-        if let Err(e) = written {
-            writers.remove(&record);
-            return Err(encode_error(record, e));
-        }
-        block_body(&block)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| CodecError::Encode { record, reason: "the Avro writer produced an unexpected block".into() })
-    })
-}
-
-/// The body of a one-record object-container block: zig-zag count (1), zig-zag size, body,
-/// 16-byte sync marker.
-fn block_body(block: &[u8]) -> Option<&[u8]> {
-    fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
-        let mut value: u64 = 0;
-        for (i, b) in bytes.iter().enumerate().take(10) {
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                let decoded = (value >> 1) as i64 ^ -((value & 1) as i64);
-                return Some((decoded, i + 1));
-            }
-        }
-        None
-    }
-    let (count, a) = varint(block)?;
-    let (size, b) = varint(block.get(a..)?)?;
-    let size = usize::try_from(size).ok()?;
-    let body = block.get(a + b..a + b + size)?;
-    (count == 1 && block.len() == a + b + size + 16).then_some(body)
+/// A writer per committed version, its named types resolved once for the life of the process:
+/// the one-shot functions resolve them again for every record — most of the encoding cost, as
+/// the ingest profile showed.
+fn datum_writer(version: &'static SchemaVersion) -> Option<&'static GenericDatumWriter<'static>> {
+    static WRITERS: OnceLock<HashMap<Fingerprint, GenericDatumWriter<'static>>> = OnceLock::new();
+    let writers = WRITERS.get_or_init(|| {
+        Schemas::get()
+            .versions()
+            .iter()
+            .filter_map(|v| Some((v.fingerprint, GenericDatumWriter::builder(&v.schema).build().ok()?)))
+            .collect()
+    });
+    writers.get(&version.fingerprint)
 }
 
 /// The reference encoder: serde → `Value` → resolved to the schema → Avro. Slower; the fast
@@ -183,7 +153,8 @@ fn encode_via_value<T: serde::Serialize>(version: &SchemaVersion, data: &T) -> R
     let record = version.record;
     let value = apache_avro::to_value(data).map_err(|e| encode_error(record, e))?;
     let value = value.resolve(&version.schema).map_err(|e| encode_error(record, e))?;
-    apache_avro::to_avro_datum(&version.schema, value).map_err(|e| encode_error(record, e))
+    let writer = GenericDatumWriter::builder(&version.schema).build().map_err(|e| encode_error(record, e))?;
+    writer.write_value_to_vec(value).map_err(|e| encode_error(record, e))
 }
 
 fn encode_error(record: RecordType, e: apache_avro::Error) -> CodecError {
@@ -216,58 +187,76 @@ pub fn check_event_writer(bytes: &[u8]) -> Result<(), CodecError> {
 
 /// Decodes a transaction or statement written by any committed version into the latest shape.
 pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
-    let (record, version, value) = decode_value(bytes)?;
-    let event = match record {
-        RecordType::CardTransaction => apache_avro::from_value(&value).map(Event::Transaction),
-        RecordType::Statement => apache_avro::from_value(&value).map(Event::Statement),
-        other => return Err(CodecError::UnexpectedRecord { expected: "a transaction or statement", found: other }),
-    };
-    event.map_err(|e| CodecError::Body { record, version, reason: e.to_string() })
+    let writer = writer_of(bytes)?;
+    match writer.record {
+        RecordType::CardTransaction => decode_into(writer, bytes).map(Event::Transaction),
+        RecordType::Statement => decode_into(writer, bytes).map(Event::Statement),
+        other => Err(CodecError::UnexpectedRecord { expected: "a transaction or statement", found: other }),
+    }
 }
 
 /// Decodes a value that must be a `record`, into its Rust type.
 pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], record: RecordType) -> Result<T, CodecError> {
-    let (found, version, value) = decode_value(bytes)?;
-    if found != record {
-        return Err(CodecError::UnexpectedRecord { expected: record.full_name(), found });
+    let writer = writer_of(bytes)?;
+    if writer.record != record {
+        return Err(CodecError::UnexpectedRecord { expected: record.full_name(), found: writer.record });
     }
-    apache_avro::from_value(&value).map_err(|e| CodecError::Body { record, version, reason: e.to_string() })
+    decode_into(writer, bytes)
 }
 
-fn decode_value(bytes: &[u8]) -> Result<(RecordType, u32, Value), CodecError> {
-    let schemas = Schemas::get();
+/// The committed version whose fingerprint `bytes` carry.
+fn writer_of(bytes: &[u8]) -> Result<&'static SchemaVersion, CodecError> {
     let fingerprint = peek_fingerprint(bytes)?;
-    let writer = schemas.by_fingerprint(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
-    let record = writer.record;
-    let reader = schemas.latest(record);
-    let body_error = |reason: String| CodecError::Body { record, version: writer.version, reason };
+    Schemas::get().by_fingerprint(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))
+}
 
-    let mut input = bytes;
+/// The record in `bytes`, written by `writer`, as `T` (the latest version's shape).
+///
+/// A record the latest version wrote — nearly every one — is deserialised straight from the
+/// Avro body (apache-avro's schema-aware serde deserializer: no `Value` tree, half the time of
+/// the `Value` path). One an older version wrote goes through `Value`, resolved to the latest
+/// schema, because only that path does Avro's schema resolution (defaults for added fields).
+fn decode_into<T: serde::de::DeserializeOwned>(writer: &'static SchemaVersion, bytes: &[u8]) -> Result<T, CodecError> {
+    let record = writer.record;
+    let body_error = |reason: String| CodecError::Body { record, version: writer.version, reason };
     let reader_of_writer =
         single_object_reader(writer).ok_or_else(|| body_error("its schema did not resolve".into()))?;
+    let latest = Schemas::get().latest(record);
+    let mut input = bytes;
+    let decoded = if writer.fingerprint == latest.fingerprint {
+        reader_of_writer.read_deser(&mut input).map_err(|e| body_error(e.to_string()))?
+    } else {
+        let value = reader_of_writer.read_value(&mut input).map_err(|e| body_error(e.to_string()))?;
+        let value = value.resolve(&latest.schema).map_err(|e| body_error(e.to_string()))?;
+        apache_avro::from_value(&value).map_err(|e| body_error(e.to_string()))?
+    };
+    if !input.is_empty() {
+        return Err(CodecError::TrailingBytes { record, extra: input.len() });
+    }
+    Ok(decoded)
+}
+
+/// The reference decoder: Avro → `Value` → (resolved) → serde, for every version. Slower; the
+/// fast path must decode the same bytes to the same record, or refuse them alike (tested).
+#[cfg(test)]
+fn decode_via_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let writer = writer_of(bytes)?;
+    let record = writer.record;
+    let body_error = |reason: String| CodecError::Body { record, version: writer.version, reason };
+    let reader_of_writer =
+        single_object_reader(writer).ok_or_else(|| body_error("its schema did not resolve".into()))?;
+    let mut input = bytes;
     let value = reader_of_writer.read_value(&mut input).map_err(|e| body_error(e.to_string()))?;
     if !input.is_empty() {
         return Err(CodecError::TrailingBytes { record, extra: input.len() });
     }
-    let value = if writer.fingerprint == reader.fingerprint {
-        value
-    } else {
-        value.resolve(&reader.schema).map_err(|e| body_error(e.to_string()))?
-    };
-    Ok((record, writer.version, value))
-}
-
-/// Our single-object header (marker + the spec's Rabin fingerprint, which can differ from
-/// apache-avro's own; see `Fingerprint::of`).
-struct Header([u8; HEADER_LEN]);
-
-impl apache_avro::headers::HeaderBuilder for Header {
-    fn build_header(&self) -> Vec<u8> {
-        self.0.to_vec()
-    }
+    let value = value.resolve(&Schemas::get().latest(record).schema).map_err(|e| body_error(e.to_string()))?;
+    apache_avro::from_value(&value).map_err(|e| body_error(e.to_string()))
 }
 
 /// A reader per committed version, its named types resolved once for the life of the process.
+/// It expects our header: the marker and the spec's Rabin fingerprint, which can differ from
+/// apache-avro's own (see `Fingerprint::of`).
 fn single_object_reader(version: &SchemaVersion) -> Option<&'static GenericSingleObjectReader> {
     static READERS: OnceLock<HashMap<Fingerprint, GenericSingleObjectReader>> = OnceLock::new();
     let readers = READERS.get_or_init(|| {
@@ -278,8 +267,11 @@ fn single_object_reader(version: &SchemaVersion) -> Option<&'static GenericSingl
                 let mut header = [0u8; HEADER_LEN];
                 header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
                 header[2..].copy_from_slice(&v.fingerprint.0);
-                let reader =
-                    GenericSingleObjectReader::new_with_header_builder(v.schema.clone(), Header(header)).ok()?;
+                let reader = GenericSingleObjectReader::builder()
+                    .schema(v.schema.clone())
+                    .header(header.to_vec())
+                    .build()
+                    .ok()?;
                 Some((v.fingerprint, reader))
             })
             .collect()

@@ -135,14 +135,12 @@ impl SubscribeStream {
             Some(cursor) if self.registration.rx.is_empty() => cursor,
             _ => self.last_sent.clone(),
         };
+        let at = now();
         v1::SubscribeResponse {
             deliveries: Vec::new(),
-            heartbeat: Some(v1::Heartbeat {
-                at: Some(timestamp(chrono::Utc::now())),
-                caught_up: true,
-                backfill: Vec::new(),
-            }),
+            heartbeat: Some(v1::Heartbeat { at: Some(at), caught_up: true, backfill: Vec::new() }),
             cursor,
+            sent_at: Some(at),
         }
     }
 
@@ -172,7 +170,7 @@ impl SubscribeStream {
         let metrics = if live { &self.recorders.live } else { &self.recorders.catch_up };
         let span = metrics.delivering(origin.as_deref());
         metrics.delivered(origin.as_deref(), span);
-        Ok(Some(v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor }))
+        Ok(Some(v1::SubscribeResponse { deliveries: vec![*delivery], heartbeat: None, cursor, sent_at: Some(now()) }))
     }
 
     /// Pending while the views are behind the revocation bound (polled again shortly).
@@ -195,6 +193,12 @@ impl SubscribeStream {
         self.phase = Phase::Done;
         Poll::Ready(Some(Err(status)))
     }
+}
+
+/// A message's `sent_at` (and a heartbeat's time): taken as the message leaves for the wire,
+/// after its checks.
+fn now() -> prost_types::Timestamp {
+    timestamp(chrono::Utc::now())
 }
 
 fn fell_behind() -> Status {
@@ -235,15 +239,13 @@ impl Stream for SubscribeStream {
                     Poll::Ready(Some(Outgoing::FellBehind)) => return this.end(fell_behind()),
                     Poll::Ready(Some(Outgoing::Progress { progress, cursor })) => {
                         this.last_sent.clone_from(&cursor);
-                        let heartbeat = v1::Heartbeat {
-                            at: Some(timestamp(chrono::Utc::now())),
-                            caught_up: false,
-                            backfill: vec![progress],
-                        };
+                        let at = now();
+                        let heartbeat = v1::Heartbeat { at: Some(at), caught_up: false, backfill: vec![progress] };
                         return Poll::Ready(Some(Ok(v1::SubscribeResponse {
                             deliveries: Vec::new(),
                             heartbeat: Some(heartbeat),
                             cursor,
+                            sent_at: Some(at),
                         })));
                     }
                     // The reader dropped its sender after saying how it ended.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::CardTransaction;
 use crate::samples;
 use proptest::prelude::*;
 
@@ -15,6 +16,19 @@ fn every_sample_round_trips() {
     for event in every_sample() {
         let encoded = encode(&event).expect("encodes");
         assert_eq!(decode(&encoded.bytes).expect("decodes"), event);
+    }
+}
+
+#[test]
+fn the_direct_decoder_reads_what_the_value_path_reads() {
+    for event in every_sample() {
+        let bytes = encode(&event).expect("encodes").bytes;
+        let reference = match &event {
+            Event::Transaction(_) => decode_via_value(&bytes).map(Event::Transaction),
+            Event::Statement(_) => decode_via_value(&bytes).map(Event::Statement),
+        }
+        .expect("decodes");
+        assert_eq!(decode(&bytes).expect("decodes"), reference);
     }
 }
 
@@ -142,16 +156,50 @@ proptest! {
         let event = Event::Transaction(tx);
         let bytes = encode(&event).expect("encodes").bytes;
         prop_assert_eq!(&bytes[HEADER_LEN..], &reference[..], "the fast encoder differs from the reference");
+        let Event::Transaction(via_value) = &event else { unreachable!() };
+        prop_assert_eq!(&decode_via_value::<CardTransaction>(&bytes).expect("decodes"), via_value);
         prop_assert_eq!(decode(&bytes).expect("decodes"), event);
     }
 
+    /// Any body after a transaction's or a statement's header: the direct decoder never panics,
+    /// and accepts exactly what the `Value` path accepts, as the same record.
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bytes_never_panic_and_decode_as_the_value_path_does(
+        bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        statement in any::<bool>(),
+    ) {
         let _ = decode(&bytes);
-        let mut with_header = encode(&every_sample()[2]).expect("encodes").bytes;
+        let mut with_header = encode(&every_sample()[if statement { 2 } else { 0 }]).expect("encodes").bytes;
         with_header.truncate(HEADER_LEN);
         with_header.extend_from_slice(&bytes);
-        let _ = decode(&with_header);
+        let direct = decode(&with_header).ok();
+        let reference = if statement {
+            decode_via_value(&with_header).ok().map(Event::Statement)
+        } else {
+            decode_via_value(&with_header).ok().map(Event::Transaction)
+        };
+        prop_assert_eq!(direct, reference);
+    }
+
+    /// Random mutations of a real transaction (most bodies of random bytes fail early; these get
+    /// deep into the record): both decoders agree.
+    #[test]
+    fn mutated_transactions_decode_as_the_value_path_does(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = encode(&every_sample()[1]).expect("encodes").bytes;
+        for (at, byte) in flips {
+            let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+            bytes[i] = byte;
+        }
+        if truncate {
+            bytes.truncate(HEADER_LEN + cut.index(bytes.len() - HEADER_LEN));
+        }
+        let direct = decode(&bytes).ok();
+        let reference = decode_via_value::<CardTransaction>(&bytes).ok().map(Event::Transaction);
+        prop_assert_eq!(direct, reference);
     }
 }
 
@@ -235,4 +283,26 @@ fn registry_and_consent_events_round_trip() {
     };
     let bytes = encode_record(RecordType::ConsentEvent, &consent).expect("encodes").bytes;
     assert_eq!(decode_record::<ConsentEvent>(&bytes, RecordType::ConsentEvent).expect("decodes"), consent);
+
+    // What a producer of consent_event v1 (before `history_days`) wrote is read through schema
+    // resolution, the added field at its default.
+    let v1 = Schemas::get()
+        .versions()
+        .iter()
+        .find(|v| v.record == RecordType::ConsentEvent && v.version == 1)
+        .expect("consent_event v1 is committed");
+    let apache_avro::types::Value::Record(fields) = apache_avro::to_value(&consent).expect("to a value") else {
+        panic!("a record")
+    };
+    let fields = fields.into_iter().filter(|(name, _)| name != "history_days").collect();
+    let value = apache_avro::types::Value::Record(fields).resolve(&v1.schema).expect("fits v1");
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&v1.schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .expect("writes v1");
+    let mut old = SINGLE_OBJECT_MARKER.to_vec();
+    old.extend_from_slice(&v1.fingerprint.0);
+    old.extend_from_slice(&body);
+    let read = decode_record::<ConsentEvent>(&old, RecordType::ConsentEvent).expect("decodes v1");
+    assert_eq!(read, ConsentEvent { history_days: 0, ..consent });
 }
