@@ -127,12 +127,19 @@ impl Report {
         }
         out
     }
+}
 
-    pub fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("history.json"), serde_json::to_string_pretty(self)?)?;
-        std::fs::write(dir.join("history.md"), self.markdown())?;
-        Ok(())
+impl crate::Written for Report {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn markdown(&self) -> String {
+        Report::markdown(self)
+    }
+
+    fn set_machine(&mut self, machine: String) {
+        self.machine = machine;
     }
 }
 

@@ -10,10 +10,13 @@
 //! the history benchmark instead ([`history`]: backfill against a growing store, the indexer,
 //! `ListTransactions`) and writes `history.json` and `history.md`; with `--peak`, the whole bus
 //! at peak ([`peak`]: one replica's shared reader against a plain consumer, with ten million
-//! consents and 1,000 streams) into `peak.json` and `peak.md`. See [`run`] for what is
-//! measured and how; the hidden subcommands are the child processes it starts ([`roles`]).
+//! consents and 1,000 streams) into `peak.json` and `peak.md`; with `--idle`, memory per idle
+//! stream from 1,000 to 10,000 streams ([`idle`]) into `idle.json` and `idle.md`. See [`run`]
+//! for what is measured and how; the hidden subcommands are the child processes it starts
+//! ([`roles`]).
 
 mod history;
+mod idle;
 mod peak;
 mod plot;
 mod procstat;
@@ -21,7 +24,7 @@ mod report;
 mod roles;
 mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -97,6 +100,39 @@ struct RunArgs {
     /// Share of those transactions that belong to consented accounts.
     #[arg(long, default_value_t = 0.1)]
     peak_consented_share: f64,
+    /// Run the idle-stream memory benchmark instead (see the `--idle-*` options).
+    #[arg(long)]
+    idle: bool,
+    /// Idle streams connected at each reading (comma-separated, ascending).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    idle_streams: Vec<usize>,
+    /// Streams per connection in the multiplexed layout.
+    #[arg(long, default_value_t = 250)]
+    idle_multiplex: usize,
+}
+
+/// A benchmark's report: written to `--out` as `<name>.json` and `<name>.md`, and printed.
+pub(crate) trait Written: serde::Serialize {
+    fn name(&self) -> &'static str;
+    fn markdown(&self) -> String;
+    fn set_machine(&mut self, machine: String);
+
+    /// Anything written beside the JSON and the Markdown (a plot).
+    fn write_more(&self, _dir: &Path) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stamps `report` with this machine, writes it to `out` and prints it.
+fn finish(mut report: impl Written, out: &Path) -> anyhow::Result<()> {
+    report.set_machine(machine());
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join(format!("{}.json", report.name())), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(out.join(format!("{}.md", report.name())), report.markdown())?;
+    report.write_more(out)?;
+    println!("{}", report.markdown());
+    println!("results in {}", out.display());
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,12 +237,14 @@ async fn main() -> anyhow::Result<()> {
                 records: a.peak_records,
                 consented_share: a.peak_consented_share,
             };
-            let mut report = peak::run(&plan).await?;
-            report.machine = machine();
-            report.write(&a.out)?;
-            println!("{}", report.markdown());
-            println!("results in {}", a.out.display());
-            Ok(())
+            finish(peak::run(&plan).await?, &a.out)
+        }
+        None if cli.run.idle => {
+            let a = cli.run;
+            let mut sizes = a.idle_streams.clone();
+            sizes.sort_unstable();
+            let plan = idle::Plan { kafka: a.kafka, sizes, multiplex: a.idle_multiplex };
+            finish(idle::run(&plan).await?, &a.out)
         }
         None if cli.run.history => {
             let a = cli.run;
@@ -219,12 +257,7 @@ async fn main() -> anyhow::Result<()> {
                 indexed: a.history_indexed,
                 runs: a.history_runs,
             };
-            let mut report = history::run(&plan).await?;
-            report.machine = machine();
-            report.write(&a.out)?;
-            println!("{}", report.markdown());
-            println!("results in {}", a.out.display());
-            Ok(())
+            finish(history::run(&plan).await?, &a.out)
         }
         None => {
             let a = cli.run;
@@ -238,12 +271,7 @@ async fn main() -> anyhow::Result<()> {
                 ingest_clients: a.ingest_clients,
                 baseline: !a.no_baseline,
             };
-            let mut report = run::run(plan).await?;
-            report.machine = machine();
-            report.write(&a.out)?;
-            println!("{}", report.markdown());
-            println!("results in {}", a.out.display());
-            Ok(())
+            finish(run::run(plan).await?, &a.out)
         }
     }
 }

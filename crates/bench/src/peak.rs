@@ -93,12 +93,19 @@ impl Report {
             self.rss_mib,
         )
     }
+}
 
-    pub fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("peak.json"), serde_json::to_string_pretty(self)?)?;
-        std::fs::write(dir.join("peak.md"), self.markdown())?;
-        Ok(())
+impl crate::Written for Report {
+    fn name(&self) -> &'static str {
+        "peak"
+    }
+
+    fn markdown(&self) -> String {
+        Report::markdown(self)
+    }
+
+    fn set_machine(&mut self, machine: String) {
+        self.machine = machine;
     }
 }
 

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -44,6 +43,46 @@ pub struct Fanout {
     pub baseline_cpu_seconds: Option<f64>,
     pub baseline_cpu_us_per_delivery: Option<f64>,
     pub baseline_kib_per_consumer: Option<f64>,
+    /// From each event's scheduled publish time to its receipt by the aggregator's client
+    /// (HdrHistogram; free of coordinated omission).
+    pub scheduled: Option<Latency>,
+    /// The same, to its receipt by a plain consumer of the bus, in the same run: what ingest and
+    /// the bus alone take.
+    pub bus_scheduled: Option<Latency>,
+    /// From each record's broker timestamp to its receipt by the plain consumer: the bus's own
+    /// hop (millisecond timestamps: ±1 ms).
+    pub bus_hop: Option<Latency>,
+}
+
+/// A latency distribution's summary, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// The summary of a histogram of microseconds.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+
+    fn cells(l: Option<&Self>) -> String {
+        l.map_or_else(
+            || "— | — | — | —".to_owned(),
+            |l| format!("{:.1} | {:.1} | {:.1} | {:.1}", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -110,13 +149,53 @@ impl Report {
                 opt(ratio, 1),
             );
         }
+        if self.fanout.iter().any(|f| f.scheduled.is_some()) {
+            let _ = writeln!(
+                out,
+                "\nLatency from each event's scheduled publish time (HdrHistogram, ms; targets at 1,000 streams: p50 ≤ 10, p99 ≤ 25):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| streams | events | cardlink p50 | p99 | p99.9 | max | plain consumer p50 | p99 | p99.9 | max | cardlink's own p50 | p99 | bus hop p50 | p99 |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for f in &self.fanout {
+                let added = |q: fn(&Latency) -> f64| {
+                    opt(f.scheduled.as_ref().zip(f.bus_scheduled.as_ref()).map(|(c, b)| q(c) - q(b)), 1)
+                };
+                let hop = |q: fn(&Latency) -> f64| opt(f.bus_hop.as_ref().map(q), 1);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    f.streams,
+                    f.scheduled.map_or(0, |l| l.count),
+                    Latency::cells(f.scheduled.as_ref()),
+                    Latency::cells(f.bus_scheduled.as_ref()),
+                    added(|l| l.p50_ms),
+                    added(|l| l.p99_ms),
+                    hop(|l| l.p50_ms),
+                    hop(|l| l.p99_ms),
+                );
+            }
+        }
         out
     }
+}
 
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(self)?)?;
-        std::fs::write(dir.join("results.md"), self.markdown())?;
+impl crate::Written for Report {
+    fn name(&self) -> &'static str {
+        "results"
+    }
+
+    fn markdown(&self) -> String {
+        Report::markdown(self)
+    }
+
+    fn set_machine(&mut self, machine: String) {
+        self.machine = machine;
+    }
+
+    fn write_more(&self, dir: &Path) -> anyhow::Result<()> {
         if !self.fanout.is_empty() {
             crate::plot::draw(&self.fanout, &dir.join("fanout.png"))?;
         }

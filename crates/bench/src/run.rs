@@ -32,14 +32,16 @@ use cardlink_api::v1::subscription_client::SubscriptionClient;
 use cardlink_auth::Role;
 use cardlink_authn::Caller;
 use cardlink_bus::{BusConfig, Consumer, Topic};
+use cardlink_events::Event;
 use cardlink_events::registry::{AggregatorEntity, AggregatorStatus, IssuerEntity, Scope};
 use futures::StreamExt as _;
+use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tonic::transport::Channel;
 
 use crate::procstat;
-use crate::report::{Fanout, Ingest, Report};
+use crate::report::{Fanout, Ingest, Latency, Report};
 use crate::roles::Start;
 
 /// What to measure.
@@ -68,19 +70,19 @@ fn issuer_of(streams: usize) -> String {
     format!("bench-{streams}-streams")
 }
 
-fn aggregator(i: usize) -> String {
+pub(crate) fn aggregator(i: usize) -> String {
     format!("agg-{i:04}")
 }
 
 /// A child process speaking the roles' protocol.
-struct ChildProcess {
+pub(crate) struct ChildProcess {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl ChildProcess {
-    fn spawn(args: &[String]) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(args: &[String]) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(args)
             .stdin(Stdio::piped())
@@ -93,12 +95,12 @@ impl ChildProcess {
         Ok(Self { child, stdin, stdout })
     }
 
-    fn pid(&self) -> anyhow::Result<u32> {
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
         self.child.id().context("child exited")
     }
 
     /// The rest of the first line starting with `word`.
-    async fn expect(&mut self, word: &str, within: Duration) -> anyhow::Result<String> {
+    pub(crate) async fn expect(&mut self, word: &str, within: Duration) -> anyhow::Result<String> {
         let read = async {
             while let Some(line) = self.stdout.next_line().await? {
                 if let Some(rest) = line.strip_prefix(word) {
@@ -115,14 +117,14 @@ impl ChildProcess {
         Ok(self.stdin.flush().await?)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.say("stop").await;
         drop(self.stdin);
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
 
-fn child_args(role: &str, bus: &BusConfig) -> Vec<String> {
+pub(crate) fn child_args(role: &str, bus: &BusConfig) -> Vec<String> {
     vec![role.into(), "--kafka".into(), bus.bootstrap_servers.clone(), "--prefix".into(), bus.topic_prefix.clone()]
 }
 
@@ -146,30 +148,97 @@ async fn raw_producer(bus: &BusConfig, events: usize, in_flight: usize) -> anyho
 
 /// Ingest requests of `events` simulated events of `issuer` over `members` accounts.
 fn requests(issuer: &str, members: usize, events: usize, batch: usize) -> Vec<v1::PublishRequest> {
+    to_requests(issuer, &batches(issuer, members, events, batch))
+}
+
+/// `events` simulated events of `issuer` over `members` accounts, in batches of `batch`.
+fn batches(issuer: &str, members: usize, events: usize, batch: usize) -> Vec<Vec<Event>> {
     let mut sim = Simulator::new(SimConfig::new(issuer, 7, members));
     let mut out = Vec::new();
     let mut left = events;
     while left > 0 {
         let n = left.min(batch);
-        let records = sim.take(n).iter().map(cardlink_api::convert::ingest_record).collect();
-        out.push(v1::PublishRequest {
-            issuer_id: issuer.into(),
-            batch_id: uuid::Uuid::new_v4().to_string(),
-            records,
-            historical: false,
-        });
+        out.push(sim.take(n));
         left -= n;
     }
     out
 }
 
-fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+fn to_requests(issuer: &str, batches: &[Vec<Event>]) -> Vec<v1::PublishRequest> {
+    batches
+        .iter()
+        .map(|events| v1::PublishRequest {
+            issuer_id: issuer.into(),
+            batch_id: uuid::Uuid::new_v4().to_string(),
+            records: events.iter().map(cardlink_api::convert::ingest_record).collect(),
+            historical: false,
+        })
+        .collect()
+}
+
+/// When request `i` of `records` records is due, at `rate` records/s: when `i` such requests'
+/// records were due.
+fn due(i: usize, records: usize, rate: u32) -> Duration {
+    Duration::from_secs_f64((i * records) as f64 / f64::from(rate.max(1)))
+}
+
+/// When each measured event was meant to be published — its request's slot in the schedule —
+/// so latency is measured from that moment and not from when the load generator got round to
+/// sending it (coordinated omission): a stalled publisher makes the events behind it late, and
+/// that shows in the figures.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// Set when publishing starts.
+    start: std::sync::OnceLock<Instant>,
+    /// By the event id the aggregator receives (its pseudonym for the issuer's id).
+    delivered: HashMap<String, Duration>,
+    /// By the issuer's own event id (what a plain consumer of the bus reads).
+    published: HashMap<uuid::Uuid, Duration>,
+}
+
+impl Schedule {
+    /// The schedule of `batches` published at `rate`, each event received by the aggregator
+    /// `aggregator_of` its account, with pseudonyms under `secret`.
+    fn new(batches: &[Vec<Event>], rate: u32, aggregator_of: impl Fn(&str) -> Option<String>, secret: &[u8]) -> Self {
+        let mut schedule = Self::default();
+        for (i, events) in batches.iter().enumerate() {
+            let due = due(i, events.len(), rate);
+            for event in events {
+                let id = event.event_id().0;
+                schedule.published.insert(id, due);
+                if let Some(aggregator) = aggregator_of(event.account_ref()) {
+                    let pseudonym = cardlink_auth::Pseudonyms::new(secret, &aggregator).event(event.issuer_id(), &id);
+                    schedule.delivered.insert(pseudonym, due);
+                }
+            }
+        }
+        schedule
+    }
+
+    /// How long after its scheduled time an event is received now, if it is one of the schedule's
+    /// and publishing has started.
+    fn late(&self, due: Option<&Duration>) -> Option<Duration> {
+        Some((*self.start.get()? + *due?).elapsed())
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 minutes, three significant digits.
+fn histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 digits"))
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    histogram.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
+pub(crate) fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
     Ok(request)
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
 }
 
@@ -181,22 +250,31 @@ async fn publish(
     requests: Vec<v1::PublishRequest>,
     clients: usize,
     rate: Option<u32>,
+    schedule: Option<&Schedule>,
 ) -> anyhow::Result<(u64, f64)> {
     let accepted = Arc::new(AtomicU64::new(0));
     let queue = Arc::new(tokio::sync::Mutex::new(requests.into_iter().enumerate()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut connected = Vec::new();
     for _ in 0..clients {
-        let mut client = IssuerIngestClient::new(channel(ingest).await?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        connected.push(
+            IssuerIngestClient::new(channel(ingest).await?)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        );
+    }
+    // The schedule starts once every client is connected.
+    let started = Instant::now();
+    if let Some(schedule) = schedule {
+        anyhow::ensure!(schedule.start.set(started).is_ok(), "a schedule is published once");
+    }
+    let mut tasks = Vec::new();
+    for mut client in connected {
         let (queue, accepted, key) = (Arc::clone(&queue), Arc::clone(&accepted), key.to_owned());
         tasks.push(tokio::spawn(async move {
             loop {
                 let Some((i, request)) = queue.lock().await.next() else { return Ok::<_, anyhow::Error>(()) };
                 if let Some(rate) = rate {
-                    // Request i is due when i batches' worth of records were due.
-                    let due = Duration::from_secs_f64((i * request.records.len()) as f64 / f64::from(rate));
+                    let due = due(i, request.records.len(), rate);
                     tokio::time::sleep_until(tokio::time::Instant::from_std(started + due)).await;
                 }
                 let response = client.publish(authorized(request, &key)?).await?.into_inner();
@@ -210,23 +288,32 @@ async fn publish(
     Ok((accepted.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
 }
 
+/// What a stream's client measured: latency from each record's broker timestamp (µs, ±1 ms), and
+/// from each scheduled event's intended publish time.
+type Latencies = (Vec<u32>, Histogram<u64>);
+
 /// One aggregator's stream as the benchmark's client: counts deliveries and their latency.
 struct StreamClient {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<Vec<u32>>>,
+    task: tokio::task::JoinHandle<anyhow::Result<Latencies>>,
 }
 
-/// Deliveries of events published at or after `since_ms` (a shared, movable threshold) are
-/// counted and timed; earlier ones (the warm-up's) are not. A stream the service drops for
-/// falling behind (its queue full while this machine's cores are busy) resumes from its last
-/// cursor, as an aggregator's client does; `resumes` counts those.
-async fn open_stream(
-    addr: &str,
-    token: &str,
+/// The shared counters and the schedule every stream client of a measurement reports against.
+#[derive(Clone)]
+struct Tally {
     received: Arc<AtomicU64>,
     resumes: Arc<AtomicU64>,
     since_ms: Arc<std::sync::atomic::AtomicI64>,
-) -> anyhow::Result<StreamClient> {
+    schedule: Arc<Schedule>,
+}
+
+/// Deliveries of events published at or after `since_ms` (a shared, movable threshold) are
+/// counted and timed; earlier ones (the warm-up's) are not; the schedule's events are also timed
+/// from their intended publish time. A stream the service drops for falling behind (its queue
+/// full while this machine's cores are busy) resumes from its last cursor, as an aggregator's
+/// client does; `resumes` counts those.
+async fn open_stream(addr: &str, token: &str, tally: Tally) -> anyhow::Result<StreamClient> {
+    let Tally { received, resumes, since_ms, schedule } = tally;
     let mut client = SubscriptionClient::new(channel(addr).await?);
     let token = token.to_owned();
     let request = |cursor: Option<String>| v1::SubscribeRequest {
@@ -246,13 +333,14 @@ async fn open_stream(
     let task = tokio::spawn(async move {
         // Publish→deliver, in microseconds (millisecond timestamps: ±1 ms).
         let mut latencies = Vec::new();
+        let mut scheduled = histogram();
         loop {
             tokio::select! {
-                _ = stopped.changed() => return Ok(latencies),
+                _ = stopped.changed() => return Ok((latencies, scheduled)),
                 message = stream.message() => {
                     let message = match message {
                         Ok(Some(message)) => message,
-                        Ok(None) => return Ok(latencies),
+                        Ok(None) => return Ok((latencies, scheduled)),
                         Err(status) if status.code() == tonic::Code::ResourceExhausted && cursor.is_some() => {
                             resumes.fetch_add(1, Ordering::Relaxed);
                             stream = client.subscribe(authorized(request(cursor.clone()), &token)?).await?.into_inner();
@@ -266,6 +354,14 @@ async fn open_stream(
                     let now_ms = chrono::Utc::now().timestamp_millis();
                     let since = since_ms.load(Ordering::Relaxed);
                     for d in &message.deliveries {
+                        let id = match &d.event {
+                            Some(v1::delivery::Event::Transaction(t)) => Some(&t.event_id),
+                            Some(v1::delivery::Event::Statement(s)) => Some(&s.event_id),
+                            _ => None,
+                        };
+                        if let Some(late) = schedule.late(id.and_then(|id| schedule.delivered.get(id))) {
+                            record(&mut scheduled, late);
+                        }
                         let published_ms = d.published_at.as_ref().map_or(i64::MAX, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000);
                         if published_ms < since {
                             continue;
@@ -280,6 +376,32 @@ async fn open_stream(
         }
     });
     Ok(StreamClient { stop, task })
+}
+
+/// What the plain consumer measured: from each scheduled event's intended publish time to its
+/// receipt, and from each record's broker timestamp (the bus's own hop).
+#[derive(Debug)]
+struct BusLatency {
+    scheduled: Histogram<u64>,
+    hop: Histogram<u64>,
+}
+
+impl Default for BusLatency {
+    fn default() -> Self {
+        Self { scheduled: histogram(), hop: histogram() }
+    }
+}
+
+impl BusLatency {
+    fn seen(&mut self, schedule: &Schedule, payload: &[u8], broker_ms: Option<i64>) {
+        let Ok(event) = cardlink_events::decode(payload) else { return };
+        let Some(late) = schedule.late(schedule.published.get(&event.event_id().0)) else { return };
+        record(&mut self.scheduled, late);
+        if let Some(ms) = broker_ms {
+            let hop_ms = (chrono::Utc::now().timestamp_millis() - ms).max(0);
+            record(&mut self.hop, Duration::from_millis(u64::try_from(hop_ms).unwrap_or(0)));
+        }
+    }
 }
 
 /// End offsets of the event topics now.
@@ -307,12 +429,19 @@ struct World {
     issuer_keys: Vec<(String, String)>,
 }
 
-async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Plan) -> anyhow::Result<World> {
-    let max = plan.streams.iter().copied().max().unwrap_or(1);
+/// The benchmark's operator, bootstrapped on `registry`.
+pub(crate) async fn operator(registry: &cardlink_registry::service::Registry) -> anyhow::Result<Caller> {
     let operator = registry.bootstrap_operator("bench-operator").await?;
-    let op =
-        Caller { participant_id: "bench-operator".into(), role: Role::Operator, credential_id: operator.credential_id };
-    let registrations = futures::stream::iter(0..max)
+    Ok(Caller { participant_id: "bench-operator".into(), role: Role::Operator, credential_id: operator.credential_id })
+}
+
+/// Registers aggregators `agg-0000` … `agg-<n-1>`; their tokens.
+pub(crate) async fn register_aggregators(
+    registry: &cardlink_registry::service::Registry,
+    op: &Caller,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let registrations = futures::stream::iter(0..n)
         .map(|i| {
             let op = op.clone();
             async move {
@@ -330,7 +459,13 @@ async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Pla
         .buffered(32)
         .collect::<Vec<_>>()
         .await;
-    let aggregator_tokens = registrations.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(registrations.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+async fn build_world(registry: &cardlink_registry::service::Registry, plan: &Plan) -> anyhow::Result<World> {
+    let max = plan.streams.iter().copied().max().unwrap_or(1);
+    let op = operator(registry).await?;
+    let aggregator_tokens = register_aggregators(registry, &op, max).await?;
     let mut issuer_keys = Vec::new();
     let issuers: Vec<(String, usize)> = std::iter::once(("bench-ingest".to_owned(), 0))
         .chain(plan.streams.iter().map(|s| (issuer_of(*s), *s)))
@@ -394,33 +529,68 @@ async fn write_consents(bus: &BusConfig, plan: &Plan, streams: usize) -> anyhow:
     Ok(())
 }
 
-pub async fn run(plan: Plan) -> anyhow::Result<Report> {
-    // The broker: embedded in this process unless a cluster is named.
+/// What every driven benchmark starts from: the broker (embedded in this process unless a
+/// cluster is named), the benchmark's topics, and the registry with its token signer.
+pub(crate) struct Ground {
     #[cfg(feature = "embedded-broker")]
-    let (_broker, kafka) = match &plan.kafka {
-        Some(k) => (None, k.clone()),
-        None => {
-            let broker = cardlink_bus::embedded::EmbeddedBroker::start_ephemeral().await?;
-            let bootstrap = broker.bootstrap_servers();
-            (Some(broker), bootstrap)
-        }
-    };
-    #[cfg(not(feature = "embedded-broker"))]
-    let kafka = plan.kafka.clone().context("built without the embedded broker: pass --kafka")?;
-    let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let bus = crate::roles::bus(&kafka, &prefix);
-    cardlink_bus::provision(&bus).await.context("provisioning the benchmark's topics")?;
-    eprintln!("bench: broker {kafka}, topics {prefix}.*");
+    _broker: Option<cardlink_bus::embedded::EmbeddedBroker>,
+    pub bus: BusConfig,
+    pub signer: Arc<cardlink_auth::TokenSigner>,
+    pub registry: cardlink_registry::server::RunningRegistry,
+}
 
-    let signer = Arc::new(cardlink_auth::TokenSigner::generate("bench"));
-    let registry_config =
-        cardlink_registry::server::RegistryConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
-    let registry = cardlink_registry::server::start(&bus, registry_config, Arc::clone(&signer)).await?;
+impl Ground {
+    pub(crate) async fn lay(kafka: Option<&str>) -> anyhow::Result<Self> {
+        #[cfg(feature = "embedded-broker")]
+        let (broker, kafka) = match kafka {
+            Some(k) => (None, k.to_owned()),
+            None => {
+                let broker = cardlink_bus::embedded::EmbeddedBroker::start_ephemeral().await?;
+                let bootstrap = broker.bootstrap_servers();
+                (Some(broker), bootstrap)
+            }
+        };
+        #[cfg(not(feature = "embedded-broker"))]
+        let kafka = kafka.context("built without the embedded broker: pass --kafka")?.to_owned();
+        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let bus = crate::roles::bus(&kafka, &prefix);
+        cardlink_bus::provision(&bus).await.context("provisioning the benchmark's topics")?;
+        eprintln!("bench: broker {kafka}, topics {prefix}.*");
+        let signer = Arc::new(cardlink_auth::TokenSigner::generate("bench"));
+        let registry_config =
+            cardlink_registry::server::RegistryConfig { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() };
+        let registry = cardlink_registry::server::start(&bus, registry_config, Arc::clone(&signer)).await?;
+        Ok(Self {
+            #[cfg(feature = "embedded-broker")]
+            _broker: broker,
+            bus,
+            signer,
+            registry,
+        })
+    }
+
+    /// A subscription service in a child process, trusting this registry's tokens and pseudonymising
+    /// with `secret`; and its address.
+    pub(crate) async fn subscription(&self, secret: &[u8]) -> anyhow::Result<(ChildProcess, String)> {
+        use base64::Engine as _;
+        let secret_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let mut args = child_args("serve-subscription", &self.bus);
+        // `--secret=…` in one argument: a base64url value may begin with `-`, which would read as a flag.
+        args.extend(["--trusted-key".into(), self.signer.public_key().to_config(), format!("--secret={secret_b64}")]);
+        let mut child = ChildProcess::spawn(&args)?;
+        let addr = child.expect("ready", Duration::from_secs(300)).await.context("the subscription service")?;
+        Ok((child, addr))
+    }
+}
+
+pub async fn run(plan: Plan) -> anyhow::Result<Report> {
+    let ground = Ground::lay(plan.kafka.as_deref()).await?;
+    let (bus, registry) = (&ground.bus, &ground.registry);
     let world = build_world(registry.registry(), &plan).await?;
     eprintln!("bench: registered {} aggregators and their connections", world.aggregator_tokens.len());
 
     let keys: Vec<String> = world.issuer_keys.iter().map(|(i, k)| format!("{i}={k}")).collect();
-    let mut ingest_args = child_args("serve-ingest", &bus);
+    let mut ingest_args = child_args("serve-ingest", bus);
     for k in &keys {
         ingest_args.extend(["--issuer-key".into(), k.clone()]);
     }
@@ -431,11 +601,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)
     };
-    let mut sub_args = child_args("serve-subscription", &bus);
-    // `--secret=…` in one argument: a base64url value may begin with `-`, which would read as a flag.
-    sub_args.extend(["--trusted-key".into(), signer.public_key().to_config(), format!("--secret={secret_b64}")]);
-    let mut subscription = ChildProcess::spawn(&sub_args)?;
-    let sub_addr = subscription.expect("ready", Duration::from_secs(300)).await.context("the subscription service")?;
+    let (subscription, sub_addr) = ground.subscription(&secret).await?;
     let key_of =
         |issuer: &str| world.issuer_keys.iter().find(|(i, _)| i == issuer).map(|(_, k)| k.clone()).unwrap_or_default();
 
@@ -445,7 +611,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let requests_in = requests("bench-ingest", 10_000, plan.ingest_events, BATCH);
     let before = procstat::sample(ingest.pid()?)?;
     let (accepted, seconds) =
-        publish(&ingest_addr, &key_of("bench-ingest"), requests_in, plan.ingest_clients, None).await?;
+        publish(&ingest_addr, &key_of("bench-ingest"), requests_in, plan.ingest_clients, None, None).await?;
     let after = procstat::sample(ingest.pid()?)?;
     let cpu = (after.cpu - before.cpu).as_secs_f64();
     report.ingest = Some(Ingest {
@@ -459,31 +625,39 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         raw_producer_records_per_second: None,
     });
     eprintln!("bench: ingest {accepted} records in {seconds:.1} s = {:.0}/s", accepted as f64 / seconds);
-    let raw = raw_producer(&bus, plan.ingest_events, plan.ingest_clients * BATCH).await?;
+    let raw = raw_producer(bus, plan.ingest_events, plan.ingest_clients * BATCH).await?;
     eprintln!("bench: plain producer, the same records: {raw:.0}/s");
     if let Some(i) = report.ingest.as_mut() {
         i.raw_producer_records_per_second = Some(raw);
     }
 
-    let probe = Consumer::new(&bus, "bench-probe")?;
+    let probe = Consumer::new(bus, "bench-probe")?;
     for (stage, &streams) in plan.streams.iter().enumerate() {
-        write_consents(&bus, &plan, streams).await?;
+        write_consents(bus, &plan, streams).await?;
         let issuer = issuer_of(streams);
         let warmup = (plan.rate as usize).min(5_000);
-        let mut reqs = requests(&issuer, plan.consents, warmup + plan.events, 100);
-        let measured = reqs.split_off(warmup / 100);
+        let mut all = batches(&issuer, plan.consents, warmup + plan.events, 100);
+        let measured_batches = all.split_off(warmup / 100);
+        let (reqs, measured) = (to_requests(&issuer, &all), to_requests(&issuer, &measured_batches));
+        // Each account's consent is with one aggregator (`write_consents`).
+        let aggregator_of = |account: &str| {
+            let n: usize = account.rsplit_once("-acct-")?.1.parse().ok()?;
+            Some(aggregator(n % streams))
+        };
+        let schedule = Arc::new(Schedule::new(&measured_batches, plan.rate, aggregator_of, &secret));
         // Streams connect; idle memory first.
         let pid = subscription.pid()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let empty = procstat::sample(pid)?;
-        let received = Arc::new(AtomicU64::new(0));
-        let since_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let resumes = Arc::new(AtomicU64::new(0));
+        let tally = Tally {
+            received: Arc::new(AtomicU64::new(0)),
+            resumes: Arc::new(AtomicU64::new(0)),
+            since_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            schedule: Arc::clone(&schedule),
+        };
+        let Tally { received, resumes, since_ms, .. } = tally.clone();
         let clients = futures::stream::iter(0..streams)
-            .map(|i| {
-                let token = &world.aggregator_tokens[i];
-                open_stream(&sub_addr, token, Arc::clone(&received), Arc::clone(&resumes), Arc::clone(&since_ms))
-            })
+            .map(|i| open_stream(&sub_addr, &world.aggregator_tokens[i], tally.clone()))
             .buffered(16)
             .collect::<Vec<_>>()
             .await
@@ -492,7 +666,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = procstat::sample(pid)?;
         // Warm up: the consent view has the new consents once these arrive.
-        let (warmup, _) = publish(&ingest_addr, &key_of(&issuer), reqs, PUBLISHERS, Some(plan.rate)).await?;
+        let (warmup, _) = publish(&ingest_addr, &key_of(&issuer), reqs, PUBLISHERS, Some(plan.rate), None).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while received.load(Ordering::Relaxed) < warmup && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -525,9 +699,22 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         let since = chrono::Utc::now().timestamp_millis();
         since_ms.store(since, Ordering::Relaxed);
         received.store(0, Ordering::Relaxed);
+        // The bus's own share: a plain consumer reading the same records as they are written.
+        let bus_latency = Arc::new(std::sync::Mutex::new(BusLatency::default()));
+        let tail = {
+            let (schedule, bus_latency) = (Arc::clone(&schedule), Arc::clone(&bus_latency));
+            let topics = [Topic::Transactions, Topic::Statements];
+            cardlink_bus::baseline::tail(bus, &topics, move |payload, broker_ms| {
+                bus_latency
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .seen(&schedule, payload, broker_ms);
+            })
+            .await?
+        };
         let cpu0 = procstat::sample(pid)?;
         let (published, seconds) =
-            publish(&ingest_addr, &key_of(&issuer), measured, PUBLISHERS, Some(plan.rate)).await?;
+            publish(&ingest_addr, &key_of(&issuer), measured, PUBLISHERS, Some(plan.rate), Some(&schedule)).await?;
         let active = procstat::sample(pid)?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
@@ -536,12 +723,28 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         let delivered = received.load(Ordering::Relaxed);
         let cpu1 = procstat::sample(pid)?;
         let drained = seconds.max(0.001);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bus_latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).scheduled.len() < published
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bus_read = tail.finish().await?;
         let mut latencies = Vec::new();
+        let mut scheduled = histogram();
         for c in clients {
             c.stop.send_replace(true);
-            latencies.extend(c.task.await??);
+            let (broker, from_schedule) = c.task.await??;
+            latencies.extend(broker);
+            scheduled.add(&from_schedule).context("merging latency histograms")?;
         }
         latencies.sort_unstable();
+        let bus_latency = std::mem::take(&mut *bus_latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        anyhow::ensure!(
+            bus_latency.scheduled.len() == published,
+            "the plain consumer read {} of the {published} scheduled events ({bus_read} records)",
+            bus_latency.scheduled.len()
+        );
         let cpu = (cpu1.cpu - cpu0.cpu).as_secs_f64();
         let mut row = Fanout {
             streams,
@@ -558,16 +761,25 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             p99_ms: percentile(&latencies, 0.99),
             max_ms: latencies.last().map_or(0.0, |l| f64::from(*l) / 1000.0),
             resumes: resumes.load(Ordering::Relaxed),
+            scheduled: Some(Latency::of(&scheduled)),
+            bus_scheduled: Some(Latency::of(&bus_latency.scheduled)),
+            bus_hop: Some(Latency::of(&bus_latency.hop)),
             ..Fanout::default()
         };
         eprintln!(
-            "bench: {streams} streams: {delivered}/{published} delivered, {:.1} µs CPU each, p99 {:.1} ms, idle {:.1} KiB/stream, {} resumed",
-            row.cpu_us_per_delivery, row.p99_ms, row.idle_kib_per_stream, row.resumes
+            "bench: {streams} streams: {delivered}/{published} delivered, {:.1} µs CPU each, p99 {:.1} ms (from the schedule {:.1} ms; \
+             the bus alone {:.1} ms), idle {:.1} KiB/stream, {} resumed",
+            row.cpu_us_per_delivery,
+            row.p99_ms,
+            Latency::of(&scheduled).p99_ms,
+            Latency::of(&bus_latency.scheduled).p99_ms,
+            row.idle_kib_per_stream,
+            row.resumes
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         if plan.baseline {
-            let mut args = child_args("baseline", &bus);
+            let mut args = child_args("baseline", bus);
             args.extend([format!("--secret={secret_b64}"), "--aggregators".into(), streams.to_string()]);
             args.extend(["--since-ms".into(), since.to_string(), "--expect".into(), published.to_string()]);
             args.extend(["--consents".into(), (plan.consents * (stage + 1)).to_string()]);
@@ -599,6 +811,6 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     }
     subscription.stop().await;
     ingest.stop().await;
-    registry.shutdown().await?;
+    ground.registry.shutdown().await?;
     Ok(report)
 }

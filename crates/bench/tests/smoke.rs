@@ -32,10 +32,16 @@ fn a_small_run_delivers_everything_it_publishes_and_writes_its_report() {
     for row in rows {
         assert_eq!(row["delivered"], row["published"], "every published event reaches its one stream: {row}");
         assert_eq!(row["baseline_delivered"], row["published"], "the baseline reads the same workload: {row}");
+        assert_eq!(row["scheduled"]["count"], row["published"], "each delivery is timed from its schedule: {row}");
+        assert_eq!(
+            row["bus_scheduled"]["count"], row["published"],
+            "so is each record the plain consumer reads: {row}"
+        );
     }
     let png = std::fs::read(out.path().join("fanout.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(std::fs::read_to_string(out.path().join("results.md")).unwrap().contains("| 3 |"));
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(md.contains("| 3 |") && md.contains("| 3 | 300 |"), "{md}");
 }
 
 #[test]
@@ -61,4 +67,19 @@ fn a_small_peak_run_delivers_exactly_the_consented_records() {
     assert_eq!(report["consented_records"], 500, "one in ten: {report}");
     assert_eq!(report["delivered"], 500, "each consented record to its one stream, nothing else: {report}");
     assert!(std::fs::read_to_string(out.path().join("peak.md")).unwrap().contains("| 3000 | 20 |"));
+}
+
+#[test]
+fn a_small_idle_run_holds_every_stream_in_both_layouts() {
+    let args = ["--idle", "--idle-streams", "20,60", "--idle-multiplex", "10"];
+    let (out, report) = run(&args, "idle.json");
+    let rows = report["rows"].as_array().unwrap();
+    let shape: Vec<(u64, u64)> =
+        rows.iter().map(|r| (r["streams"].as_u64().unwrap(), r["connections"].as_u64().unwrap())).collect();
+    assert_eq!(shape, [(20, 20), (60, 60), (20, 2), (60, 6)], "{report}");
+    assert!(
+        std::fs::read_to_string(out.path().join("idle.md"))
+            .unwrap()
+            .contains("| multiplexed, 10 per connection | 60 | 6 |")
+    );
 }

@@ -1,13 +1,15 @@
 //! Plain rdkafka clients with no cardlink logic in them: the in-run baselines the benchmarks set
 //! cardlink's readers and writers against (docs/benchmarks.md). No service uses this module.
 //!
-//! A baseline uses the same client settings as cardlink's own clients — [`drain`] those of
-//! [`Consumer::new`](crate::Consumer::new) (fetch pace, pre-fetch bound), [`produce`] those of
+//! A baseline uses the same client settings as cardlink's own clients — [`drain`] and [`tail`]
+//! those of [`Consumer::new`](crate::Consumer::new) (fetch pace, pre-fetch bound), [`produce`] those of
 //! [`Producer`](crate::Producer) (acks=all, idempotence, lz4, linger) — and does nothing around a
 //! read or a send, so the gap between it and cardlink on the same records, in the same run, is
 //! cardlink's own cost.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -17,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::BusConfig;
-use crate::consumer::{METADATA_TIMEOUT, PREFETCH_MAX_KBYTES};
+use crate::consumer::{LATENCY_PACE, METADATA_TIMEOUT};
 use crate::error::BusError;
 use crate::producer::ENQUEUE_WAIT;
 use crate::topics::{Catalogue, Topic};
@@ -37,14 +39,7 @@ pub struct Drained {
 pub async fn drain(config: &BusConfig, topic: Topic) -> Result<Drained, BusError> {
     config.validate()?;
     let name = Catalogue::new(config).name(topic).to_owned();
-    let mut cfg = config.client_config("baseline");
-    cfg.set("group.id", format!("{}-baseline", config.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", PREFETCH_MAX_KBYTES.to_string());
+    let cfg = crate::consumer::client_settings(config, "baseline", LATENCY_PACE, None);
     let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
@@ -87,6 +82,77 @@ pub async fn drain(config: &BusConfig, topic: Topic) -> Result<Drained, BusError
     })
     .await
     .map_err(|e| BusError::Task(e.to_string()))?
+}
+
+/// A plain consumer reading live records on a thread of its own ([`tail`]).
+#[derive(Debug)]
+pub struct Tail {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64, BusError>>,
+}
+
+impl Tail {
+    /// Stops reading; how many records it read, or why it stopped earlier.
+    pub async fn finish(self) -> Result<u64, BusError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| BusError::Task(e.to_string()))?
+            .map_err(|_| BusError::Task("the baseline tail panicked".into()))?
+    }
+}
+
+/// Reads every partition of `topics` from the end each has when the call returns, handing each
+/// record's payload and broker timestamp (ms since the epoch) to `seen` on the reading thread,
+/// until [`Tail::finish`]. With [`Consumer::new`](crate::Consumer::new)'s settings: the bus's own
+/// publish→receive latency, beside cardlink's.
+pub async fn tail<F>(config: &BusConfig, topics: &[Topic], mut seen: F) -> Result<Tail, BusError>
+where
+    F: FnMut(&[u8], Option<i64>) + Send + 'static,
+{
+    config.validate()?;
+    let catalogue = Catalogue::new(config);
+    let names: Vec<String> = topics.iter().map(|t| catalogue.name(*t).to_owned()).collect();
+    let cfg = crate::consumer::client_settings(config, "baseline-tail", LATENCY_PACE, None);
+    let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
+    let consumer = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
+        let mut list = TopicPartitionList::new();
+        for name in &names {
+            let metadata = consumer.fetch_metadata(Some(name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
+            let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+                let (_, high) =
+                    consumer.fetch_watermarks(name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
+                list.add_partition_offset(name, p, Offset::Offset(high)).map_err(kafka("assign"))?;
+            }
+        }
+        consumer.assign(&list).map_err(kafka("assign"))?;
+        Ok::<_, BusError>(consumer)
+    })
+    .await
+    .map_err(|e| BusError::Task(e.to_string()))??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("baseline-tail".into())
+        .spawn(move || {
+            let mut read = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(message)) => {
+                        read += 1;
+                        seen(message.payload().unwrap_or_default(), message.timestamp().to_millis());
+                    }
+                    Some(Err(source)) => return Err(BusError::Kafka { operation: "consume", source }),
+                    None => {}
+                }
+            }
+            Ok(read)
+        })
+        .map_err(|e| BusError::Task(e.to_string()))?;
+    Ok(Tail { stop, thread })
 }
 
 /// Writes `records` (key, payload) to `topic` with a plain producer, `in_flight` at a time, each

@@ -186,11 +186,44 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// The fetch pace of [`Consumer::new`]: a fetch returns as soon as a record is there and waits at
+/// most 10 ms otherwise.
+pub(crate) const LATENCY_PACE: &[(&str, &str)] = &[("fetch.wait.max.ms", "10")];
+
+/// The librdkafka settings of a consumer for `purpose` at `pace`, in `group` if it is a group
+/// member (else manually assigned): cardlink's consumers and the plain baselines
+/// (`crate::baseline`) alike, so a baseline cannot drift from what it is compared against.
+pub(crate) fn client_settings(
+    config: &BusConfig,
+    purpose: &str,
+    pace: &[(&str, &str)],
+    group: Option<String>,
+) -> rdkafka::ClientConfig {
+    let mut cfg = config.client_config(purpose);
+    // librdkafka wants a group id even for manual assignment; with auto-commit and offset
+    // storing off, such a group is never joined and nothing is committed.
+    let reset = if group.is_some() { "earliest" } else { "error" };
+    cfg.set("group.id", group.unwrap_or_else(|| format!("{}-{purpose}", config.client_id)))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", reset);
+    // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
+    // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
+    let prefetch = PREFETCH_MAX_KBYTES.to_string();
+    for &(key, value) in std::iter::once(&("queued.max.messages.kbytes", prefetch.as_str())).chain(pace) {
+        if !config.librdkafka.contains_key(key) {
+            cfg.set(key, value);
+        }
+    }
+    cfg
+}
+
 impl Consumer {
     /// A consumer for `purpose` (shows in the client id, e.g. `consent-view`), tuned for
     /// latency: a fetch returns as soon as a record is there, and waits at most 10 ms otherwise.
     pub fn new(config: &BusConfig, purpose: &str) -> Result<Self, BusError> {
-        Self::build(config, purpose, &[("fetch.wait.max.ms", "10")])
+        Self::build(config, purpose, LATENCY_PACE)
     }
 
     /// A consumer for a reader that follows busy topics in the background and can be a moment
@@ -223,23 +256,7 @@ impl Consumer {
     ) -> Result<Self, BusError> {
         config.validate()?;
         let group_member = group.is_some();
-        let mut cfg = config.client_config(purpose);
-        // librdkafka wants a group id even for manual assignment; with auto-commit and offset
-        // storing off, such a group is never joined and nothing is committed.
-        let reset = if group.is_some() { "earliest" } else { "error" };
-        cfg.set("group.id", group.unwrap_or_else(|| format!("{}-{purpose}", config.client_id)))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", reset);
-        // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
-        // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
-        let prefetch = PREFETCH_MAX_KBYTES.to_string();
-        for &(key, value) in std::iter::once(&("queued.max.messages.kbytes", prefetch.as_str())).chain(pace) {
-            if !config.librdkafka.contains_key(key) {
-                cfg.set(key, value);
-            }
-        }
+        let cfg = client_settings(config, purpose, pace, group);
         let inner = cfg
             .create_with_context(StatsContext::new(purpose))
             .map_err(|source| BusError::Kafka { operation: "create consumer", source })?;
