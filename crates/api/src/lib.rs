@@ -3,11 +3,14 @@
 //! This is the contract aggregators and issuers code against in any language; the Rust types
 //! here are what cardlink's own services and CLIs use.
 //!
+//! - [`codec`]: the codec of every generated client and server (prost's, with a smaller first
+//!   buffer).
 //! - [`convert`]: domain types (`cardlink-events`) to their messages, one function each, shared
 //!   by every service that sends them.
 //! - [`reason`]: every reason a call or a record can fail, with its gRPC code ([`Reason`]).
 //! - [`status`]: the one function that turns a typed error into a `Status`.
 
+pub mod codec;
 pub mod convert;
 pub mod reason;
 pub mod status;
