@@ -99,8 +99,14 @@ pub struct Report {
     pub backfill: Vec<Backfill>,
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
+impl crate::Written for Report {
+    const NAME: &'static str = "history";
+
+    fn machine(&mut self) -> &mut String {
+        &mut self.machine
+    }
+
+    fn markdown(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         let _ = writeln!(
@@ -126,20 +132,6 @@ impl Report {
             );
         }
         out
-    }
-}
-
-impl crate::Written for Report {
-    fn name(&self) -> &'static str {
-        "history"
-    }
-
-    fn markdown(&self) -> String {
-        Report::markdown(self)
-    }
-
-    fn set_machine(&mut self, machine: String) {
-        self.machine = machine;
     }
 }
 

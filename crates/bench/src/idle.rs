@@ -55,8 +55,14 @@ pub struct Row {
     pub kib_per_stream: f64,
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
+impl crate::Written for Report {
+    const NAME: &'static str = "idle";
+
+    fn machine(&mut self) -> &mut String {
+        &mut self.machine
+    }
+
+    fn markdown(&self) -> String {
         let mut out = String::from(
             "| layout | streams | connections | service RSS MiB | KiB per stream added (target ≤ 16, own connections) |\n\
              |---|---:|---:|---:|---:|\n",
@@ -68,20 +74,6 @@ impl Report {
             ));
         }
         out
-    }
-}
-
-impl crate::Written for Report {
-    fn name(&self) -> &'static str {
-        "idle"
-    }
-
-    fn markdown(&self) -> String {
-        Report::markdown(self)
-    }
-
-    fn set_machine(&mut self, machine: String) {
-        self.machine = machine;
     }
 }
 

@@ -113,9 +113,11 @@ struct RunArgs {
 
 /// A benchmark's report: written to `--out` as `<name>.json` and `<name>.md`, and printed.
 pub(crate) trait Written: serde::Serialize {
-    fn name(&self) -> &'static str;
+    /// The files' name.
+    const NAME: &'static str;
     fn markdown(&self) -> String;
-    fn set_machine(&mut self, machine: String);
+    /// Where the machine the run was on goes.
+    fn machine(&mut self) -> &mut String;
 
     /// Anything written beside the JSON and the Markdown (a plot).
     fn write_more(&self, _dir: &Path) -> anyhow::Result<()> {
@@ -124,11 +126,11 @@ pub(crate) trait Written: serde::Serialize {
 }
 
 /// Stamps `report` with this machine, writes it to `out` and prints it.
-fn finish(mut report: impl Written, out: &Path) -> anyhow::Result<()> {
-    report.set_machine(machine());
+fn finish<R: Written>(mut report: R, out: &Path) -> anyhow::Result<()> {
+    *report.machine() = machine();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join(format!("{}.json", report.name())), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(out.join(format!("{}.md", report.name())), report.markdown())?;
+    std::fs::write(out.join(format!("{}.json", R::NAME)), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(out.join(format!("{}.md", R::NAME)), report.markdown())?;
     report.write_more(out)?;
     println!("{}", report.markdown());
     println!("results in {}", out.display());

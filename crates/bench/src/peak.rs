@@ -73,8 +73,14 @@ pub struct Report {
     pub rss_mib: f64,
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
+impl crate::Written for Report {
+    const NAME: &'static str = "peak";
+
+    fn machine(&mut self) -> &mut String {
+        &mut self.machine
+    }
+
+    fn markdown(&self) -> String {
         format!(
             "| consents | streams | records (consented) | views ready | plain consumer | hub's consumer alone | hub (read + dispatch) | hub ÷ plain (target ≥ 0.8) | hub CPU µs/record | delivered | process RSS |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
@@ -92,20 +98,6 @@ impl Report {
             self.delivered,
             self.rss_mib,
         )
-    }
-}
-
-impl crate::Written for Report {
-    fn name(&self) -> &'static str {
-        "peak"
-    }
-
-    fn markdown(&self) -> String {
-        Report::markdown(self)
-    }
-
-    fn set_machine(&mut self, machine: String) {
-        self.machine = machine;
     }
 }
 

@@ -97,9 +97,15 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
 }
 
-impl Report {
+impl crate::Written for Report {
+    const NAME: &'static str = "results";
+
+    fn machine(&mut self) -> &mut String {
+        &mut self.machine
+    }
+
     /// The results as Markdown tables.
-    pub fn markdown(&self) -> String {
+    fn markdown(&self) -> String {
         let mut out = String::new();
         if let Some(i) = &self.ingest {
             let _ = writeln!(
@@ -180,20 +186,6 @@ impl Report {
         }
         out
     }
-}
-
-impl crate::Written for Report {
-    fn name(&self) -> &'static str {
-        "results"
-    }
-
-    fn markdown(&self) -> String {
-        Report::markdown(self)
-    }
-
-    fn set_machine(&mut self, machine: String) {
-        self.machine = machine;
-    }
 
     fn write_more(&self, dir: &Path) -> anyhow::Result<()> {
         if !self.fanout.is_empty() {
@@ -206,6 +198,7 @@ impl crate::Written for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Written as _;
 
     #[test]
     fn the_table_compares_each_row_with_one_stream_and_the_baseline() {

@@ -1,6 +1,7 @@
 //! The bus against a real Kafka-protocol broker (embedded tansu, one per test).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cardlink_bus::admin::TopicState;
@@ -311,10 +312,27 @@ async fn borrowed_reads_and_the_plain_baselines_see_every_record() {
     assert_eq!(borrowed.to_record(), owned);
     drop(borrowed);
 
+    // A tail started now sees what is written from now on, on every topic it names, and nothing
+    // from before (the transaction above).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tail = {
+        let seen = Arc::clone(&seen);
+        cardlink_bus::baseline::tail(bus.config(), &[Topic::Transactions, Topic::Statements], move |payload, at| {
+            seen.lock().unwrap().push((payload.len(), at.is_some()));
+        })
+        .await
+        .unwrap()
+    };
     let records: Vec<(String, Vec<u8>)> =
         (0..500).map(|i| (format!("iss-a/acct-{i}"), owned.payload.clone())).collect();
     let written = cardlink_bus::baseline::produce(bus.config(), Topic::Statements, &records, 64).await.unwrap();
     assert_eq!(written, 500);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while seen.lock().unwrap().len() < 500 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tail.finish().await.unwrap(), 500);
+    assert!(seen.lock().unwrap().iter().all(|&(len, stamped)| len == owned.payload.len() && stamped));
     let drained = cardlink_bus::baseline::drain(bus.config(), Topic::Statements).await.unwrap();
     assert_eq!(drained.records, 500);
     assert_eq!(drained.payload_bytes, 500 * owned.payload.len() as u64);
