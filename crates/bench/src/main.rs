@@ -106,7 +106,8 @@ struct RunArgs {
     /// Idle streams connected at each reading (comma-separated, ascending).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     idle_streams: Vec<usize>,
-    /// Streams per connection in the multiplexed layout.
+    /// Streams per connection in the multiplexed layout (at most 256, the services' limit of
+    /// calls per connection: beyond it, streams wait for one to end and the run stalls).
     #[arg(long, default_value_t = 250)]
     idle_multiplex: usize,
 }
