@@ -124,6 +124,13 @@ impl ChildProcess {
     }
 }
 
+/// The `--secret` argument of a child process: base64url, in one argument (a base64url value may
+/// begin with `-`, which would read as a flag).
+fn secret_arg(secret: &[u8]) -> String {
+    use base64::Engine as _;
+    format!("--secret={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret))
+}
+
 pub(crate) fn child_args(role: &str, bus: &BusConfig) -> Vec<String> {
     vec![role.into(), "--kafka".into(), bus.bootstrap_servers.clone(), "--prefix".into(), bus.topic_prefix.clone()]
 }
@@ -571,11 +578,8 @@ impl Ground {
     /// A subscription service in a child process, trusting this registry's tokens and pseudonymising
     /// with `secret`; and its address.
     pub(crate) async fn subscription(&self, secret: &[u8]) -> anyhow::Result<(ChildProcess, String)> {
-        use base64::Engine as _;
-        let secret_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
         let mut args = child_args("serve-subscription", &self.bus);
-        // `--secret=…` in one argument: a base64url value may begin with `-`, which would read as a flag.
-        args.extend(["--trusted-key".into(), self.signer.public_key().to_config(), format!("--secret={secret_b64}")]);
+        args.extend(["--trusted-key".into(), self.signer.public_key().to_config(), secret_arg(secret)]);
         let mut child = ChildProcess::spawn(&args)?;
         let addr = child.expect("ready", Duration::from_secs(300)).await.context("the subscription service")?;
         Ok((child, addr))
@@ -596,10 +600,6 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let mut ingest = ChildProcess::spawn(&ingest_args)?;
     let ingest_addr = ingest.expect("ready", Duration::from_secs(300)).await.context("the ingest service")?;
     let secret = rand::random::<[u8; 32]>().to_vec();
-    let secret_b64 = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)
-    };
     let (subscription, sub_addr) = ground.subscription(&secret).await?;
     let key_of =
         |issuer: &str| world.issuer_keys.iter().find(|(i, _)| i == issuer).map(|(_, k)| k.clone()).unwrap_or_default();
@@ -770,8 +770,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
              the bus alone {:.1} ms), idle {:.1} KiB/stream, {} resumed",
             row.cpu_us_per_delivery,
             row.p99_ms,
-            Latency::of(&scheduled).p99_ms,
-            Latency::of(&bus_latency.scheduled).p99_ms,
+            row.scheduled.map_or(0.0, |l| l.p99_ms),
+            row.bus_scheduled.map_or(0.0, |l| l.p99_ms),
             row.idle_kib_per_stream,
             row.resumes
         );
@@ -779,7 +779,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
         if plan.baseline {
             let mut args = child_args("baseline", bus);
-            args.extend([format!("--secret={secret_b64}"), "--aggregators".into(), streams.to_string()]);
+            args.extend([secret_arg(&secret), "--aggregators".into(), streams.to_string()]);
             args.extend(["--since-ms".into(), since.to_string(), "--expect".into(), published.to_string()]);
             args.extend(["--consents".into(), (plan.consents * (stage + 1)).to_string()]);
             for (&(topic, partition), &from) in &start_offsets {

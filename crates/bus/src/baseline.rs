@@ -43,13 +43,9 @@ pub async fn drain(config: &BusConfig, topic: Topic) -> Result<Drained, BusError
     let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
-        let metadata = consumer.fetch_metadata(Some(&name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
-        let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
         let mut ends = HashMap::new();
         let mut list = TopicPartitionList::new();
-        for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-            let (low, high) =
-                consumer.fetch_watermarks(&name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
+        for (p, low, high) in watermarks(&consumer, &name)? {
             if high > low {
                 ends.insert(p, high);
                 list.add_partition_offset(&name, p, Offset::Beginning).map_err(kafka("assign"))?;
@@ -120,11 +116,7 @@ where
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
         let mut list = TopicPartitionList::new();
         for name in &names {
-            let metadata = consumer.fetch_metadata(Some(name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
-            let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
-            for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-                let (_, high) =
-                    consumer.fetch_watermarks(name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
+            for (p, _, high) in watermarks(&consumer, name)? {
                 list.add_partition_offset(name, p, Offset::Offset(high)).map_err(kafka("assign"))?;
             }
         }
@@ -153,6 +145,20 @@ where
         })
         .map_err(|e| BusError::Task(e.to_string()))?;
     Ok(Tail { stop, thread })
+}
+
+/// Every partition of topic `name` with its low and high watermark, as the broker reports them now.
+fn watermarks(consumer: &BaseConsumer, name: &str) -> Result<Vec<(i32, i64, i64)>, BusError> {
+    let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
+    let metadata = consumer.fetch_metadata(Some(name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+    (0..i32::try_from(partitions).unwrap_or(i32::MAX))
+        .map(|p| {
+            let (low, high) =
+                consumer.fetch_watermarks(name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
+            Ok((p, low, high))
+        })
+        .collect()
 }
 
 /// Writes `records` (key, payload) to `topic` with a plain producer, `in_flight` at a time, each
