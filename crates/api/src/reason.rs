@@ -195,7 +195,7 @@ reasons! {
     PageTokenMismatch = "PAGE_TOKEN_MISMATCH", InvalidArgument, Call, false,
         "The page token belongs to another listing: every field but page_size must be as in the request that began it.";
     HistoryUnavailable = "HISTORY_UNAVAILABLE", Unavailable, Call, true,
-        "The history store did not answer; retry later.";
+        "The history store did not answer, or (a backfill) has not yet indexed everything on the bus when it started; retry later.";
     BackfillUnavailable = "BACKFILL_UNAVAILABLE", FailedPrecondition, Call, false,
         "This deployment's subscription service has no history store: a stream cannot start with a backfill (use History).";
     // Ingest.

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use cardlink_bus::{Consumer, RecordRef, StartAt, Topic};
+use cardlink_bus::baseline::STALL_LIMIT;
+use cardlink_bus::{Consumer, PolledConsumer, RecordRef, StartAt, Topic};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::{
     AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope,
@@ -163,31 +163,40 @@ fn registry(streams: usize) -> Vec<RegistryEvent> {
 }
 
 /// Reads the transaction topic from its beginning to its current end with the hub reader's
-/// consumer, handing each record to `each`. Records read.
-async fn read_all(bus: &TestBus, purpose: &str, mut each: impl FnMut(&RecordRef<'_>)) -> anyhow::Result<u64> {
-    let reader = Consumer::new(bus.config(), purpose)?;
-    let partitions = reader.assign_all(Topic::Transactions, StartAt::Beginning).await?;
-    let mut ends = std::collections::HashMap::new();
-    for p in 0..partitions {
-        let (low, high) = reader.watermarks(Topic::Transactions, p).await?;
-        if high > low {
-            ends.insert(p, high);
+/// consumer, polled on a thread of its own as the hub's is, handing each record to `each` there.
+/// Records read.
+async fn read_all(
+    bus: &TestBus,
+    purpose: &str,
+    mut each: impl FnMut(&RecordRef<'_>) + Send + 'static,
+) -> anyhow::Result<u64> {
+    let reader = PolledConsumer::new(bus.config(), purpose)?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut ends = std::collections::HashMap::new();
+        let mut positions = Vec::new();
+        for (p, low, high) in reader.watermarks(Topic::Transactions)? {
+            positions.push((Topic::Transactions, p, StartAt::Beginning));
+            if high > low {
+                ends.insert(p, high);
+            }
         }
-    }
-    let mut read = 0u64;
-    let reading = async {
+        reader.assign(&positions)?;
+        let (mut read, mut last) = (0u64, Instant::now());
         while !ends.is_empty() {
-            let record = reader.recv_ref().await?;
-            read += 1;
+            let Some(record) = reader.poll(Duration::from_millis(100), "peak benchmark") else {
+                anyhow::ensure!(last.elapsed() < STALL_LIMIT, "reading stalled: nothing for {STALL_LIMIT:?}");
+                continue;
+            };
+            let record = record?;
+            (read, last) = (read + 1, Instant::now());
             each(&record);
             if ends.get(&record.partition()).is_some_and(|end| record.offset() + 1 >= *end) {
                 ends.remove(&record.partition());
             }
         }
-        Ok::<_, cardlink_bus::BusError>(())
-    };
-    tokio::time::timeout(Duration::from_secs(3_600), reading).await.context("reading stalled for an hour")??;
-    Ok(read)
+        Ok(read)
+    });
+    read.await?
 }
 
 /// Writes `n` records made by `make`, [`IN_FLIGHT`] at a time.
@@ -291,7 +300,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let pid = std::process::id();
     let cpu0 = procstat::sample(pid)?;
     let started = Instant::now();
-    let read = read_all(&bus, "peak-hub", |record| hub.dispatch(record)).await?;
+    let dispatching = hub.clone();
+    let read = read_all(&bus, "peak-hub", move |record| dispatching.dispatch(record)).await?;
     let hub_time = started.elapsed();
     let cpu1 = procstat::sample(pid)?;
     // Let the stream tasks count what is queued.

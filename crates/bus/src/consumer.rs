@@ -90,6 +90,12 @@ impl std::fmt::Debug for RecordRef<'_> {
     }
 }
 
+impl<'a> RecordRef<'a> {
+    pub(crate) fn new(message: BorrowedMessage<'a>, topic: Topic) -> Self {
+        Self { message, topic }
+    }
+}
+
 impl RecordRef<'_> {
     pub fn topic(&self) -> Topic {
         self.topic
@@ -288,11 +294,7 @@ impl Consumer {
 
     /// Replaces the assignment: read exactly these partitions from these positions.
     pub fn assign(&self, positions: &[(Topic, i32, StartAt)]) -> Result<(), BusError> {
-        let mut list = TopicPartitionList::with_capacity(positions.len());
-        for &(topic, partition, start) in positions {
-            list.add_partition_offset(self.catalogue.name(topic), partition, start.to_kafka())
-                .map_err(|source| BusError::Kafka { operation: "assign", source })?;
-        }
+        let list = assignment(&self.catalogue, positions)?;
         self.inner.assign(&list).map_err(|source| BusError::Kafka { operation: "assign", source })
     }
 
@@ -369,7 +371,7 @@ impl Consumer {
         let topic =
             self.catalogue.topic_named(topic_name).ok_or_else(|| BusError::UnknownTopic(topic_name.to_owned()))?;
         self.metrics.consumed(topic_name);
-        Ok(RecordRef { message, topic })
+        Ok(RecordRef::new(message, topic))
     }
 
     /// [`Consumer::recv`] for a long-running reader: errors that retrying can fix (a broker
@@ -456,6 +458,19 @@ impl Consumer {
 
 /// How long a long-running reader waits after a transient Kafka error before reading again.
 pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `positions` as the partition list an assignment takes.
+pub(crate) fn assignment(
+    catalogue: &Catalogue,
+    positions: &[(Topic, i32, StartAt)],
+) -> Result<TopicPartitionList, BusError> {
+    let mut list = TopicPartitionList::with_capacity(positions.len());
+    for &(topic, partition, start) in positions {
+        list.add_partition_offset(catalogue.name(topic), partition, start.to_kafka())
+            .map_err(|source| BusError::Kafka { operation: "assign", source })?;
+    }
+    Ok(list)
+}
 
 /// Each (topic, partition, offset) of a partition list; `None` where it holds no offset.
 fn offsets_of(catalogue: &Catalogue, list: &TopicPartitionList) -> Vec<(Topic, i32, Option<i64>)> {

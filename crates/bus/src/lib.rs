@@ -5,6 +5,7 @@
 //! - [`admin`]: idempotent provisioning of the catalogue at start-up.
 //! - [`producer`]: `acks=all`, idempotent publishing that returns only once Kafka has the record.
 //! - [`consumer`]: reading by manual partition assignment and seek; no consumer-group rebalancing.
+//! - [`polled`]: the same, polled on a thread of its own, for the one reader that reads everything.
 //! - [`headers`]: the record headers every cardlink record carries.
 //! - [`baseline`]: plain clients with no cardlink logic, the benchmarks' in-run baselines.
 //! - [`telemetry`]: librdkafka statistics and messaging metrics, as OpenTelemetry instruments.
@@ -22,6 +23,7 @@ pub mod consumer;
 pub mod embedded;
 mod error;
 pub mod headers;
+pub mod polled;
 pub mod producer;
 pub mod redeliver;
 pub mod telemetry;
@@ -32,5 +34,6 @@ pub use config::BusConfig;
 pub use consumer::{Consumer, Record, RecordRef, StartAt};
 pub use error::BusError;
 pub use headers::RecordHeaders;
+pub use polled::PolledConsumer;
 pub use producer::{Delivered, OutboundRecord, Producer};
 pub use topics::{Catalogue, Topic, TopicSpec};

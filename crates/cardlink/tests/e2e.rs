@@ -269,6 +269,7 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
         from_earliest: false,
     };
     let feed = std::sync::Arc::clone(&book);
+    let started = std::time::Instant::now();
     tokio::time::timeout(
         WITHIN,
         cardlink_reference_aggregator::stream::run(
@@ -281,6 +282,7 @@ async fn a_newcomer_sees_issuers_publish_members_consent_and_aggregators_receive
     .await
     .expect("the reference app catches up")
     .unwrap();
+    eprintln!("the reference app caught up in {:.1} s", started.elapsed().as_secs_f64());
     let summary = book.lock().unwrap().render();
     assert!(summary.contains("確定") && summary.contains("未確定"), "{summary}");
     // The past months come from history (the card companies loaded them at start, marked

@@ -133,6 +133,55 @@ async fn a_backfill_delivers_the_consents_history_then_goes_on_live_on_one_curso
     assert_eq!(live.len(), 2, "only what happened after the history, live: {live:?}");
     assert_eq!(kept.rows[&tx_id("agg-x", 2)].1, v1::TransactionKind::Refunded as i32);
     assert!(kept.caught_up);
+
+    // A live delivery's cursor resumes live: the history is not delivered again.
+    drop(stream);
+    w.publish(&[transaction("acct-1", 32, TransactionKind::Posted)]).await;
+    let mut resumed = Kept::default();
+    let mut stream = client.subscribe(authorized(resume(&kept.cursor), w.token("agg-x"))).await.unwrap().into_inner();
+    read_until(&mut stream, &mut resumed, |k| k.rows.contains_key(&tx_id("agg-x", 32))).await;
+    assert_eq!(resumed.deliveries, [(tx_id("agg-x", 32), resumed.rows[&tx_id("agg-x", 32)].0, false)]);
+    assert!(resumed.progress.is_empty(), "no backfill again: {resumed:?}");
+}
+
+/// A backfill that starts while the indexer lags behind a card company's historical load waits
+/// for it, then delivers that load as history — the catch-up after the store's watermarks passes
+/// historical records over, so starting from a lagging store's watermarks would lose them.
+#[tokio::test]
+async fn a_backfill_started_while_the_indexer_lags_waits_for_the_historical_load() {
+    let mut w = world(&[with_history("c-x", "agg-x", 60)]).await;
+    indexed(&w, "c-x", "agg-x", 31).await;
+    w.stop_history().await;
+    let producer = w.bus.producer().unwrap();
+    let loaded: Vec<u32> = (400..410).collect();
+    for &n in &loaded {
+        let mut past = samples::transaction("iss-a", "acct-1", n);
+        past.occurred_at = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 2, 1, 0, 0, 0).single().unwrap()
+            + chrono::TimeDelta::hours(i64::from(n));
+        producer.publish_as(&Event::Transaction(past), None, true).await.unwrap();
+    }
+    // The subscription service has read the load once it has read a live record after it.
+    let mut client = w.stream_client().await;
+    let mut live =
+        client.subscribe(authorized(v1::SubscribeRequest::default(), w.token("agg-x"))).await.unwrap().into_inner();
+    let mut seen = Kept::default();
+    read_until(&mut live, &mut seen, |k| k.caught_up).await;
+    producer.publish(&transaction("acct-1", 410, TransactionKind::Posted), None).await.unwrap();
+    read_until(&mut live, &mut seen, |k| k.rows.contains_key(&tx_id("agg-x", 410))).await;
+
+    let mut stream = client.subscribe(authorized(backfill(&["c-x"]), w.token("agg-x"))).await.unwrap().into_inner();
+    let mut kept = Kept::default();
+    // Nothing yet: the store lacks the load, and the backfill waits for it.
+    let early = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+    assert!(early.is_err(), "the backfill started before the store held the load: {early:?}");
+    w.start_history().await;
+    read_until(&mut stream, &mut kept, |k| k.progress.iter().any(|p| p.complete)).await;
+    let history = kept.history();
+    for &n in &loaded {
+        assert!(history.contains(&tx_id("agg-x", n).as_str()), "tx-{n} of the load is missing: {kept:?}");
+    }
+    assert!(history.contains(&tx_id("agg-x", 410).as_str()), "and what came live before the start");
+    assert_eq!(kept.progress.last().map(|p| p.delivered), Some(43), "{kept:?}");
 }
 
 #[tokio::test]

@@ -8,6 +8,12 @@
 //! read after the watermarks, so some may already show newer states: their versions (bus offsets,
 //! on every delivery) say so, and clients keep the highest per transaction.
 //!
+//! The catch-up from the watermarks passes over an issuer's historical load (history, not news),
+//! so the watermarks must be past every record the stream's hub had read when it registered: a
+//! new backfill first waits, up to [`INDEXED_WITHIN`], for the indexer to get there (it lags after
+//! a large load), and fails with `HISTORY_UNAVAILABLE` if it does not — never with part of the
+//! history silently missing.
+//!
 //! Consents go one at a time in id order; within one, account by account, transactions newest
 //! first, then statements newest first. Every delivery's cursor holds how far the backfill has come
 //! ([`BackfillState`]), so a stream killed mid-history resumes exactly after its last delivery. A
@@ -21,14 +27,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cardlink_api::v1;
 use cardlink_bus::Topic;
-use cardlink_entitlement::cursor::{BackfillPosition, BackfillState, Cursor, MAX_BACKFILL_CONSENTS};
+use cardlink_entitlement::cursor::{BackfillPosition, BackfillState, Cursor, EventTopic, MAX_BACKFILL_CONSENTS};
 use cardlink_entitlement::projection::project;
 use cardlink_events::Event;
 use cardlink_events::registry::Scope;
-use cardlink_history::{AnyStore, HistoryStore, StatementQuery, TransactionKey, TransactionQuery};
+use cardlink_history::{AnyStore, HistoryStore, StatementQuery, TransactionKey, TransactionQuery, Watermark};
 use cardlink_views::consent::Grant;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -46,6 +53,11 @@ type Row = (i64, Vec<u8>, (i64, String, String));
 pub const MAX_BACKFILLS: usize = 8;
 /// Rows read from the store per query.
 pub const PAGE: u32 = 200;
+/// How long a new backfill waits for the history store to hold every record its stream's hub had
+/// read when the stream registered (the indexer lags behind a card company's large load).
+pub const INDEXED_WITHIN: Duration = Duration::from_secs(120);
+/// How often a waiting backfill reads the store's watermarks again.
+const INDEXED_POLL: Duration = Duration::from_millis(250);
 
 /// Why a backfill cannot start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +68,6 @@ pub enum BackfillError {
     NotConfigured,
     #[error("a backfill may name at most {MAX_BACKFILL_CONSENTS} consents")]
     TooManyConsents,
-    #[error("the history store: {0}")]
-    Store(#[from] cardlink_history::StoreError),
 }
 
 impl cardlink_api::ApiError for BackfillError {
@@ -65,7 +75,6 @@ impl cardlink_api::ApiError for BackfillError {
         match self {
             Self::NotConfigured => cardlink_api::Reason::BackfillUnavailable,
             Self::TooManyConsents => cardlink_api::Reason::InvalidArgument,
-            Self::Store(_) => cardlink_api::Reason::HistoryUnavailable,
         }
     }
 }
@@ -82,20 +91,14 @@ impl Backfills {
         Self { store, permits: Arc::new(Semaphore::new(MAX_BACKFILLS)) }
     }
 
-    /// The cursor a new backfill starts from: the store's watermarks as positions, and a fresh
-    /// state naming `consent_ids` (empty: every active consent).
-    pub async fn start(
-        &self,
-        aggregator_id: &str,
-        consent_ids: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Cursor, BackfillError> {
+    /// The cursor a new backfill starts from: a fresh state naming `consent_ids` (empty: every
+    /// active consent). Its positions are the store's watermarks, set once the store holds what
+    /// the stream's hub had read ([`Backfills::spawn`]).
+    pub fn start(aggregator_id: &str, consent_ids: &[String], now: DateTime<Utc>) -> Result<Cursor, BackfillError> {
         if consent_ids.len() > MAX_BACKFILL_CONSENTS {
             return Err(BackfillError::TooManyConsents);
         }
-        let marks = self.store.watermarks().await?;
-        let mut cursor =
-            Cursor::at_watermarks(aggregator_id, marks.iter().map(|w| (w.topic.as_str(), w.partition, w.next_offset)));
+        let mut cursor = Cursor::new(aggregator_id);
         let mut named = consent_ids.to_vec();
         named.sort();
         named.dedup();
@@ -124,6 +127,7 @@ impl Backfills {
         let (backfills, hub, readers) = (self.clone(), hub.clone(), catch_up.clone());
         tokio::spawn(async move {
             let result = async {
+                let cursor = if is_new(&cursor) { backfills.at_indexed(cursor, &until, &tx).await? } else { cursor };
                 let mut live = backfills.run(&hub, &aggregator, &filters, cursor, &tx).await?;
                 live.backfill = None;
                 readers.read_gap(&hub, &aggregator, &filters, Start::After(live), &until, &tx).await
@@ -133,6 +137,37 @@ impl Backfills {
             drop(tx);
         });
         CatchUp { rx, done }
+    }
+
+    /// `cursor` (a new backfill's) at the store's watermarks, once they are past `until` on every
+    /// indexed partition: waits up to [`INDEXED_WITHIN`] for the indexer.
+    async fn at_indexed(
+        &self,
+        cursor: Cursor,
+        until: &HashMap<(Topic, i32), i64>,
+        tx: &mpsc::Sender<Outgoing>,
+    ) -> Result<Cursor, CatchUpError> {
+        let deadline = tokio::time::Instant::now() + INDEXED_WITHIN;
+        loop {
+            let marks = self.store.watermarks().await.map_err(store_error)?;
+            let behind = unindexed(&marks, until);
+            if behind == 0 {
+                let mut at = Cursor::at_watermarks(
+                    &cursor.aggregator_id,
+                    marks.iter().map(|w| (w.topic.as_str(), w.partition, w.next_offset)),
+                );
+                at.backfill = cursor.backfill;
+                return Ok(at);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CatchUpError::HistoryBehind { behind, waited: INDEXED_WITHIN });
+            }
+            tracing::debug!(behind, "a backfill waits for the history indexer");
+            tokio::select! {
+                _ = tx.closed() => return Err(CatchUpError::Closed),
+                _ = tokio::time::sleep(INDEXED_POLL) => {}
+            }
+        }
     }
 
     /// Delivers the history `cursor`'s backfill state has left; returns the cursor after it.
@@ -246,6 +281,28 @@ impl Backfills {
     }
 }
 
+/// Whether `cursor` is a backfill that has not begun (no consent done, none under way): its
+/// positions are not set yet. Cursors handed to clients always have one or the other.
+fn is_new(cursor: &Cursor) -> bool {
+    cursor.backfill.as_ref().is_some_and(|s| s.done_through.is_empty() && s.current.is_none())
+}
+
+/// Records before `until` (next offsets per partition) on the indexed topics that the store's
+/// watermarks do not cover yet.
+fn unindexed(marks: &[Watermark], until: &HashMap<(Topic, i32), i64>) -> u64 {
+    until
+        .iter()
+        .filter(|((topic, _), _)| EventTopic::of(*topic).is_some())
+        .map(|(&(topic, partition), &end)| {
+            let indexed = marks
+                .iter()
+                .find(|w| w.partition == partition && w.topic == topic.suffix())
+                .map_or(0, |w| w.next_offset);
+            u64::try_from(end - indexed).unwrap_or(0)
+        })
+        .sum()
+}
+
 /// Where a consent's backfill stands after a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Paged {
@@ -332,4 +389,47 @@ async fn send(tx: &mpsc::Sender<Outgoing>, out: Outgoing) -> Result<(), CatchUpE
 
 fn store_error(e: cardlink_history::StoreError) -> CatchUpError {
     CatchUpError::History(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(topic: Topic, partition: i32, next_offset: i64) -> Watermark {
+        Watermark { topic: topic.suffix().to_owned(), partition, next_offset }
+    }
+
+    #[test]
+    fn only_event_records_before_where_the_stream_joined_must_be_indexed() {
+        let until = HashMap::from([
+            ((Topic::Transactions, 0), 10),
+            ((Topic::Transactions, 1), 5),
+            ((Topic::Statements, 0), 3),
+            // Not indexed: never waited for.
+            ((Topic::Consents, 0), 99),
+        ]);
+        // Partition 1 never indexed, statements 1 behind, transactions 0 ahead (the indexer
+        // may be past this replica's hub).
+        let marks = [mark(Topic::Transactions, 0, 12), mark(Topic::Statements, 0, 2)];
+        assert_eq!(unindexed(&marks, &until), 5 + 1);
+        let caught_up =
+            [mark(Topic::Transactions, 0, 10), mark(Topic::Transactions, 1, 5), mark(Topic::Statements, 0, 3)];
+        assert_eq!(unindexed(&caught_up, &until), 0);
+        assert_eq!(unindexed(&[], &HashMap::new()), 0);
+    }
+
+    #[test]
+    fn only_a_backfill_that_has_not_begun_has_its_positions_set() {
+        let cursor = Backfills::start("agg-x", &["c-2".into(), "c-1".into(), "c-2".into()], Utc::now()).unwrap();
+        assert!(is_new(&cursor));
+        assert_eq!(cursor.backfill.as_ref().map(|s| s.named.clone()), Some(vec!["c-1".into(), "c-2".into()]));
+        let mut begun = cursor.clone();
+        if let Some(state) = begun.backfill.as_mut() {
+            state.done_through = "c-1".into();
+        }
+        assert!(!is_new(&begun));
+        assert!(!is_new(&Cursor::new("agg-x")), "not a backfill");
+        let too_many = vec![String::from("c"); MAX_BACKFILL_CONSENTS + 1];
+        assert!(matches!(Backfills::start("agg-x", &too_many, Utc::now()), Err(BackfillError::TooManyConsents)));
+    }
 }

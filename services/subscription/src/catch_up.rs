@@ -55,6 +55,10 @@ pub enum CatchUpError {
     Closed,
     #[error("the history store: {0}")]
     History(String),
+    #[error(
+        "the history store has not yet indexed {behind} records the bus held when this backfill started (waited {waited:?}): start the backfill again shortly"
+    )]
+    HistoryBehind { behind: u64, waited: Duration },
 }
 
 impl cardlink_api::ApiError for CatchUpError {
@@ -62,7 +66,7 @@ impl cardlink_api::ApiError for CatchUpError {
         match self {
             Self::OutOfRange { .. } | Self::AheadOfBus { .. } => cardlink_api::Reason::CursorOutOfRange,
             Self::Bus(_) | Self::Closed => cardlink_api::Reason::BusUnavailable,
-            Self::History(_) => cardlink_api::Reason::HistoryUnavailable,
+            Self::History(_) | Self::HistoryBehind { .. } => cardlink_api::Reason::HistoryUnavailable,
         }
     }
 }

@@ -12,12 +12,12 @@
 //! the [`REVOCATION_BOUND`] as the client sees it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cardlink_bus::{BusError, Consumer, RecordRef, StartAt, Topic};
+use cardlink_bus::{BusError, PolledConsumer, RecordRef, StartAt, Topic};
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::cursor::EventTopic;
 use crate::delivery::{Origin, Outgoing};
@@ -52,6 +52,23 @@ impl Hub {
                 _ = tokio::time::sleep(FRESHNESS_POLL) => {}
             }
         }
+    }
+
+    /// [`Hub::wait_until_fresh`] for the shared reader's thread (not the runtime's): sleeps
+    /// between looks. Returns false if `stopped` said so first.
+    fn wait_until_fresh_blocking(&self, stopped: impl Fn() -> bool) -> bool {
+        let mut warned = false;
+        while !self.fresh() {
+            if stopped() {
+                return false;
+            }
+            if !warned {
+                tracing::warn!("consent or registry view is behind the revocation bound; deliveries paused");
+                warned = true;
+            }
+            std::thread::sleep(FRESHNESS_POLL);
+        }
+        true
     }
 
     /// Hands one record to every entitled stream. Called by the reader, in partition order.
@@ -139,38 +156,59 @@ impl Hub {
     }
 }
 
-/// The shared reader: tails the event topics from their ends and dispatches every record. An
+/// How long the shared reader waits for a record before it looks at the shutdown signal again.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// The shared reader: tails the event topics from their ends and dispatches every record, on a
+/// thread of its own (polling librdkafka there: no async wake-up per record of the whole bus). An
 /// error it returns marks the hub as stopped ([`Hub::reader_stopped`]), which readiness reports.
-pub async fn run_reader(hub: Hub, consumer: Consumer, shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
-    let read = read_and_dispatch(&hub, consumer, shutdown).await;
+/// Dropping the returned future stops the thread at its next poll, as `shutdown` does.
+pub async fn run_reader(hub: Hub, consumer: PolledConsumer, shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let (done_tx, done) = oneshot::channel();
+    let (reader_hub, stopping) = (hub.clone(), Arc::clone(&stop.0));
+    // Dispatch wakes and spawns stream tasks (a stream that fell behind is told from a task).
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("hub-reader".into())
+        .spawn(move || {
+            let _runtime = runtime.enter();
+            let stopped = || stopping.load(Ordering::Relaxed) || shutdown.has_changed().unwrap_or(true);
+            let _ = done_tx.send(read_and_dispatch(&reader_hub, &consumer, stopped));
+        })
+        .map_err(|e| BusError::Task(format!("no thread for the shared reader: {e}")))?;
+    let read = done.await.unwrap_or_else(|_| Err(BusError::Task("the shared reader's thread panicked".into())));
     if read.is_err() {
         hub.reader_stopped.store(true, Ordering::Relaxed);
     }
     read
 }
 
-async fn read_and_dispatch(hub: &Hub, consumer: Consumer, mut shutdown: watch::Receiver<bool>) -> Result<(), BusError> {
+/// Sets its flag when dropped: the reader's thread ends with the future that waits for it.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_and_dispatch(hub: &Hub, consumer: &PolledConsumer, stopped: impl Fn() -> bool) -> Result<(), BusError> {
     let mut positions = Vec::new();
     for topic in [Topic::Transactions, Topic::Statements] {
-        let partitions = consumer.partition_count(topic).await?;
-        for p in 0..partitions {
-            let (_, end) = consumer.watermarks(topic, p).await?;
+        for (p, _, end) in consumer.watermarks(topic)? {
             hub.streams.write().position.insert((topic, p), end);
             positions.push((topic, p, StartAt::Offset(end)));
         }
     }
     consumer.assign(&positions)?;
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            record = consumer.recv_ref_retrying("hub reader") => {
-                let record = record?;
-                hub.wait_until_fresh(async {
-                    let _ = shutdown.changed().await;
-                })
-                .await;
-                hub.dispatch(&record);
-            }
+    while !stopped() {
+        let Some(record) = consumer.poll(POLL_WAIT, "hub reader") else { continue };
+        let record = record?;
+        if !hub.wait_until_fresh_blocking(&stopped) {
+            break;
         }
+        hub.dispatch(&record);
     }
+    Ok(())
 }

@@ -153,8 +153,10 @@ impl Subscription for SubscriptionGrpc {
                 Start::After(positions::resolve(&self.positions, secret, &aggregator, name).map_err(into_status)?)
             }
             Some(v1::subscribe_request::Start::Backfill(backfill)) => {
-                let backfills = self.backfills.as_ref().ok_or_else(|| to_status(&BackfillError::NotConfigured))?;
-                let started = backfills.start(&aggregator, &backfill.consent_ids, chrono::Utc::now()).await;
+                if self.backfills.is_none() {
+                    return Err(to_status(&BackfillError::NotConfigured));
+                }
+                let started = Backfills::start(&aggregator, &backfill.consent_ids, chrono::Utc::now());
                 Start::After(started.map_err(|e| to_status(&e))?)
             }
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cardlink_api::v1::subscription_server::SubscriptionServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
+use cardlink_bus::{BusConfig, Consumer, PolledConsumer, Producer, Topic};
 use cardlink_views::{AccessViews, follow};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -134,8 +134,11 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     let hub = Hub::new(consents, registry.clone(), Arc::clone(&config.secret)).with_dead_letters(dead_letters);
     let dead_letter_writer =
         tokio::spawn(crate::dead_letter::write(Producer::new(bus)?, dead_letters_rx, shutdown_rx.clone()));
-    let reader =
-        tokio::spawn(dispatch::run_reader(hub.clone(), Consumer::new(bus, "subscription-hub")?, shutdown_rx.clone()));
+    let reader = tokio::spawn(dispatch::run_reader(
+        hub.clone(),
+        PolledConsumer::new(bus, "subscription-hub")?,
+        shutdown_rx.clone(),
+    ));
     while !hub.streams().is_reading() {
         if reader.is_finished() {
             break;

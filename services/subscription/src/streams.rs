@@ -146,6 +146,9 @@ impl StreamRegistry {
         // cover everything before `live_from`.
         let mut base = start.clone();
         advance_to(&mut base, &live_from);
+        // Live deliveries come after any backfill is done: their cursors resume live, not the
+        // backfill the stream started with.
+        base.backfill = None;
         registered.by_aggregator.entry(aggregator_id.to_owned()).or_default().push(Slot { id, filters, tx, base });
         Registration { id, rx, live_from }
     }

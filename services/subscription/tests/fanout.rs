@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cardlink_api::v1;
-use cardlink_bus::{Consumer, Topic};
+use cardlink_bus::{Consumer, PolledConsumer, Topic};
 use cardlink_events::ActorType;
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
@@ -95,7 +95,7 @@ async fn setup(consents: &[ConsentEvent]) -> Setup {
     tokio::time::timeout(WITHIN, view.caught_up()).await.unwrap();
     tokio::time::timeout(WITHIN, registry.caught_up()).await.unwrap();
     let hub = Hub::new(view, registry, Arc::from(SECRET));
-    tokio::spawn(dispatch::run_reader(hub.clone(), bus.consumer("hub").unwrap(), shutdown));
+    tokio::spawn(dispatch::run_reader(hub.clone(), PolledConsumer::new(bus.config(), "hub").unwrap(), shutdown));
     let deadline = tokio::time::Instant::now() + WITHIN;
     while !hub.streams().is_reading() {
         assert!(tokio::time::Instant::now() < deadline);

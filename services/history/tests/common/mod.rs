@@ -49,9 +49,19 @@ impl World {
 
     /// Stops the history service (indexer and API) and starts it again on the same store.
     pub async fn restart_history(&mut self) {
+        self.stop_history().await;
+        self.start_history().await;
+    }
+
+    /// Stops the history service (indexer and API); the store stays.
+    pub async fn stop_history(&mut self) {
         if let Some(running) = self.history.take() {
             running.shutdown().await;
         }
+    }
+
+    /// Starts the history service on the same store (after [`World::stop_history`]).
+    pub async fn start_history(&mut self) {
         let config = self.history_config.clone();
         self.history = Some(cardlink_history_service::server::start(self.bus.config(), config).await.unwrap());
     }
