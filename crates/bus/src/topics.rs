@@ -46,6 +46,12 @@ impl Topic {
         }
     }
 
+    /// The topic named `suffix` without the deployment's prefix, as stores keep their
+    /// watermarks (the inverse of [`Topic::suffix`]).
+    pub fn from_suffix(suffix: &str) -> Option<Topic> {
+        Self::ALL.into_iter().find(|t| t.suffix() == suffix)
+    }
+
     /// The topic that carries events of `record`.
     pub fn for_record(record: RecordType) -> Topic {
         match record {
@@ -178,7 +184,9 @@ mod tests {
         assert_eq!(cat.topic_named("cardlink.consents.v1"), None);
         for topic in Topic::ALL {
             assert_eq!(cat.spec(topic).topic, topic);
+            assert_eq!(Topic::from_suffix(topic.suffix()), Some(topic));
         }
+        assert_eq!(Topic::from_suffix("acme.transactions.v1"), None);
     }
 
     #[test]

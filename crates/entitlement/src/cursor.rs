@@ -125,7 +125,7 @@ impl Cursor {
     pub fn at_watermarks<'a>(aggregator_id: &str, watermarks: impl IntoIterator<Item = (&'a str, i32, i64)>) -> Self {
         let mut cursor = Self::new(aggregator_id);
         for (name, partition, next_offset) in watermarks {
-            let topic = Topic::ALL.into_iter().find(|t| t.suffix() == name).and_then(EventTopic::of);
+            let topic = Topic::from_suffix(name).and_then(EventTopic::of);
             if let Some(topic) = topic
                 && next_offset > 0
             {

@@ -250,7 +250,8 @@ impl StoredPositions {
         let next = marks
             .iter()
             .filter_map(|w| {
-                let topic = [Topic::Transactions, Topic::Statements].into_iter().find(|t| topic_name(*t) == w.topic)?;
+                let topic =
+                    Topic::from_suffix(&w.topic).filter(|t| matches!(t, Topic::Transactions | Topic::Statements))?;
                 Some(((topic, w.partition), w.next_offset))
             })
             .collect();
