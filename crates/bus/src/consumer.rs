@@ -137,6 +137,13 @@ impl RecordRef<'_> {
         RecordHeaders::from_kafka(self.message.headers())
     }
 
+    /// One header's value as text, without parsing the others (the first, if repeated).
+    pub fn header(&self, key: &str) -> Option<&str> {
+        use rdkafka::message::Headers as _;
+        let value = self.message.headers()?.iter().find(|h| h.key == key)?.value?;
+        std::str::from_utf8(value).ok()
+    }
+
     /// An owned copy, headers parsed.
     pub fn to_record(&self) -> Record {
         Record {

@@ -5,15 +5,24 @@
 //! means the record is durable. librdkafka retries transient failures internally; idempotence
 //! keeps those retries from writing a record twice.
 //!
+//! A call of many records ([`Producer::send_all`], [`Producer::publish_all`]) hands them to
+//! librdkafka in order and waits once for all their acknowledgements: librdkafka's delivery
+//! callback fills a slot per record and wakes the caller when the last one is in, instead of a
+//! channel, a future and a wake per record (the ingest profile, docs/benchmarks.md).
+//!
 //! Backpressure: librdkafka's local queue is bounded (`QUEUE_MAX_KBYTES`, `QUEUE_MAX_MESSAGES`).
 //! When it is full, a send waits up to `ENQUEUE_WAIT` for room and then fails with
 //! [`BusError::QueueFull`], so callers slow down instead of buffering without bound.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use cardlink_events::{AuditEvent, Event, RecordType, codec};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use tokio::sync::{Notify, oneshot};
 
 use crate::config::BusConfig;
 use crate::error::BusError;
@@ -27,6 +36,8 @@ pub const QUEUE_MAX_KBYTES: u32 = 64 * 1024;
 pub const QUEUE_MAX_MESSAGES: u32 = 100_000;
 /// How long a send waits for room in a full local queue.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(5);
+/// How long a send waits before trying a full local queue again.
+const ENQUEUE_RETRY: Duration = Duration::from_millis(10);
 /// Headroom over the largest value for key and headers in Kafka's per-message limit.
 const FRAMING_HEADROOM: usize = 4096;
 
@@ -48,10 +59,79 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// What librdkafka said about one record: (partition, offset), or why not.
+type Acked = Result<(i32, i64), KafkaError>;
+
+/// Where librdkafka's delivery callback reports one record.
+#[derive(Debug)]
+pub enum Ack {
+    /// A record sent on its own.
+    One(oneshot::Sender<Acked>),
+    /// The record at this index of a call of many.
+    Many(Arc<Acks>, usize),
+}
+
+impl Ack {
+    fn settle(self, acked: Acked) {
+        match self {
+            // The sender gave up waiting (its call was cancelled): nobody to tell.
+            Self::One(tx) => drop(tx.send(acked)),
+            Self::Many(acks, index) => acks.settle(index, acked),
+        }
+    }
+}
+
+/// The acknowledgements of one call of many records.
+#[derive(Debug)]
+pub struct Acks {
+    /// Per record: what librdkafka said, and when.
+    slots: Box<[OnceLock<(Acked, Instant)>]>,
+    remaining: AtomicUsize,
+    done: Notify,
+}
+
+impl Acks {
+    fn new(records: usize) -> Self {
+        Self {
+            slots: (0..records).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(records),
+            done: Notify::new(),
+        }
+    }
+
+    fn settle(&self, index: usize, acked: Acked) {
+        if let Some(slot) = self.slots.get(index)
+            && slot.set((acked, Instant::now())).is_ok()
+            && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            // A permit is kept if the caller is not waiting yet: no wake-up is lost.
+            self.done.notify_one();
+        }
+    }
+
+    async fn all_settled(&self) {
+        while self.remaining.load(Ordering::Acquire) > 0 {
+            self.done.notified().await;
+        }
+    }
+}
+
+impl ProducerContext for StatsContext {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+        let acked = match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((error, _)) => Err(error.clone()),
+        };
+        ack.settle(acked);
+    }
+}
+
 /// A cheap-to-clone handle to one librdkafka producer, shared by a whole process.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<StatsContext>,
+    inner: ThreadedProducer<StatsContext>,
     catalogue: Arc<Catalogue>,
     metrics: MessagingMetrics,
     max_message_bytes: usize,
@@ -104,18 +184,74 @@ impl Producer {
         if record.payload.len() > self.max_message_bytes {
             return Err(BusError::MessageTooLarge { size: record.payload.len(), max: self.max_message_bytes });
         }
-        let topic_name = self.catalogue.name(record.topic);
-        let kafka_record =
-            FutureRecord::to(topic_name).key(record.key).payload(record.payload).headers(record.headers.to_kafka());
-        let started = std::time::Instant::now();
-        match self.inner.send(kafka_record, ENQUEUE_WAIT).await {
-            Ok(delivery) => {
-                self.metrics.sent(topic_name, started.elapsed(), None);
-                Ok(Delivered { topic: record.topic, partition: delivery.partition, offset: delivery.offset })
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(&record, Ack::One(tx)).await;
+        // librdkafka reports every record it took, at the latest when the producer is dropped.
+        let acked = rx.await.unwrap_or(Err(KafkaError::Canceled));
+        self.delivered(record.topic, acked, started.elapsed())
+    }
+
+    /// Publishes `records` in order and waits for all of Kafka's acknowledgements: one result per
+    /// record, in the same order. A record too large or refused fails alone.
+    pub async fn send_all(&self, records: &[OutboundRecord<'_>]) -> Vec<Result<Delivered, BusError>> {
+        let started = Instant::now();
+        let acks = Arc::new(Acks::new(records.len()));
+        for (index, record) in records.iter().enumerate() {
+            if record.payload.len() > self.max_message_bytes {
+                acks.settle(index, Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
+            } else {
+                self.enqueue(record, Ack::Many(Arc::clone(&acks), index)).await;
             }
-            Err((source, _message)) => {
+        }
+        acks.all_settled().await;
+        records
+            .iter()
+            .zip(acks.slots.iter())
+            .map(|(record, slot)| {
+                if record.payload.len() > self.max_message_bytes {
+                    return Err(BusError::MessageTooLarge { size: record.payload.len(), max: self.max_message_bytes });
+                }
+                let (acked, at) = slot.get().cloned().unwrap_or((Err(KafkaError::Canceled), started));
+                self.delivered(record.topic, acked, at.saturating_duration_since(started))
+            })
+            .collect()
+    }
+
+    /// Hands `record` to librdkafka, waiting up to [`ENQUEUE_WAIT`] for room in its queue; `ack`
+    /// hears the outcome (at once if librdkafka refused the record).
+    async fn enqueue(&self, record: &OutboundRecord<'_>, ack: Ack) {
+        let topic_name = self.catalogue.name(record.topic);
+        let mut base: BaseRecord<'_, [u8], [u8], Box<Ack>> = BaseRecord::with_opaque_to(topic_name, Box::new(ack))
+            .key(record.key)
+            .payload(record.payload)
+            .headers(record.headers.to_kafka());
+        let deadline = Instant::now() + ENQUEUE_WAIT;
+        loop {
+            match self.inner.send(base) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    base = back;
+                    tokio::time::sleep(ENQUEUE_RETRY).await;
+                }
+                Err((error, back)) => return back.delivery_opaque.settle(Err(error)),
+            }
+        }
+    }
+
+    /// What a record's acknowledgement means to the caller; counted in the messaging metrics.
+    fn delivered(&self, topic: Topic, acked: Acked, elapsed: Duration) -> Result<Delivered, BusError> {
+        let topic_name = self.catalogue.name(topic);
+        match acked {
+            Ok((partition, offset)) => {
+                self.metrics.sent(topic_name, elapsed, None);
+                Ok(Delivered { topic, partition, offset })
+            }
+            Err(source) => {
                 let error = BusError::kafka("produce", source, self.delivery_timeout, topic_name);
-                self.metrics.sent(topic_name, started.elapsed(), Some(error.kind()));
+                self.metrics.sent(topic_name, elapsed, Some(error.kind()));
                 Err(error)
             }
         }
@@ -156,6 +292,44 @@ impl Producer {
         self.send_encoded(&encoded, key.as_bytes(), event_id, None, false).await
     }
 
+    /// [`Producer::publish_as`] for many events at once, each with its own trace context: encoded
+    /// and handed to the producer in order (so one account's events keep their order), one result
+    /// per event in the same order. An event that cannot be encoded fails alone.
+    pub async fn publish_all(
+        &self,
+        events: &[(&Event, Option<&str>)],
+        historical: bool,
+    ) -> Vec<Result<Delivered, BusError>> {
+        let prepared: Vec<Result<(codec::Encoded, String, RecordHeaders), BusError>> = events
+            .iter()
+            .map(|(event, traceparent)| {
+                let encoded = codec::encode(event)?;
+                let headers = headers(&encoded, &event.event_id().to_string(), *traceparent, historical);
+                Ok((encoded, event.partition_key(), headers))
+            })
+            .collect();
+        let records: Vec<OutboundRecord<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|(encoded, key, headers)| OutboundRecord {
+                topic: Topic::for_record(encoded.record_type),
+                key: key.as_bytes(),
+                payload: &encoded.bytes,
+                headers,
+            })
+            .collect();
+        let mut sent = self.send_all(&records).await.into_iter();
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => {
+                    sent.next().unwrap_or(Err(BusError::Kafka { operation: "produce", source: KafkaError::Canceled }))
+                }
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     async fn send_encoded(
         &self,
         encoded: &codec::Encoded,
@@ -164,13 +338,7 @@ impl Producer {
         traceparent: Option<&str>,
         historical: bool,
     ) -> Result<Delivered, BusError> {
-        let headers = RecordHeaders {
-            event_type: Some(encoded.record_type.full_name().to_owned()),
-            event_id: Some(event_id.to_owned()),
-            schema_fingerprint: Some(encoded.fingerprint),
-            traceparent: traceparent.map(str::to_owned),
-            historical,
-        };
+        let headers = headers(encoded, event_id, traceparent, historical);
         self.send(OutboundRecord {
             topic: Topic::for_record(encoded.record_type),
             key,
@@ -187,5 +355,16 @@ impl Producer {
             .await
             .map_err(|e| BusError::Task(format!("flush: {e}")))?
             .map_err(|source| BusError::kafka("flush", source, timeout, ""))
+    }
+}
+
+/// The headers of an encoded cardlink record.
+fn headers(encoded: &codec::Encoded, event_id: &str, traceparent: Option<&str>, historical: bool) -> RecordHeaders {
+    RecordHeaders {
+        event_type: Some(encoded.record_type.full_name().to_owned()),
+        event_id: Some(event_id.to_owned()),
+        schema_fingerprint: Some(encoded.fingerprint),
+        traceparent: traceparent.map(str::to_owned),
+        historical,
     }
 }

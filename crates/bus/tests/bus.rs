@@ -160,6 +160,43 @@ async fn oversized_record_is_refused_and_its_neighbours_go_through() {
 }
 
 #[tokio::test]
+async fn a_call_of_many_keeps_their_order_and_fails_only_its_bad_record() {
+    let bus = TestBus::start().await.unwrap();
+    let producer = bus.producer().unwrap();
+    let max = bus.config().max_message_bytes;
+    let (big, headers) = (vec![0u8; max + 1], RecordHeaders::default());
+    let small = |n: u8| vec![n; 16];
+    let payloads = [small(1), big, small(2), small(3)];
+    let records: Vec<OutboundRecord<'_>> = payloads
+        .iter()
+        .map(|payload| OutboundRecord { topic: Topic::Transactions, key: b"iss-a/acct-1", payload, headers: &headers })
+        .collect();
+    let sent = producer.send_all(&records).await;
+    assert_eq!(sent.len(), 4);
+    assert!(matches!(sent[1], Err(BusError::MessageTooLarge { size, .. }) if size == max + 1));
+    let offsets: Vec<i64> = [0, 2, 3].iter().map(|&i| sent[i].as_ref().unwrap().offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+
+    // Events with their own trace contexts, one account's in the order given.
+    let events: Vec<Event> = (0..300).map(|n| Event::Transaction(samples::transaction("iss-a", "acct-2", n))).collect();
+    let traceparents: Vec<String> =
+        (0..300).map(|n| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{n:016x}-01")).collect();
+    let calls: Vec<(&Event, Option<&str>)> =
+        events.iter().zip(&traceparents).map(|(e, tp)| (e, Some(tp.as_str()))).collect();
+    let published = producer.publish_all(&calls, true).await;
+    assert!(published.iter().all(Result::is_ok));
+    let read = bus.read(Topic::Transactions, 303, WITHIN).await.unwrap();
+    let mine: Vec<_> = read.iter().filter(|r| r.key.as_deref() == Some(&b"iss-a/acct-2"[..])).collect();
+    assert_eq!(mine.len(), 300);
+    for ((record, event), tp) in mine.iter().zip(&events).zip(&traceparents) {
+        assert_eq!(decode(&record.payload).unwrap(), *event);
+        assert_eq!(record.headers.traceparent.as_deref(), Some(tp.as_str()));
+        assert_eq!(record.headers.event_id, Some(event.event_id().to_string()));
+        assert!(record.headers.historical);
+    }
+}
+
+#[tokio::test]
 async fn producing_to_a_missing_topic_fails_instead_of_hanging() {
     let bus = TestBus::start_unprovisioned().await.unwrap();
     let producer = bus.producer_with_timeout(Duration::from_secs(2)).unwrap();

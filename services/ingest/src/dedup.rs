@@ -8,7 +8,8 @@
 //!
 //! Ids are kept per issuer, so one issuer's ids can never mark another's as duplicates.
 //! A claim in progress is `InFlight`: a concurrent call with the same id is told to retry rather
-//! than told "duplicate" for a record whose publish might still fail.
+//! than told "duplicate" for a record whose publish might still fail; a call settles all its
+//! claims under one lock once Kafka has answered for every record.
 //!
 //! Memory: about 40 bytes per remembered event (a 16-byte id, a 4-byte hour, hash-table
 //! overhead); see `docs/issuers.md` for sizing. Retries are exactly-once only within the
@@ -19,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use cardlink_bus::{BusError, Consumer, RecordRef, StartAt, Topic};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -87,20 +88,17 @@ impl DedupIndex {
         })
     }
 
-    /// The claimed id is now on the bus.
-    pub fn commit(&self, issuer: &str, id: Uuid, at: DateTime<Utc>) {
+    /// Settles a call's claims at once: each id published (`true`, committed at `at`) or not
+    /// (released, so a later call may try again).
+    pub fn settle(&self, issuer: &str, ids: impl IntoIterator<Item = (Uuid, bool)>, at: DateTime<Utc>) {
+        let at = hour(at);
         self.with(|issuers| {
-            let ids = issuers.entry(issuer.to_owned()).or_default();
-            ids.in_flight.remove(&id);
-            ids.seen.insert(id, hour(at));
-        });
-    }
-
-    /// The claimed id was not published; a later call may try again.
-    pub fn release(&self, issuer: &str, id: Uuid) {
-        self.with(|issuers| {
-            if let Some(ids) = issuers.get_mut(issuer) {
-                ids.in_flight.remove(&id);
+            let ids_of = issuers.entry(issuer.to_owned()).or_default();
+            for (id, published) in ids {
+                ids_of.in_flight.remove(&id);
+                if published {
+                    ids_of.seen.insert(id, at);
+                }
             }
         });
     }
@@ -108,7 +106,12 @@ impl DedupIndex {
     /// An id seen on the bus (by the follower).
     pub fn observe(&self, issuer: &str, id: Uuid, at: DateTime<Utc>) {
         self.with(|issuers| {
-            issuers.entry(issuer.to_owned()).or_default().seen.entry(id).or_insert_with(|| hour(at));
+            // Most records are of issuers already known: no key to allocate for them.
+            if let Some(ids) = issuers.get_mut(issuer) {
+                ids.seen.entry(id).or_insert_with(|| hour(at));
+                return;
+            }
+            issuers.entry(issuer.to_owned()).or_default().seen.insert(id, hour(at));
         });
     }
 
@@ -138,9 +141,9 @@ impl DedupIndex {
 }
 
 /// The (issuer, event id) of a record on an event topic, from its key and headers.
-fn identify(record: &Record) -> Option<(String, Uuid)> {
-    let id = Uuid::parse_str(record.headers.event_id.as_deref()?).ok()?;
-    Some((record.issuer_id()?.to_owned(), id))
+fn identify<'a>(record: &'a RecordRef<'_>) -> Option<(&'a str, Uuid)> {
+    let id = Uuid::parse_str(record.header(cardlink_bus::headers::EVENT_ID)?).ok()?;
+    Some((record.issuer_id()?, id))
 }
 
 /// Reads the event topics from `now - window` into `index` and keeps following them. Sends
@@ -177,18 +180,19 @@ pub async fn follow(
                 let dropped = index.sweep(Utc::now());
                 tracing::debug!(dropped, remembered = index.len(), "idempotency index swept");
             }
-            record = consumer.recv_retrying("idempotency index") => {
+            record = consumer.recv_ref_retrying("idempotency index") => {
                 let record = record?;
-                let at = record.timestamp_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now);
+                let at = record.timestamp_ms().and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now);
                 match identify(&record) {
-                    Some((issuer, id)) => index.observe(&issuer, id, at),
-                    None => tracing::warn!(topic = ?record.topic, partition = record.partition, offset = record.offset,
+                    Some((issuer, id)) => index.observe(issuer, id, at),
+                    None => tracing::warn!(topic = ?record.topic(), partition = record.partition(), offset = record.offset(),
                         "event record without key or event-id header; not indexed for idempotency"),
                 }
-                if let Some(end) = pending.get(&(record.topic, record.partition))
-                    && record.offset + 1 >= *end
+                let (topic, partition) = (record.topic(), record.partition());
+                if let Some(end) = pending.get(&(topic, partition))
+                    && record.offset() + 1 >= *end
                 {
-                    pending.remove(&(record.topic, record.partition));
+                    pending.remove(&(topic, partition));
                     if pending.is_empty() {
                         tracing::info!(remembered = index.len(), "idempotency index caught up with the bus");
                         caught_up.send_replace(true);
@@ -212,7 +216,7 @@ mod tests {
         let index = DedupIndex::new(DEFAULT_WINDOW);
         assert_eq!(index.claim("a", id(1)), Claim::New);
         assert_eq!(index.claim("a", id(1)), Claim::InFlight);
-        index.commit("a", id(1), Utc::now());
+        index.settle("a", [(id(1), true)], Utc::now());
         assert_eq!(index.claim("a", id(1)), Claim::Duplicate);
     }
 
@@ -220,7 +224,7 @@ mod tests {
     fn release_lets_a_retry_through() {
         let index = DedupIndex::new(DEFAULT_WINDOW);
         assert_eq!(index.claim("a", id(1)), Claim::New);
-        index.release("a", id(1));
+        index.settle("a", [(id(1), false)], Utc::now());
         assert_eq!(index.claim("a", id(1)), Claim::New);
     }
 

@@ -18,7 +18,7 @@ use cardlink_api::{ApiError, Reason};
 use cardlink_authn::Caller;
 
 use crate::dedup::{Claim, DedupIndex};
-use crate::metrics::{IngestMetrics, end_send_span, send_span, topic_of};
+use crate::metrics::{IngestMetrics, SendSpans};
 use crate::outcome::{BatchResult, Outcome, RecordResult, Rejection};
 use crate::validate::validate_record;
 
@@ -172,32 +172,21 @@ impl Ingest {
         parent: opentelemetry::Context,
         historical: bool,
     ) -> Vec<(usize, Outcome)> {
-        // Each record's send span is a child of the call's span.
-        let sends = to_publish.iter().map(|(_, event)| {
-            let topic = self.producer.catalogue().name(topic_of(event));
-            let cx = send_span(&parent, topic, event.event_id().to_string());
-            async move {
-                let traceparent = cardlink_telemetry::propagation::traceparent(&cx);
-                let ack = self.producer.publish_as(event, traceparent.as_deref(), historical).await;
-                end_send_span(&cx, ack.as_ref());
-                ack
-            }
-        });
-        let acks = futures::future::join_all(sends).await;
+        let spans = SendSpans::start(&parent, &self.producer, &to_publish);
+        let events: Vec<(&Event, Option<&str>)> =
+            to_publish.iter().zip(spans.traceparents()).map(|((_, event), tp)| (event, tp)).collect();
+        let acks = self.producer.publish_all(&events, historical).await;
+        spans.end(&acks);
+        let published_at = Utc::now();
+        let ids = to_publish.iter().zip(&acks).map(|((_, event), ack)| (event.event_id().0, ack.is_ok()));
+        self.index.settle(issuer, ids, published_at);
         to_publish
             .iter()
             .zip(acks)
-            .map(|((index, event), ack)| {
-                let id = event.event_id().0;
+            .map(|((index, _), ack)| {
                 let outcome = match ack {
-                    Ok(_) => {
-                        self.index.commit(issuer, id, Utc::now());
-                        Outcome::Accepted
-                    }
-                    Err(e) => {
-                        self.index.release(issuer, id);
-                        Outcome::Rejected(bus_rejection(&e))
-                    }
+                    Ok(_) => Outcome::Accepted,
+                    Err(e) => Outcome::Rejected(bus_rejection(&e)),
                 };
                 (*index, outcome)
             })

@@ -526,12 +526,26 @@ fn optional_date(field: &'static str, value: &str) -> Result<Option<NaiveDate>> 
     if value.is_empty() {
         return Ok(None);
     }
-    let d = NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .map_err(|_| Rejection::new(R::InvalidDate, field, "a date as YYYY-MM-DD"))?;
+    let d = iso_date(value)
+        .or_else(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+        .ok_or_else(|| Rejection::new(R::InvalidDate, field, "a date as YYYY-MM-DD"))?;
     if !YEARS.contains(&chrono::Datelike::year(&d)) {
         return Err(Rejection::new(R::InvalidDate, field, "year out of the accepted range 2000-2100"));
     }
     Ok(Some(d))
+}
+
+/// `YYYY-MM-DD` read directly: the shape nearly every record's dates have, several times faster
+/// than chrono's format parser (which still reads whatever else it accepts).
+fn iso_date(value: &str) -> Option<NaiveDate> {
+    let b = value.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| {
+        b.get(range)?.iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    NaiveDate::from_ymd_opt(i32::try_from(number(0..4)?).ok()?, number(5..7)?, number(8..10)?)
 }
 
 fn optional_month(field: &'static str, value: &str) -> Result<Option<String>> {

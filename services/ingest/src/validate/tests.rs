@@ -200,3 +200,20 @@ mod properties {
         }
     }
 }
+
+proptest::proptest! {
+    /// The direct reading of `YYYY-MM-DD` agrees with chrono's parser on every text of that
+    /// length, dates or not, and reads every date chrono reads in that shape.
+    #[test]
+    fn iso_dates_read_as_chrono_reads_them(
+        year in 0u32..10_000, month in 0u32..14, day in 0u32..33,
+        other in "[0-9a-z -]{10}",
+    ) {
+        let text = format!("{year:04}-{month:02}-{day:02}");
+        let chrono = NaiveDate::parse_from_str(&text, "%Y-%m-%d").ok();
+        proptest::prop_assert_eq!(iso_date(&text), chrono);
+        if let Some(d) = iso_date(&other) {
+            proptest::prop_assert_eq!(Some(d), NaiveDate::parse_from_str(&other, "%Y-%m-%d").ok());
+        }
+    }
+}
