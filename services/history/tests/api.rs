@@ -66,6 +66,7 @@ async fn a_listing_pages_through_the_consented_history_once_projected_as_the_str
     let others = client.get_transaction(authorized(get(tx_id("agg-y", 3)), w.token("agg-x"))).await.unwrap_err();
     assert_eq!(others.code(), tonic::Code::NotFound, "another aggregator's id names nothing");
 
+    statements_indexed(&w, "c-x", "agg-x", 1).await;
     let statements = v1::ListStatementsRequest { consent_id: "c-x".into(), ..Default::default() };
     let page = client.list_statements(authorized(statements.clone(), w.token("agg-x"))).await.unwrap().into_inner();
     assert_eq!(page.statements.len(), 1);

@@ -206,25 +206,38 @@ const INDEXED_WITHIN: Duration = Duration::from_secs(120);
 
 /// Waits until the indexer has stored `count` of the consent's transactions.
 pub async fn indexed(w: &World, consent: &str, aggregator: &str, count: usize) {
-    let deadline = tokio::time::Instant::now() + INDEXED_WITHIN;
-    loop {
+    until_indexed(count, async || {
         let mut client = w.client().await;
         let (mut seen, mut token) = (0, String::new());
-        let listed = loop {
-            let page = client.list_transactions(authorized(list(consent, 1_000, &token), w.token(aggregator))).await;
-            match page {
-                Ok(page) => {
-                    let page = page.into_inner();
-                    seen += page.transactions.len();
-                    if page.next_page_token.is_empty() {
-                        break Ok(seen);
-                    }
-                    token = page.next_page_token;
-                }
-                Err(s) => break Err(s),
+        loop {
+            let page = client.list_transactions(authorized(list(consent, 1_000, &token), w.token(aggregator))).await?;
+            let page = page.into_inner();
+            seen += page.transactions.len();
+            if page.next_page_token.is_empty() {
+                return Ok(seen);
             }
-        };
-        match listed {
+            token = page.next_page_token;
+        }
+    })
+    .await;
+}
+
+/// Waits until `count` statements are listed under `consent` (they are on a topic of their own:
+/// the indexer may apply them in a later batch than the transactions published before them).
+pub async fn statements_indexed(w: &World, consent: &str, aggregator: &str, count: usize) {
+    until_indexed(count, async || {
+        let request = v1::ListStatementsRequest { consent_id: consent.into(), ..Default::default() };
+        let page = w.client().await.list_statements(authorized(request, w.token(aggregator))).await?;
+        Ok(page.into_inner().statements.len())
+    })
+    .await;
+}
+
+/// Asks `listed` until it answers at least `count` (NOT_READY while the store catches up).
+async fn until_indexed(count: usize, listed: impl AsyncFn() -> Result<usize, tonic::Status>) {
+    let deadline = tokio::time::Instant::now() + INDEXED_WITHIN;
+    loop {
+        match listed().await {
             Ok(seen) if seen >= count => return,
             Ok(_) => {}
             Err(s) if Reason::of(&s) == Some(Reason::NotReady) => {}
