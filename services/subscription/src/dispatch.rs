@@ -90,10 +90,12 @@ impl Hub {
         };
         let key = record.key_str().unwrap_or_default();
         let mut grants = self.consents.read(|v| v.grants(key));
-        // Only where the issuer's connection with the aggregator, and the aggregator, are active.
-        let issuer = record.issuer_id().unwrap_or_default();
-        self.registry.read(|r| grants.retain(|g| r.is_connected(issuer, &g.aggregator_id)));
-        let now = Utc::now();
+        // Only where the issuer's connection with the aggregator, and the aggregator, are active
+        // (most records have no grant: no registry lock for them).
+        if !grants.is_empty() {
+            let issuer = record.issuer_id().unwrap_or_default();
+            self.registry.read(|r| grants.retain(|g| r.is_connected(issuer, &g.aggregator_id)));
+        }
         // Made on the first delivery only: most records of a busy bus go to nobody.
         let mut origin: Option<Arc<Origin>> = None;
         let mut registered = self.streams.write();
@@ -127,6 +129,9 @@ impl Hub {
             }
         };
         let event = &event;
+        // Read once a record is for someone: a clock read per record of the whole bus showed in
+        // the hub's profile.
+        let now = Utc::now();
         let mut fallen = Vec::new();
         for (i, grant) in grants.iter().enumerate() {
             let aggregator = &*grant.aggregator_id;
