@@ -19,8 +19,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::BusConfig;
-use crate::consumer::{LATENCY_PACE, METADATA_TIMEOUT};
+use crate::consumer::LATENCY_PACE;
 use crate::error::BusError;
+use crate::polled::partition_watermarks;
 use crate::producer::ENQUEUE_WAIT;
 use crate::topics::{Catalogue, Topic};
 
@@ -45,7 +46,7 @@ pub async fn drain(config: &BusConfig, topic: Topic) -> Result<Drained, BusError
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
         let mut ends = HashMap::new();
         let mut list = TopicPartitionList::new();
-        for (p, low, high) in watermarks(&consumer, &name)? {
+        for (p, low, high) in partition_watermarks(&consumer, &name)? {
             if high > low {
                 ends.insert(p, high);
                 list.add_partition_offset(&name, p, Offset::Beginning).map_err(kafka("assign"))?;
@@ -116,7 +117,7 @@ where
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create consumer"))?;
         let mut list = TopicPartitionList::new();
         for name in &names {
-            for (p, _, high) in watermarks(&consumer, name)? {
+            for (p, _, high) in partition_watermarks(&consumer, name)? {
                 list.add_partition_offset(name, p, Offset::Offset(high)).map_err(kafka("assign"))?;
             }
         }
@@ -145,20 +146,6 @@ where
         })
         .map_err(|e| BusError::Task(e.to_string()))?;
     Ok(Tail { stop, thread })
-}
-
-/// Every partition of topic `name` with its low and high watermark, as the broker reports them now.
-fn watermarks(consumer: &BaseConsumer, name: &str) -> Result<Vec<(i32, i64, i64)>, BusError> {
-    let kafka = |operation: &'static str| move |source| BusError::Kafka { operation, source };
-    let metadata = consumer.fetch_metadata(Some(name), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
-    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
-    (0..i32::try_from(partitions).unwrap_or(i32::MAX))
-        .map(|p| {
-            let (low, high) =
-                consumer.fetch_watermarks(name, p, METADATA_TIMEOUT).map_err(kafka("fetch watermarks"))?;
-            Ok((p, low, high))
-        })
-        .collect()
 }
 
 /// Writes `records` (key, payload) to `topic` with a plain producer, `in_flight` at a time, each

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::message::Message as _;
 
 use crate::config::BusConfig;
@@ -50,24 +50,7 @@ impl PolledConsumer {
 
     /// Every partition of `topic` with its (low, high) watermarks, as the cluster reports them now.
     pub fn watermarks(&self, topic: Topic) -> Result<Vec<(i32, i64, i64)>, BusError> {
-        let name = self.catalogue.name(topic);
-        let metadata = self
-            .inner
-            .fetch_metadata(Some(name), METADATA_TIMEOUT)
-            .map_err(|source| BusError::kafka("fetch metadata", source, METADATA_TIMEOUT, name))?;
-        let partitions = match metadata.topics().iter().find(|t| t.name() == name) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
-            _ => return Err(BusError::UnknownTopic(name.to_owned())),
-        };
-        (0..i32::try_from(partitions).unwrap_or(i32::MAX))
-            .map(|p| {
-                let (low, high) = self
-                    .inner
-                    .fetch_watermarks(name, p, METADATA_TIMEOUT)
-                    .map_err(|source| BusError::kafka("fetch watermarks", source, METADATA_TIMEOUT, name))?;
-                Ok((p, low, high))
-            })
-            .collect()
+        partition_watermarks(&self.inner, self.catalogue.name(topic))
     }
 
     /// Replaces the assignment: read exactly these partitions from these positions.
@@ -99,4 +82,27 @@ impl PolledConsumer {
         self.metrics.consumed(topic_name);
         Some(Ok(RecordRef::new(message, topic)))
     }
+}
+
+/// Every partition of topic `name` with its (low, high) watermarks, as the cluster reports them
+/// now, asked through a consumer polled on its caller's thread (this one, the baselines').
+pub(crate) fn partition_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    name: &str,
+) -> Result<Vec<(i32, i64, i64)>, BusError> {
+    let metadata = consumer
+        .fetch_metadata(Some(name), METADATA_TIMEOUT)
+        .map_err(|source| BusError::kafka("fetch metadata", source, METADATA_TIMEOUT, name))?;
+    let partitions = match metadata.topics().iter().find(|t| t.name() == name) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
+        _ => return Err(BusError::UnknownTopic(name.to_owned())),
+    };
+    (0..i32::try_from(partitions).unwrap_or(i32::MAX))
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(name, p, METADATA_TIMEOUT)
+                .map_err(|source| BusError::kafka("fetch watermarks", source, METADATA_TIMEOUT, name))?;
+            Ok((p, low, high))
+        })
+        .collect()
 }
