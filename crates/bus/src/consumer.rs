@@ -22,6 +22,10 @@ use crate::topics::{Catalogue, Topic};
 
 /// Bound of librdkafka's pre-fetch queue per consumer, in KiB.
 pub const PREFETCH_MAX_KBYTES: u32 = 16 * 1024;
+/// How long librdkafka waits before it looks again at a partition whose pre-fetch queue was full.
+/// Its default (1 s) stalls a reader that drains a full queue faster than that: it then waits for
+/// the rest of the second with nothing to read.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How long metadata and watermark queries may take.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,7 +228,9 @@ pub(crate) fn client_settings(
     // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
     // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
     let prefetch = PREFETCH_MAX_KBYTES.to_string();
-    for &(key, value) in std::iter::once(&("queued.max.messages.kbytes", prefetch.as_str())).chain(pace) {
+    let defaults =
+        [("queued.max.messages.kbytes", prefetch.as_str()), ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)];
+    for &(key, value) in defaults.iter().chain(pace) {
         if !config.librdkafka.contains_key(key) {
             cfg.set(key, value);
         }
@@ -496,4 +502,23 @@ fn offsets_of(catalogue: &Catalogue, list: &TopicPartitionList) -> Vec<(Topic, i
 /// Runs a blocking librdkafka call off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| BusError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_looks_again_at_a_full_prefetch_queue_within_milliseconds_unless_the_operator_says_otherwise() {
+        let config = BusConfig::default();
+        let cfg = client_settings(&config, "test", LATENCY_PACE, None);
+        assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        assert_eq!(cfg.get("queued.max.messages.kbytes"), Some(PREFETCH_MAX_KBYTES.to_string().as_str()));
+        assert_eq!(cfg.get("fetch.wait.max.ms"), Some("10"));
+
+        let mut tuned = BusConfig::default();
+        tuned.librdkafka.insert("fetch.queue.backoff.ms".into(), "250".into());
+        let cfg = client_settings(&tuned, "test", LATENCY_PACE, None);
+        assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some("250"));
+    }
 }
