@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cardlink_bus::baseline::STALL_LIMIT;
-use cardlink_bus::{Consumer, PolledConsumer, RecordRef, StartAt, Topic};
+use cardlink_bus::{Consumer, PolledConsumer, StartAt, Topic};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::{
     AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope,
 };
 use cardlink_events::{ActorType, Event, RecordType, samples};
 use cardlink_subscription::cursor::Cursor;
+use cardlink_subscription::dispatch::BATCH_MAX;
 use cardlink_subscription::hub::Hub;
 use cardlink_subscription::streams::Filters;
 use cardlink_testkit::TestBus;
@@ -163,13 +164,10 @@ fn registry(streams: usize) -> Vec<RegistryEvent> {
 }
 
 /// Reads the transaction topic from its beginning to its current end with the hub reader's
-/// consumer, polled on a thread of its own as the hub's is, handing each record to `each` there.
-/// Records read.
-async fn read_all(
-    bus: &TestBus,
-    purpose: &str,
-    mut each: impl FnMut(&RecordRef<'_>) + Send + 'static,
-) -> anyhow::Result<u64> {
+/// consumer, polled on a thread of its own as the hub's is; with a `hub`, dispatching every record
+/// in batches as the hub's reader does (`cardlink_subscription::dispatch`: a batch is what
+/// librdkafka holds when it is polled without waiting, up to `BATCH_MAX`). Records read.
+async fn read_all(bus: &TestBus, purpose: &str, hub: Option<Hub>) -> anyhow::Result<u64> {
     let reader = PolledConsumer::new(bus.config(), purpose)?;
     let read = tokio::task::spawn_blocking(move || {
         let mut ends = std::collections::HashMap::new();
@@ -181,15 +179,25 @@ async fn read_all(
             }
         }
         reader.assign(&positions)?;
-        let (mut read, mut last) = (0u64, Instant::now());
+        let (mut read, mut idle_since) = (0u64, None::<Instant>);
+        let mut batch = None;
         while !ends.is_empty() {
-            let Some(record) = reader.poll(Duration::from_millis(100), "peak benchmark") else {
-                anyhow::ensure!(last.elapsed() < STALL_LIMIT, "reading stalled: nothing for {STALL_LIMIT:?}");
+            let wait = if batch.is_some() { Duration::ZERO } else { Duration::from_millis(100) };
+            let Some(record) = reader.poll(wait, "peak benchmark") else {
+                batch = None; // its deliveries are queued as it drops
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                anyhow::ensure!(since.elapsed() < STALL_LIMIT, "reading stalled: nothing for {STALL_LIMIT:?}");
                 continue;
             };
             let record = record?;
-            (read, last) = (read + 1, Instant::now());
-            each(&record);
+            (read, idle_since) = (read + 1, None);
+            if let Some(hub) = &hub {
+                let b = batch.get_or_insert_with(|| hub.batch());
+                b.dispatch(&record);
+                if b.records() >= BATCH_MAX {
+                    batch = None;
+                }
+            }
             if ends.get(&record.partition()).is_some_and(|end| record.offset() + 1 >= *end) {
                 ends.remove(&record.partition());
             }
@@ -294,14 +302,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     // The hub's consumer alone (records read, nothing dispatched): what the bus client costs.
     let started = Instant::now();
-    let consumed = read_all(&bus, "peak-consumer", |_| ()).await?;
+    let consumed = read_all(&bus, "peak-consumer", None).await?;
     let consumer_time = started.elapsed();
     eprintln!("bench: peak: the bus consumer alone read {consumed} records in {:.1} s", consumer_time.as_secs_f64());
     let pid = std::process::id();
     let cpu0 = procstat::sample(pid)?;
     let started = Instant::now();
-    let dispatching = hub.clone();
-    let read = read_all(&bus, "peak-hub", move |record| dispatching.dispatch(record)).await?;
+    let read = read_all(&bus, "peak-hub", Some(hub.clone())).await?;
     let hub_time = started.elapsed();
     let cpu1 = procstat::sample(pid)?;
     // Let the stream tasks count what is queued.

@@ -352,3 +352,61 @@ async fn nothing_is_delivered_later_than_the_bound_after_a_revocation_at_1000_ev
     let late: Vec<_> = times.iter().filter(|t| **t > revoked_at + REVOCATION_BOUND).collect();
     assert!(late.is_empty(), "{} deliveries more than {:?} after the revocation", late.len(), REVOCATION_BOUND);
 }
+
+/// Dispatches the first `n` records of the transaction topic through a hub of the same views with
+/// no reader of its own, in one batch; returns the stream's registration and how many deliveries
+/// it had been handed before the batch ended.
+async fn in_one_batch(s: &Setup, n: usize) -> (cardlink_subscription::streams::Registration, usize) {
+    let hub = Hub::new(s.hub.consents().clone(), s.hub.registry().clone(), Arc::from(SECRET));
+    let mut stream = hub.register("agg-x", Filters::all(), &Cursor::new("agg-x"));
+    let consumer = PolledConsumer::new(s.bus.config(), "one-batch").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let partitions = consumer.watermarks(Topic::Transactions).unwrap();
+        let from: Vec<_> =
+            partitions.iter().map(|&(p, _, _)| (Topic::Transactions, p, cardlink_bus::StartAt::Beginning)).collect();
+        consumer.assign(&from).unwrap();
+        let mut batch = hub.batch();
+        while batch.records() < n {
+            if let Some(record) = consumer.poll(Duration::from_secs(1), "test") {
+                batch.dispatch(&record.unwrap());
+            }
+        }
+        let before_the_end = std::iter::from_fn(|| stream.rx.try_recv().ok()).count();
+        drop(batch);
+        (stream, before_the_end)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_queues_its_deliveries_when_it_ends_in_the_order_read() {
+    let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
+    let producer = s.bus.producer().unwrap();
+    for n in 0..5 {
+        producer.publish(&Event::Transaction(samples::transaction("iss-a", "acct-1", n)), None).await.unwrap();
+    }
+    let (mut stream, before_the_end) = in_one_batch(&s, 5).await;
+    assert_eq!(before_the_end, 0, "nothing is queued while the batch holds the registry");
+    let got: Vec<String> = take(&mut stream.rx, 5).await.iter().map(|(d, _)| summary(d).0).collect();
+    assert_eq!(got, (0..5).map(|n| tx_id("agg-x", n)).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_overflows_within_a_batch_gets_a_full_queue_then_is_told_it_fell_behind() {
+    let s = setup(&[consent("c-x", "agg-x", &["acct-1"], &[Scope::Transactions])]).await;
+    let producer = s.bus.producer().unwrap();
+    let total = STREAM_BUFFER + 20;
+    let events: Vec<Event> =
+        (0..total).map(|n| Event::Transaction(samples::transaction("iss-a", "acct-1", n as u32))).collect();
+    let sent = producer.publish_all(&events.iter().map(|e| (e, None)).collect::<Vec<_>>(), false).await;
+    assert!(sent.iter().all(Result::is_ok));
+    let (mut stream, _) = in_one_batch(&s, total).await;
+    let got = take(&mut stream.rx, STREAM_BUFFER).await;
+    assert_eq!(summary(&got[STREAM_BUFFER - 1].0).0, tx_id("agg-x", STREAM_BUFFER - 1), "in order, none skipped");
+    match tokio::time::timeout(WITHIN, stream.rx.recv()).await.unwrap() {
+        Some(Outgoing::FellBehind) => {}
+        other => panic!("expected to be told it fell behind, got {other:?}"),
+    }
+    assert!(tokio::time::timeout(WITHIN, stream.rx.recv()).await.unwrap().is_none(), "and nothing after that");
+}
