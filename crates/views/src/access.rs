@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cardlink_bus::Record;
+use cardlink_bus::RecordRef;
 use cardlink_events::{AuditEvent, RecordType};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -95,8 +95,8 @@ impl AccessHistory {
 }
 
 impl Materialize for AccessHistory {
-    fn apply_record(&mut self, record: &Record) -> bool {
-        match cardlink_events::decode_record::<AuditEvent>(&record.payload, RecordType::AuditEvent) {
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
+        match cardlink_events::decode_record::<AuditEvent>(record.payload(), RecordType::AuditEvent) {
             Ok(event) => {
                 self.apply(&event);
                 true

@@ -10,11 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use cardlink_bus::{BusError, Consumer, Record, StartAt, Topic};
+use cardlink_bus::{BusError, Consumer, RecordRef, StartAt, Topic};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 /// How often the follower refreshes the partitions' end offsets to compute its lag.
 pub const LAG_REFRESH: Duration = Duration::from_millis(250);
+/// Most records a follower applies before it updates its watermark (what has already arrived,
+/// up to this many, goes in one update).
+const FOLLOW_BATCH: usize = 512;
 
 /// How far a follower has read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,12 +50,12 @@ pub struct Stuck {
 pub trait Materialize: Send + Sync + 'static {
     /// Applies one record; returns false if it could not be understood (the follower then
     /// stops: see [`run`]).
-    fn apply_record(&mut self, record: &Record) -> bool;
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool;
 }
 
 impl Materialize for crate::consent::ConsentView {
-    fn apply_record(&mut self, record: &Record) -> bool {
-        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
+        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::ConsentEvent) {
             Ok(event) => {
                 self.apply(event);
                 true
@@ -62,9 +66,9 @@ impl Materialize for crate::consent::ConsentView {
 }
 
 impl Materialize for crate::registry::RegistryView {
-    fn apply_record(&mut self, record: &Record) -> bool {
-        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::RegistryEvent) {
-            Ok(event) => self.apply_at(&event, record.offset),
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
+        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::RegistryEvent) {
+            Ok(event) => self.apply_at(&event, record.offset()),
             Err(_) => false,
         }
     }
@@ -205,42 +209,69 @@ async fn run<V: Materialize>(
                     }
                 });
             }
-            record = consumer.recv_retrying("view follower") => {
-                let record = record?;
-                let applied = {
-                    let mut guard = view.write().unwrap_or_else(PoisonError::into_inner);
-                    guard.apply_record(&record)
+            record = consumer.recv_ref_retrying("view follower") => {
+                // This record and whatever else has already arrived, up to a batch: applied one
+                // by one (the view's lock is held per record, not across the batch), told in one
+                // watermark update. Its waiters (readiness, the consent service's read-your-writes)
+                // are woken once a batch, not once a record: a view rebuilding from millions of
+                // records spent a sixth of its time waking them.
+                let mut record = record?;
+                let (mut applied, mut failed) = (0, None);
+                let stuck = loop {
+                    let ok = view.write().unwrap_or_else(PoisonError::into_inner).apply_record(&record);
+                    if !ok {
+                        break Some(record);
+                    }
+                    let (partition, offset) = (record.partition(), record.offset());
+                    next.insert(partition, offset + 1);
+                    if targets.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+                        targets.remove(&partition);
+                    }
+                    applied += 1;
+                    if applied == FOLLOW_BATCH {
+                        break None;
+                    }
+                    match consumer.recv_ref_retrying("view follower").now_or_never() {
+                        Some(Ok(more)) => record = more,
+                        Some(Err(e)) => {
+                            failed = Some(e); // after telling what was applied
+                            break None;
+                        }
+                        None => break None,
+                    }
                 };
-                if !applied {
+                if applied > 0 {
+                    let caught_up = targets.is_empty();
+                    let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
+                    if fresh.is_some() {
+                        pending = None;
+                    }
+                    watermark.send_modify(|w| {
+                        w.next.clone_from(&next);
+                        w.caught_up = caught_up;
+                        if fresh.is_some() {
+                            w.fresh_as_of = fresh;
+                        }
+                    });
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                if let Some(record) = stuck {
                     tracing::error!(
                         ?topic,
-                        partition = record.partition,
-                        offset = record.offset,
-                        fingerprint = ?cardlink_events::codec::peek_fingerprint(&record.payload).ok(),
+                        partition = record.partition(),
+                        offset = record.offset(),
+                        fingerprint = ?cardlink_events::codec::peek_fingerprint(record.payload()).ok(),
                         "a record of this topic cannot be decoded by this release; the view stops here (fail closed) until a release that reads it runs"
                     );
                     cardlink_telemetry::undecodable_record(topic.suffix(), "view_stopped");
-                    let stuck = Stuck { partition: record.partition, offset: record.offset };
+                    let stuck = Stuck { partition: record.partition(), offset: record.offset() };
+                    drop(record);
                     watermark.send_modify(|w| w.stuck = Some(stuck));
                     let _ = shutdown.wait_for(|stopping| *stopping).await;
                     return Ok(());
                 }
-                next.insert(record.partition, record.offset + 1);
-                if targets.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
-                    targets.remove(&record.partition);
-                }
-                let caught_up = targets.is_empty();
-                let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
-                if fresh.is_some() {
-                    pending = None;
-                }
-                watermark.send_modify(|w| {
-                    w.next.insert(record.partition, record.offset + 1);
-                    w.caught_up = caught_up;
-                    if fresh.is_some() {
-                        w.fresh_as_of = fresh;
-                    }
-                });
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cardlink_api::v1::consent_service_server::ConsentServiceServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Producer, Record, Topic};
+use cardlink_bus::{BusConfig, Consumer, Producer, RecordRef, Topic};
 use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
@@ -27,10 +27,10 @@ use crate::service::Consents;
 pub const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
 impl Materialize for ConsentBook {
-    fn apply_record(&mut self, record: &Record) -> bool {
-        match cardlink_events::decode_record(&record.payload, cardlink_events::RecordType::ConsentEvent) {
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
+        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::ConsentEvent) {
             Ok(event) => {
-                self.apply_at(event, record.offset);
+                self.apply_at(event, record.offset());
                 true
             }
             Err(_) => false,

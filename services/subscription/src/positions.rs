@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
-use cardlink_bus::{BusError, Producer, Record};
+use cardlink_bus::{BusError, Producer, RecordRef};
 use cardlink_events::{RecordType, SubscriptionPosition};
 use cardlink_views::follow::{Followed, Materialize};
 use chrono::Utc;
@@ -80,11 +80,11 @@ impl PositionsView {
 }
 
 impl Materialize for PositionsView {
-    fn apply_record(&mut self, record: &Record) -> bool {
-        match cardlink_events::decode_record::<SubscriptionPosition>(&record.payload, RecordType::SubscriptionPosition)
+    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
+        match cardlink_events::decode_record::<SubscriptionPosition>(record.payload(), RecordType::SubscriptionPosition)
         {
             Ok(position) => {
-                self.apply_at(position, record.offset);
+                self.apply_at(position, record.offset());
                 true
             }
             Err(_) => false,
