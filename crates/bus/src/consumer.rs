@@ -225,8 +225,9 @@ pub(crate) fn client_settings(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", reset);
-    // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`):
-    // the fetch pace, and the pre-fetch bound that keeps memory per consumer bounded.
+    // Defaults an operator may tune through the librdkafka settings (`CARDLINK_KAFKA__*`): the
+    // fetch pace, the pre-fetch bound that keeps memory per consumer bounded, and how soon a
+    // partition whose pre-fetch queue was full is fetched again.
     let prefetch = PREFETCH_MAX_KBYTES.to_string();
     let defaults =
         [("queued.max.messages.kbytes", prefetch.as_str()), ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)];
