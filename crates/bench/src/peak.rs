@@ -21,14 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cardlink_bus::baseline::STALL_LIMIT;
-use cardlink_bus::{Consumer, PolledConsumer, StartAt, Topic};
+use cardlink_bus::{Consumer, PolledConsumer, RecordRef, StartAt, Topic};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::{
     AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope,
 };
 use cardlink_events::{ActorType, Event, RecordType, samples};
 use cardlink_subscription::cursor::Cursor;
-use cardlink_subscription::dispatch::BATCH_MAX;
 use cardlink_subscription::hub::Hub;
 use cardlink_subscription::streams::Filters;
 use cardlink_testkit::TestBus;
@@ -165,8 +164,7 @@ fn registry(streams: usize) -> Vec<RegistryEvent> {
 
 /// Reads the transaction topic from its beginning to its current end with the hub reader's
 /// consumer, polled on a thread of its own as the hub's is; with a `hub`, dispatching every record
-/// in batches as the hub's reader does (`cardlink_subscription::dispatch`: a batch is what
-/// librdkafka holds when it is polled without waiting, up to `BATCH_MAX`). Records read.
+/// in batches as the hub's reader does (`Hub::dispatch_held`). Records read.
 async fn read_all(bus: &TestBus, purpose: &str, hub: Option<Hub>) -> anyhow::Result<u64> {
     let reader = PolledConsumer::new(bus.config(), purpose)?;
     let read = tokio::task::spawn_blocking(move || {
@@ -179,28 +177,25 @@ async fn read_all(bus: &TestBus, purpose: &str, hub: Option<Hub>) -> anyhow::Res
             }
         }
         reader.assign(&positions)?;
-        let (mut read, mut idle_since) = (0u64, None::<Instant>);
-        let mut batch = None;
-        while !ends.is_empty() {
-            let wait = if batch.is_some() { Duration::ZERO } else { Duration::from_millis(100) };
-            let Some(record) = reader.poll(wait, "peak benchmark") else {
-                batch = None; // its deliveries are queued as it drops
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                anyhow::ensure!(since.elapsed() < STALL_LIMIT, "reading stalled: nothing for {STALL_LIMIT:?}");
-                continue;
-            };
-            let record = record?;
-            (read, idle_since) = (read + 1, None);
-            if let Some(hub) = &hub {
-                let b = batch.get_or_insert_with(|| hub.batch());
-                b.dispatch(&record);
-                if b.records() >= BATCH_MAX {
-                    batch = None;
-                }
-            }
+        let (mut read, mut last) = (0u64, Instant::now());
+        // Counts a record and notes its partition done once it reaches the end seen at the start.
+        let seen = |read: &mut u64, ends: &mut std::collections::HashMap<i32, i64>, record: &RecordRef<'_>| {
+            *read += 1;
             if ends.get(&record.partition()).is_some_and(|end| record.offset() + 1 >= *end) {
                 ends.remove(&record.partition());
             }
+        };
+        while !ends.is_empty() {
+            let Some(record) = reader.poll(Duration::from_millis(100), "peak benchmark") else {
+                anyhow::ensure!(last.elapsed() < STALL_LIMIT, "reading stalled: nothing for {STALL_LIMIT:?}");
+                continue;
+            };
+            let record = record?;
+            seen(&mut read, &mut ends, &record);
+            if let Some(hub) = &hub {
+                hub.dispatch_held(&reader, &record, |r| seen(&mut read, &mut ends, r))?;
+            }
+            last = Instant::now();
         }
         Ok(read)
     });

@@ -77,6 +77,31 @@ impl Hub {
     pub fn batch(&self) -> Batch<'_> {
         Batch { hub: self, registered: self.streams.write(), queued: Vec::new(), now: None, records: 0 }
     }
+
+    /// Dispatches `first` and then whatever `consumer` already holds (polled without waiting), up
+    /// to [`BATCH_MAX`] records, as one [`Batch`]; `each` sees every record read after `first`.
+    /// The shared reader's step, and the peak benchmark's. A failed poll ends the batch (its
+    /// deliveries are queued) and is returned.
+    pub fn dispatch_held(
+        &self,
+        consumer: &PolledConsumer,
+        first: &RecordRef<'_>,
+        mut each: impl FnMut(&RecordRef<'_>),
+    ) -> Result<(), BusError> {
+        let mut batch = self.batch();
+        batch.dispatch(first);
+        while batch.records() < BATCH_MAX {
+            match consumer.poll(Duration::ZERO, "hub reader") {
+                Some(Ok(record)) => {
+                    batch.dispatch(&record);
+                    each(&record);
+                }
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Most records dispatched in one [`Batch`]: bounds how long registration and heartbeats wait
@@ -280,16 +305,7 @@ fn read_and_dispatch(hub: &Hub, consumer: &PolledConsumer, stopped: impl Fn() ->
         if !hub.wait_until_fresh_blocking(&stopped) {
             break;
         }
-        let mut batch = hub.batch();
-        batch.dispatch(&record);
-        // Then whatever librdkafka already holds, without waiting, up to a batch.
-        while batch.records() < BATCH_MAX {
-            match consumer.poll(Duration::ZERO, "hub reader") {
-                Some(Ok(record)) => batch.dispatch(&record),
-                Some(Err(e)) => return Err(e), // the batch's deliveries are queued as it drops
-                None => break,
-            }
-        }
+        hub.dispatch_held(consumer, &record, |_| ())?;
     }
     Ok(())
 }
