@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use apache_avro::GenericSingleObjectReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 
+use crate::consent::{ConsentEvent, ConsentTerms};
 use crate::model::{CardTransaction, Statement};
 use crate::schema::{Fingerprint, RecordType, SchemaVersion, Schemas};
 
@@ -204,6 +205,29 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], record: Recor
     decode_into(writer, bytes)
 }
 
+/// Calls `f` with the terms of the consent record in `bytes` ([`ConsentTerms`]) — what a consent
+/// view keeps — and returns what it returns. A record of the latest version is read in place
+/// (its strings borrowed, the fields the terms do not need skipped: no allocation but the
+/// account list); any other version is decoded in full first. Either way the record is checked
+/// as [`decode_record`] checks it, and refused alike.
+pub fn with_consent_terms<R>(bytes: &[u8], f: impl FnOnce(&ConsentTerms<'_>) -> R) -> Result<R, CodecError> {
+    let writer = writer_of(bytes)?;
+    let record = RecordType::ConsentEvent;
+    if writer.record != record {
+        return Err(CodecError::UnexpectedRecord { expected: record.full_name(), found: writer.record });
+    }
+    if writer.version != consent_terms::VERSION {
+        let event: ConsentEvent = decode_into(writer, bytes)?;
+        return Ok(f(&event.terms()));
+    }
+    let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+    match consent_terms::read(body) {
+        Ok((terms, 0)) => Ok(f(&terms)),
+        Ok((_, extra)) => Err(CodecError::TrailingBytes { record, extra }),
+        Err(reason) => Err(CodecError::Body { record, version: writer.version, reason }),
+    }
+}
+
 /// The committed version whose fingerprint `bytes` carry.
 fn writer_of(bytes: &[u8]) -> Result<&'static SchemaVersion, CodecError> {
     let fingerprint = peek_fingerprint(bytes)?;
@@ -279,5 +303,6 @@ fn single_object_reader(version: &SchemaVersion) -> Option<&'static GenericSingl
     readers.get(&version.fingerprint)
 }
 
+mod consent_terms;
 #[cfg(test)]
 mod tests;

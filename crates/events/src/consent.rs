@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ActorType, EventId};
-use crate::registry::Scope;
+use crate::registry::{Scope, ScopeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -96,4 +96,40 @@ impl ConsentEvent {
     pub fn covers(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }
+
+    /// What deciding on delivery needs of this state, borrowed.
+    pub fn terms(&self) -> ConsentTerms<'_> {
+        ConsentTerms {
+            consent_id: &self.consent_id,
+            issuer_id: &self.issuer_id,
+            aggregator_id: &self.aggregator_id,
+            member_ref: self.member_ref.as_deref(),
+            account_refs: self.account_refs.iter().map(String::as_str).collect(),
+            scopes: ScopeSet::of(&self.scopes),
+            status: self.status,
+            history_days: self.history_days,
+            granted_at_micros: self.granted_at.map(|t| t.timestamp_micros()),
+            expires_at_micros: self.expires_at.map(|t| t.timestamp_micros()),
+        }
+    }
+}
+
+/// What deciding on delivery needs of one consent's state — who, which accounts, which scopes,
+/// which window — borrowed from a [`ConsentEvent`] or straight from a record's bytes
+/// ([`crate::codec::with_consent_terms`]): a replica rebuilding its consent view from ten million
+/// records reads these, not the full state with its purpose, redirect URI and PKCE challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentTerms<'a> {
+    pub consent_id: &'a str,
+    pub issuer_id: &'a str,
+    pub aggregator_id: &'a str,
+    pub member_ref: Option<&'a str>,
+    pub account_refs: Vec<&'a str>,
+    /// Granted (not requested) scopes.
+    pub scopes: ScopeSet,
+    pub status: ConsentStatus,
+    pub history_days: i32,
+    /// Microseconds since the epoch.
+    pub granted_at_micros: Option<i64>,
+    pub expires_at_micros: Option<i64>,
 }

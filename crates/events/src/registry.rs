@@ -46,6 +46,37 @@ impl Scope {
     }
 }
 
+/// A set of scopes as a bitmask: what a consent view keeps per consent instead of a list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(u8);
+
+impl ScopeSet {
+    fn bit(scope: Scope) -> u8 {
+        match scope {
+            Scope::Transactions => 1,
+            Scope::MerchantDetail => 2,
+            Scope::Statements => 4,
+        }
+    }
+
+    pub fn of(scopes: &[Scope]) -> Self {
+        scopes.iter().fold(Self::default(), |set, s| set.with(*s))
+    }
+
+    /// This set and `scope`.
+    pub fn with(self, scope: Scope) -> Self {
+        Self(self.0 | Self::bit(scope))
+    }
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & Self::bit(scope) != 0
+    }
+
+    pub fn is_subset_of(self, other: ScopeSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+}
+
 /// A participant id: 2-63 lowercase letters, digits or hyphens, starting with a letter or digit
 /// (safe in URLs, Kafka keys and file names).
 pub fn is_plain_id(id: &str) -> bool {
@@ -334,5 +365,19 @@ mod redirect_tests {
             assert!(!redirect_uri_allowed(&registered, refused), "{refused}");
         }
         assert!(!redirect_uri_allowed(&[], "https://kakeibo.example/callback"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_sets() {
+        let s = ScopeSet::of(&[Scope::Transactions, Scope::Statements]);
+        assert!(s.contains(Scope::Transactions) && s.contains(Scope::Statements) && !s.contains(Scope::MerchantDetail));
+        assert!(ScopeSet::of(&[Scope::Transactions]).is_subset_of(s));
+        assert!(!ScopeSet::of(&[Scope::MerchantDetail]).is_subset_of(s));
+        assert_eq!(ScopeSet::default().with(Scope::Statements).with(Scope::Transactions), s);
     }
 }

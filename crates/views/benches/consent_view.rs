@@ -134,12 +134,14 @@ async fn startup(n: usize) -> anyhow::Result<()> {
         .await;
     anyhow::ensure!(written == n, "{written} of {n} consent records written");
     let write = t.elapsed();
+    eprintln!("start-up: {n} records written in {:.1} s; a plain consumer reads them", write.as_secs_f64());
     let t = Instant::now();
     let plain = cardlink_bus::baseline::drain(bus.config(), Topic::Consents).await?;
     let plain_time = t.elapsed();
     anyhow::ensure!(plain.records == n as u64, "the plain consumer read {} records", plain.records);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let rss = resident_bytes();
+    eprintln!("start-up: plain consumer done in {:.1} s; a consent-view follower reads them", plain_time.as_secs_f64());
     let t = Instant::now();
     let (mut view, _task) =
         follow::spawn(Consumer::new(bus.config(), "bench-consent-view")?, Topic::Consents, ConsentView::new(), stopped);

@@ -16,36 +16,12 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use cardlink_events::consent::{ConsentEvent, ConsentStatus};
+use cardlink_events::consent::{ConsentEvent, ConsentStatus, ConsentTerms};
 use cardlink_events::registry::Scope;
 use chrono::{DateTime, Utc};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-/// A set of scopes as a bitmask.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ScopeSet(u8);
-
-impl ScopeSet {
-    fn bit(scope: Scope) -> u8 {
-        match scope {
-            Scope::Transactions => 1,
-            Scope::MerchantDetail => 2,
-            Scope::Statements => 4,
-        }
-    }
-
-    pub fn of(scopes: &[Scope]) -> Self {
-        Self(scopes.iter().fold(0, |acc, s| acc | Self::bit(*s)))
-    }
-
-    pub fn contains(self, scope: Scope) -> bool {
-        self.0 & Self::bit(scope) != 0
-    }
-
-    pub fn is_subset_of(self, other: ScopeSet) -> bool {
-        self.0 & !other.0 == 0
-    }
-}
+pub use cardlink_events::registry::ScopeSet;
 
 /// One active consent of one account, as the hot path needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +54,10 @@ const NEVER: i64 = i64::MIN;
 /// ignored and logged, like one with a NUL.
 pub const MAX_CONSENT_ID_BYTES: usize = u16::MAX as usize;
 
+/// Most consents [`ConsentView::reserve`] makes room for at once (five times Japan's tens of
+/// millions of household-budget app users would not reach it); past it the view grows as it goes.
+pub const MAX_RESERVED: usize = 50_000_000;
+
 /// One consent, as the view keeps it: 48 bytes and its text.
 #[derive(Debug)]
 struct Slot {
@@ -102,8 +82,8 @@ impl Slot {
     }
 
     /// Member and accounts, each after a separator.
-    fn rest(&self) -> std::str::Split<'_, char> {
-        let mut rest = self.text.get(usize::from(self.id_len)..).unwrap_or_default().split(SEP);
+    fn rest(&self) -> impl Iterator<Item = &str> {
+        let mut rest = fields(self.text.get(usize::from(self.id_len)..).unwrap_or_default());
         rest.next(); // empty: before the first separator
         rest
     }
@@ -130,8 +110,29 @@ impl Slot {
     }
 }
 
-fn micros(t: Option<DateTime<Utc>>) -> i64 {
-    t.map_or(NEVER, |t| t.timestamp_micros())
+/// The fields of `text` between separators. A byte search: `str::split` with a `char` pattern
+/// compared each candidate through `memcmp`, a sixth of a view's rebuild (every account of every
+/// consent is found this way when it enters the index).
+fn fields(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.bytes().position(|b| b == SEP as u8) {
+            Some(at) => {
+                rest = text.get(at + 1..);
+                text.get(..at)
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
+/// Whether `text` holds the separator (a byte search: every string of every record is checked).
+fn has_sep(text: &str) -> bool {
+    text.as_bytes().contains(&(SEP as u8))
 }
 
 fn instant(micros: i64) -> Option<DateTime<Utc>> {
@@ -256,16 +257,47 @@ fn account_hash(hasher: &DefaultHashBuilder, issuer_id: &str, account_ref: &str)
     hasher.hash_one((issuer_id, account_ref))
 }
 
+/// The consent-id hash of slot `n`'s entry in `by_id` (when the table grows).
+fn slot_id_hash(hasher: &DefaultHashBuilder, slots: &[Slot], n: u32) -> u64 {
+    id_hash(hasher, slots[n as usize].id())
+}
+
+/// The account-key hash of a `by_account` entry (when the table grows).
+fn entry_account_hash(hasher: &DefaultHashBuilder, slots: &[Slot], names: &Names, (n, a): (u32, u16)) -> u64 {
+    let slot = &slots[n as usize];
+    account_hash(hasher, names.name(slot.issuer), slot.accounts().nth(usize::from(a)).unwrap_or_default())
+}
+
 impl ConsentView {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Makes room for `consents` more consents at once, each with one account, up to
+    /// [`MAX_RESERVED`]: a view rebuilt from the topic is told how many records it holds, and
+    /// growing by doubling instead rehashed every key (read back from its slot) and copied the
+    /// slots at each step. On a topic whose head is not yet compacted this is more than the
+    /// consents there are; what is reserved and never used costs the index tables' 5–9 bytes a
+    /// record (the slots' pages are never touched).
+    pub fn reserve(&mut self, consents: usize) {
+        let consents = consents.min(MAX_RESERVED);
+        self.slots.reserve(consents);
+        let (slots, names, hasher) = (&self.slots, &self.names, &self.hasher);
+        self.by_id.reserve(consents, |&m| slot_id_hash(hasher, slots, m));
+        self.by_account.reserve(consents, |&entry| entry_account_hash(hasher, slots, names, entry));
+    }
+
     /// Applies the next state of one consent read from the topic, unless the consent already
     /// ended ([`ConsentEvent::replaces`]).
     pub fn apply(&mut self, event: ConsentEvent) {
-        let id = event.consent_id.as_str();
-        if id.contains(SEP) || id.len() > MAX_CONSENT_ID_BYTES {
+        self.apply_terms(&event.terms());
+    }
+
+    /// [`ConsentView::apply`], from the terms alone (as the follower reads them from a record,
+    /// [`cardlink_events::codec::with_consent_terms`]).
+    pub fn apply_terms(&mut self, terms: &ConsentTerms<'_>) {
+        let id = terms.consent_id;
+        if has_sep(id) || id.len() > MAX_CONSENT_ID_BYTES {
             tracing::error!(consent_id = %id.escape_debug(), "consent id with a NUL character or too long: ignored");
             return;
         }
@@ -278,7 +310,7 @@ impl ConsentView {
             }
             self.withdraw(n);
         }
-        let slot = self.slot_of(&event);
+        let slot = self.slot_of(terms);
         let n = match found {
             Some(n) => {
                 self.slots[n as usize] = slot;
@@ -288,46 +320,46 @@ impl ConsentView {
                 let n = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
                 self.slots.push(slot);
                 let (slots, hasher) = (&self.slots, &self.hasher);
-                self.by_id.insert_unique(hash, n, |&m| id_hash(hasher, slots[m as usize].id()));
+                self.by_id.insert_unique(hash, n, |&m| slot_id_hash(hasher, slots, m));
                 n
             }
         };
         self.enter(n);
     }
 
-    fn slot_of(&mut self, event: &ConsentEvent) -> Slot {
-        let member = event.member_ref.as_deref().unwrap_or_default();
-        let storable = !member.contains(SEP) && event.account_refs.iter().all(|a| !a.contains(SEP));
+    fn slot_of(&mut self, terms: &ConsentTerms<'_>) -> Slot {
+        let member = terms.member_ref.unwrap_or_default();
+        let storable = !has_sep(member) && terms.account_refs.iter().all(|a| !has_sep(a));
         if !storable {
-            tracing::error!(consent_id = %event.consent_id, "consent with a NUL character in its member or accounts: held without grants");
+            tracing::error!(consent_id = %terms.consent_id, "consent with a NUL character in its member or accounts: held without grants");
         }
-        let text = if event.status == ConsentStatus::Active && storable {
-            let len = event.consent_id.len()
+        let mut text = String::new();
+        if terms.status == ConsentStatus::Active && storable {
+            let len = terms.consent_id.len()
                 + 1
                 + member.len()
-                + event.account_refs.iter().map(|a| 1 + a.len()).sum::<usize>();
-            let mut text = String::with_capacity(len);
-            text.push_str(&event.consent_id);
+                + terms.account_refs.iter().map(|a| 1 + a.len()).sum::<usize>();
+            text.reserve_exact(len);
+            text.push_str(terms.consent_id);
             text.push(SEP);
             text.push_str(member);
-            for account in &event.account_refs {
+            for account in &terms.account_refs {
                 text.push(SEP);
                 text.push_str(account);
             }
-            text
         } else {
-            event.consent_id.clone()
-        };
+            text.push_str(terms.consent_id);
+        }
         Slot {
             text: text.into_boxed_str(),
-            id_len: u16::try_from(event.consent_id.len()).unwrap_or(u16::MAX),
-            granted_at: micros(event.granted_at),
-            expires_at: micros(event.expires_at),
-            history_days: event.history_days,
-            issuer: self.names.intern(&event.issuer_id),
-            aggregator: self.names.intern(&event.aggregator_id),
-            status: event.status,
-            scopes: ScopeSet::of(&event.scopes),
+            id_len: u16::try_from(terms.consent_id.len()).unwrap_or(u16::MAX),
+            granted_at: terms.granted_at_micros.unwrap_or(NEVER),
+            expires_at: terms.expires_at_micros.unwrap_or(NEVER),
+            history_days: terms.history_days,
+            issuer: self.names.intern(terms.issuer_id),
+            aggregator: self.names.intern(terms.aggregator_id),
+            status: terms.status,
+            scopes: terms.scopes,
         }
     }
 
@@ -344,9 +376,8 @@ impl ConsentView {
         // grant: fail closed.
         for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
             let a = u16::try_from(a).unwrap_or(u16::MAX);
-            self.by_account.insert_unique(account_hash(hasher, issuer, account), (n, a), |&(m, b)| {
-                let other = &slots[m as usize];
-                account_hash(hasher, names.name(other.issuer), other.accounts().nth(usize::from(b)).unwrap_or_default())
+            self.by_account.insert_unique(account_hash(hasher, issuer, account), (n, a), |&entry| {
+                entry_account_hash(hasher, slots, names, entry)
             });
             entered += 1;
         }
@@ -462,12 +493,15 @@ mod tests {
         c
     }
 
-    #[test]
-    fn scope_sets() {
-        let s = ScopeSet::of(&[Scope::Transactions, Scope::Statements]);
-        assert!(s.contains(Scope::Transactions) && s.contains(Scope::Statements) && !s.contains(Scope::MerchantDetail));
-        assert!(ScopeSet::of(&[Scope::Transactions]).is_subset_of(s));
-        assert!(!ScopeSet::of(&[Scope::MerchantDetail]).is_subset_of(s));
+    fn micros(t: Option<DateTime<Utc>>) -> i64 {
+        t.map_or(NEVER, |t| t.timestamp_micros())
+    }
+
+    proptest! {
+        #[test]
+        fn fields_split_as_str_split_does(text in "(\\PC|\\x00){0,30}") {
+            prop_assert_eq!(fields(&text).collect::<Vec<_>>(), text.split(SEP).collect::<Vec<_>>());
+        }
     }
 
     #[test]
@@ -506,6 +540,22 @@ mod tests {
     fn a_slot_stays_48_bytes() {
         // The per-consent budget (docs/benchmarks.md) counts on it.
         assert_eq!(std::mem::size_of::<Slot>(), 48);
+    }
+
+    #[test]
+    fn room_reserved_after_some_consents_keeps_finding_them() {
+        // Reserving moves every entry to a larger table, its hash computed from the slot.
+        let mut view = ConsentView::new();
+        for i in 0..20 {
+            view.apply(consent(&format!("c-{i}"), "agg-x", &[&format!("acct-{i}")], ConsentStatus::Active));
+        }
+        view.reserve(10_000);
+        view.apply(consent("c-20", "agg-y", &["acct-1"], ConsentStatus::Active));
+        for i in 0..20 {
+            assert!(view.consent(&format!("c-{i}")).is_some(), "c-{i} by id");
+            assert!(!view.grants(&format!("iss-a/acct-{i}")).is_empty(), "acct-{i} by account");
+        }
+        assert_eq!(view.grants("iss-a/acct-1").len(), 2);
     }
 
     #[test]

@@ -51,17 +51,21 @@ pub trait Materialize: Send + Sync + 'static {
     /// Applies one record; returns false if it could not be understood (the follower then
     /// stops: see [`run`]).
     fn apply_record(&mut self, record: &RecordRef<'_>) -> bool;
+
+    /// Told, before the first record, how many records the topic holds: a view that grows by
+    /// doubling can take its room at once instead (rebuilding a ten-million-consent view spent a
+    /// fifth of its time rehashing and copying as it grew). An upper bound on what it will hold,
+    /// not a promise.
+    fn reserve(&mut self, _records: u64) {}
 }
 
 impl Materialize for crate::consent::ConsentView {
     fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::ConsentEvent) {
-            Ok(event) => {
-                self.apply(event);
-                true
-            }
-            Err(_) => false,
-        }
+        cardlink_events::codec::with_consent_terms(record.payload(), |terms| self.apply_terms(terms)).is_ok()
+    }
+
+    fn reserve(&mut self, records: u64) {
+        self.reserve(usize::try_from(records).unwrap_or(usize::MAX));
     }
 }
 
@@ -157,13 +161,16 @@ async fn run<V: Materialize>(
     let partitions = consumer.assign_all(topic, StartAt::Beginning).await?;
     let mut targets = HashMap::new();
     let mut next = HashMap::new();
+    let mut held = 0u64;
     for p in 0..partitions {
         let (low, high) = consumer.watermarks(topic, p).await?;
         next.insert(p, low);
         if high > low {
             targets.insert(p, high);
+            held += u64::try_from(high - low).unwrap_or(0);
         }
     }
+    view.write().unwrap_or_else(PoisonError::into_inner).reserve(held);
     watermark.send_modify(|w| {
         w.next = next.clone();
         w.caught_up = targets.is_empty();

@@ -304,5 +304,164 @@ fn registry_and_consent_events_round_trip() {
     old.extend_from_slice(&v1.fingerprint.0);
     old.extend_from_slice(&body);
     let read = decode_record::<ConsentEvent>(&old, RecordType::ConsentEvent).expect("decodes v1");
-    assert_eq!(read, ConsentEvent { history_days: 0, ..consent });
+    assert_eq!(read, ConsentEvent { history_days: 0, ..consent.clone() });
+
+    // The terms a consent view reads: in place from the latest version, through the full decode
+    // from v1.
+    let terms = with_consent_terms(&bytes, |t| format!("{t:?}")).expect("reads the terms");
+    assert_eq!(terms, format!("{:?}", consent.terms()));
+    let terms = with_consent_terms(&old, |t| format!("{t:?}")).expect("reads v1's terms");
+    assert_eq!(terms, format!("{:?}", read.terms()));
+}
+
+#[test]
+fn the_consent_terms_reader_walks_the_latest_consent_version() {
+    // A new consent_event version must be taught to `consent_terms::read` (until then its records
+    // would take the slower full decode): this fails to say so.
+    assert_eq!(Schemas::get().latest(RecordType::ConsentEvent).version, consent_terms::VERSION);
+}
+
+#[test]
+fn consent_terms_are_only_read_from_consent_records() {
+    let tx = encode(&every_sample()[0]).expect("encodes").bytes;
+    assert!(matches!(
+        with_consent_terms(&tx, |_| ()),
+        Err(CodecError::UnexpectedRecord { found: RecordType::CardTransaction, .. })
+    ));
+    assert!(matches!(with_consent_terms(&tx[..4], |_| ()), Err(CodecError::TooShort { .. })));
+}
+
+/// A consent event with every field the terms read set from the arguments.
+fn consent_with(
+    member: Option<String>,
+    accounts: Vec<String>,
+    scopes: Vec<crate::registry::Scope>,
+    status: u8,
+    history_days: i32,
+    granted: Option<i64>,
+    expires: Option<i64>,
+) -> crate::consent::ConsentEvent {
+    use crate::consent::ConsentStatus;
+    let at = |micros: i64| chrono::DateTime::from_timestamp_micros(micros).expect("in range");
+    let mut c = samples::active_consent("cns-1", "iss-a", "agg-x", &[], &scopes, at(0), at(1));
+    c.member_ref = member;
+    c.account_refs = accounts;
+    c.status = [
+        ConsentStatus::Requested,
+        ConsentStatus::Active,
+        ConsentStatus::Denied,
+        ConsentStatus::Revoked,
+        ConsentStatus::Expired,
+    ][usize::from(status % 5)];
+    c.history_days = history_days;
+    c.granted_at = granted.map(at);
+    c.expires_at = expires.map(at);
+    c.state = Some("xyz".into());
+    c
+}
+
+/// Both readers' verdicts on `bytes`: the terms, or none.
+fn terms_both_ways(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    let in_place = with_consent_terms(bytes, |t| format!("{t:?}")).ok();
+    let full = decode_record::<crate::consent::ConsentEvent>(bytes, RecordType::ConsentEvent)
+        .ok()
+        .map(|c| format!("{:?}", c.terms()));
+    (in_place, full)
+}
+
+#[test]
+fn every_one_byte_change_and_every_cut_of_a_consent_reads_as_the_full_decode_reads_it() {
+    let consent = consent_with(
+        Some("m-001".into()),
+        vec!["acct-1".into(), "acct-2".into()],
+        vec![crate::registry::Scope::Transactions],
+        1,
+        30,
+        Some(1_000),
+        None,
+    );
+    let bytes = encode_record(RecordType::ConsentEvent, &consent).expect("encodes").bytes;
+    let (mut accepted, mut refused) = (0, 0);
+    for i in HEADER_LEN..bytes.len() {
+        for v in [0u8, 1, 2, 3, 0x30, 0x7f, 0x80, 0xfe, 0xff] {
+            let mut changed = bytes.clone();
+            changed[i] = v;
+            let (in_place, full) = terms_both_ways(&changed);
+            assert_eq!(in_place, full, "byte {i} set to {v:#x}");
+            if full.is_some() { accepted += 1 } else { refused += 1 }
+        }
+        let (in_place, full) = terms_both_ways(&bytes[..i]);
+        assert_eq!(in_place, full, "cut at {i}");
+    }
+    assert!(accepted > 0 && refused > 0, "both verdicts exercised: {accepted} accepted, {refused} refused");
+}
+
+fn any_scopes() -> impl Strategy<Value = Vec<crate::registry::Scope>> {
+    proptest::sample::subsequence(crate::registry::Scope::ALL.to_vec(), 0..=3)
+}
+
+proptest! {
+    // Reading in place must refuse what the full decode refuses, byte for byte: more cases than
+    // the default, mutations biased to the values where Avro's checks sit (0, 1, 2, varint edges).
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Any consent's terms read in place are the terms of the fully decoded record.
+    #[test]
+    fn consent_terms_read_in_place_are_the_decoded_records(
+        member in proptest::option::of("\\PC{0,40}"),
+        accounts in proptest::collection::vec("\\PC{0,20}", 0..4),
+        scopes in any_scopes(),
+        status in any::<u8>(),
+        history_days in any::<i32>(),
+        granted in proptest::option::of(-8_000_000_000_000_000i64..8_000_000_000_000_000),
+        expires in proptest::option::of(-8_000_000_000_000_000i64..8_000_000_000_000_000),
+    ) {
+        let consent = consent_with(member, accounts, scopes, status, history_days, granted, expires);
+        let bytes = encode_record(RecordType::ConsentEvent, &consent).expect("encodes").bytes;
+        let terms = with_consent_terms(&bytes, |t| format!("{t:?}")).expect("reads the terms");
+        prop_assert_eq!(terms, format!("{:?}", consent.terms()));
+    }
+
+    /// Random mutations of a real consent record: the in-place reader accepts exactly what the
+    /// full decode accepts, with the same terms.
+    #[test]
+    fn mutated_consents_read_as_the_full_decode_reads_them(
+        flips in proptest::collection::vec(
+            (any::<prop::sample::Index>(), prop_oneof![0u8..4, Just(0x7f), Just(0x80), Just(0xff), any::<u8>()]),
+            1..4,
+        ),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+        accounts in 0usize..3,
+    ) {
+        let consent = consent_with(
+            Some("m-001".into()),
+            (0..accounts).map(|a| format!("acct-{a}")).collect(),
+            vec![crate::registry::Scope::Transactions],
+            1,
+            30,
+            Some(1_000),
+            None,
+        );
+        let mut bytes = encode_record(RecordType::ConsentEvent, &consent).expect("encodes").bytes;
+        for (at, byte) in flips {
+            let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+            bytes[i] = byte;
+        }
+        if truncate {
+            bytes.truncate(HEADER_LEN + cut.index(bytes.len() - HEADER_LEN));
+        }
+        let (in_place, full) = terms_both_ways(&bytes);
+        prop_assert_eq!(in_place, full);
+    }
+
+    /// Any body after a consent record's header: no panic, and the same verdict as the full decode.
+    #[test]
+    fn arbitrary_consent_bodies_read_as_the_full_decode_reads_them(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut with_header = SINGLE_OBJECT_MARKER.to_vec();
+        with_header.extend_from_slice(&Schemas::get().latest(RecordType::ConsentEvent).fingerprint.0);
+        with_header.extend_from_slice(&bytes);
+        let (in_place, full) = terms_both_ways(&with_header);
+        prop_assert_eq!(in_place, full);
+    }
 }
