@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cardlink_bus::baseline::STALL_LIMIT;
-use cardlink_bus::{Consumer, PolledConsumer, RecordRef, StartAt, Topic};
+use cardlink_bus::{PolledConsumer, RecordRef, StartAt, Topic};
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::{
     AggregatorEntity, AggregatorStatus, ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope,
@@ -257,13 +257,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let (mut consents, _consents_task) = follow::spawn(
-        Consumer::new(bus.config(), "peak-consent-view")?,
+        PolledConsumer::new(bus.config(), "peak-consent-view")?,
         Topic::Consents,
         ConsentView::new(),
         stopped.clone(),
     );
     let (mut registry, _registry_task) = follow::spawn(
-        Consumer::new(bus.config(), "peak-registry-view")?,
+        PolledConsumer::new(bus.config(), "peak-registry-view")?,
         Topic::Registry,
         RegistryView::new(),
         stopped,

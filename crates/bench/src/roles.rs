@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use cardlink_bus::{BusConfig, Consumer, StartAt, Topic};
+use cardlink_bus::{BusConfig, Consumer, PolledConsumer, StartAt, Topic};
 use cardlink_views::consent::ConsentView;
 use cardlink_views::follow;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -124,7 +124,7 @@ pub async fn baseline(
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     // The consent view reads as cardlink's does (the tuning below is for the many consumers).
     let (mut view, _follower) =
-        follow::spawn(Consumer::new(&bus, "baseline-consents")?, Topic::Consents, ConsentView::new(), stopped);
+        follow::spawn(PolledConsumer::new(&bus, "baseline-consents")?, Topic::Consents, ConsentView::new(), stopped);
     // Tuned as one would for a thousand consumers in one place: Kafka's usual long-poll wait
     // rather than cardlink's 10 ms (a thousand consumers polling every 10 ms measure the
     // broker's overload, not the design), and 1 MiB of pre-fetch each instead of 16 (16 GiB in

@@ -9,7 +9,7 @@
 //!   account each), and the resident memory added is divided by the consents held. The
 //!   allocator is the `cardlink` binary's (mimalloc).
 //! - Start-up (`--startup N`, 0 to skip): N consent records are written to the consent topic of
-//!   an embedded broker; then a plain rdkafka consumer reads the topic to its end, then a
+//!   an embedded broker (on a runtime of its own); then a plain rdkafka consumer reads the topic to its end, then a
 //!   consent-view follower does, each timed from its creation to caught up.
 //!
 //! Results are written down in docs/benchmarks.md ("Consent view").
@@ -19,7 +19,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cardlink_bus::{Consumer, Topic};
+use cardlink_bus::{PolledConsumer, Topic};
 use cardlink_events::RecordType;
 use cardlink_events::consent::ConsentEvent;
 use cardlink_events::registry::Scope;
@@ -116,8 +116,7 @@ fn measure_in_child(n: usize) -> Sized {
     }
 }
 
-async fn startup(n: usize) -> anyhow::Result<()> {
-    let bus = cardlink_testkit::TestBus::start().await?;
+async fn startup(bus: &cardlink_testkit::TestBus, n: usize) -> anyhow::Result<()> {
     let producer = bus.producer()?;
     let now = Utc::now();
     let t = Instant::now();
@@ -143,8 +142,12 @@ async fn startup(n: usize) -> anyhow::Result<()> {
     let rss = resident_bytes();
     eprintln!("start-up: plain consumer done in {:.1} s; a consent-view follower reads them", plain_time.as_secs_f64());
     let t = Instant::now();
-    let (mut view, _task) =
-        follow::spawn(Consumer::new(bus.config(), "bench-consent-view")?, Topic::Consents, ConsentView::new(), stopped);
+    let (mut view, _task) = follow::spawn(
+        PolledConsumer::new(bus.config(), "bench-consent-view")?,
+        Topic::Consents,
+        ConsentView::new(),
+        stopped,
+    );
     view.caught_up().await;
     let view_time = t.elapsed();
     let rss_added = resident_bytes().saturating_sub(rss);
@@ -213,7 +216,13 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if startup_consents > 0 {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(startup(startup_consents))?;
+        // The embedded broker on a runtime of its own, as a remote broker would be: on the
+        // readers' runtime its fetches waited for whichever of their tasks held the workers.
+        let broker = tokio::runtime::Builder::new_multi_thread().thread_name("broker").enable_all().build()?;
+        let bus = broker.block_on(cardlink_testkit::TestBus::start())?;
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(startup(&bus, startup_consents))?;
+        let _in_broker = broker.enter();
+        drop(bus);
     }
     Ok(())
 }

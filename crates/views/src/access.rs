@@ -95,14 +95,15 @@ impl AccessHistory {
 }
 
 impl Materialize for AccessHistory {
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        match cardlink_events::decode_record::<AuditEvent>(record.payload(), RecordType::AuditEvent) {
-            Ok(event) => {
-                self.apply(&event);
-                true
-            }
-            Err(_) => false,
-        }
+    type Decoded = AuditEvent;
+
+    fn decode(record: &RecordRef<'_>) -> Option<AuditEvent> {
+        cardlink_events::decode_record(record.payload(), RecordType::AuditEvent).ok()
+    }
+
+    fn apply(&mut self, event: AuditEvent, _offset: i64) -> bool {
+        AccessHistory::apply(self, &event);
+        true
     }
 }
 

@@ -1,7 +1,7 @@
 //! Following a compacted topic into a view, with a watermark.
 //!
-//! The follower assigns every partition from the beginning, applies each record, and keeps
-//! following. Its [`Watermark`] tells how far it has read; `caught_up` turns true once it has
+//! The follower assigns every partition from the beginning, decodes each record on one task and
+//! applies it to the view on another, and keeps following. Its [`Watermark`] tells how far it has read; `caught_up` turns true once it has
 //! read up to the ends the partitions had when it started (so a new replica does not act on a
 //! half-built view), and `lag` — refreshed every [`LAG_REFRESH`] — is how many records it is
 //! behind the current ends. The view lives behind a `RwLock` that is never held across an await.
@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use cardlink_bus::{BusError, Consumer, RecordRef, StartAt, Topic};
-use futures::FutureExt as _;
-use tokio::sync::watch;
+use cardlink_bus::{BusError, PolledConsumer, RecordRef, StartAt, Topic};
+use cardlink_events::Fingerprint;
+use tokio::sync::{mpsc, watch};
 
 /// How often the follower refreshes the partitions' end offsets to compute its lag.
 pub const LAG_REFRESH: Duration = Duration::from_millis(250);
@@ -48,9 +48,17 @@ pub struct Stuck {
 
 /// A view that records of one topic update.
 pub trait Materialize: Send + Sync + 'static {
-    /// Applies one record; returns false if it could not be understood (the follower then
-    /// stops: see [`run`]).
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool;
+    /// A record of the topic, decoded. The follower decodes on its reading side while the view
+    /// applies the records before: a view rebuilding from millions of records spends about as
+    /// long decoding as applying.
+    type Decoded: Send + 'static;
+
+    /// Decodes one record; `None` if it cannot be understood (the follower then stops: see [`run`]).
+    fn decode(record: &RecordRef<'_>) -> Option<Self::Decoded>;
+
+    /// Applies one decoded record, read at `offset`; returns false if it could not be applied
+    /// (the follower then stops, as for a record it cannot decode).
+    fn apply(&mut self, decoded: Self::Decoded, offset: i64) -> bool;
 
     /// Told, before the first record, how many records the topic holds: a view that grows by
     /// doubling can take its room at once instead (rebuilding a ten-million-consent view spent a
@@ -60,8 +68,19 @@ pub trait Materialize: Send + Sync + 'static {
 }
 
 impl Materialize for crate::consent::ConsentView {
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        cardlink_events::codec::with_consent_terms(record.payload(), |terms| self.apply_terms(terms)).is_ok()
+    /// `None` inside: a consent id the view cannot hold, ignored (logged) — not a record it
+    /// cannot read.
+    type Decoded = Option<crate::consent::PreparedConsent>;
+
+    fn decode(record: &RecordRef<'_>) -> Option<Self::Decoded> {
+        cardlink_events::codec::with_consent_terms(record.payload(), crate::consent::PreparedConsent::of).ok()
+    }
+
+    fn apply(&mut self, decoded: Self::Decoded, _offset: i64) -> bool {
+        if let Some(prepared) = decoded {
+            self.apply_prepared(prepared);
+        }
+        true
     }
 
     fn reserve(&mut self, records: u64) {
@@ -70,11 +89,14 @@ impl Materialize for crate::consent::ConsentView {
 }
 
 impl Materialize for crate::registry::RegistryView {
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::RegistryEvent) {
-            Ok(event) => self.apply_at(&event, record.offset()),
-            Err(_) => false,
-        }
+    type Decoded = cardlink_events::registry::RegistryEvent;
+
+    fn decode(record: &RecordRef<'_>) -> Option<Self::Decoded> {
+        cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::RegistryEvent).ok()
+    }
+
+    fn apply(&mut self, event: Self::Decoded, offset: i64) -> bool {
+        self.apply_at(&event, offset)
     }
 }
 
@@ -121,20 +143,25 @@ impl<V> Followed<V> {
     }
 }
 
+/// The (low, high) watermarks of every partition of `topic`, asked off the runtime's workers
+/// (the consumer's calls block).
+async fn watermarks(consumer: &Arc<PolledConsumer>, topic: Topic) -> Result<Vec<(i32, i64, i64)>, BusError> {
+    let consumer = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || consumer.watermarks(topic))
+        .await
+        .map_err(|e| BusError::Task(format!("watermarks of {topic:?}: {e}")))?
+}
+
 /// The end offset of every partition of `topic`.
-async fn ends_of(consumer: &Consumer, topic: Topic, partitions: i32) -> Result<HashMap<i32, i64>, BusError> {
-    let mut ends = HashMap::new();
-    for p in 0..partitions {
-        ends.insert(p, consumer.watermarks(topic, p).await?.1);
-    }
-    Ok(ends)
+async fn ends_of(consumer: &Arc<PolledConsumer>, topic: Topic) -> Result<HashMap<i32, i64>, BusError> {
+    Ok(watermarks(consumer, topic).await?.into_iter().map(|(p, _, high)| (p, high)).collect())
 }
 
 /// Starts following `topic` into `view`; returns the shared view and the task. Transient Kafka
 /// errors (a broker restarting, a timeout) are retried; only errors that retrying cannot fix
-/// end the task.
+/// end the task. The consumer is polled on a thread of the follower's own (see [`run`]).
 pub fn spawn<V: Materialize>(
-    consumer: Consumer,
+    consumer: PolledConsumer,
     topic: Topic,
     view: V,
     shutdown: watch::Receiver<bool>,
@@ -151,30 +178,47 @@ pub fn spawn<V: Materialize>(
 /// turns unready and the hub stops delivering within the revocation bound), the watermark says
 /// where it stopped, and `cardlink.bus.undecodable_records` counts it. A release that reads the
 /// record goes on from there.
+///
+/// Two sides: [`read`], on a thread of its own, receives and decodes; this task applies and keeps
+/// the watermark. Decoded batches pass between them through a channel of [`DECODED_BATCHES`].
 async fn run<V: Materialize>(
-    consumer: Consumer,
+    consumer: PolledConsumer,
     topic: Topic,
     view: Arc<RwLock<V>>,
     watermark: watch::Sender<Watermark>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
-    let partitions = consumer.assign_all(topic, StartAt::Beginning).await?;
+    let consumer = Arc::new(consumer);
+    let partitions = watermarks(&consumer, topic).await?;
     let mut targets = HashMap::new();
     let mut next = HashMap::new();
     let mut held = 0u64;
-    for p in 0..partitions {
-        let (low, high) = consumer.watermarks(topic, p).await?;
+    let mut positions = Vec::with_capacity(partitions.len());
+    for &(p, low, high) in &partitions {
         next.insert(p, low);
+        positions.push((topic, p, StartAt::Beginning));
         if high > low {
             targets.insert(p, high);
             held += u64::try_from(high - low).unwrap_or(0);
         }
+    }
+    {
+        let consumer = Arc::clone(&consumer);
+        tokio::task::spawn_blocking(move || consumer.assign(&positions))
+            .await
+            .map_err(|e| BusError::Task(format!("assigning {topic:?}: {e}")))??;
     }
     view.write().unwrap_or_else(PoisonError::into_inner).reserve(held);
     watermark.send_modify(|w| {
         w.next = next.clone();
         w.caught_up = targets.is_empty();
     });
+    let (decoded, mut batches) = mpsc::channel(DECODED_BATCHES);
+    let reader = Arc::clone(&consumer);
+    std::thread::Builder::new()
+        .name(format!("view-{}", topic.suffix()))
+        .spawn(move || read::<V>(&reader, &decoded))
+        .map_err(|e| BusError::Task(format!("starting the reader of {topic:?}: {e}")))?;
     // Ends noted at a refresh, waiting to be reached: (when noted, end per partition).
     let mut pending: Option<(tokio::time::Instant, HashMap<i32, i64>)> = None;
     let reached = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| {
@@ -187,7 +231,7 @@ async fn run<V: Materialize>(
             _ = shutdown.changed() => return Ok(()),
             _ = refresh.tick() => {
                 let noted_at = tokio::time::Instant::now();
-                let ends = match ends_of(&consumer, topic, partitions).await {
+                let ends = match ends_of(&consumer, topic).await {
                     Ok(ends) => ends,
                     // Kafka unreachable for a moment: the view stays as it is and its freshness
                     // ages, so readiness (and the hub's revocation bound) notice; the next
@@ -216,37 +260,32 @@ async fn run<V: Materialize>(
                     }
                 });
             }
-            record = consumer.recv_ref_retrying("view follower") => {
-                // This record and whatever else has already arrived, up to a batch: applied one
-                // by one (the view's lock is held per record, not across the batch), told in one
-                // watermark update. Its waiters (readiness, the consent service's read-your-writes)
-                // are woken once a batch, not once a record: a view rebuilding from millions of
-                // records spent a sixth of its time waking them.
-                let mut record = record?;
-                let (mut applied, mut failed) = (0, None);
-                let stuck = loop {
-                    let ok = view.write().unwrap_or_else(PoisonError::into_inner).apply_record(&record);
+            batch = batches.recv() => {
+                // The reader ends only after sending an error or an undecodable record, both
+                // handled below; a closed channel without either cannot happen, but is no reason
+                // to spin.
+                let Some(batch) = batch else { return Ok(()) };
+                // Applied one by one (the view's lock is held per record, not across the batch),
+                // told in one watermark update: its waiters (readiness, the consent service's
+                // read-your-writes) are woken once a batch, not once a record — a view rebuilding
+                // from millions of records spent a sixth of its time waking them.
+                let mut applied = 0;
+                let mut stuck = None;
+                for record in batch.records {
+                    let (ok, fingerprint) = match record.decoded {
+                        Ok(decoded) => (view.write().unwrap_or_else(PoisonError::into_inner).apply(decoded, record.offset), None),
+                        Err(fingerprint) => (false, fingerprint),
+                    };
                     if !ok {
-                        break Some(record);
+                        stuck = Some((record.partition, record.offset, fingerprint));
+                        break;
                     }
-                    let (partition, offset) = (record.partition(), record.offset());
-                    next.insert(partition, offset + 1);
-                    if targets.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-                        targets.remove(&partition);
+                    next.insert(record.partition, record.offset + 1);
+                    if targets.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
+                        targets.remove(&record.partition);
                     }
                     applied += 1;
-                    if applied == FOLLOW_BATCH {
-                        break None;
-                    }
-                    match consumer.recv_ref_retrying("view follower").now_or_never() {
-                        Some(Ok(more)) => record = more,
-                        Some(Err(e)) => {
-                            failed = Some(e); // after telling what was applied
-                            break None;
-                        }
-                        None => break None,
-                    }
-                };
+                }
                 if applied > 0 {
                     let caught_up = targets.is_empty();
                     let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
@@ -261,25 +300,85 @@ async fn run<V: Materialize>(
                         }
                     });
                 }
-                if let Some(e) = failed {
+                if let Some(e) = batch.failed {
                     return Err(e);
                 }
-                if let Some(record) = stuck {
+                if let Some((partition, offset, fingerprint)) = stuck {
                     tracing::error!(
                         ?topic,
-                        partition = record.partition(),
-                        offset = record.offset(),
-                        fingerprint = ?cardlink_events::codec::peek_fingerprint(record.payload()).ok(),
+                        partition,
+                        offset,
+                        ?fingerprint,
                         "a record of this topic cannot be decoded by this release; the view stops here (fail closed) until a release that reads it runs"
                     );
                     cardlink_telemetry::undecodable_record(topic.suffix(), "view_stopped");
-                    let stuck = Stuck { partition: record.partition(), offset: record.offset() };
-                    drop(record);
-                    watermark.send_modify(|w| w.stuck = Some(stuck));
+                    watermark.send_modify(|w| w.stuck = Some(Stuck { partition, offset }));
                     let _ = shutdown.wait_for(|stopping| *stopping).await;
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Decoded batches waiting to be applied: with [`FOLLOW_BATCH`], bounds how far reading runs ahead.
+const DECODED_BATCHES: usize = 4;
+
+/// Records read and decoded together, in the order read.
+struct DecodedBatch<D> {
+    records: Vec<DecodedRecord<D>>,
+    /// Reading failed after these records (an error retrying cannot fix).
+    failed: Option<BusError>,
+}
+
+struct DecodedRecord<D> {
+    partition: i32,
+    offset: i64,
+    /// `Err`: it could not be decoded; the writer's schema fingerprint, if it has one.
+    decoded: Result<D, Option<Fingerprint>>,
+}
+
+/// How long the reading side waits for a record before it checks whether the follower is still
+/// there (it ends within this of the follower).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// The follower's reading side, on a thread of its own: receives a record and whatever else has
+/// already arrived (up to [`FOLLOW_BATCH`]), decodes them and passes them on. On its own thread,
+/// not a task, so that decoding and applying run side by side: a task woken by a task runs next
+/// on the waker's worker, which made the two take turns. Stops after a record it cannot decode
+/// or an error (both passed on); ends when the applying side is gone.
+fn read<V: Materialize>(consumer: &PolledConsumer, batches: &mpsc::Sender<DecodedBatch<V::Decoded>>) {
+    loop {
+        let mut batch = DecodedBatch { records: Vec::with_capacity(FOLLOW_BATCH), failed: None };
+        let stop = loop {
+            let wait = if batch.records.is_empty() { IDLE_POLL } else { Duration::ZERO };
+            let record = match consumer.poll(wait, "view follower") {
+                None => break false,
+                Some(Err(e)) => {
+                    batch.failed = Some(e);
+                    break true;
+                }
+                Some(Ok(record)) => record,
+            };
+            let decoded =
+                V::decode(&record).ok_or_else(|| cardlink_events::codec::peek_fingerprint(record.payload()).ok());
+            let undecodable = decoded.is_err();
+            batch.records.push(DecodedRecord { partition: record.partition(), offset: record.offset(), decoded });
+            if undecodable {
+                break true;
+            }
+            if batch.records.len() == FOLLOW_BATCH {
+                break false;
+            }
+        };
+        if batch.records.is_empty() && batch.failed.is_none() {
+            if batches.is_closed() {
+                return;
+            }
+            continue;
+        }
+        if batches.blocking_send(batch).is_err() || stop {
+            return;
         }
     }
 }

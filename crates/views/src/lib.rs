@@ -18,7 +18,7 @@ pub mod consent;
 pub mod follow;
 pub mod registry;
 
-use cardlink_bus::{BusConfig, BusError, Consumer, Topic};
+use cardlink_bus::{BusConfig, BusError, PolledConsumer, Topic};
 use tokio::sync::watch;
 
 /// A follower's task: it ends with an error only where retrying cannot help.
@@ -39,13 +39,13 @@ impl AccessViews {
     /// Follows both from the start of their topics (at once) and returns when both caught up.
     pub async fn follow(bus: &BusConfig, service: &str, shutdown: &watch::Receiver<bool>) -> Result<Self, BusError> {
         let (mut registry, registry_task) = follow::spawn(
-            Consumer::new(bus, &format!("{service}-registry-view"))?,
+            PolledConsumer::new(bus, &format!("{service}-registry-view"))?,
             Topic::Registry,
             registry::RegistryView::new(),
             shutdown.clone(),
         );
         let (mut consents, consents_task) = follow::spawn(
-            Consumer::new(bus, &format!("{service}-consent-view"))?,
+            PolledConsumer::new(bus, &format!("{service}-consent-view"))?,
             Topic::Consents,
             consent::ConsentView::new(),
             shutdown.clone(),

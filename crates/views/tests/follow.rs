@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cardlink_bus::Topic;
+use cardlink_bus::{PolledConsumer, Topic};
 use cardlink_events::consent::{ConsentEvent, ConsentStatus};
 use cardlink_events::registry::{ConnectionEntity, ConnectionStatus, Entity, RegistryEvent, Scope};
 use cardlink_events::{ActorType, RecordType};
@@ -43,8 +43,12 @@ async fn a_new_follower_catches_up_and_then_sees_revocations() {
     }
 
     let (_stop, shutdown) = watch::channel(false);
-    let (mut followed, _task) =
-        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
+    let (mut followed, _task) = follow::spawn(
+        PolledConsumer::new(bus.config(), "view").unwrap(),
+        Topic::Consents,
+        ConsentView::new(),
+        shutdown,
+    );
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert_eq!(followed.read(|v| v.grants("iss-a/acct-1").len()), 1);
     assert_eq!(followed.read(|v| v.grants("iss-a/acct-2").len()), 1);
@@ -74,8 +78,12 @@ async fn a_new_follower_catches_up_and_then_sees_revocations() {
 async fn an_empty_topic_is_caught_up_at_once_and_registry_changes_arrive() {
     let bus = TestBus::start().await.unwrap();
     let (_stop, shutdown) = watch::channel(false);
-    let (mut followed, _task) =
-        follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown);
+    let (mut followed, _task) = follow::spawn(
+        PolledConsumer::new(bus.config(), "registry").unwrap(),
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown,
+    );
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert!(!followed.read(|v| v.is_connected("iss-a", "agg-x")));
 
@@ -121,7 +129,7 @@ async fn a_follower_of_a_topic_written_concurrently_catches_up_with_every_record
 
     let (_stop, stopped) = watch::channel(false);
     let (mut followed, _task) =
-        follow::spawn(bus.consumer("late").unwrap(), Topic::Consents, ConsentView::new(), stopped);
+        follow::spawn(PolledConsumer::new(bus.config(), "late").unwrap(), Topic::Consents, ConsentView::new(), stopped);
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
     assert_eq!(followed.read(|v| v.consents().count()), consents.len());
 }
@@ -146,8 +154,12 @@ async fn a_record_the_view_cannot_read_stops_it_there_fail_closed() {
     publish(consent("c1", "acct-1", ConsentStatus::Revoked)).await;
 
     let (_stop, shutdown) = watch::channel(false);
-    let (mut followed, _task) =
-        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown);
+    let (mut followed, _task) = follow::spawn(
+        PolledConsumer::new(bus.config(), "view").unwrap(),
+        Topic::Consents,
+        ConsentView::new(),
+        shutdown,
+    );
     // The follower does not hang: it reports where it stopped.
     tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up or stopped");
     let stuck = followed.stuck().expect("stopped at the unreadable record");

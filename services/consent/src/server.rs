@@ -7,7 +7,8 @@ use std::time::Duration;
 use cardlink_api::v1::consent_service_server::ConsentServiceServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Producer, RecordRef, Topic};
+use cardlink_bus::{BusConfig, PolledConsumer, Producer, RecordRef, Topic};
+use cardlink_events::consent::ConsentEvent;
 use cardlink_views::access::AccessHistory;
 use cardlink_views::follow::{self, Materialize};
 use cardlink_views::registry::RegistryView;
@@ -27,14 +28,15 @@ use crate::service::Consents;
 pub const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
 impl Materialize for ConsentBook {
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        match cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::ConsentEvent) {
-            Ok(event) => {
-                self.apply_at(event, record.offset());
-                true
-            }
-            Err(_) => false,
-        }
+    type Decoded = ConsentEvent;
+
+    fn decode(record: &RecordRef<'_>) -> Option<ConsentEvent> {
+        cardlink_events::decode_record(record.payload(), cardlink_events::RecordType::ConsentEvent).ok()
+    }
+
+    fn apply(&mut self, event: ConsentEvent, offset: i64) -> bool {
+        self.apply_at(event, offset);
+        true
     }
 }
 
@@ -111,15 +113,19 @@ pub async fn start(bus: &BusConfig, config: ConsentConfig) -> Result<RunningCons
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (mut registry, registry_follower) = follow::spawn(
-        Consumer::new(bus, "consent-registry-view")?,
+        PolledConsumer::new(bus, "consent-registry-view")?,
         Topic::Registry,
         RegistryView::new(),
         shutdown_rx.clone(),
     );
-    let (mut book, book_follower) =
-        follow::spawn(Consumer::new(bus, "consent-book")?, Topic::Consents, ConsentBook::new(), shutdown_rx.clone());
+    let (mut book, book_follower) = follow::spawn(
+        PolledConsumer::new(bus, "consent-book")?,
+        Topic::Consents,
+        ConsentBook::new(),
+        shutdown_rx.clone(),
+    );
     let (mut access, access_follower) = follow::spawn(
-        Consumer::new(bus, "consent-access-history")?,
+        PolledConsumer::new(bus, "consent-access-history")?,
         Topic::Audit,
         AccessHistory::new(),
         shutdown_rx.clone(),

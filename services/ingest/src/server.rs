@@ -8,7 +8,7 @@ use std::time::Duration;
 use cardlink_api::v1::issuer_ingest_server::IssuerIngestServer;
 use cardlink_auth::{PublicKey, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator, BootstrapIssuerKeys};
-use cardlink_bus::{BusConfig, BusError, Consumer, Producer, Topic};
+use cardlink_bus::{BusConfig, BusError, Consumer, PolledConsumer, Producer, Topic};
 use cardlink_serving::admission::Admission;
 use cardlink_views::follow;
 use cardlink_views::registry::RegistryView;
@@ -114,7 +114,7 @@ pub async fn start(bus: &BusConfig, config: IngestConfig) -> Result<RunningInges
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (mut registry, registry_follower) = follow::spawn(
-        Consumer::new(bus, "ingest-registry-view")?,
+        PolledConsumer::new(bus, "ingest-registry-view")?,
         Topic::Registry,
         RegistryView::new(),
         shutdown_rx.clone(),

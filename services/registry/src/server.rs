@@ -7,7 +7,7 @@ use std::time::Duration;
 use cardlink_api::v1::registry_server::RegistryServer;
 use cardlink_auth::{TokenSigner, TokenVerifier};
 use cardlink_authn::{AuthLayer, Authenticator};
-use cardlink_bus::{BusConfig, Consumer, Producer, Topic};
+use cardlink_bus::{BusConfig, Consumer, PolledConsumer, Producer, Topic};
 use cardlink_views::follow::{self, Followed};
 use cardlink_views::registry::RegistryView;
 use tokio::sync::watch;
@@ -108,8 +108,12 @@ pub async fn start(
         None => None,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (mut view, follower) =
-        follow::spawn(Consumer::new(bus, "registry-view")?, Topic::Registry, RegistryView::new(), shutdown_rx.clone());
+    let (mut view, follower) = follow::spawn(
+        PolledConsumer::new(bus, "registry-view")?,
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown_rx.clone(),
+    );
     view.caught_up().await;
 
     let producer = Producer::new(bus)?;

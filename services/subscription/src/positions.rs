@@ -80,15 +80,15 @@ impl PositionsView {
 }
 
 impl Materialize for PositionsView {
-    fn apply_record(&mut self, record: &RecordRef<'_>) -> bool {
-        match cardlink_events::decode_record::<SubscriptionPosition>(record.payload(), RecordType::SubscriptionPosition)
-        {
-            Ok(position) => {
-                self.apply_at(position, record.offset());
-                true
-            }
-            Err(_) => false,
-        }
+    type Decoded = SubscriptionPosition;
+
+    fn decode(record: &RecordRef<'_>) -> Option<SubscriptionPosition> {
+        cardlink_events::decode_record(record.payload(), RecordType::SubscriptionPosition).ok()
+    }
+
+    fn apply(&mut self, position: SubscriptionPosition, offset: i64) -> bool {
+        self.apply_at(position, offset);
+        true
     }
 }
 

@@ -120,7 +120,7 @@ pub async fn start(bus: &BusConfig, config: SubscriptionConfig) -> Result<Runnin
     let AccessViews { registry, consents, tasks: [registry_task, consents_task] } =
         AccessViews::follow(bus, "subscription", &shutdown_rx).await?;
     let (mut positions, positions_task) = follow::spawn(
-        Consumer::new(bus, "subscription-positions")?,
+        PolledConsumer::new(bus, "subscription-positions")?,
         Topic::Positions,
         PositionsView::default(),
         shutdown_rx.clone(),

@@ -88,10 +88,18 @@ async fn setup(consents: &[ConsentEvent]) -> Setup {
         producer.publish_record(RecordType::RegistryEvent, &e.key(), &e.event_id.to_string(), &e).await.unwrap();
     }
     let (stop, shutdown) = watch::channel(false);
-    let (mut view, _) =
-        follow::spawn(bus.consumer("view").unwrap(), Topic::Consents, ConsentView::new(), shutdown.clone());
-    let (mut registry, _) =
-        follow::spawn(bus.consumer("registry").unwrap(), Topic::Registry, RegistryView::new(), shutdown.clone());
+    let (mut view, _) = follow::spawn(
+        PolledConsumer::new(bus.config(), "view").unwrap(),
+        Topic::Consents,
+        ConsentView::new(),
+        shutdown.clone(),
+    );
+    let (mut registry, _) = follow::spawn(
+        PolledConsumer::new(bus.config(), "registry").unwrap(),
+        Topic::Registry,
+        RegistryView::new(),
+        shutdown.clone(),
+    );
     tokio::time::timeout(WITHIN, view.caught_up()).await.unwrap();
     tokio::time::timeout(WITHIN, registry.caught_up()).await.unwrap();
     let hub = Hub::new(view, registry, Arc::from(SECRET));

@@ -199,7 +199,16 @@ proptest! {
         }
         let direct = decode(&bytes).ok();
         let reference = decode_via_value::<CardTransaction>(&bytes).ok().map(Event::Transaction);
-        prop_assert_eq!(direct, reference);
+        match (&direct, &reference) {
+            // apache-avro's `Value` path reads a union it finds the input's end at as null, so a
+            // record cut before its last union field passes there; the direct decoder refuses a
+            // record that ends early. Only that may differ.
+            (None, Some(read)) => {
+                let whole = encode(read).expect("encodes").bytes;
+                prop_assert!(truncate && whole.len() > bytes.len(), "only a cut record may differ: {read:?}");
+            }
+            _ => prop_assert_eq!(direct, reference),
+        }
     }
 }
 
