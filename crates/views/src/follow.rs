@@ -1,10 +1,11 @@
 //! Following a compacted topic into a view, with a watermark.
 //!
-//! The follower assigns every partition from the beginning, decodes each record on one task and
-//! applies it to the view on another, and keeps following. Its [`Watermark`] tells how far it has read; `caught_up` turns true once it has
-//! read up to the ends the partitions had when it started (so a new replica does not act on a
-//! half-built view), and `lag` — refreshed every [`LAG_REFRESH`] — is how many records it is
-//! behind the current ends. The view lives behind a `RwLock` that is never held across an await.
+//! The follower assigns every partition from the beginning, decodes each record on a thread of
+//! its own and applies it to the view on a task, and keeps following. Its [`Watermark`] tells how
+//! far it has read; `caught_up` turns true once it has read up to the ends the partitions had when
+//! it started (so a new replica does not act on a half-built view), and `lag` — refreshed every
+//! [`LAG_REFRESH`] — is how many records it is behind the current ends. The view lives behind a
+//! `RwLock` that is never held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -261,10 +262,12 @@ async fn run<V: Materialize>(
                 });
             }
             batch = batches.recv() => {
-                // The reader ends only after sending an error or an undecodable record, both
-                // handled below; a closed channel without either cannot happen, but is no reason
-                // to spin.
-                let Some(batch) = batch else { return Ok(()) };
+                // The reading side ends on its own only after passing on an error or a record it
+                // cannot decode, both handled below: a channel closed otherwise means its thread
+                // died (a panic), and the view would silently stop following.
+                let Some(batch) = batch else {
+                    return Err(BusError::Task(format!("the reading side of the {topic:?} view ended unexpectedly")));
+                };
                 // Applied one by one (the view's lock is held per record, not across the batch),
                 // told in one watermark update: its waiters (readiness, the consent service's
                 // read-your-writes) are woken once a batch, not once a record — a view rebuilding

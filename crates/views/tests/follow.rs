@@ -171,3 +171,31 @@ async fn a_record_the_view_cannot_read_stops_it_there_fail_closed() {
     assert!(!followed.is_fresh(Duration::from_secs(1)), "a stopped view must not look fresh");
     assert_eq!(followed.watermark.borrow().next.get(&stuck.partition).copied(), Some(stuck_at));
 }
+
+/// A view whose decoding panics on one payload: stands for a bug on the follower's reading side.
+struct FragileView;
+
+impl follow::Materialize for FragileView {
+    type Decoded = ();
+
+    fn decode(record: &cardlink_bus::RecordRef<'_>) -> Option<()> {
+        assert!(record.payload() != b"a payload that panics the reading side", "a decoding bug");
+        Some(())
+    }
+
+    fn apply(&mut self, (): (), _offset: i64) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_follower_whose_reading_side_dies_ends_with_an_error_not_silently() {
+    let bus = TestBus::start().await.unwrap();
+    bus.write_raw(Topic::Consents, "c1", b"a payload that panics the reading side").await.unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let (_followed, task) =
+        follow::spawn(PolledConsumer::new(bus.config(), "fragile").unwrap(), Topic::Consents, FragileView, shutdown);
+    let ended =
+        tokio::time::timeout(WITHIN, task).await.expect("the follower ends").expect("without a panic of its own");
+    assert!(matches!(ended, Err(cardlink_bus::BusError::Task(_))), "{ended:?}");
+}
