@@ -307,7 +307,10 @@ pub async fn catch_up(
     }
     consumer.assign(&assignment)?;
     while !remaining.is_empty() {
-        let record = consumer.recv().await?;
+        // A broker blip (a connection reset, all brokers down for a moment) is retried at the
+        // position held, as the shared reader does: it ended the aggregator's stream with
+        // BUS_UNAVAILABLE before (seen in the kill-and-resume test).
+        let record = consumer.recv_retrying("catch-up").await?;
         records_read.fetch_add(1, Ordering::Relaxed);
         let key = (record.topic, record.partition);
         let Some(&end) = remaining.get(&key) else { continue };
