@@ -9,8 +9,8 @@
 //!   account each), and the resident memory added is divided by the consents held. The
 //!   allocator is the `cardlink` binary's (mimalloc).
 //! - Start-up (`--startup N`, 0 to skip): N consent records are written to the consent topic of
-//!   an embedded broker (on a runtime of its own); then a plain rdkafka consumer reads the topic to its end, then a
-//!   consent-view follower does, each timed from its creation to caught up.
+//!   an embedded broker (on a runtime of its own); then a plain rdkafka consumer reads the topic
+//!   to its end, then a consent-view follower does, each timed from its creation to caught up.
 //!
 //! Results are written down in docs/benchmarks.md ("Consent view").
 
