@@ -216,10 +216,44 @@ async fn run<V: Materialize>(
     });
     let (decoded, mut batches) = mpsc::channel(DECODED_BATCHES);
     let reader = Arc::clone(&consumer);
-    std::thread::Builder::new()
+    let reading = std::thread::Builder::new()
         .name(format!("view-{}", topic.suffix()))
         .spawn(move || read::<V>(&reader, &decoded))
         .map_err(|e| BusError::Task(format!("starting the reader of {topic:?}: {e}")))?;
+    let progress = Progress { next, targets };
+    let ended = apply(&consumer, topic, &view, &watermark, &mut batches, &mut shutdown, progress).await;
+    // The reading side holds the consumer: it must be gone when the follower's task ends, or it
+    // would still be polling (and logging errors) after whoever awaited the task stopped Kafka.
+    // Closing the channel ends it within one poll.
+    batches.close();
+    let joined = tokio::task::spawn_blocking(move || reading.join()).await;
+    ended?;
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(BusError::Task(format!("the reading side of the {topic:?} view panicked"))),
+    }
+}
+
+/// Where the applying side stands.
+struct Progress {
+    /// Next offset to apply, per partition.
+    next: HashMap<i32, i64>,
+    /// The ends the partitions had when following started, for those not yet reached.
+    targets: HashMap<i32, i64>,
+}
+
+/// The follower's applying side: applies what the reading side decoded and keeps the watermark,
+/// until shutdown or an error.
+async fn apply<V: Materialize>(
+    consumer: &Arc<PolledConsumer>,
+    topic: Topic,
+    view: &RwLock<V>,
+    watermark: &watch::Sender<Watermark>,
+    batches: &mut mpsc::Receiver<DecodedBatch<V::Decoded>>,
+    shutdown: &mut watch::Receiver<bool>,
+    progress: Progress,
+) -> Result<(), BusError> {
+    let Progress { mut next, mut targets } = progress;
     // Ends noted at a refresh, waiting to be reached: (when noted, end per partition).
     let mut pending: Option<(tokio::time::Instant, HashMap<i32, i64>)> = None;
     let reached = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| {
@@ -232,7 +266,7 @@ async fn run<V: Materialize>(
             _ = shutdown.changed() => return Ok(()),
             _ = refresh.tick() => {
                 let noted_at = tokio::time::Instant::now();
-                let ends = match ends_of(&consumer, topic).await {
+                let ends = match ends_of(consumer, topic).await {
                     Ok(ends) => ends,
                     // Kafka unreachable for a moment: the view stays as it is and its freshness
                     // ages, so readiness (and the hub's revocation bound) notice; the next
@@ -352,7 +386,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// or an error (both passed on); ends when the applying side is gone.
 fn read<V: Materialize>(consumer: &PolledConsumer, batches: &mpsc::Sender<DecodedBatch<V::Decoded>>) {
     loop {
-        let mut batch = DecodedBatch { records: Vec::with_capacity(FOLLOW_BATCH), failed: None };
+        // Room for a whole batch is taken only once a record arrives: an idle follower polls ten
+        // times a second and, for the consent view, a batch's room is about 100 KB.
+        let mut batch = DecodedBatch { records: Vec::new(), failed: None };
         let stop = loop {
             let wait = if batch.records.is_empty() { IDLE_POLL } else { Duration::ZERO };
             let record = match consumer.poll(wait, "view follower") {
@@ -366,6 +402,9 @@ fn read<V: Materialize>(consumer: &PolledConsumer, batches: &mpsc::Sender<Decode
             let decoded =
                 V::decode(&record).ok_or_else(|| cardlink_events::codec::peek_fingerprint(record.payload()).ok());
             let undecodable = decoded.is_err();
+            if batch.records.capacity() == 0 {
+                batch.records.reserve_exact(FOLLOW_BATCH);
+            }
             batch.records.push(DecodedRecord { partition: record.partition(), offset: record.offset(), decoded });
             if undecodable {
                 break true;

@@ -199,3 +199,56 @@ async fn a_follower_whose_reading_side_dies_ends_with_an_error_not_silently() {
         tokio::time::timeout(WITHIN, task).await.expect("the follower ends").expect("without a panic of its own");
     assert!(matches!(ended, Err(cardlink_bus::BusError::Task(_))), "{ended:?}");
 }
+
+/// Set when the thread that decoded for a [`TracedView`] has ended (its thread-locals dropped).
+static TRACED_READER_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Dropped with the thread-locals of the thread that decoded for a [`TracedView`].
+struct ReaderMark;
+
+impl Drop for ReaderMark {
+    fn drop(&mut self) {
+        TRACED_READER_ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    static READER_MARK: ReaderMark = const { ReaderMark };
+}
+
+/// A view that marks the thread its records are decoded on, to tell when that thread has ended.
+struct TracedView;
+
+impl follow::Materialize for TracedView {
+    type Decoded = ();
+
+    fn decode(_record: &cardlink_bus::RecordRef<'_>) -> Option<()> {
+        READER_MARK.with(|_| ());
+        Some(())
+    }
+
+    fn apply(&mut self, (): (), _offset: i64) -> bool {
+        true
+    }
+}
+
+/// Whoever awaits the follower's task then stops Kafka (`cardlink dev` stops its embedded
+/// broker): the reading side, which holds the consumer, must be gone by then, not still polling.
+#[tokio::test]
+async fn a_stopped_follower_has_ended_its_reading_side_when_its_task_ends() {
+    let bus = TestBus::start().await.unwrap();
+    bus.write_raw(Topic::Consents, "c1", b"any record").await.unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let (mut followed, task) =
+        follow::spawn(PolledConsumer::new(bus.config(), "traced").unwrap(), Topic::Consents, TracedView, shutdown);
+    tokio::time::timeout(WITHIN, followed.caught_up()).await.expect("caught up");
+    assert!(!TRACED_READER_ENDED.load(std::sync::atomic::Ordering::SeqCst), "the reading side runs while following");
+
+    stop.send(true).unwrap();
+    let ended = tokio::time::timeout(WITHIN, task).await.expect("the follower stops").expect("without a panic");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        TRACED_READER_ENDED.load(std::sync::atomic::Ordering::SeqCst),
+        "the reading side was still running when the follower's task ended"
+    );
+}
