@@ -270,7 +270,10 @@ pub async fn run_reader(hub: Hub, consumer: PolledConsumer, shutdown: watch::Rec
         .spawn(move || {
             let _runtime = runtime.enter();
             let stopped = || stopping.load(Ordering::Relaxed) || shutdown.has_changed().unwrap_or(true);
-            let _ = done_tx.send(read_and_dispatch(&reader_hub, &consumer, stopped));
+            let read = read_and_dispatch(&reader_hub, &consumer, stopped);
+            // Closed before the waiting task hears the end: whoever awaits it may stop Kafka next.
+            drop(consumer);
+            let _ = done_tx.send(read);
         })
         .map_err(|e| BusError::Task(format!("no thread for the shared reader: {e}")))?;
     let read = done.await.unwrap_or_else(|_| Err(BusError::Task("the shared reader's thread panicked".into())));
