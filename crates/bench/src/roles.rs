@@ -16,8 +16,11 @@ use cardlink_views::follow;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// The bus of a benchmark run: its own topic prefix, so runs against a shared cluster do not mix.
+/// librdkafka settings in `CARDLINK_KAFKA__*` apply as they do to `cardlink serve` — to the
+/// services under test and to the plain baselines alike (`CARDLINK_KAFKA__LINGER_MS=1 …`).
 pub fn bus(kafka: &str, prefix: &str) -> BusConfig {
-    BusConfig { topic_prefix: prefix.to_owned(), ..BusConfig::local(kafka) }
+    let librdkafka = std::env::vars().filter(|(name, _)| name.starts_with(cardlink_bus::config::ENV_LIBRDKAFKA_PREFIX));
+    BusConfig { topic_prefix: prefix.to_owned(), ..BusConfig::local(kafka) }.with_env(librdkafka)
 }
 
 /// Waits until the driver closes our stdin (or says `stop`).

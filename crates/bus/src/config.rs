@@ -24,6 +24,12 @@ pub const RESERVED_KEYS: &[&str] = &[
     "message.timeout.ms",
     "delivery.timeout.ms",
     "message.max.bytes",
+    // How cardlink's consumers read: a group of their own per purpose, never an automatic jump
+    // past records (a manually assigned reader that lost its position fails instead), no
+    // end-of-partition events in the stream of records.
+    "group.id",
+    "auto.offset.reset",
+    "enable.partition.eof",
 ];
 
 /// Connection settings and limits of the bus.
@@ -148,6 +154,15 @@ impl BusConfig {
             }
         }
         Ok(())
+    }
+
+    /// Sets `key` to cardlink's default `value` unless the operator set it (`CARDLINK_KAFKA__*`,
+    /// `[kafka.librdkafka]`): settings cardlink's guarantees do not depend on stay tunable. The
+    /// others are [`RESERVED_KEYS`], refused by [`BusConfig::validate`].
+    pub(crate) fn set_default(&self, cfg: &mut rdkafka::ClientConfig, key: &str, value: &str) {
+        if !self.librdkafka.contains_key(key) {
+            cfg.set(key, value);
+        }
     }
 
     /// The librdkafka settings common to every client of this bus.

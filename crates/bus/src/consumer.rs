@@ -232,9 +232,7 @@ pub(crate) fn client_settings(
     let defaults =
         [("queued.max.messages.kbytes", prefetch.as_str()), ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)];
     for &(key, value) in defaults.iter().chain(pace) {
-        if !config.librdkafka.contains_key(key) {
-            cfg.set(key, value);
-        }
+        config.set_default(&mut cfg, key, value);
     }
     cfg
 }
@@ -521,5 +519,15 @@ mod tests {
         tuned.librdkafka.insert("fetch.queue.backoff.ms".into(), "250".into());
         let cfg = client_settings(&tuned, "test", LATENCY_PACE, None);
         assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some("250"));
+    }
+
+    #[test]
+    fn how_a_reader_reads_is_not_an_operator_setting() {
+        for key in ["group.id", "auto.offset.reset", "enable.partition.eof", "enable.auto.commit"] {
+            let mut config = BusConfig::default();
+            config.librdkafka.insert(key.into(), "x".into());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("librdkafka.{key}")), "{err}");
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! callback fills a slot per record and wakes the caller when the last one is in, instead of a
 //! channel, a future and a wake per record (the ingest profile, docs/benchmarks.md).
 //!
-//! Backpressure: librdkafka's local queue is bounded (`QUEUE_MAX_KBYTES`, `QUEUE_MAX_MESSAGES`).
+//! Backpressure: librdkafka's local queue is bounded (by default `QUEUE_MAX_KBYTES`,
+//! `QUEUE_MAX_MESSAGES`; an operator may change the bounds).
 //! When it is full, a send waits up to `ENQUEUE_WAIT` for room and then fails with
 //! [`BusError::QueueFull`], so callers slow down instead of buffering without bound.
 
@@ -34,6 +35,11 @@ use crate::topics::{Catalogue, Topic};
 pub const QUEUE_MAX_KBYTES: u32 = 64 * 1024;
 /// Bound of librdkafka's local send queue, in records.
 pub const QUEUE_MAX_MESSAGES: u32 = 100_000;
+/// How long librdkafka waits for a batch to fill before sending it, by default. A call's records
+/// are handed over together and fill batches at once, so a longer wait mostly delayed every
+/// event: at 5 ms the latency benchmark's p50 was 4–6 ms higher, with ingest's throughput the
+/// same (docs/benchmarks.md, "Producer linger").
+pub const LINGER_MS: &str = "1";
 /// How long a send waits for room in a full local queue.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(5);
 /// How long a send waits before trying a full local queue again.
@@ -150,12 +156,20 @@ pub(crate) fn client_settings(config: &BusConfig, role: &str) -> rdkafka::Client
     let mut cfg = config.client_config(role);
     cfg.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
         .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
-        .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string())
-        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
-        .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
+        .set("message.max.bytes", (config.max_message_bytes + FRAMING_HEADROOM).to_string());
+    // Defaults an operator may tune (`CARDLINK_KAFKA__LINGER_MS`, …): how long a batch waits to
+    // fill, its compression, and the local queue's bounds. (They were set over the operator's
+    // values, so a lower linger for latency was silently ignored.)
+    let (kbytes, messages) = (QUEUE_MAX_KBYTES.to_string(), QUEUE_MAX_MESSAGES.to_string());
+    for (key, value) in [
+        ("compression.type", "lz4"),
+        ("linger.ms", LINGER_MS),
+        ("queue.buffering.max.kbytes", kbytes.as_str()),
+        ("queue.buffering.max.messages", messages.as_str()),
+    ] {
+        config.set_default(&mut cfg, key, value);
+    }
     cfg
 }
 
@@ -366,5 +380,42 @@ fn headers(encoded: &codec::Encoded, event_id: &str, traceparent: Option<&str>, 
         schema_fingerprint: Some(encoded.fingerprint),
         traceparent: traceparent.map(str::to_owned),
         historical,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operator(vars: &[(&str, &str)]) -> BusConfig {
+        BusConfig::default().with_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+    }
+
+    #[test]
+    fn an_operator_tunes_linger_compression_and_the_queue_but_not_the_durability_settings() {
+        let defaults = client_settings(&BusConfig::default(), "test");
+        assert_eq!(defaults.get("linger.ms"), Some(LINGER_MS));
+        assert_eq!(defaults.get("compression.type"), Some("lz4"));
+        assert_eq!(defaults.get("queue.buffering.max.kbytes"), Some(QUEUE_MAX_KBYTES.to_string().as_str()));
+
+        let tuned = operator(&[
+            ("CARDLINK_KAFKA__LINGER_MS", "20"),
+            ("CARDLINK_KAFKA__COMPRESSION_TYPE", "zstd"),
+            ("CARDLINK_KAFKA__QUEUE_BUFFERING_MAX_MESSAGES", "5000"),
+        ]);
+        tuned.validate().unwrap();
+        let cfg = client_settings(&tuned, "test");
+        assert_eq!(cfg.get("linger.ms"), Some("20"));
+        assert_eq!(cfg.get("compression.type"), Some("zstd"));
+        assert_eq!(cfg.get("queue.buffering.max.messages"), Some("5000"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+        assert_eq!(cfg.get("enable.idempotence"), Some("true"));
+
+        for (var, key) in
+            [("CARDLINK_KAFKA__ACKS", "acks"), ("CARDLINK_KAFKA__ENABLE_IDEMPOTENCE", "enable.idempotence")]
+        {
+            let err = operator(&[(var, "0")]).validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("librdkafka.{key}")), "{err}");
+        }
     }
 }
