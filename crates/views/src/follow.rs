@@ -191,15 +191,14 @@ async fn run<V: Materialize>(
 ) -> Result<(), BusError> {
     let consumer = Arc::new(consumer);
     let partitions = watermarks(&consumer, topic).await?;
-    let mut targets = HashMap::new();
-    let mut next = HashMap::new();
+    let mut progress = Progress { next: HashMap::new(), targets: HashMap::new() };
     let mut held = 0u64;
     let mut positions = Vec::with_capacity(partitions.len());
     for &(p, low, high) in &partitions {
-        next.insert(p, low);
+        progress.next.insert(p, low);
         positions.push((topic, p, StartAt::Beginning));
         if high > low {
-            targets.insert(p, high);
+            progress.targets.insert(p, high);
             held += u64::try_from(high - low).unwrap_or(0);
         }
     }
@@ -211,8 +210,8 @@ async fn run<V: Materialize>(
     }
     view.write().unwrap_or_else(PoisonError::into_inner).reserve(held);
     watermark.send_modify(|w| {
-        w.next = next.clone();
-        w.caught_up = targets.is_empty();
+        w.next = progress.next.clone();
+        w.caught_up = progress.targets.is_empty();
     });
     let (decoded, mut batches) = mpsc::channel(DECODED_BATCHES);
     let reader = Arc::clone(&consumer);
@@ -220,7 +219,6 @@ async fn run<V: Materialize>(
         .name(format!("view-{}", topic.suffix()))
         .spawn(move || read::<V>(&reader, &decoded))
         .map_err(|e| BusError::Task(format!("starting the reader of {topic:?}: {e}")))?;
-    let progress = Progress { next, targets };
     let ended = apply(&consumer, topic, &view, &watermark, &mut batches, &mut shutdown, progress).await;
     // The reading side holds the consumer: it must be gone when the follower's task ends, or it
     // would still be polling (and logging errors) after whoever awaited the task stopped Kafka.
@@ -230,7 +228,8 @@ async fn run<V: Materialize>(
     ended?;
     match joined {
         Ok(Ok(())) => Ok(()),
-        _ => Err(BusError::Task(format!("the reading side of the {topic:?} view panicked"))),
+        Ok(Err(_)) => Err(BusError::Task(format!("the reading side of the {topic:?} view panicked"))),
+        Err(e) => Err(BusError::Task(format!("waiting for the reading side of the {topic:?} view: {e}"))),
     }
 }
 
