@@ -19,6 +19,7 @@ use std::sync::Arc;
 use cardlink_events::consent::{ConsentEvent, ConsentStatus, ConsentTerms};
 use cardlink_events::registry::Scope;
 use chrono::{DateTime, Utc};
+use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 pub use cardlink_events::registry::ScopeSet;
@@ -332,6 +333,8 @@ pub struct ConsentView {
     /// at all?" needs no scan.
     grants_per_aggregator: Vec<usize>,
     hasher: DefaultHashBuilder,
+    /// Rebuilding: the slots hold what was applied, not yet indexed ([`ConsentView::stage`]).
+    staging: bool,
 }
 
 fn id_hash(hasher: &DefaultHashBuilder, id: &str) -> u64 {
@@ -354,6 +357,56 @@ fn entry_account_hash(hasher: &DefaultHashBuilder, slots: &[Slot], names: &Names
     account_hash(hasher, names.name(slot.issuer), slot.accounts().nth(usize::from(a)).unwrap_or_default())
 }
 
+/// Adds `entered` grants to what `aggregator` holds.
+fn count_grants(per_aggregator: &mut Vec<usize>, aggregator: u32, entered: usize) {
+    let aggregator = aggregator as usize;
+    if per_aggregator.len() <= aggregator {
+        per_aggregator.resize(aggregator + 1, 0);
+    }
+    per_aggregator[aggregator] += entered;
+}
+
+/// The buckets of a hash table that holds `capacity` entries: hashbrown keeps its tables at most
+/// 7/8 full and a power of two long. Only the order [`in_table_order`] makes rests on it: were
+/// it wrong, settling would be slower, never wrong.
+fn buckets_of(capacity: usize) -> usize {
+    (capacity.saturating_mul(8) / 7).next_power_of_two()
+}
+
+/// Buckets of a table one range of [`in_table_order`] covers: its control bytes and entries
+/// (~12–24 KiB) stay in cache while the range's entries go in.
+const RANGE_BUCKETS: usize = 2048;
+
+/// `entries` reordered (stably, by a counting sort) so that their places in a table of
+/// `buckets` buckets ascend range by range: a table's place for a hash is its low bits, so
+/// entries inserted in this order fill it range by range instead of each at a random place.
+fn in_table_order<T: Copy>(entries: Vec<T>, hash: impl Fn(&T) -> u64, buckets: usize) -> Vec<T> {
+    let Some(&first) = entries.first() else {
+        return entries;
+    };
+    let ranges = (buckets / RANGE_BUCKETS).max(1);
+    let span = buckets / ranges;
+    // The low bits of the hash, as hashbrown takes them (`hash as usize & bucket_mask`).
+    let range = |entry: &T| (hash(entry) as usize & (buckets - 1)) / span;
+    let mut starts = vec![0usize; ranges];
+    for entry in &entries {
+        starts[range(entry)] += 1;
+    }
+    let mut before = 0;
+    for start in &mut starts {
+        let counted = *start;
+        *start = before;
+        before += counted;
+    }
+    let mut ordered = vec![first; entries.len()];
+    for entry in entries {
+        let at = &mut starts[range(&entry)];
+        ordered[*at] = entry;
+        *at += 1;
+    }
+    ordered
+}
+
 impl ConsentView {
     pub fn new() -> Self {
         Self::default()
@@ -373,6 +426,102 @@ impl ConsentView {
         self.by_account.reserve(consents, |&entry| entry_account_hash(hasher, slots, names, entry));
     }
 
+    /// Rebuilding from the topic: from now until [`ConsentView::settle`] what is applied is kept
+    /// in order but not indexed, and the view shows none of it — as a view that has not caught
+    /// up must not be decided on anyway. Settling indexes it all at once, table range by table
+    /// range: applied one by one, each consent cost a cache miss in each of the two tables, most
+    /// of a ten-million-consent rebuild (docs/benchmarks.md, "Start-up"). Only an empty view
+    /// stages; returns whether this one does.
+    pub fn stage(&mut self) -> bool {
+        if self.slots.is_empty() {
+            self.staging = true;
+        }
+        self.staging
+    }
+
+    /// Ends [`ConsentView::stage`]: every consent applied since is indexed, each at the state
+    /// applying the records one by one would have left ([`ConsentEvent::replaces`]: later
+    /// records of a consent that ended are ignored), in the slot of its first record.
+    pub fn settle(&mut self) {
+        if !std::mem::take(&mut self.staging) {
+            return;
+        }
+        self.settle_ids();
+        self.settle_accounts();
+    }
+
+    /// Indexes the staged slots by consent id; a consent's later records are folded into the
+    /// slot of its first and their slots dropped.
+    fn settle_ids(&mut self) {
+        let Self { slots, by_id, hasher, .. } = self;
+        let keyed: Vec<(u64, u32)> = slots
+            .iter()
+            .enumerate()
+            .map(|(n, slot)| (id_hash(hasher, slot.id()), u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        by_id.reserve(keyed.len(), |&m| slot_id_hash(hasher, slots, m));
+        // Stable: a consent's records (one hash, one range) come in the order they were read.
+        let keyed = in_table_order(keyed, |&(hash, _)| hash, buckets_of(by_id.capacity()));
+        let mut replaced: Vec<bool> = Vec::new();
+        for (hash, n) in keyed {
+            // Slot `n` is read only to tell ids of one hash apart: in table order the slots come
+            // at random, and reading each was a cache miss.
+            let same = |&m: &u32| slots[m as usize].id() == slots[n as usize].id();
+            let first = match by_id.entry(hash, same, |&m| slot_id_hash(hasher, slots, m)) {
+                Entry::Occupied(first) => *first.get(),
+                Entry::Vacant(room) => {
+                    room.insert(n);
+                    continue;
+                }
+            };
+            if slots[first as usize].status.is_replaceable() {
+                slots.swap(first as usize, n as usize);
+            }
+            if replaced.is_empty() {
+                replaced = vec![false; slots.len()];
+            }
+            replaced[n as usize] = true;
+        }
+        if replaced.is_empty() {
+            return;
+        }
+        let mut renumbered = Vec::with_capacity(replaced.len());
+        let mut kept = 0u32;
+        for &gone in &replaced {
+            renumbered.push(kept);
+            kept += u32::from(!gone);
+        }
+        let mut n = 0;
+        slots.retain(|_| {
+            n += 1;
+            !replaced[n - 1]
+        });
+        for m in by_id.iter_mut() {
+            *m = renumbered[*m as usize];
+        }
+    }
+
+    /// Puts every account of every settled slot that grants in the account index.
+    fn settle_accounts(&mut self) {
+        let Self { slots, by_account, names, grants_per_aggregator, hasher, .. } = self;
+        let mut entries: Vec<(u64, u32, u16)> = Vec::with_capacity(slots.len());
+        for (n, slot) in slots.iter().enumerate().filter(|(_, slot)| slot.grants()) {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            let issuer = names.name(slot.issuer);
+            let before = entries.len();
+            // As in `enter`: past 65,535 accounts in one consent the rest get no grant.
+            for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
+                entries.push((account_hash(hasher, issuer, account), n, u16::try_from(a).unwrap_or(u16::MAX)));
+            }
+            count_grants(grants_per_aggregator, slot.aggregator, entries.len() - before);
+        }
+        by_account.reserve(entries.len(), |&entry| entry_account_hash(hasher, slots, names, entry));
+        let entries = in_table_order(entries, |&(hash, ..)| hash, buckets_of(by_account.capacity()));
+        for (hash, n, a) in entries {
+            by_account.insert_unique(hash, (n, a), |&entry| entry_account_hash(hasher, slots, names, entry));
+        }
+    }
+
     /// Applies the next state of one consent read from the topic, unless the consent already
     /// ended ([`ConsentEvent::replaces`]).
     pub fn apply(&mut self, event: ConsentEvent) {
@@ -390,6 +539,12 @@ impl ConsentView {
     /// Applies a consent state made ready apart from the view ([`PreparedConsent::of`]).
     pub fn apply_prepared(&mut self, prepared: PreparedConsent) {
         let PreparedConsent { mut slot, issuer, aggregator } = prepared;
+        if self.staging {
+            slot.issuer = self.names.intern(issuer.as_str());
+            slot.aggregator = self.names.intern(aggregator.as_str());
+            self.slots.push(slot);
+            return;
+        }
         let id = slot.id();
         let hash = id_hash(&self.hasher, id);
         let slots = &self.slots;
@@ -436,11 +591,7 @@ impl ConsentView {
             });
             entered += 1;
         }
-        let aggregator = slot.aggregator as usize;
-        if self.grants_per_aggregator.len() <= aggregator {
-            self.grants_per_aggregator.resize(aggregator + 1, 0);
-        }
-        self.grants_per_aggregator[aggregator] += entered;
+        count_grants(&mut self.grants_per_aggregator, slot.aggregator, entered);
     }
 
     /// Takes slot `n`'s accounts out of the account index.
@@ -500,16 +651,21 @@ impl ConsentView {
 
     /// Every consent's latest state.
     pub fn consents(&self) -> impl Iterator<Item = Consent<'_>> {
-        self.slots.iter().map(|slot| Consent { slot, names: &self.names })
+        self.settled().iter().map(|slot| Consent { slot, names: &self.names })
+    }
+
+    /// The slots the view shows: none while it stages.
+    fn settled(&self) -> &[Slot] {
+        if self.staging { &[] } else { &self.slots }
     }
 
     /// How many consents the view holds, in any state.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.settled().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.settled().is_empty()
     }
 
     /// Consents that allow delivery at `now`.
@@ -673,6 +829,54 @@ mod tests {
         assert_eq!(view.len(), 1);
     }
 
+    #[test]
+    fn a_staged_view_shows_nothing_until_it_settles() {
+        let mut view = ConsentView::new();
+        assert!(view.stage());
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Active));
+        view.apply(consent("c-2", "agg-y", &["acct-1", "acct-2"], ConsentStatus::Active));
+        view.apply(consent("c-1", "agg-x", &["acct-1"], ConsentStatus::Revoked));
+        assert!(view.grants("iss-a/acct-1").is_empty() && view.consent("c-2").is_none());
+        assert!(view.is_empty() && view.consents().next().is_none() && !view.has_grants("agg-y"));
+        view.settle();
+        assert_eq!(view.len(), 2, "a consent's later record folds into its first");
+        assert_eq!(view.consents().map(|c| c.consent_id()).collect::<Vec<_>>(), ["c-1", "c-2"]);
+        assert_eq!(view.consent("c-1").map(|c| c.status()), Some(ConsentStatus::Revoked));
+        assert_eq!(view.grants("iss-a/acct-1").iter().map(|g| &*g.consent_id).collect::<Vec<_>>(), ["c-2"]);
+        assert!(view.has_grants("agg-y") && !view.has_grants("agg-x"));
+        view.apply(consent("c-3", "agg-x", &["acct-2"], ConsentStatus::Active));
+        assert_eq!(view.grants("iss-a/acct-2").len(), 2, "settled, it applies as it reads");
+        assert!(!view.stage(), "only an empty view stages");
+    }
+
+    proptest! {
+        #[test]
+        fn table_order_is_a_stable_permutation_by_range(
+            hashes in prop::collection::vec(any::<u64>(), 0..3000),
+            buckets_log in 0..16u32,
+        ) {
+            let buckets = 1usize << buckets_log;
+            let entries: Vec<(u64, usize)> = hashes.iter().copied().zip(0..).collect();
+            let ordered = in_table_order(entries.clone(), |&(h, _)| h, buckets);
+            let span = buckets / (buckets / RANGE_BUCKETS).max(1);
+            let range = |h: u64| (h as usize & (buckets - 1)) / span;
+            prop_assert!(ordered.windows(2).all(|w| (range(w[0].0), w[0].1) < (range(w[1].0), w[1].1)));
+            let mut back = ordered;
+            back.sort_by_key(|&(_, n)| n);
+            prop_assert_eq!(back, entries);
+        }
+    }
+
+    /// All a view holds of a consent, comparable (names, not the numbers they were interned as).
+    fn held(c: Consent<'_>) -> (String, &str, &str) {
+        let Slot { text, granted_at, expires_at, history_days, status, scopes, .. } = c.slot;
+        (
+            format!("{text:?} {granted_at} {expires_at} {history_days} {status:?} {scopes:?}"),
+            c.issuer_id(),
+            c.aggregator_id(),
+        )
+    }
+
     /// What the view must equal: every consent's latest record, by [`ConsentEvent::replaces`].
     type Model = BTreeMap<String, ConsentEvent>;
 
@@ -706,6 +910,10 @@ mod tests {
             )
         ) {
             let mut view = ConsentView::new();
+            // The same records applied while rebuilding: settled, it must equal the view that
+            // applied them one by one.
+            let mut staged = ConsentView::new();
+            prop_assert!(staged.stage());
             let mut model = Model::new();
             let keys: Vec<String> = (0..2).flat_map(|i| (0..6).map(move |a| format!("iss-{i}/acct-{a}"))).collect();
             for (id, aggregator, issuer, accounts, status, history) in steps {
@@ -715,6 +923,7 @@ mod tests {
                 event.issuer_id = format!("iss-{issuer}");
                 event.history_days = history;
                 view.apply(event.clone());
+                staged.apply(event.clone());
                 if model.get(&event.consent_id).is_none_or(|current| event.replaces(current)) {
                     model.insert(event.consent_id.clone(), event);
                 }
@@ -740,6 +949,22 @@ mod tests {
                         prop_assert_eq!(held.grant().data_from_micros, micros(c.data_from()));
                     }
                 }
+            }
+            prop_assert!(staged.is_empty() && staged.grants(&keys[0]).is_empty());
+            staged.settle();
+            prop_assert_eq!(
+                staged.consents().map(held).collect::<Vec<_>>(),
+                view.consents().map(held).collect::<Vec<_>>(),
+                "the same consents in the same slots"
+            );
+            for key in &keys {
+                prop_assert_eq!(staged.grants(key), view.grants(key), "{}", key);
+            }
+            for aggregator in ["agg-0", "agg-1", "agg-2"] {
+                prop_assert_eq!(staged.has_grants(aggregator), view.has_grants(aggregator), "{}", aggregator);
+            }
+            for id in model.keys() {
+                prop_assert_eq!(staged.consent(id).map(held), view.consent(id).map(held));
             }
         }
     }

@@ -4,7 +4,8 @@
 //! its own and applies it to the view on a task, and keeps following. Its [`Watermark`] tells how
 //! far it has read; `caught_up` turns true once it has read up to the ends the partitions had when
 //! it started (so a new replica does not act on a half-built view), and `lag` — refreshed every
-//! [`LAG_REFRESH`] — is how many records it is behind the current ends. The view lives behind a
+//! [`LAG_REFRESH`] — is how many records it is behind the current ends (while catching up, behind
+//! the ends it started from: those are not asked for again until it has reached them). The view lives behind a
 //! `RwLock` that is never held across an await.
 
 use std::collections::HashMap;
@@ -28,7 +29,8 @@ pub struct Watermark {
     pub next: HashMap<i32, i64>,
     /// Read up to the ends the topic had when following started.
     pub caught_up: bool,
-    /// Records between what was read and the partitions' ends at the last refresh.
+    /// Records between what was read and the partitions' ends at the last refresh (while
+    /// catching up, the ends noted when following started).
     pub lag: i64,
     /// When `lag` was last measured.
     pub measured_at: Option<tokio::time::Instant>,
@@ -66,6 +68,13 @@ pub trait Materialize: Send + Sync + 'static {
     /// fifth of its time rehashing and copying as it grew). An upper bound on what it will hold,
     /// not a promise.
     fn reserve(&mut self, _records: u64) {}
+
+    /// Told once the follower has caught up, or stopped short of it (a record it cannot decode,
+    /// an error, shutdown): a view may hold what it applied while catching up back from its
+    /// readers until then and index it at once, as [`crate::consent::ConsentView`] does
+    /// (readers do not act on a view that has not caught up). Told before the watermark says
+    /// caught up.
+    fn settle(&mut self) {}
 }
 
 impl Materialize for crate::consent::ConsentView {
@@ -84,8 +93,17 @@ impl Materialize for crate::consent::ConsentView {
         true
     }
 
+    /// A view rebuilt from the topic indexes what it read once it caught up
+    /// ([`crate::consent::ConsentView::stage`]).
     fn reserve(&mut self, records: u64) {
         self.reserve(usize::try_from(records).unwrap_or(usize::MAX));
+        if records > 0 {
+            self.stage();
+        }
+    }
+
+    fn settle(&mut self) {
+        self.settle();
     }
 }
 
@@ -190,8 +208,9 @@ async fn run<V: Materialize>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
     let consumer = Arc::new(consumer);
+    let noted_at = tokio::time::Instant::now();
     let partitions = watermarks(&consumer, topic).await?;
-    let mut progress = Progress { next: HashMap::new(), targets: HashMap::new() };
+    let mut progress = Progress { next: HashMap::new(), targets: HashMap::new(), noted_at };
     let mut held = 0u64;
     let mut positions = Vec::with_capacity(partitions.len());
     for &(p, low, high) in &partitions {
@@ -208,10 +227,19 @@ async fn run<V: Materialize>(
             .await
             .map_err(|e| BusError::Task(format!("assigning {topic:?}: {e}")))??;
     }
-    view.write().unwrap_or_else(PoisonError::into_inner).reserve(held);
+    {
+        let mut view = view.write().unwrap_or_else(PoisonError::into_inner);
+        view.reserve(held);
+        if progress.targets.is_empty() {
+            view.settle();
+        }
+    }
     watermark.send_modify(|w| {
         w.next = progress.next.clone();
         w.caught_up = progress.targets.is_empty();
+        if w.caught_up {
+            w.fresh_as_of = Some(noted_at);
+        }
     });
     let (decoded, mut batches) = mpsc::channel(DECODED_BATCHES);
     let reader = Arc::clone(&consumer);
@@ -220,6 +248,8 @@ async fn run<V: Materialize>(
         .spawn(move || read::<V>(&reader, &decoded))
         .map_err(|e| BusError::Task(format!("starting the reader of {topic:?}: {e}")))?;
     let ended = apply(&consumer, topic, &view, &watermark, &mut batches, &mut shutdown, progress).await;
+    // Stopped before catching up (shutdown, an error): what was read stays readable.
+    view.write().unwrap_or_else(PoisonError::into_inner).settle();
     // The reading side holds the consumer: it must be gone when the follower's task ends, or it
     // would still be polling (and logging errors) after whoever awaited the task stopped Kafka.
     // Closing the channel ends it within one poll.
@@ -239,6 +269,8 @@ struct Progress {
     next: HashMap<i32, i64>,
     /// The ends the partitions had when following started, for those not yet reached.
     targets: HashMap<i32, i64>,
+    /// When those ends were noted: once they are reached, the view is fresh as of then.
+    noted_at: tokio::time::Instant,
 }
 
 /// The follower's applying side: applies what the reading side decoded and keeps the watermark,
@@ -252,7 +284,8 @@ async fn apply<V: Materialize>(
     shutdown: &mut watch::Receiver<bool>,
     progress: Progress,
 ) -> Result<(), BusError> {
-    let Progress { mut next, mut targets } = progress;
+    let Progress { mut next, mut targets, noted_at: started } = progress;
+    let mut settled = targets.is_empty();
     // Ends noted at a refresh, waiting to be reached: (when noted, end per partition).
     let mut pending: Option<(tokio::time::Instant, HashMap<i32, i64>)> = None;
     let reached = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| {
@@ -265,6 +298,17 @@ async fn apply<V: Materialize>(
             _ = shutdown.changed() => return Ok(()),
             _ = refresh.tick() => {
                 let noted_at = tokio::time::Instant::now();
+                // Catching up, the ends noted at the start are what it is behind: asking the
+                // broker again four times a second cost the embedded broker a listing of the
+                // whole log each time, a third of a ten-million-consent rebuild.
+                if !targets.is_empty() {
+                    let lag = targets.iter().map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0)).sum();
+                    watermark.send_modify(|w| {
+                        w.lag = lag;
+                        w.measured_at = Some(noted_at);
+                    });
+                    continue;
+                }
                 let ends = match ends_of(consumer, topic).await {
                     Ok(ends) => ends,
                     // Kafka unreachable for a moment: the view stays as it is and its freshness
@@ -322,11 +366,19 @@ async fn apply<V: Materialize>(
                     }
                     applied += 1;
                 }
+                // Caught up, or stuck short of it: the view settles before the watermark says so.
+                if !settled && (targets.is_empty() || stuck.is_some()) {
+                    view.write().unwrap_or_else(PoisonError::into_inner).settle();
+                    settled = true;
+                }
                 if applied > 0 {
                     let caught_up = targets.is_empty();
-                    let fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
+                    let mut fresh = pending.as_ref().filter(|(_, ends)| reached(ends, &next)).map(|(at, _)| *at);
                     if fresh.is_some() {
                         pending = None;
+                    }
+                    if caught_up && watermark.borrow().fresh_as_of.is_none() {
+                        fresh = fresh.max(Some(started));
                     }
                     watermark.send_modify(|w| {
                         w.next.clone_from(&next);
