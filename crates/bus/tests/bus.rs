@@ -132,7 +132,9 @@ async fn consumer_starts_at_the_offset_it_is_given() {
 
     let consumer = bus.consumer("resume").unwrap();
     let (low, high) = consumer.watermarks(Topic::Transactions, partition).await.unwrap();
-    assert_eq!(high - low, 10);
+    assert_eq!((low, high), (0, 10));
+    let empty = (0..4).find(|p| *p != partition).unwrap();
+    assert_eq!(consumer.watermarks(Topic::Transactions, empty).await.unwrap(), (0, 0), "a partition never written");
     consumer.assign(&[(Topic::Transactions, partition, StartAt::Offset(offsets[6].offset))]).unwrap();
     for expected in &offsets[6..] {
         let record = tokio::time::timeout(WITHIN, consumer.recv()).await.unwrap().unwrap();
@@ -299,7 +301,8 @@ async fn after_concurrent_producers_stop_the_reported_end_covers_every_record() 
     assert_eq!(written, i64::try_from(delivered.len()).unwrap());
 
     let consumer = bus.consumer("ends").unwrap();
-    assert_eq!(consumer.watermarks(Topic::Transactions, partition).await.unwrap().1, written);
+    // Both ends: the start is the first record's (batches stored out of order; PATCHED.md 2. and 6.).
+    assert_eq!(consumer.watermarks(Topic::Transactions, partition).await.unwrap(), (0, written));
     let read = bus.read(Topic::Transactions, delivered.len(), WITHIN).await.unwrap();
     assert_eq!(read.len(), delivered.len());
 }

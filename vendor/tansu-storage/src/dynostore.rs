@@ -1243,6 +1243,29 @@ impl Storage for DynoStore {
                 continue;
             }
 
+            // cardlink patch: the earliest offset is the log start whenever a batch is stored
+            // under it (no batch starts below it) — a name lookup, where listing every batch the
+            // partition ever stored cost each ask time in proportion to its history (librdkafka's
+            // watermark query asks for it, a view's follower four times a second).
+            if offset_request == &ListOffset::Earliest {
+                let log_start = self.offset_stage(topition).await?.log_start;
+                let first = Path::from(format!(
+                    "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
+                    self.cluster, topition.topic, topition.partition, log_start,
+                ));
+                if self.object_store.head(&first).await.is_ok() {
+                    responses.push((
+                        topition.to_owned(),
+                        ListOffsetResponse {
+                            error_code: ErrorCode::None,
+                            offset: Some(log_start),
+                            ..Default::default()
+                        },
+                    ));
+                    continue;
+                }
+            }
+
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records",
                 self.cluster, topition.topic, topition.partition,
