@@ -254,15 +254,15 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     })
     .await?;
 
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let (mut consents, _consents_task) = follow::spawn(
+    let (mut consents, consents_task) = follow::spawn(
         PolledConsumer::new(bus.config(), "peak-consent-view")?,
         Topic::Consents,
         ConsentView::new(),
         stopped.clone(),
     );
-    let (mut registry, _registry_task) = follow::spawn(
+    let (mut registry, registry_task) = follow::spawn(
         PolledConsumer::new(bus.config(), "peak-registry-view")?,
         Topic::Registry,
         RegistryView::new(),
@@ -308,6 +308,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let cpu1 = procstat::sample(pid)?;
     // Let the stream tasks count what is queued.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The views' followers stop (and close their consumers) before the broker does.
+    let _ = stop.send(true);
+    for task in [consents_task, registry_task] {
+        task.await??;
+    }
     let consented = (plan.records / every + usize::from(!plan.records.is_multiple_of(every))) as u64;
     Ok(Report {
         machine: String::new(),
