@@ -357,6 +357,20 @@ fn entry_account_hash(hasher: &DefaultHashBuilder, slots: &[Slot], names: &Names
     account_hash(hasher, names.name(slot.issuer), slot.accounts().nth(usize::from(a)).unwrap_or_default())
 }
 
+/// `slot`'s places in the account index: each account's hash and number. Past 65,535 accounts in
+/// one consent (far beyond any card membership) the rest get no grant: fail closed.
+fn account_entries<'a>(
+    hasher: &'a DefaultHashBuilder,
+    names: &'a Names,
+    slot: &'a Slot,
+) -> impl Iterator<Item = (u64, u16)> + 'a {
+    let issuer = names.name(slot.issuer);
+    slot.accounts()
+        .take(usize::from(u16::MAX))
+        .enumerate()
+        .map(move |(a, account)| (account_hash(hasher, issuer, account), u16::try_from(a).unwrap_or(u16::MAX)))
+}
+
 /// Adds `entered` grants to what `aggregator` holds.
 fn count_grants(per_aggregator: &mut Vec<usize>, aggregator: u32, entered: usize) {
     let aggregator = aggregator as usize;
@@ -507,12 +521,8 @@ impl ConsentView {
         let mut entries: Vec<(u64, u32, u16)> = Vec::with_capacity(slots.len());
         for (n, slot) in slots.iter().enumerate().filter(|(_, slot)| slot.grants()) {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
-            let issuer = names.name(slot.issuer);
             let before = entries.len();
-            // As in `enter`: past 65,535 accounts in one consent the rest get no grant.
-            for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
-                entries.push((account_hash(hasher, issuer, account), n, u16::try_from(a).unwrap_or(u16::MAX)));
-            }
+            entries.extend(account_entries(hasher, names, slot).map(|(hash, a)| (hash, n, a)));
             count_grants(grants_per_aggregator, slot.aggregator, entries.len() - before);
         }
         by_account.reserve(entries.len(), |&entry| entry_account_hash(hasher, slots, names, entry));
@@ -579,16 +589,10 @@ impl ConsentView {
         if !slot.grants() {
             return;
         }
-        let issuer = self.names.name(slot.issuer);
         let (slots, names, hasher) = (&self.slots, &self.names, &self.hasher);
         let mut entered = 0;
-        // Past 65,535 accounts in one consent (far beyond any card membership) the rest get no
-        // grant: fail closed.
-        for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
-            let a = u16::try_from(a).unwrap_or(u16::MAX);
-            self.by_account.insert_unique(account_hash(hasher, issuer, account), (n, a), |&entry| {
-                entry_account_hash(hasher, slots, names, entry)
-            });
+        for (hash, a) in account_entries(hasher, names, slot) {
+            self.by_account.insert_unique(hash, (n, a), |&entry| entry_account_hash(hasher, slots, names, entry));
             entered += 1;
         }
         count_grants(&mut self.grants_per_aggregator, slot.aggregator, entered);
@@ -600,11 +604,8 @@ impl ConsentView {
         if !slot.grants() {
             return;
         }
-        let issuer = self.names.name(slot.issuer);
         let mut removed = 0;
-        for (a, account) in slot.accounts().take(usize::from(u16::MAX)).enumerate() {
-            let a = u16::try_from(a).unwrap_or(u16::MAX);
-            let hash = account_hash(&self.hasher, issuer, account);
+        for (hash, a) in account_entries(&self.hasher, &self.names, slot) {
             if let Ok(entry) = self.by_account.find_entry(hash, |&(m, b)| m == n && b == a) {
                 entry.remove();
                 removed += 1;

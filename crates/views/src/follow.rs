@@ -5,8 +5,8 @@
 //! far it has read; `caught_up` turns true once it has read up to the ends the partitions had when
 //! it started (so a new replica does not act on a half-built view), and `lag` — refreshed every
 //! [`LAG_REFRESH`] — is how many records it is behind the current ends (while catching up, behind
-//! the ends it started from: those are not asked for again until it has reached them). The view lives behind a
-//! `RwLock` that is never held across an await.
+//! the ends it started from: those are not asked for again until it has reached them). The view
+//! lives behind a `RwLock` that is never held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -291,6 +291,9 @@ async fn apply<V: Materialize>(
     let reached = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| {
         ends.iter().all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end)
     };
+    let behind = |ends: &HashMap<i32, i64>, next: &HashMap<i32, i64>| -> i64 {
+        ends.iter().map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0)).sum()
+    };
     let mut refresh = tokio::time::interval(LAG_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -302,7 +305,7 @@ async fn apply<V: Materialize>(
                 // broker again four times a second cost the embedded broker a listing of the
                 // whole log each time, a third of a ten-million-consent rebuild.
                 if !targets.is_empty() {
-                    let lag = targets.iter().map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0)).sum();
+                    let lag = behind(&targets, &next);
                     watermark.send_modify(|w| {
                         w.lag = lag;
                         w.measured_at = Some(noted_at);
@@ -320,7 +323,7 @@ async fn apply<V: Materialize>(
                     }
                     Err(e) => return Err(e),
                 };
-                let lag = ends.iter().map(|(p, high)| (high - next.get(p).copied().unwrap_or(0)).max(0)).sum();
+                let lag = behind(&ends, &next);
                 // Keep the oldest unreached note: under steady traffic a newer one would never
                 // be reached before it too was replaced.
                 if pending.is_none() {
@@ -367,6 +370,7 @@ async fn apply<V: Materialize>(
                     applied += 1;
                 }
                 // Caught up, or stuck short of it: the view settles before the watermark says so.
+                let first_caught_up = !settled && targets.is_empty();
                 if !settled && (targets.is_empty() || stuck.is_some()) {
                     view.write().unwrap_or_else(PoisonError::into_inner).settle();
                     settled = true;
@@ -377,7 +381,8 @@ async fn apply<V: Materialize>(
                     if fresh.is_some() {
                         pending = None;
                     }
-                    if caught_up && watermark.borrow().fresh_as_of.is_none() {
+                    // The view now holds every record the topic had when following started.
+                    if first_caught_up {
                         fresh = fresh.max(Some(started));
                     }
                     watermark.send_modify(|w| {

@@ -377,6 +377,15 @@ impl DynoStore {
         Self { lake, ..self }
     }
 
+    /// cardlink patch: where the batch of `topition` with base offset `base` is stored (written by
+    /// `produce`, read by name in `fetch` and `list_offsets`).
+    fn batch_location(&self, topition: &Topition, base: i64) -> Path {
+        Path::from(format!(
+            "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
+            self.cluster, topition.topic, topition.partition, base,
+        ))
+    }
+
     /// cardlink patch: the base offset of the last batch of `topition` starting before `offset`
     /// (listing the partition; see `fetch`).
     async fn batch_before(&self, topition: &Topition, offset: i64) -> Result<Option<i64>> {
@@ -997,10 +1006,7 @@ impl Storage for DynoStore {
                     .inspect_err(|err| error!(?err, transaction_id, ?topition))?;
             }
 
-            let location = Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
-                self.cluster, topition.topic, topition.partition, offset,
-            ));
+            let location = self.batch_location(topition, offset);
 
             let payload = self.encode(deflated).inspect_err(|err| debug!(?err))?;
 
@@ -1052,19 +1058,12 @@ impl Storage for DynoStore {
             return Ok(vec![]);
         }
 
-        let location = |base: i64| {
-            Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
-                self.cluster, topition.topic, topition.partition, base,
-            ))
-        };
-
         let mut batches = vec![];
         let mut bytes = max_bytes as u64;
         let mut next = offset;
 
         while next < high_watermark {
-            let location = location(next);
+            let location = self.batch_location(topition, next);
 
             let get_result = match self.object_store.get(&location).await {
                 Ok(get_result) => get_result,
@@ -1249,10 +1248,7 @@ impl Storage for DynoStore {
             // watermark query asks for it, a view's follower four times a second).
             if offset_request == &ListOffset::Earliest {
                 let log_start = self.offset_stage(topition).await?.log_start;
-                let first = Path::from(format!(
-                    "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
-                    self.cluster, topition.topic, topition.partition, log_start,
-                ));
+                let first = self.batch_location(topition, log_start);
                 if self.object_store.head(&first).await.is_ok() {
                     responses.push((
                         topition.to_owned(),
