@@ -64,6 +64,9 @@ pub struct Report {
     pub views_ready_seconds: f64,
     pub plain_seconds: f64,
     pub plain_records_per_second: f64,
+    /// The process's CPU (every thread: the embedded broker serving the fetches too) per record
+    /// while the plain consumer read: with the hub's figure, what each costs the machine.
+    pub plain_cpu_us_per_record: f64,
     /// The hub's consumer ([`Consumer`]) reading the same records without dispatching them.
     pub consumer_records_per_second: f64,
     pub hub_seconds: f64,
@@ -84,7 +87,11 @@ impl crate::Written for Report {
         format!(
             "| consents | streams | records (consented) | views ready | plain consumer | hub's consumer alone | hub (read + dispatch) | hub ÷ plain (target ≥ 0.8) | hub CPU µs/record | delivered | process RSS |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-             | {} | {} | {} ({}) | {:.0} s | {:.0} records/s | {:.0} records/s | {:.0} records/s | {:.2} | {:.1} | {} | {:.0} MiB |\n",
+             | {} | {} | {} ({}) | {:.0} s | {:.0} records/s | {:.0} records/s | {:.0} records/s | {:.2} | {:.1} | {} | {:.0} MiB |\n\n\
+             | process CPU per record (broker included) | µs | cores busy |\n\
+             |---|---:|---:|\n\
+             | plain consumer | {:.2} | {:.2} |\n\
+             | hub (read + dispatch) | {:.2} | {:.2} |\n",
             self.consents,
             self.streams,
             self.records,
@@ -97,6 +104,10 @@ impl crate::Written for Report {
             self.hub_cpu_us_per_record,
             self.delivered,
             self.rss_mib,
+            self.plain_cpu_us_per_record,
+            self.plain_cpu_us_per_record * self.plain_records_per_second / 1e6,
+            self.hub_cpu_us_per_record,
+            self.hub_cpu_us_per_record * self.hub_records_per_second / 1e6,
         )
     }
 }
@@ -278,9 +289,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     );
     eprintln!("bench: peak: views ready in {:.1} s", views_ready.as_secs_f64());
 
+    let pid = std::process::id();
+    let plain_cpu0 = procstat::sample(pid)?;
     let started = Instant::now();
     let plain = cardlink_bus::baseline::drain(bus.config(), Topic::Transactions).await?;
     let plain_time = started.elapsed();
+    let plain_cpu1 = procstat::sample(pid)?;
     eprintln!("bench: peak: plain consumer read {} records in {:.1} s", plain.records, plain_time.as_secs_f64());
 
     let hub = Hub::new(consents, registry, Arc::from(&b"peak-benchmark-secret-0123456789"[..]));
@@ -300,7 +314,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let consumed = read_all(&bus, "peak-consumer", None).await?;
     let consumer_time = started.elapsed();
     eprintln!("bench: peak: the bus consumer alone read {consumed} records in {:.1} s", consumer_time.as_secs_f64());
-    let pid = std::process::id();
     let cpu0 = procstat::sample(pid)?;
     let started = Instant::now();
     let read = read_all(&bus, "peak-hub", Some(hub.clone())).await?;
@@ -323,6 +336,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         views_ready_seconds: views_ready.as_secs_f64(),
         plain_seconds: plain_time.as_secs_f64(),
         plain_records_per_second: plain.records as f64 / plain_time.as_secs_f64(),
+        plain_cpu_us_per_record: (plain_cpu1.cpu - plain_cpu0.cpu).as_secs_f64() * 1e6 / plain.records.max(1) as f64,
         consumer_records_per_second: consumed as f64 / consumer_time.as_secs_f64(),
         hub_seconds: hub_time.as_secs_f64(),
         hub_records_per_second: read as f64 / hub_time.as_secs_f64(),
