@@ -336,11 +336,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         views_ready_seconds: views_ready.as_secs_f64(),
         plain_seconds: plain_time.as_secs_f64(),
         plain_records_per_second: plain.records as f64 / plain_time.as_secs_f64(),
-        plain_cpu_us_per_record: (plain_cpu1.cpu - plain_cpu0.cpu).as_secs_f64() * 1e6 / plain.records.max(1) as f64,
+        plain_cpu_us_per_record: plain_cpu0.cpu_us_per(&plain_cpu1, plain.records),
         consumer_records_per_second: consumed as f64 / consumer_time.as_secs_f64(),
         hub_seconds: hub_time.as_secs_f64(),
         hub_records_per_second: read as f64 / hub_time.as_secs_f64(),
-        hub_cpu_us_per_record: (cpu1.cpu - cpu0.cpu).as_secs_f64() * 1e6 / read.max(1) as f64,
+        hub_cpu_us_per_record: cpu0.cpu_us_per(&cpu1, read),
         delivered: delivered.load(Ordering::Relaxed),
         rss_mib: cpu1.rss as f64 / 1048576.0,
     })

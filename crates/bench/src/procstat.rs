@@ -14,6 +14,13 @@ pub struct Sample {
     pub rss: u64,
 }
 
+impl Sample {
+    /// Microseconds of CPU per item, for `count` items done between this sample and `later`.
+    pub fn cpu_us_per(&self, later: &Sample, count: u64) -> f64 {
+        later.cpu.saturating_sub(self.cpu).as_secs_f64() * 1e6 / count.max(1) as f64
+    }
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ; 100 on Linux almost everywhere).
 fn ticks_per_second() -> u64 {
     std::process::Command::new("getconf")

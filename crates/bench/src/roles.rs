@@ -134,7 +134,7 @@ pub async fn baseline(
     // all does not fit the machine), and librdkafka's own one second before a consumer whose
     // pre-fetch queue was full fetches again rather than cardlink's 10 ms (a reader that must
     // catch up fast is one thing; a thousand consumers re-checking a hundred times a second while
-    // the two cores serve the others measured that, not the design: 492× in one run, 86× with
+    // the two cores serve the others measured that, not the design: 492× in one run, ~100× with
     // this).
     bus.librdkafka.insert("fetch.wait.max.ms".into(), "500".into());
     bus.librdkafka.insert("queued.max.messages.kbytes".into(), "1024".into());
