@@ -618,7 +618,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         seconds,
         records_per_second: accepted as f64 / seconds,
         cpu_seconds: cpu,
-        cpu_us_per_record: cpu * 1e6 / accepted.max(1) as f64,
+        cpu_us_per_record: before.cpu_us_per(&after, accepted),
         clients: plan.ingest_clients,
         batch: BATCH,
         raw_producer_records_per_second: None,
@@ -753,7 +753,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             publish_rate: published as f64 / seconds,
             seconds: drained,
             cpu_seconds: cpu,
-            cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+            cpu_us_per_delivery: cpu0.cpu_us_per(&cpu1, delivered),
             idle_kib_per_stream: (idle.rss as f64 - empty.rss as f64) / 1024.0 / streams as f64,
             active_kib_per_stream: (active.rss.max(cpu1.rss) as f64 - empty.rss as f64) / 1024.0 / streams as f64,
             p50_ms: percentile(&latencies, 0.50),
@@ -796,7 +796,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             let kept = done["kept"].as_u64().unwrap_or(0);
             let read = done["read"].as_u64().unwrap_or(0);
             row.baseline_cpu_seconds = Some(b_cpu);
-            row.baseline_cpu_us_per_delivery = Some(b_cpu * 1e6 / kept.max(1) as f64);
+            row.baseline_cpu_us_per_delivery = Some(b0.cpu_us_per(&b1, kept));
             row.baseline_kib_per_consumer = Some(consumers_bytes / 1024.0 / streams as f64);
             row.baseline_delivered = Some(kept);
             row.baseline_seconds = done["seconds"].as_f64();
